@@ -1,0 +1,149 @@
+//! Wire types shared by the BPF programs (`affinity-ebpf`) and userspace.
+//!
+//! Everything here is `#[repr(C)]`, has no padding the compiler could fill
+//! differently on the two sides, and carries a size assertion: a layout change
+//! that is not made on both sides fails the build instead of corrupting maps.
+#![no_std]
+
+/// Number of log2 buckets in a run-queue latency histogram. Bucket `i` counts
+/// waits in `[2^i, 2^(i+1))` ns; the last bucket also takes everything longer
+/// (2^31 ns is about 2.1 s).
+pub const RUNQ_BUCKETS: usize = 32;
+
+/// Migration distance classes, the index into [`ThreadStats::migrations`].
+pub const MIG_SMT: usize = 0;
+/// Another core that shares the last-level cache.
+pub const MIG_LLC: usize = 1;
+/// Another last-level cache on the same NUMA node.
+pub const MIG_CROSS_LLC: usize = 2;
+/// Another NUMA node.
+pub const MIG_CROSS_NUMA: usize = 3;
+/// Number of migration classes.
+pub const MIG_CLASSES: usize = 4;
+
+/// [`ThreadStats::flags`]: the thread passed `sched_process_exit`; its entry is
+/// final after its last switch-out and userspace deletes it after reading.
+pub const FLAG_EXITING: u32 = 1;
+
+/// [`ThreadStats::runnable_kind`]: not waiting for a CPU.
+pub const RUNNABLE_NONE: u32 = 0;
+/// Waiting for a CPU since a wakeup (`sched_wakeup`, `sched_wakeup_new`).
+pub const RUNNABLE_WAKEUP: u32 = 1;
+/// Waiting for a CPU since it was preempted (switched out while runnable).
+pub const RUNNABLE_PREEMPTED: u32 = 2;
+
+/// Indexes into the `DROPS` per-CPU array: events that could not be recorded.
+pub const DROP_THREADS_FULL: u32 = 0;
+/// The per-thread per-CPU time map was full.
+pub const DROP_THREAD_CPU_FULL: u32 = 1;
+/// A `bpf_probe_read_kernel` of a task field failed.
+pub const DROP_READ_FAILED: u32 = 2;
+/// Number of drop counters.
+pub const DROP_KINDS: u32 = 3;
+
+/// Per-thread counters, the value of the `THREADS` hash map (key: tid).
+///
+/// Written by the BPF programs only; userspace reads it each interval and
+/// deletes entries of exited threads. Counters are cumulative since the entry
+/// was created.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadStats {
+    /// Thread group (process) id.
+    pub tgid: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// `comm` of the thread, NUL padded; refreshed at exit.
+    pub comm: [u8; 16],
+    /// The task's `se.sum_exec_runtime` at its last switch-out: the base from
+    /// which the next slice's on-CPU time is measured.
+    pub last_sum_exec_ns: u64,
+    /// On-CPU time (ns) seen while traced, from `se.sum_exec_runtime`
+    /// deltas, which exclude hypervisor steal and match /proc/<tid>/schedstat.
+    pub cpu_time_ns: u64,
+    /// Switches out in a sleeping state (the kernel's `nvcsw`).
+    pub voluntary: u64,
+    /// Switches out while runnable: preemption (the kernel's `nivcsw`).
+    pub involuntary: u64,
+    /// Migrations by distance class (`MIG_*`), from `sched_migrate_task`.
+    pub migrations: [u64; MIG_CLASSES],
+    /// `bpf_ktime_get_ns()` when the thread last became runnable, or 0.
+    pub runnable_since_ns: u64,
+    /// `RUNNABLE_*`: why it is waiting since `runnable_since_ns`.
+    pub runnable_kind: u32,
+    /// CPU number + 1 while the thread is on a CPU, 0 otherwise: userspace
+    /// adds the running slice (from /proc/<tid>/schedstat) for these.
+    pub running_on: u32,
+    /// Sum of wakeup-to-run waits (ns).
+    pub runq_wait_ns: u64,
+    /// Number of wakeup-to-run waits measured.
+    pub runq_waits: u64,
+    /// Longest wakeup-to-run wait (ns).
+    pub runq_max_ns: u64,
+    /// Time spent runnable after being preempted, waiting to run again (ns).
+    /// Includes time the task's cgroup was throttled by CFS bandwidth control.
+    pub preempted_wait_ns: u64,
+    /// log2 histogram of wakeup-to-run waits (ns).
+    pub runq_hist: [u32; RUNQ_BUCKETS],
+}
+
+const _: () = assert!(core::mem::size_of::<ThreadStats>() == 264);
+
+/// Key of the `THREAD_CPU` hash map: on-CPU time of one thread on one CPU.
+/// Keyed by pair rather than holding an array per thread, so memory grows with
+/// the CPUs a thread really used, not with the machine (up to 1024+ CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ThreadCpuKey {
+    /// Thread id.
+    pub tid: u32,
+    /// CPU number.
+    pub cpu: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ThreadCpuKey>() == 8);
+
+/// Value of the `CPU_TOPO` array (index: CPU number): global ids that decide a
+/// migration's distance class. Written by userspace from sysfs before attach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTopo {
+    /// Global physical core id (unique across packages).
+    pub core: u32,
+    /// Global last-level-cache group id.
+    pub llc: u32,
+    /// NUMA node.
+    pub node: u32,
+    /// 1 when the CPU is present in the table.
+    pub valid: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<CpuTopo>() == 16);
+
+/// Kernel structure offsets the programs need, resolved by userspace from the
+/// running kernel's BTF and written into the `.rodata` global `OFFSETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.pid` (tgid is assumed to follow at +4 and is checked).
+    pub pid: u32,
+    /// `task_struct.tgid`.
+    pub tgid: u32,
+    /// `task_struct.se.sum_exec_runtime`.
+    pub sum_exec_runtime: u32,
+    /// `task_struct.thread_info.cpu` (or `task_struct.cpu` on kernels that
+    /// keep it there): `task_cpu()`, the source CPU of a migration.
+    pub cpu: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are #[repr(C)], contain only integers, and have no
+    // implicit padding (checked by the size assertions above).
+    unsafe impl aya::Pod for super::ThreadStats {}
+    unsafe impl aya::Pod for super::ThreadCpuKey {}
+    unsafe impl aya::Pod for super::CpuTopo {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
+}

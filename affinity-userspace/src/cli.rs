@@ -1,0 +1,178 @@
+//! Command-line interface (clap derive). Parsing only: no side effects.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::probe::AttachChoice;
+
+/// Exit code for bad input (unknown pid, bad flag values): nothing was done.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code for a failure while running (load, attach, I/O).
+pub const EXIT_FAILURE: i32 = 1;
+
+/// affin-trace: per-thread scheduler facts from eBPF (real migrations, time on
+/// each CPU, voluntary and involuntary switches, run-queue delay), turned
+/// into a CPU-affinity recommendation.
+#[derive(Debug, Parser)]
+#[command(name = "affin-trace", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Subcommand; without one, trace the targets given by the options.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Tracing options.
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace a built-in workload (one steady CPU-bound thread, one sleeping
+    /// thread, one thread forced to hop CPUs) and report it.
+    Demo {
+        /// Tracing options (the duration defaults to 5 s here).
+        #[command(flatten)]
+        trace: TraceArgs,
+    },
+    /// Print the CPU topology (no root needed).
+    Topology {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// The demo's workload itself (run by `demo`).
+    #[command(hide = true)]
+    DemoWorker {
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+}
+
+/// Report format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A readable table.
+    Text,
+    /// One JSON document (see README for the contract).
+    Json,
+}
+
+/// Options of a trace run.
+#[derive(Debug, Args, Clone)]
+pub struct TraceArgs {
+    /// Process to trace (all its threads, including ones created during the
+    /// run). Repeat or separate with commas for several.
+    #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// Thread to trace (its process is traced, the report shows this thread).
+    #[arg(short, long = "tid", value_name = "TID", value_delimiter = ',')]
+    pub tids: Vec<u32>,
+    /// How long to trace, in seconds (Ctrl-C ends early and still reports).
+    /// With a command, the run ends when the command exits.
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<f64>,
+    /// How often the kernel maps are read, in seconds.
+    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub interval: f64,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the report to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Which program type to attach: tp_btf (fastest), raw_tp, or auto
+    /// (tp_btf, falling back to raw_tp).
+    #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
+    pub attach: AttachChoice,
+    /// Capacity of the per-thread kernel map; threads beyond it are counted
+    /// as dropped events and reported.
+    #[arg(long, value_name = "N", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    pub max_threads: u32,
+    /// Print start-up timings and attach details on stderr.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Command to start and trace from its first instruction; affin-trace
+    /// exits with its exit status.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Longest accepted duration or interval: a day.
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// Parses a positive number of seconds ("30", "0.5"), at most a day.
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 30 or 0.5)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("{s} must be more than 0 seconds"));
+    }
+    if v > MAX_SECONDS {
+        return Err(format!("{s} is more than a day ({MAX_SECONDS} s)"));
+    }
+    if v < 0.01 {
+        return Err(format!("{s} is below the 0.01 s resolution"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("affin-trace").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn several_pids_by_repeat_and_comma() {
+        let c = parse(&["--pid", "1,2", "-p", "3"]).unwrap();
+        assert_eq!(c.trace.pids, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn command_after_double_dash() {
+        let c = parse(&["--format", "json", "--", "sleep", "1"]).unwrap();
+        assert_eq!(c.trace.command, vec!["sleep", "1"]);
+        assert_eq!(c.trace.format, Format::Json);
+    }
+
+    #[test]
+    fn bad_durations_are_refused() {
+        for bad in ["0", "-1", "abc", "1e9", "NaN", "0.001"] {
+            assert!(parse(&["--duration", bad, "--pid", "1"]).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse(&["-d", "2.5", "-p", "1"]).unwrap().trace.duration,
+            Some(2.5)
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--pid", "1"]).unwrap();
+        assert_eq!(c.trace.interval, 1.0);
+        assert_eq!(c.trace.duration, None);
+        assert_eq!(c.trace.attach, AttachChoice::Auto);
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        assert!(matches!(
+            parse(&["demo"]).unwrap().command,
+            Some(Command::Demo { .. })
+        ));
+        assert!(matches!(
+            parse(&["topology", "--format", "json"]).unwrap().command,
+            Some(Command::Topology {
+                format: Format::Json
+            })
+        ));
+    }
+}

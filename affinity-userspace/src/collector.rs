@@ -1,0 +1,300 @@
+//! Per-interval reads of the kernel maps, turned into a [`Trace`].
+//!
+//! Each interval the collector reads every thread's cumulative counters,
+//! adds the slice of threads that are on a CPU right now (their counters only
+//! move at switch-out), records the interval's deltas, and deletes the map
+//! entries of threads that exited once their final values were read (one
+//! interval after `sched_process_exit`, after their last switch-out).
+//!
+//! The map access sits behind [`Source`], so this logic is tested without
+//! root on recorded values.
+
+use std::collections::BTreeMap;
+
+use affinity_common::{FLAG_EXITING, ThreadCpuKey, ThreadStats};
+
+use crate::{
+    model::{Interval, MigrationsByClass, RunqLatency, ThreadTrace, Trace},
+    procs,
+};
+
+/// Where the collector reads from: the kernel maps, or a recording.
+pub trait Source {
+    /// All per-thread entries.
+    fn threads(&self) -> Vec<(u32, ThreadStats)>;
+    /// All per-(thread, CPU) on-CPU times.
+    fn thread_cpu(&self) -> Vec<(ThreadCpuKey, u64)>;
+    /// Deletes a thread's entries.
+    fn forget(&mut self, tid: u32, cpus: &[u32]);
+    /// Events dropped so far.
+    fn dropped(&self) -> u64;
+    /// `se.sum_exec_runtime` of a thread that is on a CPU now.
+    fn running_sum_exec(&self, tgid: u32, tid: u32) -> Option<u64>;
+}
+
+impl Source for crate::probe::Probe {
+    fn threads(&self) -> Vec<(u32, ThreadStats)> {
+        crate::probe::Probe::threads(self)
+    }
+    fn thread_cpu(&self) -> Vec<(ThreadCpuKey, u64)> {
+        crate::probe::Probe::thread_cpu(self)
+    }
+    fn forget(&mut self, tid: u32, cpus: &[u32]) {
+        self.forget_thread(tid, cpus.iter().copied());
+    }
+    fn dropped(&self) -> u64 {
+        crate::probe::Probe::dropped(self)
+    }
+    fn running_sum_exec(&self, tgid: u32, tid: u32) -> Option<u64> {
+        procs::thread_sum_exec(tgid, tid)
+    }
+}
+
+#[derive(Debug, Default)]
+struct ThreadAcc {
+    trace: ThreadTrace,
+    /// Cumulative on-CPU ns at the previous interval.
+    prev_cpu_ns: u64,
+    /// Migrations at the previous interval.
+    prev_migrations: u64,
+    /// Interval in which FLAG_EXITING was first seen.
+    exiting_since: Option<usize>,
+    /// Entries deleted from the maps: values are final.
+    gone: bool,
+}
+
+/// Accumulates interval samples into a [`Trace`].
+#[derive(Debug, Default)]
+pub struct Collector {
+    threads: BTreeMap<u32, ThreadAcc>,
+    intervals: Vec<Interval>,
+    dropped: u64,
+}
+
+impl Collector {
+    /// An empty collector.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads one interval of `wall_ns` from `src`; `rss_bytes` is the
+    /// targets' resident memory now.
+    pub fn sample(&mut self, src: &mut dyn Source, wall_ns: u64, rss_bytes: u64) {
+        let n = self.intervals.len();
+        let mut per_cpu: BTreeMap<u32, BTreeMap<u32, u64>> = BTreeMap::new();
+        for (k, ns) in src.thread_cpu() {
+            per_cpu.entry(k.tid).or_default().insert(k.cpu, ns);
+        }
+        let mut interval = Interval {
+            wall_ns,
+            rss_bytes,
+            ..Interval::default()
+        };
+        let mut to_forget = Vec::new();
+        for (tid, st) in src.threads() {
+            let mut cpus = per_cpu.remove(&tid).unwrap_or_default();
+            let mut cpu_ns = st.cpu_time_ns;
+            if st.running_on != 0 {
+                // On a CPU now: its current slice is not in the map yet.
+                if let Some(now) = src.running_sum_exec(st.tgid, tid) {
+                    let pending = now.saturating_sub(st.last_sum_exec_ns);
+                    cpu_ns += pending;
+                    *cpus.entry(st.running_on - 1).or_default() += pending;
+                }
+            }
+            let acc = self.threads.entry(tid).or_insert_with(|| ThreadAcc {
+                trace: ThreadTrace {
+                    tid,
+                    cpu_ns_per_interval: vec![0; n],
+                    ..ThreadTrace::default()
+                },
+                ..ThreadAcc::default()
+            });
+            if acc.gone {
+                continue; // a stale entry recreated after deletion: ignore
+            }
+            let t = &mut acc.trace;
+            t.tgid = st.tgid;
+            let comm = procs::comm_str(&st.comm);
+            if !comm.is_empty() {
+                t.comm = comm;
+            }
+            t.cpu_time_ns = cpu_ns.max(t.cpu_time_ns);
+            t.per_cpu_ns = cpus;
+            t.voluntary_switches = st.voluntary;
+            t.involuntary_switches = st.involuntary;
+            t.migrations = MigrationsByClass::from_array(st.migrations);
+            t.runq = RunqLatency {
+                hist: st.runq_hist.iter().map(|&c| u64::from(c)).collect(),
+                count: st.runq_waits,
+                total_ns: st.runq_wait_ns,
+                max_ns: st.runq_max_ns,
+            };
+            t.preempted_wait_ns = st.preempted_wait_ns;
+            let d_cpu = t.cpu_time_ns.saturating_sub(acc.prev_cpu_ns);
+            let migs = t.migrations.total();
+            let d_mig = migs.saturating_sub(acc.prev_migrations);
+            acc.prev_cpu_ns = t.cpu_time_ns;
+            acc.prev_migrations = migs;
+            t.cpu_ns_per_interval.resize(n, 0);
+            t.cpu_ns_per_interval.push(d_cpu);
+            interval.cpu_ns += d_cpu;
+            interval.migrations += d_mig;
+            if st.flags & FLAG_EXITING != 0 {
+                t.exited = true;
+                match acc.exiting_since {
+                    None => acc.exiting_since = Some(n),
+                    Some(_) => {
+                        acc.gone = true;
+                        to_forget.push((tid, t.per_cpu_ns.keys().copied().collect::<Vec<_>>()));
+                    }
+                }
+            }
+        }
+        for (tid, cpus) in to_forget {
+            src.forget(tid, &cpus);
+        }
+        // Threads deleted earlier contribute a zero sample.
+        for acc in self.threads.values_mut() {
+            acc.trace.cpu_ns_per_interval.resize(n + 1, 0);
+        }
+        self.dropped = src.dropped();
+        self.intervals.push(interval);
+    }
+
+    /// Number of intervals read so far.
+    pub fn intervals(&self) -> usize {
+        self.intervals.len()
+    }
+
+    /// Number of threads seen so far.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// The trace so far. The caller fills in targets and window facts.
+    pub fn finish(&self) -> Trace {
+        Trace {
+            threads: self.threads.values().map(|a| a.trace.clone()).collect(),
+            intervals: self.intervals.clone(),
+            dropped_events: self.dropped,
+            ..Trace::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Fake {
+        threads: BTreeMap<u32, ThreadStats>,
+        cpu: BTreeMap<ThreadCpuKey, u64>,
+        running_sum: BTreeMap<u32, u64>,
+        forgotten: Vec<u32>,
+    }
+
+    impl Source for Fake {
+        fn threads(&self) -> Vec<(u32, ThreadStats)> {
+            self.threads.iter().map(|(k, v)| (*k, *v)).collect()
+        }
+        fn thread_cpu(&self) -> Vec<(ThreadCpuKey, u64)> {
+            self.cpu.iter().map(|(k, v)| (*k, *v)).collect()
+        }
+        fn forget(&mut self, tid: u32, cpus: &[u32]) {
+            self.forgotten.push(tid);
+            self.threads.remove(&tid);
+            for &cpu in cpus {
+                self.cpu.remove(&ThreadCpuKey { tid, cpu });
+            }
+        }
+        fn dropped(&self) -> u64 {
+            3
+        }
+        fn running_sum_exec(&self, _tgid: u32, tid: u32) -> Option<u64> {
+            self.running_sum.get(&tid).copied()
+        }
+    }
+
+    fn stats(cpu_time: u64) -> ThreadStats {
+        ThreadStats {
+            tgid: 100,
+            comm: procs::comm_bytes("worker"),
+            cpu_time_ns: cpu_time,
+            ..ThreadStats::default()
+        }
+    }
+
+    #[test]
+    fn interval_deltas_and_per_cpu_time() {
+        let mut src = Fake::default();
+        let mut c = Collector::new();
+        src.threads.insert(101, stats(300));
+        src.cpu.insert(ThreadCpuKey { tid: 101, cpu: 0 }, 100);
+        src.cpu.insert(ThreadCpuKey { tid: 101, cpu: 1 }, 200);
+        c.sample(&mut src, 1_000, 0);
+        src.threads.insert(101, stats(1000));
+        src.cpu.insert(ThreadCpuKey { tid: 101, cpu: 1 }, 900);
+        c.sample(&mut src, 1_000, 0);
+        let t = c.finish();
+        let th = &t.threads[0];
+        assert_eq!(th.comm, "worker");
+        assert_eq!(th.cpu_time_ns, 1000);
+        assert_eq!(th.cpu_ns_per_interval, vec![300, 700]);
+        assert_eq!(th.per_cpu_ns, BTreeMap::from([(0, 100), (1, 900)]));
+        assert_eq!(t.intervals[1].cpu_ns, 700);
+        assert_eq!(t.dropped_events, 3);
+    }
+
+    #[test]
+    fn a_running_thread_gets_its_current_slice() {
+        let mut src = Fake::default();
+        let mut st = stats(500);
+        st.last_sum_exec_ns = 10_000;
+        st.running_on = 2; // CPU 1
+        src.threads.insert(7, st);
+        src.running_sum.insert(7, 10_400);
+        let mut c = Collector::new();
+        c.sample(&mut src, 1_000, 0);
+        let th = &c.finish().threads[0];
+        assert_eq!(th.cpu_time_ns, 900);
+        assert_eq!(th.per_cpu_ns.get(&1), Some(&400));
+    }
+
+    #[test]
+    fn exited_threads_are_kept_and_deleted_one_interval_later() {
+        let mut src = Fake::default();
+        let mut st = stats(50);
+        st.flags = FLAG_EXITING;
+        src.threads.insert(9, st);
+        src.threads.insert(10, stats(10));
+        let mut c = Collector::new();
+        c.sample(&mut src, 1, 0);
+        assert!(
+            src.forgotten.is_empty(),
+            "deleted before its last switch-out"
+        );
+        c.sample(&mut src, 1, 0);
+        assert_eq!(src.forgotten, vec![9]);
+        c.sample(&mut src, 1, 0);
+        let t = c.finish();
+        let th = t.threads.iter().find(|t| t.tid == 9).unwrap();
+        assert!(th.exited);
+        assert_eq!(th.cpu_time_ns, 50);
+        assert_eq!(th.cpu_ns_per_interval, vec![50, 0, 0]);
+    }
+
+    #[test]
+    fn a_thread_appearing_late_has_zero_early_samples() {
+        let mut src = Fake::default();
+        src.threads.insert(1, stats(10));
+        let mut c = Collector::new();
+        c.sample(&mut src, 1, 0);
+        src.threads.insert(2, stats(20));
+        c.sample(&mut src, 1, 0);
+        let t = c.finish();
+        assert_eq!(t.threads[1].cpu_ns_per_interval, vec![0, 20]);
+        assert_eq!(t.threads[0].cpu_ns_per_interval, vec![10, 0]);
+    }
+}

@@ -1,0 +1,28 @@
+//! affin-trace: per-thread scheduler facts from eBPF, turned into a CPU
+//! affinity decision.
+//!
+//! Data flows one way, one module per step:
+//! kernel maps -> [`probe`] (load, attach) -> [`collector`] (per-interval map
+//! reads) -> [`model::Trace`] -> [`features`] -> [`classify`] -> [`recommend`]
+//! -> [`report`]. Only `probe`, `collector`, `procs` and `command` touch the
+//! kernel; everything after the collector is pure and tested on fixtures.
+
+pub mod btf;
+pub mod cgroup;
+pub mod classify;
+pub mod cli;
+pub mod collector;
+pub mod command;
+pub mod config;
+pub mod cpulist;
+pub mod demo;
+pub mod features;
+pub mod model;
+pub mod preflight;
+pub mod probe;
+pub mod procs;
+pub mod recommend;
+pub mod report;
+pub mod session;
+pub mod throttle;
+pub mod topology;

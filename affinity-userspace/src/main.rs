@@ -1,0 +1,93 @@
+//! The `affin-trace` binary: parse, run, report, exit with a meaningful code.
+
+use std::{io::Write as _, process::ExitCode};
+
+use affinity::{
+    cli::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
+    demo,
+    report::Report,
+    session,
+    topology::Topology,
+};
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Some(Command::DemoWorker { seconds }) => {
+            demo::run_worker(seconds);
+            0
+        }
+        Some(Command::Topology { format }) => topology(format),
+        Some(Command::Demo { mut trace }) => {
+            let secs = trace.duration.take().unwrap_or(5.0);
+            trace.command = match std::env::current_exe() {
+                Ok(exe) => vec![
+                    exe.display().to_string(),
+                    "demo-worker".into(),
+                    "--seconds".into(),
+                    secs.to_string(),
+                ],
+                Err(e) => {
+                    eprintln!("affin-trace: cannot find its own executable: {e}");
+                    return ExitCode::from(EXIT_FAILURE as u8);
+                }
+            };
+            trace_and_report(&trace)
+        }
+        None => trace_and_report(&cli.trace),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn topology(format: Format) -> i32 {
+    match Topology::read(std::path::Path::new("/")) {
+        Ok(t) => {
+            match format {
+                Format::Text => print!("{}", affinity::topology::render_text(&t)),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&t).unwrap_or_default())
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("affin-trace: reading the CPU topology: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn trace_and_report(args: &TraceArgs) -> i32 {
+    // Open the output first: an unwritable path fails before anything runs.
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                eprintln!(
+                    "affin-trace: cannot write {}: {e}; choose a writable --output path",
+                    path.display()
+                );
+                return EXIT_USAGE;
+            }
+        },
+        None => Box::new(std::io::stdout()),
+    };
+    let outcome = match session::run(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("affin-trace: {e}");
+            return e.exit_code();
+        }
+    };
+    let report = Report::new(&outcome.trace, &args.command, outcome.exit_status);
+    let text = match args.format {
+        Format::Text => report.to_text(),
+        Format::Json => report.to_json() + "\n",
+    };
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        eprintln!("affin-trace: writing the report: {e}");
+        return EXIT_FAILURE;
+    }
+    outcome.exit_status.unwrap_or(0)
+}

@@ -1,0 +1,295 @@
+//! What a trace produced, as plain values: the collector builds a [`Trace`],
+//! every later step (features, classification, recommendation, report) reads
+//! it. Nothing here touches the kernel, so recorded traces (JSON) serve as
+//! test fixtures.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Number of log2 run-queue latency buckets (same as the kernel side).
+pub const RUNQ_BUCKETS: usize = affinity_common::RUNQ_BUCKETS;
+
+/// Migrations split by how far the thread moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationsByClass {
+    /// To the SMT sibling (same physical core).
+    pub smt: u64,
+    /// To another core sharing the last-level cache.
+    pub llc: u64,
+    /// To another last-level cache on the same NUMA node.
+    pub cross_llc: u64,
+    /// To another NUMA node.
+    pub cross_numa: u64,
+}
+
+impl MigrationsByClass {
+    /// From the kernel's `[smt, llc, cross_llc, cross_numa]` counters.
+    pub fn from_array(a: [u64; 4]) -> Self {
+        Self {
+            smt: a[0],
+            llc: a[1],
+            cross_llc: a[2],
+            cross_numa: a[3],
+        }
+    }
+
+    /// All migrations.
+    pub fn total(&self) -> u64 {
+        self.smt + self.llc + self.cross_llc + self.cross_numa
+    }
+
+    /// Migrations that left the last-level cache group.
+    pub fn leaving_llc(&self) -> u64 {
+        self.cross_llc + self.cross_numa
+    }
+
+    /// Element-wise sum.
+    pub fn add(&mut self, o: &Self) {
+        self.smt += o.smt;
+        self.llc += o.llc;
+        self.cross_llc += o.cross_llc;
+        self.cross_numa += o.cross_numa;
+    }
+}
+
+/// Wakeup-to-run latency: a log2 histogram plus exact count, sum and max.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunqLatency {
+    /// Bucket `i` counts waits in `[2^i, 2^(i+1))` ns (last bucket: longer).
+    pub hist: Vec<u64>,
+    /// Number of waits.
+    pub count: u64,
+    /// Sum of waits (ns).
+    pub total_ns: u64,
+    /// Longest wait (ns).
+    pub max_ns: u64,
+}
+
+impl RunqLatency {
+    /// Adds another histogram (bucket by bucket).
+    pub fn merge(&mut self, o: &Self) {
+        if self.hist.len() < o.hist.len() {
+            self.hist.resize(o.hist.len(), 0);
+        }
+        for (a, b) in self.hist.iter_mut().zip(&o.hist) {
+            *a += b;
+        }
+        self.count += o.count;
+        self.total_ns += o.total_ns;
+        self.max_ns = self.max_ns.max(o.max_ns);
+    }
+
+    /// The `q` quantile (0..=1) in ns, interpolated linearly inside its log2
+    /// bucket and clamped to the exact maximum; `None` with no samples.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let n: u64 = self.hist.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * n as f64).ceil().max(1.0) as u64;
+        let mut seen = 0u64;
+        for (i, &c) in self.hist.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            if seen + c >= rank {
+                let lo = if i == 0 { 0 } else { 1u64 << i };
+                let hi = 1u64 << (i + 1);
+                let frac = (rank - seen) as f64 / c as f64;
+                let v = lo as f64 + frac * (hi - lo) as f64;
+                return Some((v as u64).min(self.max_ns.max(lo)));
+            }
+            seen += c;
+        }
+        Some(self.max_ns)
+    }
+}
+
+/// One thread over the whole trace window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThreadTrace {
+    /// Thread id.
+    pub tid: u32,
+    /// Process (thread group) id.
+    pub tgid: u32,
+    /// Thread name.
+    pub comm: String,
+    /// On-CPU time in the window (ns).
+    pub cpu_time_ns: u64,
+    /// On-CPU time per CPU (ns), keyed by CPU number.
+    pub per_cpu_ns: BTreeMap<u32, u64>,
+    /// Voluntary context switches (blocked: sleep, I/O, lock).
+    pub voluntary_switches: u64,
+    /// Involuntary context switches (preempted while runnable).
+    pub involuntary_switches: u64,
+    /// Migrations by distance class.
+    pub migrations: MigrationsByClass,
+    /// Wakeup-to-run latency.
+    pub runq: RunqLatency,
+    /// Time runnable after preemption, waiting for a CPU (ns): includes CFS
+    /// bandwidth throttling.
+    pub preempted_wait_ns: u64,
+    /// The thread exited during the window.
+    pub exited: bool,
+    /// On-CPU ns in each interval of the window (index = interval number;
+    /// intervals before the thread appeared are 0).
+    pub cpu_ns_per_interval: Vec<u64>,
+}
+
+/// One process-wide sample per interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    /// Length of this interval (ns, wall clock).
+    pub wall_ns: u64,
+    /// On-CPU time of all target threads in this interval (ns).
+    pub cpu_ns: u64,
+    /// Migrations of all target threads in this interval.
+    pub migrations: u64,
+    /// Resident set size of the targets at the end of the interval (bytes).
+    pub rss_bytes: u64,
+}
+
+/// How the programs were attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// BTF-typed tracepoints (preferred).
+    #[default]
+    TpBtf,
+    /// Raw tracepoints (fallback).
+    RawTp,
+}
+
+/// Everything one trace window produced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    /// Target processes (tgids).
+    pub pids: Vec<u32>,
+    /// Requested threads, when the target was given as `--tid` (empty: all).
+    pub tids: Vec<u32>,
+    /// Wall-clock length of the window (ns).
+    pub duration_ns: u64,
+    /// Interval between map reads (ns).
+    pub interval_ns: u64,
+    /// Per-thread results, sorted by tid.
+    pub threads: Vec<ThreadTrace>,
+    /// Per-interval process samples.
+    pub intervals: Vec<Interval>,
+    /// System-wide busy (non-idle) ns per CPU over the window, from
+    /// /proc/stat: which CPUs the rest of the machine used.
+    pub system_busy_ns: BTreeMap<u32, u64>,
+    /// Events the kernel side could not record (maps full, failed reads).
+    pub dropped_events: u64,
+    /// Targets that exited before the window ended.
+    pub exited_pids: Vec<u32>,
+    /// How the programs were attached.
+    pub attach_mode: AttachMode,
+    /// Number of online CPUs during the trace.
+    pub nr_cpus: u32,
+}
+
+impl Trace {
+    /// Threads selected for the report: all, or those named with `--tid`.
+    pub fn selected_threads(&self) -> impl Iterator<Item = &ThreadTrace> {
+        self.threads
+            .iter()
+            .filter(|t| self.tids.is_empty() || self.tids.contains(&t.tid))
+    }
+
+    /// Process totals over the selected threads.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for th in self.selected_threads() {
+            t.cpu_time_ns += th.cpu_time_ns;
+            t.voluntary_switches += th.voluntary_switches;
+            t.involuntary_switches += th.involuntary_switches;
+            t.migrations.add(&th.migrations);
+            t.runq.merge(&th.runq);
+            t.preempted_wait_ns += th.preempted_wait_ns;
+            for (cpu, ns) in &th.per_cpu_ns {
+                *t.per_cpu_ns.entry(*cpu).or_default() += ns;
+            }
+            t.threads += 1;
+        }
+        t
+    }
+}
+
+/// Sums over the selected threads of a trace.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Totals {
+    /// Number of threads.
+    pub threads: usize,
+    /// On-CPU ns.
+    pub cpu_time_ns: u64,
+    /// On-CPU ns per CPU.
+    pub per_cpu_ns: BTreeMap<u32, u64>,
+    /// Voluntary switches.
+    pub voluntary_switches: u64,
+    /// Involuntary switches.
+    pub involuntary_switches: u64,
+    /// Migrations by class.
+    pub migrations: MigrationsByClass,
+    /// Merged wakeup-to-run latency.
+    pub runq: RunqLatency,
+    /// Preempted-wait ns.
+    pub preempted_wait_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hist(pairs: &[(usize, u64)]) -> RunqLatency {
+        let mut h = RunqLatency {
+            hist: vec![0; RUNQ_BUCKETS],
+            ..Default::default()
+        };
+        for &(b, c) in pairs {
+            h.hist[b] = c;
+            h.count += c;
+        }
+        h.max_ns = u64::MAX;
+        h
+    }
+
+    #[test]
+    fn quantile_of_empty_histogram_is_none() {
+        assert_eq!(RunqLatency::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn quantile_interpolates_inside_the_bucket() {
+        // 100 samples all in [1024, 2048): p50 is the bucket's middle.
+        let h = hist(&[(10, 100)]);
+        assert_eq!(h.quantile(0.5), Some(1536));
+        assert_eq!(h.quantile(1.0), Some(2048));
+    }
+
+    #[test]
+    fn quantile_walks_buckets_in_order() {
+        // 90 fast (bucket 3: 8..16 ns), 10 slow (bucket 20: ~1 ms).
+        let h = hist(&[(3, 90), (20, 10)]);
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((8..16).contains(&p50), "p50 {p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!(((1 << 20)..(1 << 21)).contains(&p99), "p99 {p99}");
+    }
+
+    #[test]
+    fn quantile_is_clamped_to_the_exact_max() {
+        let mut h = hist(&[(10, 4)]);
+        h.max_ns = 1100;
+        assert_eq!(h.quantile(1.0), Some(1100));
+    }
+
+    #[test]
+    fn migrations_classes_add_up() {
+        let mut m = MigrationsByClass::from_array([1, 2, 3, 4]);
+        assert_eq!(m.total(), 10);
+        assert_eq!(m.leaving_llc(), 7);
+        m.add(&MigrationsByClass::from_array([1, 1, 1, 1]));
+        assert_eq!(m.total(), 14);
+    }
+}

@@ -1,0 +1,202 @@
+//! What /proc says about the targets, read with the `procfs` crate (which
+//! parses /proc/<pid>/stat correctly when comm holds spaces or ')').
+//!
+//! Used to find a target's threads before tracing starts, to give them their
+//! `sum_exec_runtime` base (/proc/<pid>/task/<tid>/schedstat), to add the
+//! slice of a thread that is on a CPU when an interval is read, and for
+//! process facts (RSS, start time) and system-wide per-CPU busy time
+//! (/proc/stat).
+
+use std::collections::BTreeMap;
+
+use procfs::{Current, CurrentSI, process::Process};
+
+/// A thread as /proc shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadInfo {
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name (raw bytes, NUL padded to 16).
+    pub comm: [u8; 16],
+    /// `se.sum_exec_runtime` (ns).
+    pub sum_exec_ns: u64,
+}
+
+/// Why a target cannot be traced.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// No such process or thread.
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    /// It is a zombie: nothing left to trace.
+    #[error("process {0} is a zombie (exited, not yet reaped): nothing to trace")]
+    Zombie(u32),
+}
+
+/// The process (thread group) a thread id belongs to.
+pub fn tgid_of(tid: u32) -> Result<u32, TargetError> {
+    let status = Process::new(tid as i32)
+        .and_then(|p| p.status())
+        .map_err(|_| TargetError::NoSuchProcess(tid))?;
+    Ok(status.tgid as u32)
+}
+
+/// Checks that `pid` is a live process and returns its tgid (a thread id
+/// given as `--pid` resolves to its process).
+pub fn check_target(pid: u32) -> Result<u32, TargetError> {
+    let p = Process::new(pid as i32).map_err(|_| TargetError::NoSuchProcess(pid))?;
+    let stat = p.stat().map_err(|_| TargetError::NoSuchProcess(pid))?;
+    if stat.state == 'Z' {
+        return Err(TargetError::Zombie(pid));
+    }
+    tgid_of(pid)
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map(|s| s.state != 'Z' && s.state != 'X')
+        .unwrap_or(false)
+}
+
+/// Threads of `pid` with their names and on-CPU totals. Threads that vanish
+/// while being read are skipped.
+pub fn threads(pid: u32) -> Vec<ThreadInfo> {
+    let Ok(p) = Process::new(pid as i32) else {
+        return Vec::new();
+    };
+    let Ok(tasks) = p.tasks() else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| {
+            let sum_exec_ns = t.schedstat().ok()?.sum_exec_runtime;
+            let comm = t
+                .stat()
+                .ok()
+                .map(|s| comm_bytes(&s.comm))
+                .unwrap_or_default();
+            Some(ThreadInfo {
+                tid: t.tid as u32,
+                comm,
+                sum_exec_ns,
+            })
+        })
+        .collect()
+}
+
+/// `se.sum_exec_runtime` of one thread, if it still exists.
+pub fn thread_sum_exec(pid: u32, tid: u32) -> Option<u64> {
+    Process::new(pid as i32)
+        .ok()?
+        .task_from_tid(tid as i32)
+        .ok()?
+        .schedstat()
+        .ok()
+        .map(|s| s.sum_exec_runtime)
+}
+
+/// Current name of a thread.
+pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
+    let t = Process::new(pid as i32)
+        .ok()?
+        .task_from_tid(tid as i32)
+        .ok()?;
+    t.stat().ok().map(|s| s.comm)
+}
+
+/// Resident set size in bytes (0 if gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map(|s| s.rss * procfs::page_size())
+        .unwrap_or(0)
+}
+
+/// MemTotal in bytes.
+pub fn mem_total_bytes() -> u64 {
+    procfs::Meminfo::current().map(|m| m.mem_total).unwrap_or(0)
+}
+
+/// Busy (non-idle, non-iowait) ns per CPU since boot, from /proc/stat.
+pub fn cpu_busy_ns() -> BTreeMap<u32, u64> {
+    let Ok(ks) = procfs::KernelStats::current() else {
+        return BTreeMap::new();
+    };
+    let ns_per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
+    ks.cpu_time
+        .iter()
+        .enumerate()
+        .map(|(cpu, t)| {
+            let busy = t.user
+                + t.nice
+                + t.system
+                + t.irq.unwrap_or(0)
+                + t.softirq.unwrap_or(0)
+                + t.steal.unwrap_or(0);
+            (cpu as u32, busy * ns_per_tick)
+        })
+        .collect()
+}
+
+/// Element-wise `after - before`.
+pub fn busy_delta(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> BTreeMap<u32, u64> {
+    after
+        .iter()
+        .map(|(cpu, a)| (*cpu, a.saturating_sub(*before.get(cpu).unwrap_or(&0))))
+        .collect()
+}
+
+/// A comm string as the kernel's NUL-padded 16 bytes.
+pub fn comm_bytes(s: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(s.bytes().take(15)) {
+        *o = b;
+    }
+    out
+}
+
+/// The kernel's NUL-padded comm as a string.
+pub fn comm_str(b: &[u8; 16]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_round_trips_and_truncates_to_15_bytes() {
+        assert_eq!(comm_str(&comm_bytes("a) (b")), "a) (b");
+        assert_eq!(
+            comm_str(&comm_bytes("0123456789abcdefXYZ")),
+            "0123456789abcde"
+        );
+    }
+
+    #[test]
+    fn busy_delta_is_per_cpu_and_never_negative() {
+        let a = BTreeMap::from([(0, 10), (1, 50)]);
+        let b = BTreeMap::from([(0, 25), (1, 40)]);
+        assert_eq!(busy_delta(&a, &b), BTreeMap::from([(0, 15), (1, 0)]));
+    }
+
+    #[test]
+    fn this_process_is_found_with_its_threads() {
+        let me = std::process::id();
+        assert_eq!(check_target(me).unwrap(), me);
+        let ts = threads(me);
+        assert!(ts.iter().any(|t| t.tid == me), "{ts:?}");
+        assert!(alive(me));
+    }
+
+    #[test]
+    fn a_missing_pid_is_no_such_process() {
+        // pid_max is at most 2^22, so this pid cannot exist.
+        let err = check_target(4_194_304 + 7).unwrap_err();
+        assert_eq!(err.to_string(), "no such process: 4194311");
+    }
+}

@@ -1,0 +1,299 @@
+//! One trace run, start to finish: check the input, load and attach, mark the
+//! targets, read the maps each interval until the window ends, and return
+//! the [`Trace`]. The only module that sequences kernel-touching steps.
+
+use std::{
+    io::IsTerminal as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+use crate::{
+    btf,
+    cli::TraceArgs,
+    collector::Collector,
+    command::{CommandError, GatedChild, spawn_gated},
+    model::Trace,
+    preflight::{self, PreflightError},
+    probe::{Probe, ProbeConfig, ProbeError},
+    procs::{self, TargetError},
+    topology::Topology,
+};
+
+/// Default window when tracing pids (a command runs until it exits).
+pub const DEFAULT_DURATION_S: f64 = 30.0;
+
+/// Why a run failed. [`SessionError::exit_code`] maps each to an exit code.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// Nothing to trace was given.
+    #[error("nothing to trace: give --pid PID, --tid TID, or -- COMMAND (see --help)")]
+    NoTarget,
+    /// A command and pids at once.
+    #[error("give either --pid/--tid or -- COMMAND, not both")]
+    TargetAndCommand,
+    /// The interval is longer than the window.
+    #[error(
+        "--interval {interval} s is longer than --duration {duration} s: make the interval shorter"
+    )]
+    IntervalTooLong {
+        /// Interval (s).
+        interval: f64,
+        /// Duration (s).
+        duration: f64,
+    },
+    /// Bad target.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// Missing privileges or kernel support.
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    /// BTF offsets.
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    /// Topology.
+    #[error("reading the CPU topology: {0}")]
+    Topology(String),
+    /// Load or attach.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// The command could not be started.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+impl SessionError {
+    /// Exit code: 2 for bad input, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SessionError::NoTarget
+            | SessionError::TargetAndCommand
+            | SessionError::IntervalTooLong { .. }
+            | SessionError::Target(_) => crate::cli::EXIT_USAGE,
+            SessionError::Command(CommandError::Exec { .. }) => 127,
+            _ => crate::cli::EXIT_FAILURE,
+        }
+    }
+}
+
+/// What a run produced.
+pub struct Outcome {
+    /// The trace.
+    pub trace: Trace,
+    /// The command's exit status, in command mode.
+    pub exit_status: Option<i32>,
+    /// The topology read at start.
+    pub topology: Topology,
+}
+
+/// Resolved targets.
+struct Targets {
+    tgids: Vec<u32>,
+    tids: Vec<u32>,
+}
+
+fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
+    let mut tgids = Vec::new();
+    for &pid in &args.pids {
+        tgids.push(procs::check_target(pid)?);
+    }
+    for &tid in &args.tids {
+        tgids.push(procs::tgid_of(tid)?);
+    }
+    tgids.sort_unstable();
+    tgids.dedup();
+    Ok(Targets {
+        tgids,
+        tids: args.tids.clone(),
+    })
+}
+
+/// Checks the arguments and the system; no side effects.
+fn validate(args: &TraceArgs) -> Result<Targets, SessionError> {
+    let command = !args.command.is_empty();
+    if command && (!args.pids.is_empty() || !args.tids.is_empty()) {
+        return Err(SessionError::TargetAndCommand);
+    }
+    if !command && args.pids.is_empty() && args.tids.is_empty() {
+        return Err(SessionError::NoTarget);
+    }
+    if let Some(d) = args.duration
+        && args.interval > d
+    {
+        return Err(SessionError::IntervalTooLong {
+            interval: args.interval,
+            duration: d,
+        });
+    }
+    let targets = resolve(args)?;
+    preflight::check(false)?;
+    Ok(targets)
+}
+
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304)
+}
+
+fn seed(probe: &mut Probe, tgid: u32) {
+    for t in procs::threads(tgid) {
+        probe.seed_thread(t.tid, tgid, t.comm, t.sum_exec_ns);
+    }
+}
+
+/// Runs one trace window.
+pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
+    let t0 = Instant::now();
+    let targets = validate(args)?;
+    let verbose = |what: &str| {
+        if args.verbose {
+            eprintln!(
+                "affin-trace: {what} at {:.1} ms",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // Ctrl-C, kill or a closed terminal end the window; the report and
+        // the programs' detachment (Probe's Drop) still happen.
+        let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
+    }
+    let topology = Topology::read(std::path::Path::new("/"))
+        .map_err(|e| SessionError::Topology(e.to_string()))?;
+    verbose("topology read");
+    let offsets = btf::task_offsets(std::path::Path::new(btf::VMLINUX_BTF))?;
+    verbose("offsets resolved");
+    let cfg = ProbeConfig {
+        max_threads: args.max_threads,
+        attach: args.attach,
+        offsets,
+        pid_max: pid_max(),
+    };
+    let mut probe = Probe::load(&cfg, &topology)?;
+    verbose(&format!("programs attached ({:?})", probe.mode()));
+
+    let mut child: Option<GatedChild> = None;
+    let mut tgids = targets.tgids;
+    if !args.command.is_empty() {
+        let mut c = spawn_gated(&args.command)?;
+        probe.add_target(c.pid())?;
+        seed(&mut probe, c.pid());
+        c.release()?;
+        tgids = vec![c.pid()];
+        child = Some(c);
+    } else {
+        for &tgid in &tgids {
+            probe.add_target(tgid)?;
+            seed(&mut probe, tgid);
+        }
+    }
+    verbose("tracing");
+
+    let duration = args.duration.or(if child.is_some() {
+        None
+    } else {
+        Some(DEFAULT_DURATION_S)
+    });
+    let interval = Duration::from_secs_f64(args.interval);
+    let start = Instant::now();
+    let deadline = duration.map(|d| start + Duration::from_secs_f64(d));
+    let bar = progress_bar(duration, child.is_none());
+    let busy_before = procs::cpu_busy_ns();
+    let mut collector = Collector::new();
+    let mut last = start;
+    let mut exit_status = None;
+    loop {
+        let next = (last + interval).min(deadline.unwrap_or(last + interval));
+        let mut ended = false;
+        while Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(20).min(next - Instant::now()));
+            if stop.load(Ordering::Relaxed) {
+                ended = true;
+                break;
+            }
+            if let Some(c) = child.as_mut() {
+                if let Some(s) = c.try_wait() {
+                    exit_status = Some(s);
+                    ended = true;
+                    break;
+                }
+            } else if !tgids.iter().any(|&p| procs::alive(p)) {
+                ended = true;
+                break;
+            }
+        }
+        let now = Instant::now();
+        let rss = tgids.iter().map(|&p| procs::rss_bytes(p)).sum();
+        collector.sample(&mut probe, (now - last).as_nanos() as u64, rss);
+        last = now;
+        if let Some(b) = &bar {
+            b.set_position((now - start).as_millis() as u64);
+            b.set_message(format!("{} threads", collector.thread_count()));
+        }
+        if ended || deadline.is_some_and(|d| now >= d) {
+            break;
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let wall = start.elapsed();
+    let busy_after = procs::cpu_busy_ns();
+    // The command may still run (the window ended first): wait for it, so
+    // affin-trace exits with its status, as `time` does.
+    if let Some(c) = child.as_mut()
+        && exit_status.is_none()
+    {
+        if stop.load(Ordering::Relaxed) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.pid() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        exit_status = Some(c.wait());
+    }
+    let mut trace = collector.finish();
+    trace.pids = tgids.clone();
+    trace.tids = targets.tids;
+    trace.duration_ns = wall.as_nanos() as u64;
+    trace.interval_ns = interval.as_nanos() as u64;
+    trace.system_busy_ns = procs::busy_delta(&busy_before, &busy_after);
+    trace.exited_pids = if child.is_some() {
+        tgids.clone()
+    } else {
+        tgids
+            .iter()
+            .copied()
+            .filter(|&p| !procs::alive(p))
+            .collect()
+    };
+    trace.attach_mode = probe.mode();
+    trace.nr_cpus = topology.cpus.len() as u32;
+    drop(probe); // detach before reporting
+    Ok(Outcome {
+        trace,
+        exit_status,
+        topology,
+    })
+}
+
+fn progress_bar(duration: Option<f64>, allowed: bool) -> Option<indicatif::ProgressBar> {
+    let d = duration?;
+    if !allowed || !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new((d * 1000.0) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("tracing {bar:30} {elapsed}/{duration} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}

@@ -1,0 +1,140 @@
+//! Workloads whose scheduler behaviour is known by construction, for the
+//! root integration tests. Each prints what it knows (its tid, its own
+//! schedstat) on stdout as `key value` lines.
+//!
+//! Modes:
+//! - `hop N MS`: pin to CPU 0, print `ready`, wait for a line on stdin, then
+//!   re-pin N times alternating CPU 1, 0, 1, ... spinning MS ms of thread
+//!   CPU time after each pin: exactly N migrations.
+//! - `split X Y`: pin to CPU 0 and spin X ms of thread CPU time, then pin to
+//!   CPU 1 and spin Y ms; prints `tid` and `schedstat` (sum_exec_runtime).
+//! - `sleep K`: sleep 1 ms K times.
+//! - `late N MS`: print `ready`, wait for a line on stdin, then start N
+//!   threads named `late-<i>` that each spin MS ms of CPU time.
+//! - `spin MS`: spin MS ms of CPU time on whatever CPU.
+//! - `flip MS`: a `flipped` thread spins for MS ms of wall time while
+//!   the main thread flips its affinity between CPU 0 and 1 every 5 ms.
+
+use std::{
+    io::BufRead as _,
+    time::{Duration, Instant},
+};
+
+use nix::{sched::CpuSet, unistd::Pid};
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Spins until this thread has used `ms` more milliseconds of CPU.
+fn spin_cpu_ms(ms: u64) {
+    let until = thread_cpu_ns() + ms * 1_000_000;
+    while thread_cpu_ns() < until {
+        std::hint::spin_loop();
+    }
+}
+
+fn pin(tid: i32, cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("cpu number");
+    nix::sched::sched_setaffinity(Pid::from_raw(tid), &set).expect("sched_setaffinity");
+}
+
+fn wait_for_go() {
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).expect("stdin");
+}
+
+fn schedstat() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("schedstat format")
+}
+
+fn arg(args: &[String], i: usize) -> u64 {
+    args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        eprintln!("usage: workload hop N MS | split X Y | sleep K | late N MS | spin MS | flip MS");
+        std::process::exit(2)
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tid = nix::unistd::gettid().as_raw();
+    match args.first().map(String::as_str) {
+        Some("hop") => {
+            let (n, ms) = (arg(&args, 1), arg(&args, 2));
+            pin(0, 0);
+            wait_for_go();
+            for i in 0..n {
+                pin(0, if i % 2 == 0 { 1 } else { 0 });
+                spin_cpu_ms(ms);
+            }
+        }
+        Some("split") => {
+            let (x, y) = (arg(&args, 1), arg(&args, 2));
+            pin(0, 0);
+            spin_cpu_ms(x);
+            pin(0, 1);
+            spin_cpu_ms(y);
+            println!("tid {tid}");
+            println!("schedstat {}", schedstat());
+        }
+        Some("sleep") => {
+            for _ in 0..arg(&args, 1) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            println!("tid {tid}");
+        }
+        Some("late") => {
+            let (n, ms) = (arg(&args, 1), arg(&args, 2));
+            wait_for_go();
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name(format!("late-{i}"))
+                        .spawn(move || spin_cpu_ms(ms))
+                        .expect("spawn")
+                })
+                .collect();
+            for h in hs {
+                h.join().expect("join");
+            }
+        }
+        Some("spin") => spin_cpu_ms(arg(&args, 1)),
+        Some("flip") => {
+            let ms = arg(&args, 1);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let until = Instant::now() + Duration::from_millis(ms);
+            let h = std::thread::Builder::new()
+                .name("flipped".into())
+                .spawn(move || {
+                    tx.send(nix::unistd::gettid().as_raw()).expect("send");
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                })
+                .expect("spawn");
+            let victim = rx.recv().expect("recv");
+            let mut i = 0;
+            while Instant::now() < until {
+                let _ = std::panic::catch_unwind(|| pin(victim, i % 2));
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            h.join().expect("join");
+        }
+        _ => {
+            arg(&args, 99);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Developer tasks for affin-trace, run as `cargo xtask <command>`.
+//!
+//! - `setup`: installs, idempotently, what a fresh Debian bookworm machine
+//!   lacks to build and test (apt packages, nightly + rust-src, bpf-linker).
+//! - `build [--release]`: setup, then builds `affinity-userspace` (its
+//!   build.rs builds the eBPF crate with aya-build).
+//! - `run [-- ARGS...]`: setup, release build, then runs `affin-trace ARGS`
+//!   (`demo` when no ARGS), through sudo when not root and sudo exists.
+//! - `test [--unit|--root] [FILTER]`: setup, unit tests, then the root
+//!   integration tests (one at a time), then a pass/fail summary.
+//! - `install`: release build, copied to /usr/local/bin/affin-trace.
+//!
+//! A new command is a new `Cmd` variant plus a file holding its `run`.
+
+mod binary;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "affin-trace developer tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks to build and test (idempotent).
+    Setup,
+    /// Build affin-trace (and its eBPF object).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build in release mode and run affin-trace (default argument: demo).
+    Run {
+        /// Arguments for affin-trace, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run unit tests, then root integration tests, and summarize.
+    Test(test::Args),
+    /// Build in release mode and copy affin-trace to /usr/local/bin.
+    Install,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build { release } => binary::build(release),
+        Cmd::Run { args } => binary::run(args),
+        Cmd::Test(args) => test::run(args),
+        Cmd::Install => binary::install(),
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}

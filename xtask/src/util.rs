@@ -1,0 +1,77 @@
+//! Small helpers shared by the commands: paths, privileges, child processes.
+
+use anyhow::{Context as _, Result, bail};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root: the parent of this crate's directory.
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+}
+
+/// The release binary's path.
+pub fn release_bin() -> PathBuf {
+    workspace_root().join("target/release/affin-trace")
+}
+
+/// Whether the effective uid is 0 (read from /proc, no libc needed).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `$CARGO_HOME/bin`, where `cargo install` puts bpf-linker.
+pub fn cargo_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin"))
+}
+
+/// PATH with `$CARGO_HOME/bin` appended when it is missing, so that
+/// children (aya-build's nightly cargo) find bpf-linker.
+pub fn child_path() -> OsString {
+    let current = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&current).collect();
+    if let Some(bin) = cargo_bin_dir()
+        && !dirs.contains(&bin)
+    {
+        dirs.push(bin);
+    }
+    std::env::join_paths(dirs).unwrap_or(current)
+}
+
+/// Finds an executable on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&child_path())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A `cargo` command run from the workspace root.
+pub fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).env("PATH", child_path());
+    cmd
+}
+
+/// Runs `cmd` with inherited stdio; fails with `what` and `fix` unless it exits 0.
+pub fn run_checked(cmd: &mut Command, what: &str, fix: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start {:?}; {fix}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{what} failed ({status}); {fix}");
+    }
+    Ok(())
+}
