@@ -57,6 +57,106 @@ impl Readable for Bytes {
     }
 }
 
+/// Directory for the offsets cache: tmpfs, root-owned, emptied at boot
+/// (a new kernel always means a new boot).
+pub const CACHE_DIR: &str = "/run/affin-trace";
+
+/// Parsing the whole vmlinux BTF takes ~300 ms; the four offsets it yields
+/// are cached under [`CACHE_DIR`], keyed by the kernel build (release,
+/// version string with its build time) and the BTF size, so later starts
+/// skip the parse. Any cache problem falls back to parsing.
+pub fn task_offsets_cached(path: &Path, cache_dir: &Path) -> Result<TaskOffsets, BtfError> {
+    let key = cache_key(path);
+    let file = cache_dir.join("btf-offsets");
+    if let Some(key) = &key
+        && let Some(off) = read_cache(&file, key)
+    {
+        return Ok(off);
+    }
+    let off = task_offsets(path)?;
+    if let Some(key) = &key {
+        write_cache(cache_dir, &file, key, &off);
+    }
+    Ok(off)
+}
+
+fn cache_key(path: &Path) -> Option<String> {
+    let u = nix::sys::utsname::uname().ok()?;
+    let size = std::fs::metadata(path).ok()?.len();
+    Some(format!(
+        "{} {} {size}",
+        u.release().to_string_lossy(),
+        u.version().to_string_lossy()
+    ))
+}
+
+/// Parses a cache file: the key line, then "pid tgid sum_exec_runtime cpu".
+pub fn parse_cache(text: &str, key: &str) -> Option<TaskOffsets> {
+    let mut lines = text.lines();
+    if lines.next()? != key {
+        return None;
+    }
+    let v: Vec<u32> = lines
+        .next()?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match v[..] {
+        [pid, tgid, sum_exec_runtime, cpu] if tgid == pid + 4 => Some(TaskOffsets {
+            pid,
+            tgid,
+            sum_exec_runtime,
+            cpu,
+        }),
+        _ => None,
+    }
+}
+
+fn read_cache(file: &Path, key: &str) -> Option<TaskOffsets> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    // Only a regular file we own that nobody else can write, never
+    // through a symlink.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0
+    {
+        return None;
+    }
+    parse_cache(&std::io::read_to_string(f).ok()?, key)
+}
+
+fn write_cache(dir: &Path, file: &Path, key: &str, off: &TaskOffsets) {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
+    match std::fs::symlink_metadata(dir) {
+        Ok(m)
+            if m.is_dir()
+                && m.uid() == nix::unistd::geteuid().as_raw()
+                && m.mode() & 0o022 == 0 => {}
+        _ => return,
+    }
+    let tmp = dir.join(format!(".btf-offsets.{}", std::process::id()));
+    let text = format!(
+        "{key}\n{} {} {} {}\n",
+        off.pid, off.tgid, off.sum_exec_runtime, off.cpu
+    );
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if written.is_err() || std::fs::rename(&tmp, file).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
 /// Resolves the offsets from the BTF file at `path`.
 pub fn task_offsets(path: &Path) -> Result<TaskOffsets, BtfError> {
     let data = std::fs::read(path).map_err(|source| BtfError::Read {
@@ -118,6 +218,35 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("/nonexistent/vmlinux"), "{msg}");
         assert!(msg.contains("CONFIG_DEBUG_INFO_BTF"), "{msg}");
+    }
+
+    #[test]
+    fn cache_round_trip_and_rejections() {
+        let ok = "6.18 #1 SMP 123\n1264 1268 200 20\n";
+        let off = parse_cache(ok, "6.18 #1 SMP 123").unwrap();
+        assert_eq!(
+            (off.pid, off.tgid, off.sum_exec_runtime, off.cpu),
+            (1264, 1268, 200, 20)
+        );
+        assert_eq!(parse_cache(ok, "6.19 #1 SMP 123"), None, "other kernel");
+        assert_eq!(
+            parse_cache("k\n1 2 3 4\n", "k"),
+            None,
+            "tgid must follow pid"
+        );
+        assert_eq!(parse_cache("k\n1 5\n", "k"), None, "short");
+        assert_eq!(parse_cache("k\nx y z w\n", "k"), None, "garbage");
+    }
+
+    #[test]
+    fn cached_offsets_equal_parsed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let btf = Path::new(VMLINUX_BTF);
+        let parsed = task_offsets(btf).unwrap();
+        assert_eq!(task_offsets_cached(btf, dir.path()).unwrap(), parsed);
+        // Second call is served from the file written by the first.
+        assert!(dir.path().join("btf-offsets").exists());
+        assert_eq!(task_offsets_cached(btf, dir.path()).unwrap(), parsed);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::probe::AttachChoice;
+use crate::{classify::Thresholds, config::Config, probe::AttachChoice};
 
 /// Exit code for bad input (unknown pid, bad flag values): nothing was done.
 pub const EXIT_USAGE: i32 = 2;
@@ -92,6 +92,26 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 16_384,
           value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
     pub max_threads: u32,
+    /// Classification thresholds from a TOML file (a `[thresholds]` table;
+    /// see README). Flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// avg_cpu above this (% of one CPU) is CPU-intensive [default: 80].
+    #[arg(long, value_name = "PCT")]
+    pub cpu_intensive_pct: Option<f64>,
+    /// CPU-intensive with variance below this (%^2) is steady [default: 100].
+    #[arg(long, value_name = "VAR")]
+    pub steady_variance: Option<f64>,
+    /// Migrations per second above this is migration-heavy [default: 5].
+    #[arg(long, value_name = "PER_S")]
+    pub migration_rate: Option<f64>,
+    /// Share of migrations leaving the L3 above this is cache-sensitive
+    /// [default: 0.3].
+    #[arg(long, value_name = "RATIO")]
+    pub cache_miss_ratio: Option<f64>,
+    /// avg_cpu below this (% of one CPU) is I/O-bound [default: 20].
+    #[arg(long, value_name = "PCT")]
+    pub io_bound_pct: Option<f64>,
     /// Print start-up timings and attach details on stderr.
     #[arg(short, long)]
     pub verbose: bool,
@@ -99,6 +119,28 @@ pub struct TraceArgs {
     /// exits with its exit status.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+impl TraceArgs {
+    /// Thresholds: defaults, then the config file, then the flags.
+    pub fn thresholds(&self) -> Result<Thresholds, String> {
+        let mut t = match &self.config {
+            Some(path) => Config::load(path).map_err(|e| e.to_string())?.thresholds,
+            None => Thresholds::default(),
+        };
+        let set = |dst: &mut f64, v: Option<f64>| {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        };
+        set(&mut t.cpu_intensive_pct, self.cpu_intensive_pct);
+        set(&mut t.steady_variance, self.steady_variance);
+        set(&mut t.migration_rate, self.migration_rate);
+        set(&mut t.cache_miss_ratio, self.cache_miss_ratio);
+        set(&mut t.io_bound_pct, self.io_bound_pct);
+        t.validate().map_err(|e| e.to_string())?;
+        Ok(t)
+    }
 }
 
 /// Longest accepted duration or interval: a day.
@@ -160,6 +202,23 @@ mod tests {
         assert_eq!(c.trace.interval, 1.0);
         assert_eq!(c.trace.duration, None);
         assert_eq!(c.trace.attach, AttachChoice::Auto);
+    }
+
+    #[test]
+    fn threshold_flags_override_defaults_and_are_validated() {
+        let c = parse(&["-p", "1", "--migration-rate", "2.5"]).unwrap();
+        let t = c.trace.thresholds().unwrap();
+        assert_eq!(t.migration_rate, 2.5);
+        assert_eq!(t.cpu_intensive_pct, 80.0);
+        let bad = parse(&["-p", "1", "--cache-miss-ratio", "7"]).unwrap();
+        assert!(bad.trace.thresholds().is_err());
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error_naming_it() {
+        let c = parse(&["-p", "1", "--config", "/nonexistent/affin.toml"]).unwrap();
+        let e = c.trace.thresholds().unwrap_err();
+        assert!(e.contains("/nonexistent/affin.toml"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! -> [`report`]. Only `probe`, `collector`, `procs` and `command` touch the
 //! kernel; everything after the collector is pure and tested on fixtures.
 
+pub mod analysis;
 pub mod btf;
 pub mod cgroup;
 pub mod classify;
@@ -26,3 +27,4 @@ pub mod report;
 pub mod session;
 pub mod throttle;
 pub mod topology;
+pub mod wake;

@@ -3,6 +3,7 @@
 use std::{io::Write as _, process::ExitCode};
 
 use affinity::{
+    analysis,
     cli::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     demo,
     report::Report,
@@ -73,6 +74,13 @@ fn trace_and_report(args: &TraceArgs) -> i32 {
         },
         None => Box::new(std::io::stdout()),
     };
+    let thresholds = match args.thresholds() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("affin-trace: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let outcome = match session::run(args) {
         Ok(o) => o,
         Err(e) => {
@@ -80,7 +88,14 @@ fn trace_and_report(args: &TraceArgs) -> i32 {
             return e.exit_code();
         }
     };
-    let report = Report::new(&outcome.trace, &args.command, outcome.exit_status);
+    let analysis = analysis::analyze(
+        &outcome.trace,
+        &outcome.topology,
+        &thresholds,
+        &outcome.facts,
+    );
+    let report = Report::new(&outcome.trace, &args.command, outcome.exit_status)
+        .with_analysis(&outcome.topology, &analysis);
     let text = match args.format {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",

@@ -187,6 +187,9 @@ pub struct Trace {
     pub attach_mode: AttachMode,
     /// Number of online CPUs during the trace.
     pub nr_cpus: u32,
+    /// MemTotal (bytes), for RSS percentages.
+    #[serde(default)]
+    pub mem_total_bytes: u64,
 }
 
 impl Trace {

@@ -5,7 +5,14 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::model::{MigrationsByClass, RunqLatency, ThreadTrace, Trace};
+use crate::{
+    analysis::Analysis,
+    classify::TraceClassification,
+    features::TraceFeatures,
+    model::{MigrationsByClass, RunqLatency, ThreadTrace, Trace},
+    recommend::Recommendation,
+    topology::Topology,
+};
 
 /// Version of the JSON contract; bumped only on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -105,7 +112,7 @@ pub struct TargetJson {
 }
 
 /// The whole JSON document.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Report {
     /// Contract version.
     pub schema_version: u32,
@@ -128,6 +135,18 @@ pub struct Report {
     /// The command's exit status (command mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command_exit_status: Option<i32>,
+    /// The machine's CPU topology.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
+    /// Features (seed key names plus exact extras), process and threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<TraceFeatures>,
+    /// Classes with reasons, process and threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classification: Option<TraceClassification>,
+    /// Recommended CPU set, command and rationale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<Recommendation>,
 }
 
 fn keyed(m: &BTreeMap<u32, u64>) -> BTreeMap<String, u64> {
@@ -199,7 +218,20 @@ impl Report {
                 .collect(),
             dropped_events: trace.dropped_events,
             command_exit_status: exit_status,
+            topology: None,
+            features: None,
+            classification: None,
+            recommendation: None,
         }
+    }
+
+    /// Adds the topology and the analysis.
+    pub fn with_analysis(mut self, topology: &Topology, a: &Analysis) -> Self {
+        self.topology = Some(topology.clone());
+        self.features = Some(a.features.clone());
+        self.classification = Some(a.classification.clone());
+        self.recommendation = Some(a.recommendation.clone());
+        self
     }
 
     /// The JSON document, pretty-printed.
@@ -294,6 +326,37 @@ impl Report {
             fmt_ns(Some(p.runq_latency_ns.max)),
             p.preempted_wait_ns as f64 / 1e6,
         );
+        if let Some(c) = &self.classification {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "class: {} ({})", c.process.class, c.process.summary());
+            let mixed: Vec<String> = c
+                .threads
+                .iter()
+                .filter(|t| t.classification.class != c.process.class)
+                .map(|t| format!("{} {}: {}", t.tid, t.comm, t.classification.class))
+                .collect();
+            if !mixed.is_empty() {
+                let _ = writeln!(s, "threads of another class: {}", mixed.join(", "));
+            }
+        }
+        if let Some(r) = &self.recommendation {
+            let _ = writeln!(
+                s,
+                "recommendation: CPUs {}{}",
+                if r.cpulist.is_empty() {
+                    "(none)"
+                } else {
+                    &r.cpulist
+                },
+                r.command
+                    .as_deref()
+                    .map(|c| format!("  ->  {c}"))
+                    .unwrap_or_default()
+            );
+            for line in &r.rationale {
+                let _ = writeln!(s, "  - {line}");
+            }
+        }
         if self.dropped_events > 0 {
             let _ = writeln!(
                 s,

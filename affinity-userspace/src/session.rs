@@ -4,16 +4,13 @@
 
 use std::{
     io::IsTerminal as _,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use thiserror::Error;
 
 use crate::{
+    analysis::TargetFacts,
     btf,
     cli::TraceArgs,
     collector::Collector,
@@ -23,6 +20,7 @@ use crate::{
     probe::{Probe, ProbeConfig, ProbeError},
     procs::{self, TargetError},
     topology::Topology,
+    wake::{Waiter, Wake},
 };
 
 /// Default window when tracing pids (a command runs until it exits).
@@ -62,6 +60,9 @@ pub enum SessionError {
     /// Load or attach.
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
     /// The command could not be started.
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -89,6 +90,8 @@ pub struct Outcome {
     pub exit_status: Option<i32>,
     /// The topology read at start.
     pub topology: Topology,
+    /// Facts about the target read at the end of the window.
+    pub facts: TargetFacts,
 }
 
 /// Resolved targets.
@@ -160,16 +163,16 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
             );
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // Ctrl-C, kill or a closed terminal end the window; the report and
-        // the programs' detachment (Probe's Drop) still happen.
-        let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
-    }
+    // Ctrl-C, kill or a closed terminal end the window; the report and the
+    // programs' detachment (Probe's Drop) still happen.
+    let mut waiter = Waiter::new().map_err(SessionError::Signals)?;
     let topology = Topology::read(std::path::Path::new("/"))
         .map_err(|e| SessionError::Topology(e.to_string()))?;
     verbose("topology read");
-    let offsets = btf::task_offsets(std::path::Path::new(btf::VMLINUX_BTF))?;
+    let offsets = btf::task_offsets_cached(
+        std::path::Path::new(btf::VMLINUX_BTF),
+        std::path::Path::new(btf::CACHE_DIR),
+    )?;
     verbose("offsets resolved");
     let cfg = ProbeConfig {
         max_threads: args.max_threads,
@@ -207,27 +210,26 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
     let deadline = duration.map(|d| start + Duration::from_secs_f64(d));
     let bar = progress_bar(duration, child.is_none());
     let busy_before = procs::cpu_busy_ns();
+    waiter.watch(&tgids);
     let mut collector = Collector::new();
     let mut last = start;
     let mut exit_status = None;
+    let mut stopped = false;
     loop {
         let next = (last + interval).min(deadline.unwrap_or(last + interval));
-        let mut ended = false;
-        while Instant::now() < next {
-            std::thread::sleep(Duration::from_millis(20).min(next - Instant::now()));
-            if stop.load(Ordering::Relaxed) {
-                ended = true;
+        let mut ended = waiter.all_exited();
+        while !ended {
+            let now = Instant::now();
+            if now >= next {
                 break;
             }
-            if let Some(c) = child.as_mut() {
-                if let Some(s) = c.try_wait() {
-                    exit_status = Some(s);
+            match waiter.wait(next - now) {
+                Wake::Timeout => {}
+                Wake::Signal => {
+                    stopped = true;
                     ended = true;
-                    break;
                 }
-            } else if !tgids.iter().any(|&p| procs::alive(p)) {
-                ended = true;
-                break;
+                Wake::AllExited => ended = true,
             }
         }
         let now = Instant::now();
@@ -245,6 +247,7 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let facts = target_facts(tgids.first().copied(), &topology);
     let wall = start.elapsed();
     let busy_after = procs::cpu_busy_ns();
     // The command may still run (the window ended first): wait for it, so
@@ -252,7 +255,7 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
     if let Some(c) = child.as_mut()
         && exit_status.is_none()
     {
-        if stop.load(Ordering::Relaxed) {
+        if stopped {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.pid() as i32),
                 nix::sys::signal::Signal::SIGTERM,
@@ -277,12 +280,34 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
     };
     trace.attach_mode = probe.mode();
     trace.nr_cpus = topology.cpus.len() as u32;
+    trace.mem_total_bytes = procs::mem_total_bytes();
     drop(probe); // detach before reporting
     Ok(Outcome {
         trace,
         exit_status,
         topology,
+        facts,
     })
+}
+
+/// The target's cpuset bound and NUMA memory, read while it may still live.
+fn target_facts(pid: Option<u32>, topology: &Topology) -> TargetFacts {
+    let Some(pid) = pid else {
+        return TargetFacts::default();
+    };
+    let root = std::path::Path::new("/");
+    let allowed = crate::topology::allowed_cpus(root, pid)
+        .ok()
+        .and_then(|a| a.cpuset)
+        .or_else(|| Some(topology.online()));
+    let numa_memory = std::fs::read_to_string(format!("/proc/{pid}/numa_maps"))
+        .ok()
+        .map(|t| crate::recommend::parse_numa_maps(&t))
+        .filter(|m| !m.is_empty());
+    TargetFacts {
+        allowed,
+        numa_memory,
+    }
 }
 
 fn progress_bar(duration: Option<f64>, allowed: bool) -> Option<indicatif::ProgressBar> {

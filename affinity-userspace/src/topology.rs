@@ -306,6 +306,7 @@ impl Topology {
         let mut core_ix: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
         let mut l2_ix: BTreeMap<(u8, Vec<u32>), u32> = BTreeMap::new();
         let mut llc_ix: BTreeMap<(u8, Vec<u32>), u32> = BTreeMap::new();
+        let mut no_cache = Vec::new();
         for r in raw {
             let core = *core_ix.entry(r.siblings.clone()).or_insert_with(|| {
                 self.cores.push(Core {
@@ -319,10 +320,7 @@ impl Topology {
             });
             let (llc_cache, fallback) = llc_of(r, raw);
             if fallback {
-                self.notes.push(format!(
-                    "cpu{}: no cache data in sysfs; package {} stands in for its last-level cache",
-                    r.id, r.package
-                ));
+                no_cache.push(r.id);
             }
             let llc = group_index(&mut llc_ix, &mut self.llc_groups, &llc_cache);
             let l2 = r
@@ -343,6 +341,13 @@ impl Topology {
                 max_freq_khz: r.max_freq_khz,
                 capacity: r.capacity,
             });
+        }
+        if !no_cache.is_empty() {
+            self.notes.push(format!(
+                "no cache data in sysfs for CPUs {}: their package stands in for the \
+                 last-level cache",
+                cpulist::format(&no_cache)
+            ));
         }
     }
 

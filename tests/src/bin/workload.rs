@@ -12,7 +12,7 @@
 //! - `late N MS`: print `ready`, wait for a line on stdin, then start N
 //!   threads named `late-<i>` that each spin MS ms of CPU time.
 //! - `spin MS`: spin MS ms of CPU time on whatever CPU.
-//! - `flip MS`: a `flipped` thread spins for MS ms of wall time while
+//! - `flip MS`: a `flipped` thread, 1/3 busy for MS ms of wall time, while
 //!   the main thread flips its affinity between CPU 0 and 1 every 5 ms.
 
 use std::{
@@ -119,8 +119,14 @@ fn main() {
                 .name("flipped".into())
                 .spawn(move || {
                     tx.send(nix::unistd::gettid().as_raw()).expect("send");
+                    // ~1/3 busy: CPU use stays between the io_bound and
+                    // cpu_intensive thresholds, so migrations decide.
                     while Instant::now() < until {
-                        std::hint::spin_loop();
+                        let busy = Instant::now() + Duration::from_millis(1);
+                        while Instant::now() < busy {
+                            std::hint::spin_loop();
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
                     }
                 })
                 .expect("spawn");
