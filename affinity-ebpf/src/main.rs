@@ -382,6 +382,13 @@ pub fn btf_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// An empty sched_switch program: the floor any tracer pays per switch, for
+/// `cargo xtask bench`. Never attached by a trace run.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn floor_sched_switch(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 // ---- raw_tp entries (fallback) ---------------------------------------------
 
 #[raw_tracepoint(tracepoint = "sched_switch")]

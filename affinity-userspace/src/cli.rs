@@ -34,13 +34,21 @@ pub enum Command {
     Demo {
         /// Tracing options (the duration defaults to 5 s here).
         #[command(flatten)]
-        trace: TraceArgs,
+        trace: Box<TraceArgs>,
     },
     /// Print the CPU topology (no root needed).
     Topology {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+    },
+    /// Attach only an empty sched_switch program until SIGINT/SIGTERM or
+    /// SECS pass: the overhead floor for `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchFloor {
+        /// How long to stay attached, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
     },
     /// The demo's workload itself (run by `demo`).
     #[command(hide = true)]
@@ -74,9 +82,10 @@ pub struct TraceArgs {
     /// With a command, the run ends when the command exits.
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
     pub duration: Option<f64>,
-    /// How often the kernel maps are read, in seconds.
-    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
-    pub interval: f64,
+    /// How often the kernel maps are read, in seconds [default: 1, or the
+    /// duration when that is shorter].
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
+    pub interval: Option<f64>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -122,6 +131,12 @@ pub struct TraceArgs {
 }
 
 impl TraceArgs {
+    /// The interval: as given, else 1 s capped at the duration.
+    pub fn interval(&self) -> f64 {
+        self.interval
+            .unwrap_or_else(|| self.duration.map_or(1.0, |d| d.min(1.0)))
+    }
+
     /// Thresholds: defaults, then the config file, then the flags.
     pub fn thresholds(&self) -> Result<Thresholds, String> {
         let mut t = match &self.config {
@@ -199,7 +214,9 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&["--pid", "1"]).unwrap();
-        assert_eq!(c.trace.interval, 1.0);
+        assert_eq!(c.trace.interval(), 1.0);
+        let short = parse(&["--pid", "1", "-d", "0.3"]).unwrap();
+        assert_eq!(short.trace.interval(), 0.3);
         assert_eq!(c.trace.duration, None);
         assert_eq!(c.trace.attach, AttachChoice::Auto);
     }

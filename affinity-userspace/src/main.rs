@@ -20,7 +20,9 @@ fn main() -> ExitCode {
             0
         }
         Some(Command::Topology { format }) => topology(format),
-        Some(Command::Demo { mut trace }) => {
+        Some(Command::BenchFloor { seconds }) => bench_floor(seconds),
+        Some(Command::Demo { trace }) => {
+            let mut trace = *trace;
             let secs = trace.duration.take().unwrap_or(5.0);
             trace.command = match std::env::current_exe() {
                 Ok(exe) => vec![
@@ -39,6 +41,30 @@ fn main() -> ExitCode {
         None => trace_and_report(&cli.trace),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn bench_floor(seconds: f64) -> i32 {
+    if let Err(e) = affinity::preflight::check(false) {
+        eprintln!("affin-trace: {e}");
+        return EXIT_FAILURE;
+    }
+    let mut waiter = match affinity::wake::Waiter::new() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("affin-trace: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let _floor = match affinity::probe::attach_floor() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("affin-trace: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    eprintln!("affin-trace: floor attached");
+    let _ = waiter.wait(std::time::Duration::from_secs_f64(seconds));
+    0
 }
 
 fn topology(format: Format) -> i32 {
@@ -95,7 +121,12 @@ fn trace_and_report(args: &TraceArgs) -> i32 {
         &outcome.facts,
     );
     let report = Report::new(&outcome.trace, &args.command, outcome.exit_status)
-        .with_analysis(&outcome.topology, &analysis);
+        .with_analysis(&outcome.topology, &analysis)
+        .with_throttling(affinity::throttle::analyze(
+            &outcome.trace,
+            outcome.cgroup_limit.as_ref(),
+            outcome.cgroup_window.as_ref(),
+        ));
     let text = match args.format {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",

@@ -244,6 +244,31 @@ impl Probe {
     }
 }
 
+/// Attaches only the empty sched_switch program (`floor_sched_switch`) and
+/// returns the object that keeps it attached: the baseline cost of any
+/// sched_switch tracer, for benchmarks.
+pub fn attach_floor() -> Result<Ebpf, ProbeError> {
+    let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(OBJECT)
+        .map_err(|e| ProbeError::Load(e.to_string()))?;
+    let err = |reason: String| ProbeError::Attach {
+        kind: "tp_btf",
+        tracepoint: "sched_switch",
+        reason,
+    };
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("floor_sched_switch")
+        .ok_or_else(|| err("not in the object".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
+    prog.load("sched_switch", &btf)
+        .map_err(|e| err(e.to_string()))?;
+    prog.attach().map_err(|e| err(e.to_string()))?;
+    Ok(ebpf)
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,

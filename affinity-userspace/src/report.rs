@@ -11,6 +11,7 @@ use crate::{
     features::TraceFeatures,
     model::{MigrationsByClass, RunqLatency, ThreadTrace, Trace},
     recommend::Recommendation,
+    throttle::Throttling,
     topology::Topology,
 };
 
@@ -147,6 +148,10 @@ pub struct Report {
     /// Recommended CPU set, command and rationale.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recommendation: Option<Recommendation>,
+    /// CPU-quota throttling: the quota in force, the throttling over the
+    /// window, the threads it hit and the fix. Says so when there is no quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttling: Option<Throttling>,
 }
 
 fn keyed(m: &BTreeMap<u32, u64>) -> BTreeMap<String, u64> {
@@ -222,7 +227,14 @@ impl Report {
             features: None,
             classification: None,
             recommendation: None,
+            throttling: None,
         }
+    }
+
+    /// Adds the throttling finding.
+    pub fn with_throttling(mut self, t: Throttling) -> Self {
+        self.throttling = Some(t);
+        self
     }
 
     /// Adds the topology and the analysis.
@@ -355,6 +367,13 @@ impl Report {
             );
             for line in &r.rationale {
                 let _ = writeln!(s, "  - {line}");
+            }
+        }
+        if let Some(t) = self.throttling.as_ref().filter(|t| !t.is_quiet()) {
+            let _ = writeln!(s);
+            let _ = write!(s, "{}", crate::throttle::render_text(t));
+            if !s.ends_with('\n') {
+                s.push('\n');
             }
         }
         if self.dropped_events > 0 {

@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::{
     analysis::TargetFacts,
     btf,
+    cgroup::{CgroupLimit, CpuStat, CpuStatDelta},
     cli::TraceArgs,
     collector::Collector,
     command::{CommandError, GatedChild, spawn_gated},
@@ -92,6 +93,10 @@ pub struct Outcome {
     pub topology: Topology,
     /// Facts about the target read at the end of the window.
     pub facts: TargetFacts,
+    /// The CPU quota in force on the first target's cgroup path, if any.
+    pub cgroup_limit: Option<CgroupLimit>,
+    /// Its cpu.stat over the window.
+    pub cgroup_window: Option<CpuStatDelta>,
 }
 
 /// Resolved targets.
@@ -126,10 +131,10 @@ fn validate(args: &TraceArgs) -> Result<Targets, SessionError> {
         return Err(SessionError::NoTarget);
     }
     if let Some(d) = args.duration
-        && args.interval > d
+        && args.interval() > d
     {
         return Err(SessionError::IntervalTooLong {
-            interval: args.interval,
+            interval: args.interval(),
             duration: d,
         });
     }
@@ -205,12 +210,26 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
     } else {
         Some(DEFAULT_DURATION_S)
     });
-    let interval = Duration::from_secs_f64(args.interval);
+    let interval = Duration::from_secs_f64(args.interval());
     let start = Instant::now();
     let deadline = duration.map(|d| start + Duration::from_secs_f64(d));
     let bar = progress_bar(duration, child.is_none());
     let busy_before = procs::cpu_busy_ns();
     waiter.watch(&tgids);
+    // The quota on the target's cgroup path, and its counters from now on.
+    let cgroup_limit =
+        tgids.first().and_then(
+            |&p| match crate::cgroup::resolve(std::path::Path::new("/"), p) {
+                Ok(cg) => cg.limit().cloned(),
+                Err(e) => {
+                    eprintln!("affin-trace: {e}; continuing without the cgroup quota check");
+                    None
+                }
+            },
+        );
+    let stat_before = cgroup_limit
+        .as_ref()
+        .and_then(|l| crate::cgroup::read_stat(l).ok());
     let mut collector = Collector::new();
     let mut last = start;
     let mut exit_status = None;
@@ -248,6 +267,12 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
         b.finish_and_clear();
     }
     let facts = target_facts(tgids.first().copied(), &topology);
+    let cgroup_window = match (&cgroup_limit, &stat_before) {
+        (Some(l), Some(before)) => crate::cgroup::read_stat(l)
+            .ok()
+            .map(|after| CpuStat::delta(before, &after)),
+        _ => None,
+    };
     let wall = start.elapsed();
     let busy_after = procs::cpu_busy_ns();
     // The command may still run (the window ended first): wait for it, so
@@ -287,6 +312,8 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
         exit_status,
         topology,
         facts,
+        cgroup_limit,
+        cgroup_window,
     })
 }
 

@@ -12,6 +12,8 @@
 //! - `late N MS`: print `ready`, wait for a line on stdin, then start N
 //!   threads named `late-<i>` that each spin MS ms of CPU time.
 //! - `spin MS`: spin MS ms of CPU time on whatever CPU.
+//! - `spinners N MS`: print `ready`, wait for a line on stdin, then N
+//!   threads named `spinner-<i>` spin for MS ms of wall time.
 //! - `flip MS`: a `flipped` thread, 1/3 busy for MS ms of wall time, while
 //!   the main thread flips its affinity between CPU 0 and 1 every 5 ms.
 
@@ -111,6 +113,26 @@ fn main() {
             }
         }
         Some("spin") => spin_cpu_ms(arg(&args, 1)),
+        Some("spinners") => {
+            let (n, ms) = (arg(&args, 1), arg(&args, 2));
+            wait_for_go();
+            let until = Instant::now() + Duration::from_millis(ms);
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name(format!("spinner-{i}"))
+                        .spawn(move || {
+                            while Instant::now() < until {
+                                std::hint::spin_loop();
+                            }
+                        })
+                        .expect("spawn")
+                })
+                .collect();
+            for h in hs {
+                h.join().expect("join");
+            }
+        }
         Some("flip") => {
             let ms = arg(&args, 1);
             let (tx, rx) = std::sync::mpsc::channel();
