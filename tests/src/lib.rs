@@ -63,13 +63,13 @@ pub struct Run {
     pub json: Value,
 }
 
-/// Runs `affin-trace <args> --format json --output <tmp>` to completion.
+/// Runs `affin-trace --format json --output <tmp> <args>` to completion.
 pub fn run(args: &[&str]) -> Run {
     let out = scratch("report.json");
     let o = Command::new(affin_trace())
-        .args(args)
         .args(["--format", "json", "--output"])
         .arg(&out)
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("spawn affin-trace");
@@ -91,26 +91,7 @@ pub fn trace_command(extra: &[&str], cmd: &[&str]) -> Run {
     let mut args = extra.to_vec();
     args.push("--");
     args.extend_from_slice(cmd);
-    // --format/--output must precede "--": pass them first.
-    let out = scratch("report.json");
-    let o = Command::new(affin_trace())
-        .args(["--format", "json", "--output"])
-        .arg(&out)
-        .args(&args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn affin-trace");
-    let json = std::fs::read_to_string(&out)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
-    let _ = std::fs::remove_file(&out);
-    Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        json,
-    }
+    run(&args)
 }
 
 /// The test workload binary (tests/src/bin/workload.rs).

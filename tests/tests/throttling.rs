@@ -126,3 +126,37 @@ fn no_quota_means_a_quiet_report() {
     let out = String::from_utf8_lossy(&text.stdout);
     assert!(!out.to_lowercase().contains("throttl"), "{out}");
 }
+
+/// The test cgroup helper itself: created with the quota, resolved as the
+/// limit in force for a process inside it, throttling a busy loop, and
+/// removed by Drop even with the process still inside.
+#[test]
+fn test_cgroup_is_resolved_throttles_and_is_removed() {
+    use std::{path::Path, time::Duration};
+
+    use affinity::cgroup::{CpuStat, resolve};
+
+    require_root();
+    let cg = cgroup("affin-lifecycle");
+    let dir = cg.path().to_path_buf();
+    assert!(dir.is_dir());
+    let mut child = Command::new(workload())
+        .args(["spin", "5000"])
+        .spawn()
+        .expect("spawn");
+    cg.add(child.id()).expect("add");
+    let before = cg.stat().expect("stat");
+    std::thread::sleep(Duration::from_millis(600));
+    let after = cg.stat().expect("stat");
+    let found = resolve(Path::new("/"), child.id()).expect("resolve");
+    let l = found.limit().expect("limit");
+    assert_eq!(l.dir, dir);
+    assert_eq!(l.quota_cores(), 0.5);
+    let d = CpuStat::delta(&before, &after);
+    assert!(d.nr_periods >= 3, "{d:?}");
+    assert!(d.nr_throttled >= 1, "{d:?}");
+    drop(cg);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let _ = child.kill();
+    let _ = child.wait();
+}
