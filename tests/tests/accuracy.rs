@@ -139,3 +139,32 @@ fn threads_created_after_start_are_reported() {
     }
     assert_eq!(json["target"]["exited_pids"][0].as_u64(), pid.parse().ok());
 }
+
+/// The raw_tp fallback set gives the same per-CPU figures as tp_btf.
+#[test]
+fn raw_tp_fallback_is_as_accurate() {
+    require_root();
+    let (x, y) = (200u64, 300u64);
+    let w = workload();
+    let run = trace_command(
+        &["--attach", "raw-tp"],
+        &[w.to_str().unwrap(), "split", &x.to_string(), &y.to_string()],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json["attach_mode"], "raw_tp");
+    let t = thread_by_tid(&run.json, printed(&run.stdout, "tid"));
+    let cpu0 = u(&t["per_cpu_ns"]["0"]) as f64 / 1e6;
+    let cpu1 = u(&t["per_cpu_ns"]["1"]) as f64 / 1e6;
+    assert!(
+        (cpu0 - x as f64).abs() <= 0.02 * x as f64,
+        "cpu0 {cpu0} ms vs {x}"
+    );
+    assert!(
+        (cpu1 - y as f64).abs() <= 0.02 * y as f64,
+        "cpu1 {cpu1} ms vs {y}"
+    );
+    assert!(
+        u(&t["migrations"]) >= 1,
+        "the pin to CPU 1 is a migration: {t:#}"
+    );
+}
