@@ -12,6 +12,7 @@
 //!
 //! A new command is a new `Cmd` variant plus a file holding its `run`.
 
+mod bench;
 mod binary;
 mod setup;
 mod test;
@@ -50,6 +51,19 @@ enum Cmd {
     Test(test::Args),
     /// Build in release mode and copy affin-trace to /usr/local/bin.
     Install,
+    /// Measure overhead, start-up and scale as root; writes BENCHMARKS.md.
+    Bench(bench::Args),
+    /// The benchmark's workload: N threads sleeping PERIOD_MS in a loop for SECS.
+    #[command(hide = true)]
+    BenchThreads {
+        /// Number of threads.
+        threads: usize,
+        /// How long to run, in seconds.
+        secs: f64,
+        /// Sleep of each thread per loop, in milliseconds.
+        #[arg(default_value_t = 10)]
+        period_ms: u64,
+    },
 }
 
 fn main() {
@@ -60,6 +74,12 @@ fn main() {
         Cmd::Run { args } => binary::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Install => binary::install(),
+        Cmd::Bench(args) => bench::run(args),
+        Cmd::BenchThreads {
+            threads,
+            secs,
+            period_ms,
+        } => bench::threads_helper(threads, secs, period_ms),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
