@@ -1,0 +1,180 @@
+//! Reading the tools' output (perf, affin-trace's `--verbose` lines and
+//! JSON report, bpftool) and the small statistics the report uses.
+
+use super::json::Json;
+use anyhow::{Context as _, Result};
+use std::path::Path;
+
+/// Names of affin-trace's programs start with one of these.
+const OUR_PREFIXES: [&str; 2] = ["btf_sched_", "floor_"];
+
+/// `perf bench sched pipe`: the number before "usecs/op".
+pub fn parse_usecs_per_op(lines: &[String]) -> Option<f64> {
+    lines.iter().find_map(|l| {
+        let (num, _) = l.split_once("usecs/op")?;
+        num.trim().parse().ok()
+    })
+}
+
+/// affin-trace --verbose: "affin-trace: <what> at 12.3 ms" -> 12.3.
+pub fn verbose_ms(lines: &[String], what: &str) -> Option<f64> {
+    lines.iter().find_map(|l| {
+        if !l.contains(what) {
+            return None;
+        }
+        let (_, rest) = l.rsplit_once(" at ")?;
+        rest.trim().strip_suffix("ms")?.trim().parse().ok()
+    })
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Linear-interpolated quantile (0..=1) of `v`.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+pub fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// What the bench reads from an affin-trace JSON report.
+#[derive(Clone, Debug, Default)]
+pub struct TraceReport {
+    pub pids: Vec<u64>,
+    pub attach_mode: String,
+    pub threads: u64,
+    pub voluntary: u64,
+    pub involuntary: u64,
+    pub dropped: u64,
+}
+
+pub fn read_report(path: &Path) -> Result<TraceReport> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading affin-trace's report {}", path.display()))?;
+    let j = Json::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let n = |p: &[&str]| -> Result<u64> {
+        j.at(p)
+            .and_then(Json::num)
+            .map(|v| v as u64)
+            .with_context(|| format!("{} has no number at {}", path.display(), p.join(".")))
+    };
+    Ok(TraceReport {
+        pids: j
+            .at(&["target", "pids"])
+            .and_then(Json::arr)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|v| v.num().map(|n| n as u64))
+            .collect(),
+        attach_mode: j
+            .get("attach_mode")
+            .and_then(Json::str)
+            .unwrap_or("?")
+            .to_string(),
+        threads: n(&["process", "threads"])?,
+        voluntary: n(&["process", "voluntary_switches"])?,
+        involuntary: n(&["process", "involuntary_switches"])?,
+        dropped: n(&["dropped_events"])?,
+    })
+}
+
+/// One program as `bpftool prog show --json` lists it.
+#[derive(Clone, Debug)]
+pub struct Prog {
+    pub id: u64,
+    pub name: String,
+    pub run_time_ns: Option<u64>,
+    pub run_cnt: Option<u64>,
+}
+
+pub fn parse_progs(text: &str) -> Result<Vec<Prog>> {
+    let j = Json::parse(text)?;
+    let arr = j.arr().context("bpftool: expected a JSON array")?;
+    Ok(arr
+        .iter()
+        .filter_map(|p| {
+            Some(Prog {
+                id: p.get("id")?.num()? as u64,
+                name: p.get("name").and_then(Json::str).unwrap_or("").to_string(),
+                run_time_ns: p.get("run_time_ns").and_then(Json::num).map(|v| v as u64),
+                run_cnt: p.get("run_cnt").and_then(Json::num).map(|v| v as u64),
+            })
+        })
+        .collect())
+}
+
+pub fn is_ours(name: &str) -> bool {
+    OUR_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpftool_programs() {
+        let p = parse_progs(
+            r#"[{"id":7,"type":"tracing","name":"btf_sched_switch","run_time_ns":900,"run_cnt":10},
+                {"id":8,"name":"other"}]"#,
+        )
+        .unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].run_time_ns, Some(900));
+        assert!(is_ours(&p[0].name) && !is_ours(&p[1].name));
+        assert_eq!(p[1].run_cnt, None);
+    }
+
+    #[test]
+    fn perf_and_verbose_lines() {
+        let perf: Vec<String> = [
+            "# Running 'sched/pipe' benchmark:",
+            "     Total time: 0.747 [sec]",
+            "       3.736105 usecs/op",
+            "         267658 ops/sec",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(parse_usecs_per_op(&perf), Some(3.736105));
+        let v: Vec<String> = [
+            "affin-trace: offsets resolved at 0.5 ms",
+            "affin-trace: programs attached (TpBtf) at 86.6 ms",
+            "affin-trace: tracing at 89.0 ms",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(verbose_ms(&v, "programs attached"), Some(86.6));
+        assert_eq!(verbose_ms(&v, "tracing at"), Some(89.0));
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(min_max(&[2.0, 1.0, 3.0]), (1.0, 3.0));
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.25), 2.0);
+        assert_eq!(quantile(&[1.0, 2.0], 0.5), 1.5);
+    }
+}

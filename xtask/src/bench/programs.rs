@@ -1,0 +1,235 @@
+//! Which of affin-trace's BPF programs are loaded, and by which process:
+//! another affin-trace running (e.g. the root tests) would distort the
+//! figures, and none may stay loaded after the bench.
+
+use super::parse::{Prog, is_ours, parse_progs};
+use super::sys::check_interrupted;
+use anyhow::{Context as _, Result, bail};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// bpftool, pinned away from CPU 0 (the benchmark's CPU) when possible.
+#[derive(Clone)]
+pub struct Bpftool {
+    pub argv: Vec<PathBuf>,
+}
+
+impl Bpftool {
+    pub fn progs(&self) -> Result<Vec<Prog>> {
+        let out = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .args(["prog", "show", "--json"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("could not run bpftool")?;
+        if !out.status.success() {
+            bail!("bpftool prog show failed ({})", out.status);
+        }
+        parse_progs(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub fn ours(&self) -> Result<Vec<Prog>> {
+        Ok(self
+            .progs()?
+            .into_iter()
+            .filter(|p| is_ours(&p.name))
+            .collect())
+    }
+}
+
+/// Polls bpftool while a run goes on; keeps the last figures per program.
+pub struct StatsPoller {
+    stop: Arc<AtomicBool>,
+    last: Arc<Mutex<Vec<Prog>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatsPoller {
+    /// Polls the programs that process `pid` holds.
+    pub fn start(bpftool: &Bpftool, pid: u32) -> StatsPoller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let last: Arc<Mutex<Vec<Prog>>> = Arc::default();
+        let (s, l, b) = (stop.clone(), last.clone(), bpftool.clone());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if let Ok(progs) = programs_of(&b, pid) {
+                    let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
+                    for p in progs {
+                        l.retain(|q| q.id != p.id);
+                        l.push(p);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        StatsPoller {
+            stop,
+            last,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<Prog> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for StatsPoller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Who holds BPF programs open: (pid, prog id) for every program or link fd
+/// of every process (from /proc/<pid>/fdinfo).
+pub fn prog_holders() -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let is_bpf = std::fs::read_link(fd.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("anon_inode:bpf"));
+            if !is_bpf {
+                continue;
+            }
+            let info = p.path().join("fdinfo").join(fd.file_name());
+            let id = std::fs::read_to_string(info).ok().and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("prog_id:"))
+                    .and_then(|v| v.trim().parse().ok())
+            });
+            if let Some(id) = id {
+                out.push((pid, id));
+            }
+        }
+    }
+    out
+}
+
+/// affin-trace's programs (by name) held by a live process other than
+/// `except`: another affin-trace running, which distorts the figures.
+pub fn foreign_programs(bpftool: &Bpftool, except: Option<u32>) -> Result<Vec<String>> {
+    let ours = bpftool.ours()?;
+    if ours.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found: Vec<String> = prog_holders()
+        .into_iter()
+        .filter(|(pid, _)| Some(*pid) != except)
+        .filter_map(|(pid, id)| {
+            let p = ours.iter().find(|p| p.id == id)?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_default();
+            Some(format!("{} (id {id}) held by pid {pid} `{cmd}`", p.name))
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+/// The programs `pid` holds, with their current bpf_stats.
+pub fn programs_of(bpftool: &Bpftool, pid: u32) -> Result<Vec<Prog>> {
+    let ids: Vec<u64> = prog_holders()
+        .into_iter()
+        .filter(|(p, _)| *p == pid)
+        .map(|(_, id)| id)
+        .collect();
+    Ok(bpftool
+        .ours()?
+        .into_iter()
+        .filter(|p| ids.contains(&p.id))
+        .collect())
+}
+
+/// Waits (up to a minute) until no other process holds affin-trace
+/// programs: another affin-trace running would distort the figures.
+pub fn wait_no_foreign(bpftool: &Bpftool) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut said = false;
+    loop {
+        let foreign = foreign_programs(bpftool, None)?;
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        check_interrupted()?;
+        if Instant::now() >= end {
+            bail!(
+                "another affin-trace kept its programs loaded for a minute: {}; stop it (or \
+                 its tests) and rerun",
+                foreign.join("; ")
+            );
+        }
+        if !said {
+            println!(
+                "bench: waiting for another affin-trace to finish: {}",
+                foreign.join("; ")
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Fails unless every btf_sched_*/floor_* program is gone, or held by a
+/// live process that is not the bench's (all of the bench's are reaped by
+/// now): such a one is another affin-trace, reported but not the bench's.
+pub fn leftover_check(bpftool: &Bpftool) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = bpftool
+            .ours()
+            .context("could not check for leftover programs")?;
+        let holders = prog_holders();
+        let (foreign, orphan): (Vec<Prog>, Vec<Prog>) = left
+            .into_iter()
+            .partition(|p| holders.iter().any(|(_, id)| *id == p.id));
+        if orphan.is_empty() {
+            if foreign.is_empty() {
+                println!("bench: no btf_sched_*/floor_* program left loaded");
+            } else {
+                println!(
+                    "bench: WARNING: btf_sched_*/floor_* programs of another process are \
+                     loaded (not the bench's): {}",
+                    foreign_programs(bpftool, None)?.join("; ")
+                );
+            }
+            return Ok(());
+        }
+        // Programs are freed a moment after their last fd closes.
+        if Instant::now() >= end {
+            let list: Vec<String> = orphan
+                .iter()
+                .map(|p| format!("{} (id {})", p.name, p.id))
+                .collect();
+            bail!(
+                "BPF programs still loaded after the run and held by no process: {} \
+                 (`bpftool prog list`; pinned or leaked)",
+                list.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

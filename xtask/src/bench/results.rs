@@ -1,0 +1,262 @@
+//! What a bench run gathered ([`Results`]), derived figures (medians,
+//! paired differences, ratios), and the environment it ran in.
+
+use super::parse::{Prog, TraceReport, median, quantile};
+use super::pipe::Cfg;
+use super::render::{met, times};
+use super::startup::Startup;
+use super::threads::ThreadsRun;
+use super::{Ctx, Phase, T_ADDED_RATIO};
+use crate::util::{which, workspace_root};
+use anyhow::{Context as _, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where and with what the bench ran.
+pub struct Env {
+    pub date: String,
+    pub kernel: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub tool_version: String,
+    pub commit: String,
+    pub perf: String,
+    pub bpftrace: String,
+    pub bpftool: String,
+    pub command: String,
+}
+
+/// Everything measured, filled phase by phase.
+#[derive(Default)]
+pub struct Results {
+    /// The phases run (all, or those given to --only).
+    pub phases: Vec<Phase>,
+    pub loops: u64,
+    pub rounds: usize,
+    pub calibration_us: Option<f64>,
+    pub perf_stat_switches_per_op: Option<f64>,
+    pub samples: [Vec<f64>; 5],
+    pub d_reports: Vec<TraceReport>,
+    pub c_reports: Vec<TraceReport>,
+    /// Runs redone because another affin-trace held programs after them,
+    /// and the samples kept although it still did (after 3 tries).
+    pub redone: usize,
+    pub contaminated: Vec<String>,
+    /// Peak RSS (KiB) of bench-floor and of affin-trace in (c), per run.
+    pub floor_rss: Vec<u64>,
+    pub c_rss: Vec<u64>,
+    pub e_skipped: Option<String>,
+    pub stats: Option<Result<Vec<(Cfg, Prog)>, String>>,
+    pub startup: Option<Result<Startup, String>>,
+    pub small: Option<Result<ThreadsRun, String>>,
+    pub large: Option<Result<ThreadsRun, String>>,
+    pub checks: Vec<(String, bool)>,
+}
+
+impl Results {
+    pub fn med(&self, cfg: Cfg) -> Option<f64> {
+        let v = &self.samples[cfg.index()];
+        (!v.is_empty()).then(|| median(v))
+    }
+
+    /// Context switches per pipe round trip, as (d) counted them.
+    pub fn switches_per_op(&self) -> Option<f64> {
+        let per: Vec<f64> = self
+            .d_reports
+            .iter()
+            .map(|r| (r.voluntary + r.involuntary) as f64 / self.loops as f64)
+            .collect();
+        (!per.is_empty()).then(|| median(&per))
+    }
+
+    /// Added ns per context switch of `cfg` over (a).
+    pub fn added_ns(&self, cfg: Cfg) -> Option<f64> {
+        Some((self.med(cfg)? - self.med(Cfg::A)?) * 1e3 / self.switches_per_op()?)
+    }
+
+    pub fn ratio(&self, num: Cfg, den: Cfg) -> Option<f64> {
+        let (n, d) = (self.added_ns(num)?, self.added_ns(den)?);
+        (d > 0.0).then_some(n / d)
+    }
+
+    /// Per-round added ns per switch: (config - (a) of the same round) /
+    /// switches per op.
+    pub fn paired(&self, cfg: Cfg) -> Vec<f64> {
+        let spo = self.switches_per_op().unwrap_or(f64::NAN);
+        let (a, c) = (&self.samples[Cfg::A.index()], &self.samples[cfg.index()]);
+        a.iter().zip(c).map(|(a, c)| (c - a) * 1e3 / spo).collect()
+    }
+
+    /// Added ns per switch: the median of the per-round differences with
+    /// (a), which cancels drift between rounds.
+    pub fn paired_added_ns(&self, cfg: Cfg) -> Option<f64> {
+        let d = self.paired(cfg);
+        (!d.is_empty()).then(|| median(&d))
+    }
+
+    /// num's median / den's upper quartile (paired figures): a cautious
+    /// ratio when den is small next to the noise.
+    pub fn ratio_cautious(&self, num: Cfg, den: Cfg) -> Option<f64> {
+        let d = self.paired(den);
+        if d.is_empty() {
+            return None;
+        }
+        let (n, d) = (self.paired_added_ns(num)?, quantile(&d, 0.75));
+        (n > 0.0 && d > 0.0).then_some(n / d)
+    }
+
+    /// The paired ratio as text: "unbounded" when num's added cost is above
+    /// 0 and den's is not (den is lost in the noise).
+    pub fn ratio_text(&self, num: Cfg, den: Cfg) -> String {
+        match (
+            self.paired_ratio(num, den),
+            self.paired_added_ns(num),
+            self.paired_added_ns(den),
+        ) {
+            (Some(x), _, _) => times(Some(x)),
+            (None, Some(n), Some(d)) if n > 0.0 && d <= 0.0 => {
+                format!("unbounded ({} <= 0)", den.tag())
+            }
+            _ => "n/a".into(),
+        }
+    }
+
+    /// The (d)/(b) target: met, not met, or n/a.
+    pub fn added_ratio_status(&self) -> &'static str {
+        match (
+            self.paired_ratio(Cfg::D, Cfg::B),
+            self.paired_added_ns(Cfg::D),
+        ) {
+            (Some(x), _) => met(x <= T_ADDED_RATIO),
+            (None, Some(d)) if d > 0.0 && self.paired_added_ns(Cfg::B).is_some() => met(false),
+            _ => "n/a",
+        }
+    }
+
+    pub fn paired_ratio(&self, num: Cfg, den: Cfg) -> Option<f64> {
+        let (n, d) = (self.paired_added_ns(num)?, self.paired_added_ns(den)?);
+        (d > 0.0).then_some(n / d)
+    }
+
+    pub fn stat(&self, cfg: Cfg, name: &str) -> Option<&Prog> {
+        match &self.stats {
+            Some(Ok(v)) => v
+                .iter()
+                .find(|(c, p)| *c == cfg && p.name == name)
+                .map(|(_, p)| p),
+            _ => None,
+        }
+    }
+
+    pub fn ns_per_event(&self, cfg: Cfg, name: &str) -> Option<f64> {
+        let p = self.stat(cfg, name)?;
+        let (t, n) = (p.run_time_ns?, p.run_cnt?);
+        (n > 0).then(|| t as f64 / n as f64)
+    }
+}
+
+pub fn check(results: &mut Results, what: String, ok: bool) {
+    println!("bench: check {}: {what}", if ok { "OK" } else { "FAILED" });
+    results.checks.push((what, ok));
+}
+
+pub fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+pub fn first_line_of(program: &Path, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+pub fn environment(ctx: &Ctx) -> Env {
+    let root = workspace_root();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(c) if git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) => {
+            format!("{c} + uncommitted changes")
+        }
+        Some(c) => c,
+        None => "?".into(),
+    };
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let mut command = String::from("cargo xtask");
+    for a in std::env::args().skip(1) {
+        command.push(' ');
+        command.push_str(&a);
+    }
+    Env {
+        date: first_line_of(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+        kernel: read_trim("/proc/sys/kernel/osrelease"),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model,
+        tool_version: first_line_of(&ctx.bin, &["--version"]),
+        commit,
+        perf: first_line_of(&ctx.perf, &["--version"]),
+        bpftrace: ctx
+            .bpftrace
+            .as_ref()
+            .map_or_else(|| "absent".into(), |b| first_line_of(b, &["--version"])),
+        bpftool: first_line_of(&ctx.bpftool.argv[ctx.bpftool.argv.len() - 1], &["version"]),
+        command,
+    }
+}
+
+/// bpftrace, installed with apt-get when missing; Err(reason) when absent.
+pub fn find_bpftrace() -> Result<PathBuf, String> {
+    if let Some(b) = which("bpftrace") {
+        return Ok(b);
+    }
+    let Some(apt) = which("apt-get") else {
+        return Err("bpftrace is not installed and there is no apt-get to install it".into());
+    };
+    println!("bench: bpftrace is missing: apt-get install -y bpftrace ...");
+    let status = Command::new(apt)
+        .args(["install", "-y", "bpftrace"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => which("bpftrace")
+            .ok_or_else(|| "apt-get installed bpftrace but it is not on PATH".into()),
+        Ok(s) => Err(format!("`apt-get install -y bpftrace` failed ({s})")),
+        Err(e) => Err(format!("could not run apt-get: {e}")),
+    }
+}
+
+pub fn tool(name: &str, package: &str) -> Result<PathBuf> {
+    which(name).with_context(|| {
+        format!("{name} is not installed: `apt-get install {package}` (or `cargo xtask setup`)")
+    })
+}
