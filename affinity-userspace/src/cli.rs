@@ -36,6 +36,12 @@ pub enum Command {
         #[command(flatten)]
         trace: Box<TraceArgs>,
     },
+    /// Restore the CPU masks a previous `--apply` recorded for a process.
+    Revert {
+        /// The process to restore.
+        #[arg(short, long = "pid", value_name = "PID")]
+        pid: u32,
+    },
     /// Print the CPU topology (no root needed).
     Topology {
         /// Output format.
@@ -78,6 +84,30 @@ pub struct TraceArgs {
     /// Thread to trace (its process is traced, the report shows this thread).
     #[arg(short, long = "tid", value_name = "TID", value_delimiter = ',')]
     pub tids: Vec<u32>,
+    /// Trace every process with this exact name (as `pgrep -x`); repeatable.
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Trace every process in this cgroup directory (its cgroup.procs).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// After tracing, set the recommended CPUs on every thread of the
+    /// targets (one transaction; revert with `affin-trace revert --pid P`).
+    /// Without it nothing is changed.
+    #[arg(long)]
+    pub apply: bool,
+    /// With --apply: apply these CPUs instead of the recommendation.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus, requires = "apply")]
+    pub cpus: Option<CpuList>,
+    /// With --apply: do not ask (required when stdin is not a terminal).
+    #[arg(short, long, requires = "apply")]
+    pub yes: bool,
+    /// With --apply: trace again for the same duration and compare; revert
+    /// automatically if the targeted figure got worse beyond noise.
+    #[arg(long, requires = "apply")]
+    pub verify: bool,
+    /// With --verify: keep the new CPUs even if they made things worse.
+    #[arg(long, requires = "verify")]
+    pub keep: bool,
     /// How long to trace, in seconds (Ctrl-C ends early and still reports).
     /// With a command, the run ends when the command exits.
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
@@ -158,6 +188,19 @@ impl TraceArgs {
     }
 }
 
+/// A CPU list given on the command line (one value, "0-3,8").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<u32>);
+
+/// Parses a CPU list such as "0-3,8".
+pub fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    let v = crate::cpulist::parse(s).map_err(|e| e.to_string())?;
+    if v.is_empty() {
+        return Err("the CPU list is empty".into());
+    }
+    Ok(CpuList(v))
+}
+
 /// Longest accepted duration or interval: a day.
 pub const MAX_SECONDS: f64 = 86_400.0;
 
@@ -236,6 +279,28 @@ mod tests {
         let c = parse(&["-p", "1", "--config", "/nonexistent/affin.toml"]).unwrap();
         let e = c.trace.thresholds().unwrap_err();
         assert!(e.contains("/nonexistent/affin.toml"), "{e}");
+    }
+
+    #[test]
+    fn apply_options_need_apply() {
+        assert!(parse(&["-p", "1", "--yes"]).is_err());
+        assert!(parse(&["-p", "1", "--cpus", "1"]).is_err());
+        assert!(parse(&["-p", "1", "--apply", "--keep"]).is_err());
+        let c = parse(&[
+            "-p", "1", "--apply", "--cpus", "0-2", "--verify", "--keep", "-y",
+        ])
+        .unwrap();
+        assert_eq!(c.trace.cpus, Some(CpuList(vec![0, 1, 2])));
+        assert!(c.trace.apply && c.trace.verify && c.trace.keep && c.trace.yes);
+        assert!(parse(&["-p", "1", "--apply", "--cpus", "x"]).is_err());
+    }
+
+    #[test]
+    fn revert_takes_a_pid() {
+        assert!(matches!(
+            parse(&["revert", "--pid", "7"]).unwrap().command,
+            Some(Command::Revert { pid: 7 })
+        ));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! -> [`report`]. Only `probe`, `collector`, `procs` and `command` touch the
 //! kernel; everything after the collector is pure and tested on fixtures.
 
+pub mod actions;
 pub mod analysis;
+pub mod apply;
 pub mod btf;
 pub mod cgroup;
 pub mod classify;
@@ -24,7 +26,10 @@ pub mod probe;
 pub mod procs;
 pub mod recommend;
 pub mod report;
+pub mod run;
 pub mod session;
+pub mod state;
 pub mod throttle;
 pub mod topology;
+pub mod verify;
 pub mod wake;

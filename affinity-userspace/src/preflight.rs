@@ -80,6 +80,23 @@ pub fn missing_caps(caps: u64, apply: bool) -> Vec<&'static str> {
     missing
 }
 
+/// Privileges for changing CPU masks only (revert): CAP_SYS_NICE.
+pub fn check_apply() -> Result<(), PreflightError> {
+    let (uid, euid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::geteuid().as_raw(),
+    );
+    if uid != euid {
+        return Err(PreflightError::Setuid { uid, euid });
+    }
+    if effective_caps() & (1u64 << cap::SYS_NICE) == 0 {
+        return Err(PreflightError::Privileges {
+            missing: "CAP_SYS_NICE".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Everything checked before tracing. `apply` adds the affinity privilege.
 pub fn check(apply: bool) -> Result<(), PreflightError> {
     let (uid, euid) = (

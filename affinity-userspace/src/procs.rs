@@ -28,6 +28,17 @@ pub enum TargetError {
     /// No such process or thread.
     #[error("no such process: {0}")]
     NoSuchProcess(u32),
+    /// No process has that name.
+    #[error("no process named {0:?} (comm, as in pgrep -x)")]
+    NoSuchComm(String),
+    /// Not a cgroup directory.
+    #[error(
+        "{0} is not a cgroup directory (no cgroup.procs): give the cgroup's path under /sys/fs/cgroup"
+    )]
+    NoSuchCgroup(String),
+    /// The cgroup is empty.
+    #[error("cgroup {0} has no processes")]
+    EmptyCgroup(String),
     /// It is a zombie: nothing left to trace.
     #[error("process {0} is a zombie (exited, not yet reaped): nothing to trace")]
     Zombie(u32),
@@ -50,6 +61,48 @@ pub fn check_target(pid: u32) -> Result<u32, TargetError> {
         return Err(TargetError::Zombie(pid));
     }
     tgid_of(pid)
+}
+
+/// Start time of `pid` (clock ticks since boot, /proc/<pid>/stat field 22):
+/// with the pid, it names one process for good.
+pub fn start_time(pid: u32) -> Result<u64, TargetError> {
+    Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map(|s| s.starttime)
+        .map_err(|_| TargetError::NoSuchProcess(pid))
+}
+
+/// True for kernel threads (PF_KTHREAD): they have no user affinity to own.
+pub fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u32 = 0x0020_0000;
+    Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map(|s| s.flags & PF_KTHREAD != 0)
+        .unwrap_or(false)
+}
+
+/// Processes whose comm is exactly `name` (as `pgrep -x`), sorted.
+pub fn pids_by_comm(name: &str) -> Vec<u32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = all
+        .filter_map(Result::ok)
+        .filter(|p| p.stat().is_ok_and(|s| s.comm == name && s.state != 'Z'))
+        .map(|p| p.pid as u32)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Processes in a cgroup directory (its `cgroup.procs`), sorted.
+pub fn pids_in_cgroup(dir: &std::path::Path) -> Result<Vec<u32>, TargetError> {
+    let text = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map_err(|_| TargetError::NoSuchCgroup(dir.display().to_string()))?;
+    let mut pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
 }
 
 /// True while `pid` exists and is not a zombie.
@@ -191,6 +244,22 @@ mod tests {
         let ts = threads(me);
         assert!(ts.iter().any(|t| t.tid == me), "{ts:?}");
         assert!(alive(me));
+    }
+
+    #[test]
+    fn own_start_time_is_stable_and_comm_finds_us() {
+        let me = std::process::id();
+        assert_eq!(start_time(me).unwrap(), start_time(me).unwrap());
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert!(pids_by_comm(comm.trim()).contains(&me));
+        assert!(pids_by_comm("no-such-comm-xyz").is_empty());
+        assert!(!is_kernel_thread(me));
+    }
+
+    #[test]
+    fn a_missing_cgroup_is_an_error() {
+        let e = pids_in_cgroup(std::path::Path::new("/nonexistent/cg")).unwrap_err();
+        assert!(e.to_string().contains("not a cgroup directory"), "{e}");
     }
 
     #[test]

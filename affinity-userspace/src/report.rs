@@ -152,6 +152,12 @@ pub struct Report {
     /// window, the threads it hit and the fix. Says so when there is no quota.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throttling: Option<Throttling>,
+    /// What --apply changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<crate::actions::AppliedJson>,
+    /// Before/after comparison of --verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::verify::Verification>,
 }
 
 fn keyed(m: &BTreeMap<u32, u64>) -> BTreeMap<String, u64> {
@@ -228,6 +234,8 @@ impl Report {
             classification: None,
             recommendation: None,
             throttling: None,
+            applied: None,
+            verification: None,
         }
     }
 
@@ -376,6 +384,20 @@ impl Report {
                 s.push('\n');
             }
         }
+        if let Some(a) = &self.applied {
+            let _ = writeln!(
+                s,
+                "applied: CPUs {} on {} thread(s){}; undo with `affin-trace revert --pid {}` (state: {})",
+                a.cpulist,
+                a.threads_changed,
+                if a.active { "" } else { ", then reverted" },
+                self.target.pids.first().copied().unwrap_or(0),
+                a.state_file
+            );
+        }
+        if let Some(v) = &self.verification {
+            let _ = writeln!(s, "{}", verification_table(v));
+        }
         if self.dropped_events > 0 {
             let _ = writeln!(
                 s,
@@ -385,6 +407,41 @@ impl Report {
         }
         s
     }
+}
+
+fn verification_table(v: &crate::verify::Verification) -> String {
+    let (b, a) = (&v.before, &v.after);
+    let mut s = String::new();
+    let _ = writeln!(s, "verification:           before      after");
+    let _ = writeln!(
+        s,
+        "  migrations/s      {:>10.1} {:>10.1}",
+        b.migration_rate, a.migration_rate
+    );
+    let _ = writeln!(
+        s,
+        "  cross-LLC share   {:>10.2} {:>10.2}",
+        b.cross_llc_share, a.cross_llc_share
+    );
+    let _ = writeln!(
+        s,
+        "  run-queue p99     {:>10} {:>10}",
+        fmt_ns(b.runq_p99_ns),
+        fmt_ns(a.runq_p99_ns)
+    );
+    let _ = writeln!(
+        s,
+        "  on-CPU %          {:>10.1} {:>10.1}",
+        b.on_cpu_pct, a.on_cpu_pct
+    );
+    let _ = writeln!(
+        s,
+        "  class             {:>10} {:>10}",
+        b.class.as_str(),
+        a.class.as_str()
+    );
+    let _ = write!(s, "  {}", v.verdict);
+    s
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -30,8 +30,13 @@ pub const DEFAULT_DURATION_S: f64 = 30.0;
 /// Why a run failed. [`SessionError::exit_code`] maps each to an exit code.
 #[derive(Debug, Error)]
 pub enum SessionError {
+    /// --apply with a command: it is gone when the window ends.
+    #[error("--apply needs a running target (--pid, --tid, --comm or --cgroup), not a command")]
+    ApplyToCommand,
     /// Nothing to trace was given.
-    #[error("nothing to trace: give --pid PID, --tid TID, or -- COMMAND (see --help)")]
+    #[error(
+        "nothing to trace: give --pid PID, --tid TID, --comm NAME, --cgroup PATH or -- COMMAND (see --help)"
+    )]
     NoTarget,
     /// A command and pids at once.
     #[error("give either --pid/--tid or -- COMMAND, not both")]
@@ -75,6 +80,7 @@ impl SessionError {
         match self {
             SessionError::NoTarget
             | SessionError::TargetAndCommand
+            | SessionError::ApplyToCommand
             | SessionError::IntervalTooLong { .. }
             | SessionError::Target(_) => crate::cli::EXIT_USAGE,
             SessionError::Command(CommandError::Exec { .. }) => 127,
@@ -97,6 +103,9 @@ pub struct Outcome {
     pub cgroup_limit: Option<CgroupLimit>,
     /// Its cpu.stat over the window.
     pub cgroup_window: Option<CpuStatDelta>,
+    /// Start time of each target when the trace began: an apply later
+    /// checks it to catch a recycled pid.
+    pub start_times: std::collections::BTreeMap<u32, u64>,
 }
 
 /// Resolved targets.
@@ -107,6 +116,20 @@ struct Targets {
 
 fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
     let mut tgids = Vec::new();
+    for name in &args.comms {
+        let found = procs::pids_by_comm(name);
+        if found.is_empty() {
+            return Err(TargetError::NoSuchComm(name.clone()).into());
+        }
+        tgids.extend(found);
+    }
+    if let Some(dir) = &args.cgroup {
+        let found = procs::pids_in_cgroup(dir)?;
+        if found.is_empty() {
+            return Err(TargetError::EmptyCgroup(dir.display().to_string()).into());
+        }
+        tgids.extend(found);
+    }
     for &pid in &args.pids {
         tgids.push(procs::check_target(pid)?);
     }
@@ -124,11 +147,18 @@ fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
 /// Checks the arguments and the system; no side effects.
 fn validate(args: &TraceArgs) -> Result<Targets, SessionError> {
     let command = !args.command.is_empty();
-    if command && (!args.pids.is_empty() || !args.tids.is_empty()) {
+    let targets = !args.pids.is_empty()
+        || !args.tids.is_empty()
+        || !args.comms.is_empty()
+        || args.cgroup.is_some();
+    if command && targets {
         return Err(SessionError::TargetAndCommand);
     }
-    if !command && args.pids.is_empty() && args.tids.is_empty() {
+    if !command && !targets {
         return Err(SessionError::NoTarget);
+    }
+    if command && args.apply {
+        return Err(SessionError::ApplyToCommand);
     }
     if let Some(d) = args.duration
         && args.interval() > d
@@ -139,7 +169,7 @@ fn validate(args: &TraceArgs) -> Result<Targets, SessionError> {
         });
     }
     let targets = resolve(args)?;
-    preflight::check(false)?;
+    preflight::check(args.apply)?;
     Ok(targets)
 }
 
@@ -160,6 +190,11 @@ fn seed(probe: &mut Probe, tgid: u32) {
 pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
     let t0 = Instant::now();
     let targets = validate(args)?;
+    let start_times = targets
+        .tgids
+        .iter()
+        .filter_map(|&p| procs::start_time(p).ok().map(|t| (p, t)))
+        .collect();
     let verbose = |what: &str| {
         if args.verbose {
             eprintln!(
@@ -314,6 +349,7 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
         facts,
         cgroup_limit,
         cgroup_window,
+        start_times,
     })
 }
 

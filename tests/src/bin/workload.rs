@@ -12,10 +12,15 @@
 //! - `late N MS`: print `ready`, wait for a line on stdin, then start N
 //!   threads named `late-<i>` that each spin MS ms of CPU time.
 //! - `spin MS`: spin MS ms of CPU time on whatever CPU.
+//! - `wander N MS`: print `ready`, then N threads named `wander-<i>` run
+//!   1 ms / sleep 1 ms for MS ms; `idle N MS`: the same, asleep 10 ms.
+//! - `churn MS`: print `ready`, then 4 threads keep creating threads that
+//!   live ~2 ms, for MS ms.
 //! - `spinners N MS`: print `ready`, wait for a line on stdin, then N
 //!   threads named `spinner-<i>` spin for MS ms of wall time.
 //! - `flip MS`: a `flipped` thread, 1/3 busy for MS ms of wall time, while
-//!   the main thread flips its affinity between CPU 0 and 1 every 5 ms.
+//!   the main thread moves it to the next CPU of its own allowed set every
+//!   5 ms.
 
 use std::{
     io::BufRead as _,
@@ -113,6 +118,58 @@ fn main() {
             }
         }
         Some("spin") => spin_cpu_ms(arg(&args, 1)),
+        Some("churn") => {
+            // Threads that live ~2 ms each, created back to back by 4 makers:
+            // any apply races thread exits and creations.
+            let ms = arg(&args, 1);
+            println!("ready");
+            let until = Instant::now() + Duration::from_millis(ms);
+            let makers: Vec<_> = (0..4)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        while Instant::now() < until {
+                            let _ =
+                                std::thread::spawn(|| std::thread::sleep(Duration::from_millis(2)))
+                                    .join();
+                        }
+                    })
+                })
+                .collect();
+            for m in makers {
+                m.join().expect("join");
+            }
+        }
+        Some("wander") | Some("idle") => {
+            // wander: threads 1 ms busy, 1 ms asleep (the scheduler moves
+            // them between CPUs on wakeup); idle: threads asleep 10 ms.
+            let (n, ms) = (arg(&args, 1), arg(&args, 2));
+            let busy = args[0] == "wander";
+            println!("ready");
+            let until = Instant::now() + Duration::from_millis(ms);
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name(format!("{}-{i}", args[0]))
+                        .spawn(move || {
+                            while Instant::now() < until {
+                                if busy {
+                                    let t = Instant::now() + Duration::from_millis(1);
+                                    while Instant::now() < t {
+                                        std::hint::spin_loop();
+                                    }
+                                    std::thread::sleep(Duration::from_millis(1));
+                                } else {
+                                    std::thread::sleep(Duration::from_millis(10));
+                                }
+                            }
+                        })
+                        .expect("spawn")
+                })
+                .collect();
+            for h in hs {
+                h.join().expect("join");
+            }
+        }
         Some("spinners") => {
             let (n, ms) = (arg(&args, 1), arg(&args, 2));
             wait_for_go();
@@ -153,9 +210,16 @@ fn main() {
                 })
                 .expect("spawn");
             let victim = rx.recv().expect("recv");
+            // Like a thread-pool balancer, it moves the victim among the
+            // CPUs it is itself allowed: after an apply to one CPU, it can
+            // no longer cause migrations.
             let mut i = 0;
             while Instant::now() < until {
-                let _ = std::panic::catch_unwind(|| pin(victim, i % 2));
+                let own = nix::sched::sched_getaffinity(Pid::from_raw(0)).expect("getaffinity");
+                let cpus: Vec<usize> = (0..CpuSet::count())
+                    .filter(|&c| own.is_set(c).unwrap_or(false))
+                    .collect();
+                let _ = std::panic::catch_unwind(|| pin(victim, cpus[i % cpus.len()]));
                 i += 1;
                 std::thread::sleep(Duration::from_millis(5));
             }

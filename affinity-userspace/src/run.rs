@@ -1,0 +1,188 @@
+//! The binary's flows, from parsed arguments to an exit code: trace and
+//! report (with --apply / --verify), revert, topology, the benchmark floor.
+//! Errors are printed here, once, as one line each.
+
+use std::{io::Write as _, path::Path};
+
+use crate::{
+    actions::{self, ActionError},
+    analysis::{self, Analysis},
+    classify::Thresholds,
+    cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
+    report::Report,
+    session::{self, Outcome},
+    state::STATE_DIR,
+    topology::Topology,
+    verify::{self, Figures},
+};
+
+fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
+    eprintln!("affin-trace: {msg}");
+    code
+}
+
+/// Traces, reports, and applies/verifies when asked.
+pub fn trace(args: &TraceArgs) -> i32 {
+    // Everything the user can get wrong is checked before anything runs:
+    // the output path, the thresholds, and how an apply will be confirmed.
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                return fail(
+                    format!(
+                        "cannot write {}: {e}; choose a writable --output path",
+                        path.display()
+                    ),
+                    EXIT_USAGE,
+                );
+            }
+        },
+        None => Box::new(std::io::stdout()),
+    };
+    let thresholds = match args.thresholds() {
+        Ok(t) => t,
+        Err(e) => return fail(e, EXIT_USAGE),
+    };
+    if args.apply && !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return fail(ActionError::NeedYes, EXIT_USAGE);
+    }
+    let outcome = match session::run(args) {
+        Ok(o) => o,
+        Err(e) => return fail(&e, e.exit_code()),
+    };
+    let analysis = analyze(&outcome, &thresholds);
+    let mut report = Report::new(&outcome.trace, &args.command, outcome.exit_status)
+        .with_analysis(&outcome.topology, &analysis)
+        .with_throttling(crate::throttle::analyze(
+            &outcome.trace,
+            outcome.cgroup_limit.as_ref(),
+            outcome.cgroup_window.as_ref(),
+        ));
+    let mut code = outcome.exit_status.unwrap_or(0);
+    if args.apply {
+        match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report) {
+            Ok(()) => {}
+            Err(e) => code = fail(&e, e.exit_code()),
+        }
+    }
+    let text = match args.format {
+        Format::Text => report.to_text(),
+        Format::Json => report.to_json() + "\n",
+    };
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        return fail(format!("writing the report: {e}"), EXIT_FAILURE);
+    }
+    code
+}
+
+fn analyze(outcome: &Outcome, thresholds: &Thresholds) -> Analysis {
+    analysis::analyze(
+        &outcome.trace,
+        &outcome.topology,
+        thresholds,
+        &outcome.facts,
+    )
+}
+
+fn apply_and_verify(
+    args: &TraceArgs,
+    thresholds: &Thresholds,
+    outcome: &Outcome,
+    analysis: &Analysis,
+    report: &mut Report,
+) -> Result<(), ActionError> {
+    let dir = Path::new(STATE_DIR);
+    let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
+    actions::check(outcome, &cpus)?;
+    let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
+    let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
+    actions::confirm(
+        args.yes,
+        &format!(
+            "affin-trace: set CPUs {} on the {threads} thread(s) of pid {:?}?",
+            crate::cpulist::format(&cpus),
+            outcome.trace.pids
+        ),
+    )?;
+    let mut applied = actions::apply_cpus(dir, outcome, &cpus)?;
+    report.applied = Some(applied.clone());
+    if !args.verify {
+        return Ok(());
+    }
+    // The same window again, now with the new CPUs.
+    let after = session::run(args).map_err(|e| ActionError::Verify(e.to_string()))?;
+    let after_analysis = analyze(&after, thresholds);
+    let class = analysis.classification.process.class;
+    let v = verify::judge(
+        class,
+        Figures::new(&analysis.features.process, class),
+        Figures::new(
+            &after_analysis.features.process,
+            after_analysis.classification.process.class,
+        ),
+        args.keep,
+    );
+    if !v.kept {
+        for &pid in &outcome.trace.pids {
+            actions::revert(dir, pid)?;
+        }
+        applied.active = false;
+        report.applied = Some(applied);
+    }
+    report.verification = Some(v);
+    Ok(())
+}
+
+/// `affin-trace revert --pid P`.
+pub fn revert(pid: u32) -> i32 {
+    if let Err(e) = crate::preflight::check_apply() {
+        return fail(e, EXIT_FAILURE);
+    }
+    let dir = Path::new(STATE_DIR);
+    let _lock = match actions::lock_all(dir, &[pid]) {
+        Ok(l) => l,
+        Err(e) => return fail(&e, e.exit_code()),
+    };
+    match actions::revert(dir, pid) {
+        Ok(n) => {
+            println!("affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}");
+            0
+        }
+        Err(e) => fail(&e, e.exit_code()),
+    }
+}
+
+/// `affin-trace topology`.
+pub fn topology(format: Format) -> i32 {
+    match Topology::read(Path::new("/")) {
+        Ok(t) => {
+            match format {
+                Format::Text => print!("{}", crate::topology::render_text(&t)),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&t).unwrap_or_default())
+                }
+            }
+            0
+        }
+        Err(e) => fail(format!("reading the CPU topology: {e}"), EXIT_FAILURE),
+    }
+}
+
+/// `affin-trace bench-floor`: the empty program, attached until a signal.
+pub fn bench_floor(seconds: f64) -> i32 {
+    if let Err(e) = crate::preflight::check(false) {
+        return fail(e, EXIT_FAILURE);
+    }
+    let mut waiter = match crate::wake::Waiter::new() {
+        Ok(w) => w,
+        Err(e) => return fail(e, EXIT_FAILURE),
+    };
+    let _floor = match crate::probe::attach_floor() {
+        Ok(f) => f,
+        Err(e) => return fail(e, EXIT_FAILURE),
+    };
+    eprintln!("affin-trace: floor attached");
+    let _ = waiter.wait(std::time::Duration::from_secs_f64(seconds));
+    0
+}

@@ -1,0 +1,273 @@
+//! The revert record: every thread's CPU mask before an apply, kept in
+//! `/run/affin-trace/<pid>-<start time>.json` so `affin-trace revert --pid P`
+//! restores it exactly, from another invocation too.
+//!
+//! The file is keyed by pid *and* process start time (field 22 of
+//! /proc/<pid>/stat), so a recycled pid never receives another process's
+//! masks. Writes are atomic (temp file + rename), mode 0600, in a directory
+//! owned by us and writable by nobody else, never through a symlink: a local
+//! user cannot redirect root's writes. A lock file beside it serialises two
+//! instances working on the same target.
+
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Default directory (tmpfs: masks do not survive a reboot, and neither do
+/// the threads they belong to).
+pub const STATE_DIR: &str = "/run/affin-trace";
+
+/// What an apply changed and how to undo it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyState {
+    /// Process id.
+    pub pid: u32,
+    /// Its start time (clock ticks since boot).
+    pub start_time: u64,
+    /// The CPUs applied.
+    pub applied_cpus: Vec<u32>,
+    /// Mask of the main thread before the apply: what threads created after
+    /// the apply get on revert.
+    pub process_mask: Vec<u32>,
+    /// Each changed thread's mask before the apply.
+    pub threads: BTreeMap<u32, Vec<u32>>,
+}
+
+/// A state-file failure.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// The directory is unsafe (not ours, writable by others, a symlink).
+    #[error(
+        "{0} is not a directory owned by this user and closed to others: refusing to keep revert state there (remove it, it is recreated)"
+    )]
+    UnsafeDir(PathBuf),
+    /// I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Malformed file.
+    #[error("{path} is not a valid affin-trace state file: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No record for the process.
+    #[error(
+        "no applied affinity recorded for pid {0} (nothing to revert: affin-trace --apply was not run on this process since boot)"
+    )]
+    Missing(u32),
+    /// Another instance holds the lock.
+    #[error(
+        "another affin-trace is applying or reverting on pid {0}; wait for it to finish and retry"
+    )]
+    Busy(u32),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The state directory, created 0700 if missing and checked.
+pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
+    match std::fs::symlink_metadata(dir) {
+        Ok(m)
+            if m.is_dir()
+                && m.uid() == nix::unistd::geteuid().as_raw()
+                && m.mode() & 0o022 == 0 =>
+        {
+            Ok(())
+        }
+        _ => Err(StateError::UnsafeDir(dir.to_path_buf())),
+    }
+}
+
+/// Path of the state file of `pid` started at `start_time`.
+pub fn path(dir: &Path, pid: u32, start_time: u64) -> PathBuf {
+    dir.join(format!("{pid}-{start_time}.json"))
+}
+
+/// Writes `state` atomically.
+pub fn save(dir: &Path, state: &ApplyState) -> Result<PathBuf, StateError> {
+    ensure_dir(dir)?;
+    let file = path(dir, state.pid, state.start_time);
+    let tmp = dir.join(format!(".{}-{}.tmp", state.pid, std::process::id()));
+    let text = serde_json::to_string_pretty(state).map_err(|e| StateError::Corrupt {
+        path: file.clone(),
+        reason: e.to_string(),
+    })?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &file).map_err(io(&file))?;
+    Ok(file)
+}
+
+/// Reads the state of `pid` started at `start_time`.
+pub fn load(dir: &Path, pid: u32, start_time: u64) -> Result<ApplyState, StateError> {
+    let file = path(dir, pid, start_time);
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&file)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StateError::Missing(pid));
+        }
+        Err(e) => return Err(io(&file)(e)),
+    };
+    let meta = f.metadata().map_err(io(&file))?;
+    if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0
+    {
+        return Err(StateError::Corrupt {
+            path: file,
+            reason: "not a private regular file owned by this user".into(),
+        });
+    }
+    let state: ApplyState = serde_json::from_reader(f).map_err(|e| StateError::Corrupt {
+        path: file.clone(),
+        reason: e.to_string(),
+    })?;
+    if state.pid != pid || state.start_time != start_time {
+        return Err(StateError::Corrupt {
+            path: file,
+            reason: "it names another process".into(),
+        });
+    }
+    Ok(state)
+}
+
+/// Deletes the state of `pid` after a successful revert.
+pub fn remove(dir: &Path, pid: u32, start_time: u64) -> Result<(), StateError> {
+    let file = path(dir, pid, start_time);
+    std::fs::remove_file(&file).map_err(io(&file))
+}
+
+/// An exclusive lock on a target, released on drop (or when the process
+/// dies, as flock locks are).
+pub struct Lock {
+    _file: File,
+}
+
+/// Takes the lock of `pid` without waiting.
+pub fn lock(dir: &Path, pid: u32) -> Result<Lock, StateError> {
+    ensure_dir(dir)?;
+    let file = dir.join(format!("{pid}.lock"));
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&file)
+        .map_err(io(&file))?;
+    // SAFETY: flock(2) on an fd we own.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        return Err(StateError::Busy(pid));
+    }
+    Ok(Lock { _file: f })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ApplyState {
+        ApplyState {
+            pid: 42,
+            start_time: 777,
+            applied_cpus: vec![1],
+            process_mask: vec![0, 1],
+            threads: BTreeMap::from([(42, vec![0, 1]), (43, vec![0])]),
+        }
+    }
+
+    #[test]
+    fn save_then_load_round_trips_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("state");
+        let file = save(&d, &state()).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(load(&d, 42, 777).unwrap(), state());
+    }
+
+    #[test]
+    fn a_reused_pid_finds_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &state()).unwrap();
+        assert!(matches!(
+            load(dir.path(), 42, 778),
+            Err(StateError::Missing(42))
+        ));
+    }
+
+    #[test]
+    fn a_symlinked_state_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "{}").unwrap();
+        std::os::unix::fs::symlink(&target, path(dir.path(), 42, 777)).unwrap();
+        assert!(load(dir.path(), 42, 777).is_err());
+    }
+
+    #[test]
+    fn a_group_writable_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("open");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        assert!(matches!(save(&d, &state()), Err(StateError::UnsafeDir(_))));
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_pid_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock(dir.path(), 42).unwrap();
+        assert!(matches!(lock(dir.path(), 42), Err(StateError::Busy(42))));
+        drop(first);
+        assert!(lock(dir.path(), 42).is_ok());
+    }
+
+    #[test]
+    fn garbage_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = path(dir.path(), 42, 777);
+        std::fs::write(&file, "not json").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let e = load(dir.path(), 42, 777).unwrap_err().to_string();
+        assert!(e.contains("not a valid affin-trace state file"), "{e}");
+    }
+}
