@@ -63,6 +63,11 @@ pub enum ActionError {
     /// Kernel threads have no user affinity to manage.
     #[error("pid {0} is a kernel thread: affin-trace does not change kernel threads' CPUs")]
     KernelThread(u32),
+    /// pid 1 without --force.
+    #[error(
+        "pid 1 (init) is traced but not changed without --force: its mask is inherited by everything it starts"
+    )]
+    Init,
     /// The user said no.
     #[error("not applied (answered no)")]
     Declined,
@@ -100,6 +105,7 @@ impl ActionError {
             | ActionError::NoCpus
             | ActionError::NeedYes
             | ActionError::KernelThread(_)
+            | ActionError::Init
             | ActionError::PidReused(_)
             | ActionError::Gone(_) => crate::cli::EXIT_USAGE,
             ActionError::State(StateError::Missing(_)) => crate::cli::EXIT_USAGE,
@@ -111,9 +117,12 @@ impl ActionError {
 
 /// Checks that `cpus` can be given to every target of `outcome`, and that
 /// every target is still the process that was traced.
-pub fn check(outcome: &Outcome, cpus: &[u32]) -> Result<(), ActionError> {
+pub fn check(outcome: &Outcome, cpus: &[u32], force: bool) -> Result<(), ActionError> {
     if cpus.is_empty() {
         return Err(ActionError::NoCpus);
+    }
+    if outcome.trace.pids.contains(&1) && !force {
+        return Err(ActionError::Init);
     }
     let online = outcome.topology.online();
     for &pid in &outcome.trace.pids {

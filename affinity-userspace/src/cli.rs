@@ -105,6 +105,9 @@ pub struct TraceArgs {
     /// automatically if the targeted figure got worse beyond noise.
     #[arg(long, requires = "apply")]
     pub verify: bool,
+    /// With --apply: allow changing pid 1 (init), refused otherwise.
+    #[arg(long, requires = "apply")]
+    pub force: bool,
     /// With --verify: keep the new CPUs even if they made things worse.
     #[arg(long, requires = "verify")]
     pub keep: bool,

@@ -94,7 +94,7 @@ fn apply_and_verify(
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
-    actions::check(outcome, &cpus)?;
+    actions::check(outcome, &cpus, args.force)?;
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
     actions::confirm(

@@ -121,3 +121,120 @@ fn demo_reports_its_three_threads() {
     let hopper = thread(&json, "hopper");
     assert!(hopper["migrations"].as_u64().unwrap() > 50, "{hopper:#}");
 }
+
+#[test]
+fn sigterm_and_sighup_also_end_the_window_and_detach() {
+    require_root();
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        let mut w = Gated::start(&["late", "1", "10"]);
+        let pid = w.pid().to_string();
+        let tracer = Tracer::start(&["--pid", &pid, "--duration", "60"]);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(tracer.child.id() as i32), sig).unwrap();
+        let (code, json) = tracer.finish();
+        assert_eq!(code, 0, "{sig}");
+        assert!(json["duration_s"].as_f64().unwrap() < 10.0, "{sig}");
+        let left = programs_left();
+        assert!(left.is_empty(), "{sig}: programs left: {left:?}");
+        w.go();
+        w.finish();
+    }
+}
+
+/// SIGINT at every moment of start-up (parsing, BTF, loading, attaching,
+/// marking targets): whatever phase it hits, the process ends promptly and
+/// no program stays attached.
+#[test]
+fn sigint_during_startup_leaves_nothing_attached() {
+    require_root();
+    let mut w = Gated::start(&["late", "1", "10"]);
+    let pid = w.pid().to_string();
+    for delay_ms in [0u64, 5, 15, 30, 50, 80, 120] {
+        let mut c = Command::new(affin_trace())
+            .args(["--pid", &pid, "--duration", "30", "--format", "json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let status = c.wait().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "hung after SIGINT at {delay_ms} ms"
+        );
+        // Killed by the signal before its handlers exist, or a clean report.
+        assert!(
+            status.code() == Some(0) || status.code().is_none(),
+            "{delay_ms} ms: {status}"
+        );
+        let left = programs_left();
+        assert!(left.is_empty(), "SIGINT at {delay_ms} ms left {left:?}");
+    }
+    w.go();
+    w.finish();
+}
+
+/// Exactly CAP_BPF and CAP_PERFMON, as an unprivileged user: enough to trace.
+#[test]
+fn traces_with_only_cap_bpf_and_cap_perfmon_as_nobody() {
+    require_root();
+    let mut w = Gated::start(&["late", "2", "100"]);
+    let pid = w.pid().to_string();
+    let out = scratch("nobody.json");
+    // The report goes to stdout: nobody may not create files here.
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all,+bpf,+perfmon",
+            "--ambient-caps=-all,+bpf,+perfmon",
+            "--bounding-set=-all,+bpf,+perfmon",
+        ])
+        .arg(affin_trace())
+        .args(["--pid", &pid, "--duration", "1", "--format", "json"])
+        .output()
+        .expect("setpriv");
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(json["target"]["pids"][0].as_u64(), pid.parse().ok());
+    assert!(programs_left().is_empty());
+    w.go();
+    w.finish();
+}
+
+#[test]
+fn pid_1_is_traced_but_not_applied_without_force() {
+    require_root();
+    let run = run(&[
+        "--pid",
+        "1",
+        "--duration",
+        "0.3",
+        "--apply",
+        "--yes",
+        "--cpus",
+        "0",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--force"), "{}", run.stderr);
+    assert_eq!(
+        run.json["target"]["pids"][0], 1,
+        "the trace itself is reported"
+    );
+    assert!(run.json["applied"].is_null());
+}
