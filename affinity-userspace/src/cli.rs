@@ -56,6 +56,21 @@ pub enum Command {
         #[arg(long, default_value_t = 60.0)]
         seconds: f64,
     },
+    /// Print the man page or a shell's completion script, or write them all
+    /// into a directory (for packagers; `cargo xtask docs` runs it).
+    #[command(hide = true)]
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["man", "completions", "out"])))]
+    Docs {
+        /// Print the affin-trace(1) man page.
+        #[arg(long)]
+        man: bool,
+        /// Print the completion script for SHELL.
+        #[arg(long, value_enum, value_name = "SHELL")]
+        completions: Option<clap_complete::Shell>,
+        /// Write every man page and every shell's completions into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// The demo's workload itself (run by `demo`).
     #[command(hide = true)]
     DemoWorker {
@@ -157,6 +172,10 @@ pub struct TraceArgs {
     /// Print start-up timings and attach details on stderr.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Also draw the trace as SVG into FILE: on-CPU time per thread and CPU,
+    /// migrations per thread by distance. Opened before tracing.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
     /// Command to start and trace from its first instruction; affin-trace
     /// exits with its exit status.
     #[arg(last = true, value_name = "COMMAND")]

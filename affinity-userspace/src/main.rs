@@ -19,6 +19,20 @@ fn main() -> ExitCode {
         Some(Command::Topology { format }) => run::topology(format),
         Some(Command::BenchFloor { seconds }) => run::bench_floor(seconds),
         Some(Command::Revert { pid }) => run::revert(pid),
+        Some(Command::Docs {
+            man,
+            completions,
+            out,
+        }) => {
+            let mut stdout = std::io::stdout().lock();
+            match affinity::docs::emit(man, completions, out.as_deref(), &mut stdout) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("affin-trace: writing the docs: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
         Some(Command::Demo { trace }) => {
             let mut trace = *trace;
             let secs = trace.duration.take().unwrap_or(5.0);

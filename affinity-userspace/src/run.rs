@@ -40,6 +40,19 @@ pub fn trace(args: &TraceArgs) -> i32 {
         },
         None => Box::new(std::io::stdout()),
     };
+    let mut svg = match &args.svg {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Some((path, f)),
+            Err(e) => {
+                let msg = format!(
+                    "cannot write {}: {e}; choose a writable --svg path",
+                    path.display()
+                );
+                return fail(msg, EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
     let thresholds = match args.thresholds() {
         Ok(t) => t,
         Err(e) => return fail(e, EXIT_USAGE),
@@ -51,6 +64,18 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return fail(&e, e.exit_code()),
     };
+    if let Some((path, file)) = &mut svg {
+        // A picture that cannot be drawn is reported; the report still follows.
+        let drawn = crate::plot::render_svg(&outcome.trace, &outcome.topology)
+            .map_err(|e| e.to_string())
+            .and_then(|s| file.write_all(s.as_bytes()).map_err(|e| e.to_string()));
+        if let Err(e) = drawn {
+            fail(
+                format!("writing the SVG to {}: {e}", path.display()),
+                EXIT_FAILURE,
+            );
+        }
+    }
     let analysis = analyze(&outcome, &thresholds);
     let mut report = Report::new(&outcome.trace, &args.command, outcome.exit_status)
         .with_analysis(&outcome.topology, &analysis)

@@ -14,6 +14,7 @@
 
 mod bench;
 mod binary;
+mod docs;
 mod setup;
 mod test;
 mod util;
@@ -51,6 +52,8 @@ enum Cmd {
     Test(test::Args),
     /// Build in release mode and copy affin-trace to /usr/local/bin.
     Install,
+    /// Build in release mode, then write man pages and shell completions to target/docs.
+    Docs,
     /// Measure overhead, start-up and scale as root; writes BENCHMARKS.md.
     Bench(bench::Args),
     /// The benchmark's workload: N threads sleeping PERIOD_MS in a loop for SECS.
@@ -74,6 +77,7 @@ fn main() {
         Cmd::Run { args } => binary::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Install => binary::install(),
+        Cmd::Docs => docs::run(),
         Cmd::Bench(args) => bench::run(args),
         Cmd::BenchThreads {
             threads,
