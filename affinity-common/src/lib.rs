@@ -22,7 +22,7 @@ pub const MIG_CROSS_NUMA: usize = 3;
 pub const MIG_CLASSES: usize = 4;
 
 /// [`ThreadStats::flags`]: the thread passed `sched_process_exit`; its entry is
-/// final after its last switch-out and userspace deletes it after reading.
+/// final after its last switch-out and userspace frees its slot after reading.
 pub const FLAG_EXITING: u32 = 1;
 
 /// [`ThreadStats::runnable_kind`]: not waiting for a CPU.
@@ -33,6 +33,7 @@ pub const RUNNABLE_WAKEUP: u32 = 1;
 pub const RUNNABLE_PREEMPTED: u32 = 2;
 
 /// Indexes into the `DROPS` per-CPU array: events that could not be recorded.
+/// No free slot in `STATS` for a new thread (`--max-threads`).
 pub const DROP_THREADS_FULL: u32 = 0;
 /// The per-thread per-CPU time map was full.
 pub const DROP_THREAD_CPU_FULL: u32 = 1;
@@ -41,18 +42,25 @@ pub const DROP_READ_FAILED: u32 = 2;
 /// Number of drop counters.
 pub const DROP_KINDS: u32 = 3;
 
-/// Per-thread counters, the value of the `THREADS` hash map (key: tid).
+/// Per-thread counters, the value of the `STATS` array (index: the thread's
+/// slot, from `SLOTS`; slot 0 is never used).
 ///
-/// Written by the BPF programs only; userspace reads it each interval and
-/// deletes entries of exited threads. Counters are cumulative since the entry
-/// was created.
+/// Written by the BPF programs (and by userspace when it seeds a thread that
+/// existed before tracing); userspace reads the array in place each interval
+/// (it is mmapped) and frees the slots of exited threads. Counters are
+/// cumulative since the entry was created.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadStats {
+    /// Thread id; 0 marks a free slot.
+    pub tid: u32,
     /// Thread group (process) id.
     pub tgid: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
+    /// CPU number + 1 while the thread is on a CPU, 0 otherwise: userspace
+    /// adds the running slice (from /proc/<tid>/schedstat) for these.
+    pub running_on: u32,
     /// `comm` of the thread, NUL padded; refreshed at exit.
     pub comm: [u8; 16],
     /// The task's `se.sum_exec_runtime` at its last switch-out: the base from
@@ -61,6 +69,14 @@ pub struct ThreadStats {
     /// On-CPU time (ns) seen while traced, from `se.sum_exec_runtime`
     /// deltas, which exclude hypervisor steal and match /proc/<tid>/schedstat.
     pub cpu_time_ns: u64,
+    /// On-CPU time on the CPU the thread last switched out on, not yet added
+    /// to `THREAD_CPU`: `(cpu + 1) << CPU_ACC_SHIFT | ns` (see
+    /// [`ThreadStats::cpu_acc`]). A thread usually switches out where it
+    /// switched out last time, so most switches add here, with no map
+    /// lookup; the sum moves to `THREAD_CPU` when the CPU changes. One
+    /// 8-byte word, so that a reader never sees the CPU of one slice with
+    /// the time of another.
+    pub cpu_acc: u64,
     /// Switches out in a sleeping state (the kernel's `nvcsw`).
     pub voluntary: u64,
     /// Switches out while runnable: preemption (the kernel's `nivcsw`).
@@ -71,9 +87,8 @@ pub struct ThreadStats {
     pub runnable_since_ns: u64,
     /// `RUNNABLE_*`: why it is waiting since `runnable_since_ns`.
     pub runnable_kind: u32,
-    /// CPU number + 1 while the thread is on a CPU, 0 otherwise: userspace
-    /// adds the running slice (from /proc/<tid>/schedstat) for these.
-    pub running_on: u32,
+    /// Padding (explicit, so that both sides agree on it).
+    pub _pad: u32,
     /// Sum of wakeup-to-run waits (ns).
     pub runq_wait_ns: u64,
     /// Number of wakeup-to-run waits measured.
@@ -87,11 +102,29 @@ pub struct ThreadStats {
     pub runq_hist: [u32; RUNQ_BUCKETS],
 }
 
-const _: () = assert!(core::mem::size_of::<ThreadStats>() == 264);
+const _: () = assert!(core::mem::size_of::<ThreadStats>() == 280);
 
-/// Key of the `THREAD_CPU` hash map: on-CPU time of one thread on one CPU.
-/// Keyed by pair rather than holding an array per thread, so memory grows with
-/// the CPUs a thread really used, not with the machine (up to 1024+ CPUs).
+/// [`ThreadStats::cpu_acc`]: the CPU (+ 1) sits above this bit, the ns
+/// below it. 48 bits of ns are 78 hours on one CPU; the programs move the
+/// sum to `THREAD_CPU` before it would overflow. 16 bits of CPU are 65,534
+/// CPUs.
+pub const CPU_ACC_SHIFT: u32 = 48;
+/// [`ThreadStats::cpu_acc`]: the ns part.
+pub const CPU_ACC_NS_MASK: u64 = (1 << CPU_ACC_SHIFT) - 1;
+
+impl ThreadStats {
+    /// The on-CPU time held in [`ThreadStats::cpu_acc`]: `(cpu, ns)`.
+    pub fn cpu_acc(&self) -> Option<(u32, u64)> {
+        let cpu = (self.cpu_acc >> CPU_ACC_SHIFT) as u32;
+        let ns = self.cpu_acc & CPU_ACC_NS_MASK;
+        (cpu != 0 && ns != 0).then(|| (cpu - 1, ns))
+    }
+}
+
+/// Key of the `THREAD_CPU` hash map: on-CPU time of one thread on one CPU
+/// (besides the part still in [`ThreadStats::cpu_acc`]). Keyed by pair
+/// rather than holding an array per thread, so memory grows with the CPUs a
+/// thread really used, not with the machine (up to 1024+ CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ThreadCpuKey {
@@ -134,9 +167,11 @@ pub struct TaskOffsets {
     /// `task_struct.thread_info.cpu` (or `task_struct.cpu` on kernels that
     /// keep it there): `task_cpu()`, the source CPU of a migration.
     pub cpu: u32,
+    /// `task_struct.comm`.
+    pub comm: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 20);
 
 #[cfg(feature = "user")]
 mod pod {

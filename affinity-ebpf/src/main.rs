@@ -10,41 +10,103 @@
 //!
 //! Each tracepoint has a `tp_btf` entry (preferred: cheapest, no tracefs) and a
 //! `raw_tp` entry (fallback where tp_btf cannot attach). Both receive the same
-//! `u64 args[]` array, so one handler serves both; userspace loads one set.
+//! `u64 args[]` array, so one handler, generic over how task fields are read
+//! ([`Access`]), serves both; userspace loads one set.
 //!
 //! Rust BPF has no CO-RE: the few `task_struct` fields read here use offsets
 //! that userspace resolves from the running kernel's BTF (`OFFSETS`).
+//!
+//! # The cost of a switch
+//!
+//! sched_switch runs on every context switch of the machine, so the common
+//! paths use no map lookup the verifier does not inline (array lookups are
+//! inlined, hash lookups are helper calls) and no helper call but one clock
+//! read:
+//! - untargeted task: two field loads and one bit of `TARGETS`;
+//! - targeted task: its slot from `SLOTS` (indexed by tid), its counters in
+//!   `STATS` (indexed by slot); on-CPU time per CPU adds to the counters'
+//!   `cpu_acc` while the thread stays on one CPU and reaches the
+//!   `THREAD_CPU` hash only when it changes CPU;
+//! - task fields: in tp_btf, plain loads through the typed `task_struct`
+//!   pointers the tracepoint passes (the verifier knows the frozen `.rodata`
+//!   offsets as constants, checks the field against the kernel BTF and
+//!   guards the load with an exception-table fixup); in raw_tp, where the
+//!   arguments are untyped, `bpf_probe_read_kernel`;
+//! - `bpf_ktime_get_ns` at most once per event.
+//!
+//! # Map sizes (set by userspace at load time)
+//! - `TARGETS`: pid_max / 64 words of 8 bytes (4 KiB at pid_max 32768,
+//!   512 KiB at 4194304).
+//! - `SLOTS`: 4 bytes per possible tid (128 KiB at pid_max 32768, 16 MiB at
+//!   4194304).
+//! - `STATS`: `--max-threads` + 1 entries of 280 bytes (4.4 MiB at the
+//!   default 16384).
+//! - `FREE_SLOTS`: 4 bytes per `--max-threads`.
+//! - `THREAD_CPU`: `--max-threads` x min(possible CPUs, 16) entries of 16
+//!   bytes plus the kernel's per-element overhead (preallocated).
+//! - `CPU_TOPO`: 16 bytes per possible CPU (16 KiB at 1024 CPUs).
+//!
+//! None of them grows with the number of CPUs beyond `CPU_TOPO` and the
+//! 16-CPU cap of `THREAD_CPU` (a thread that ran on more CPUs than that
+//! shares the map with threads that ran on fewer; a full map is counted in
+//! `DROPS`).
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic intrinsics: the BPF target spec has no atomic CAS, bpf-linker emits v3 atomics"
+)]
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use affinity_common::{
-    CpuTopo, DROP_READ_FAILED, DROP_THREAD_CPU_FULL, DROP_THREADS_FULL, FLAG_EXITING,
-    MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT, RUNNABLE_NONE, RUNNABLE_PREEMPTED,
-    RUNNABLE_WAKEUP, RUNQ_BUCKETS, TaskOffsets, ThreadCpuKey, ThreadStats,
+    CPU_ACC_NS_MASK, CPU_ACC_SHIFT, CpuTopo, DROP_READ_FAILED, DROP_THREAD_CPU_FULL,
+    DROP_THREADS_FULL, FLAG_EXITING, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT,
+    RUNNABLE_NONE, RUNNABLE_PREEMPTED, RUNNABLE_WAKEUP, RUNQ_BUCKETS, TaskOffsets, ThreadCpuKey,
+    ThreadStats,
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_MMAPABLE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, Queue},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
-/// Bitmap of target thread-group ids: bit `tgid % 32` of word `tgid / 32`.
+/// Bitmap of target thread-group ids: bit `tgid % 64` of word `tgid / 64`.
 /// An array lookup is inlined by the verifier, so an untargeted task costs one
 /// load and a mask. Sized by userspace from /proc/sys/kernel/pid_max.
 #[map]
-static TARGETS: Array<u32> = Array::with_max_entries(131_072, 0);
+static TARGETS: Array<u64> = Array::with_max_entries(65_536, 0);
 
-/// Per-thread counters (key: tid). Sized by userspace (`--max-threads`).
+/// tid -> slot in `STATS` (0: none): tid `t` is lane `t % 2` of entry
+/// `t / 2` (the kernel stores array values 8 bytes apart, so two 4-byte
+/// lanes per entry halve the map; userspace, which mmaps it, sees a plain
+/// `u32` array indexed by tid). Sized by userspace to pid_max.
 #[map]
-static THREADS: HashMap<u32, ThreadStats> = HashMap::with_max_entries(16_384, 0);
+static SLOTS: Array<[u32; 2]> = Array::with_max_entries(2_097_152, BPF_F_MMAPABLE);
 
-/// On-CPU ns per (tid, cpu).
+/// Per-thread counters by slot; slot 0 is never used. Userspace mmaps it and
+/// reads it in place each interval. Sized by userspace (`--max-threads` + 1).
+#[map]
+static STATS: Array<ThreadStats> = Array::with_max_entries(16_385, BPF_F_MMAPABLE);
+
+/// `ALLOC[0]`: the highest slot ever handed out; a new thread takes the next
+/// one when `FREE_SLOTS` is empty. Userspace (mmapped) allocates from it too,
+/// with the same atomic add, to seed threads that existed before tracing.
+#[map]
+static ALLOC: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Slots userspace freed (threads that exited and were read), for reuse.
+#[map]
+static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(16_384, 0);
+
+/// On-CPU ns per (tid, cpu), besides what is still in `ThreadStats::cpu_acc`.
 #[map]
 static THREAD_CPU: HashMap<ThreadCpuKey, u64> = HashMap::with_max_entries(65_536, 0);
 
@@ -63,16 +125,20 @@ static OFFSETS: TaskOffsets = TaskOffsets {
     tgid: 0,
     sum_exec_runtime: 0,
     cpu: 0,
+    comm: 0,
 };
 
 /// `TASK_DEAD` in `prev_state` (include/linux/sched.h): the final switch.
 const TASK_DEAD: u64 = 0x80;
 
-#[inline(always)]
-fn offsets() -> TaskOffsets {
-    // SAFETY: a plain read of a static; volatile so the compiler does not
-    // fold the zero initialiser that userspace overrides at load time.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+/// One field of `OFFSETS`, e.g. `offset!(pid)`. Volatile so that the
+/// compiler does not fold the zero initialiser that userspace overrides at
+/// load time; field by field so that only the field used is loaded.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: a plain read of a static.
+        unsafe { core::ptr::read_volatile(&OFFSETS.$field) }
+    };
 }
 
 #[inline(always)]
@@ -85,62 +151,205 @@ fn drop_event(kind: u32) {
 
 #[inline(always)]
 fn is_target(tgid: u32) -> bool {
-    match TARGETS.get(tgid >> 5) {
-        Some(word) => *word & (1 << (tgid & 31)) != 0,
+    match TARGETS.get(tgid >> 6) {
+        Some(word) => *word & (1 << (tgid & 63)) != 0,
         None => false,
     }
 }
 
-/// Reads `task->pid` and `task->tgid` in one 8-byte read (userspace checks
-/// that tgid follows pid).
-#[inline(always)]
-fn task_ids(task: *const u8) -> Option<(u32, u32)> {
-    let off = offsets().pid as usize;
-    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
-    match unsafe { bpf_probe_read_kernel(task.wrapping_add(off) as *const u64) } {
-        Ok(v) => Some((v as u32, (v >> 32) as u32)),
-        Err(_) => {
-            drop_event(DROP_READ_FAILED);
-            None
+// ---- reading task_struct ----------------------------------------------------
+
+/// How the programs read `task_struct` fields.
+trait Access {
+    /// `(task->pid, task->tgid)`: thread id and thread-group id.
+    fn ids(task: *const u8) -> Option<(u32, u32)>;
+    /// `(pid, tgid)` of `prev` in sched_switch, which is the current task.
+    fn current_ids(prev: *const u8) -> Option<(u32, u32)>;
+    /// A `u64` field.
+    fn u64_at(task: *const u8, off: u32) -> u64;
+    /// A `u32` field.
+    fn u32_at(task: *const u8, off: u32) -> u32;
+    /// `task->comm`.
+    fn comm(task: *const u8) -> [u8; 16];
+}
+
+/// tp_btf: the arguments are typed `struct task_struct *` (PTR_TO_BTF_ID),
+/// so fields are read with plain loads. The verifier turns them into
+/// PROBE_MEM loads (a fault yields 0 instead of an oops) after checking
+/// against the kernel BTF that the constant offset names a field of that
+/// size: pid and tgid are read with two 4-byte loads, not one 8-byte load
+/// across both fields, which it would refuse.
+struct Btf;
+
+/// raw_tp: the arguments are plain integers; fields are read with
+/// `bpf_probe_read_kernel`.
+struct Raw;
+
+impl Access for Btf {
+    #[inline(always)]
+    fn ids(task: *const u8) -> Option<(u32, u32)> {
+        Some((
+            Self::u32_at(task, offset!(pid)),
+            Self::u32_at(task, offset!(tgid)),
+        ))
+    }
+
+    #[inline(always)]
+    fn current_ids(prev: *const u8) -> Option<(u32, u32)> {
+        // Two loads are cheaper than the bpf_get_current_pid_tgid() call.
+        Self::ids(prev)
+    }
+
+    #[inline(always)]
+    fn u64_at(task: *const u8, off: u32) -> u64 {
+        // SAFETY: the verifier checks the access (see the type's doc).
+        unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u64) }
+    }
+
+    #[inline(always)]
+    fn u32_at(task: *const u8, off: u32) -> u32 {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u32) }
+    }
+
+    #[inline(always)]
+    fn comm(task: *const u8) -> [u8; 16] {
+        let off = offset!(comm);
+        let (a, b) = (Self::u64_at(task, off), Self::u64_at(task, off + 8));
+        let mut c = [0u8; 16];
+        c[..8].copy_from_slice(&a.to_ne_bytes());
+        c[8..].copy_from_slice(&b.to_ne_bytes());
+        c
+    }
+}
+
+impl Access for Raw {
+    /// One 8-byte read (userspace checks that tgid follows pid).
+    #[inline(always)]
+    fn ids(task: *const u8) -> Option<(u32, u32)> {
+        let off = offset!(pid) as usize;
+        // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
+        match unsafe { bpf_probe_read_kernel(task.wrapping_add(off) as *const u64) } {
+            Ok(v) => Some((v as u32, (v >> 32) as u32)),
+            Err(_) => {
+                drop_event(DROP_READ_FAILED);
+                None
+            }
         }
     }
-}
 
-#[inline(always)]
-fn task_u64(task: *const u8, off: u32) -> u64 {
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const u64) }.unwrap_or(0)
-}
-
-#[inline(always)]
-fn task_u32(task: *const u8, off: u32) -> u32 {
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const u32) }.unwrap_or(0)
-}
-
-/// Returns the thread's entry, creating it with `base_sum` as the
-/// `sum_exec_runtime` base when it does not exist yet.
-#[inline(always)]
-fn entry(tid: u32, tgid: u32, base_sum: u64) -> Option<*mut ThreadStats> {
-    if let Some(p) = THREADS.get_ptr_mut(tid) {
-        return Some(p);
+    #[inline(always)]
+    fn current_ids(_prev: *const u8) -> Option<(u32, u32)> {
+        let id = bpf_get_current_pid_tgid();
+        Some((id as u32, (id >> 32) as u32))
     }
-    let mut fresh = ThreadStats {
-        tgid,
-        last_sum_exec_ns: base_sum,
-        ..ThreadStats::default()
-    };
-    if let Ok(comm) = bpf_get_current_comm() {
-        // The current task's comm: right when `tid` is current, and the
-        // parent's (which a new thread inherits) in sched_wakeup_new.
-        fresh.comm = comm;
+
+    #[inline(always)]
+    fn u64_at(task: *const u8, off: u32) -> u64 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const u64) }.unwrap_or(0)
     }
-    // NOEXIST: another CPU may have created it meanwhile; keep theirs.
-    if THREADS.insert(tid, fresh, BPF_NOEXIST as u64).is_err() && THREADS.get_ptr(tid).is_none() {
-        drop_event(DROP_THREADS_FULL);
+
+    #[inline(always)]
+    fn u32_at(task: *const u8, off: u32) -> u32 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const u32) }.unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn comm(task: *const u8) -> [u8; 16] {
+        let off = offset!(comm) as usize;
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(task.wrapping_add(off) as *const [u8; 16]) }
+            .unwrap_or([0; 16])
+    }
+}
+
+// ---- per-thread entries -------------------------------------------------------
+
+/// `tid`'s lane in `SLOTS`.
+#[inline(always)]
+fn slot_cell(tid: u32) -> Option<*mut u32> {
+    let entry = SLOTS.get_ptr_mut(tid >> 1)?;
+    // SAFETY: lane 0 or 1 of a live `[u32; 2]` map value.
+    Some(unsafe { (entry as *mut u32).add((tid & 1) as usize) })
+}
+
+/// The thread's entry, if it has one.
+#[inline(always)]
+fn lookup(tid: u32) -> Option<*mut ThreadStats> {
+    // SAFETY: an aligned 4-byte load of a live map value.
+    let slot = unsafe { *slot_cell(tid)? };
+    if slot == 0 {
         return None;
     }
-    THREADS.get_ptr_mut(tid)
+    let st = STATS.get_ptr_mut(slot)?;
+    // A slot being freed or lost in a creation race names another tid (0).
+    // SAFETY: a live map value.
+    (unsafe { (*st).tid } == tid).then_some(st)
+}
+
+/// Creates the thread's entry with `base` as the `sum_exec_runtime` base.
+///
+/// Lock-free: take a slot (a freed one, else the next never used one), fill
+/// it, then publish it in `SLOTS` with a compare-and-swap from 0. A loser
+/// (another CPU, or userspace seeding the same thread) clears its slot,
+/// gives it back, and uses the winner's.
+#[inline(always)]
+fn create<A: Access>(task: *const u8, tid: u32, tgid: u32, base: u64) -> Option<*mut ThreadStats> {
+    let cell = slot_cell(tid)?;
+    let slot = match FREE_SLOTS.pop() {
+        Ok(Some(s)) => s,
+        _ => {
+            let alloc = ALLOC.get_ptr_mut(0)?;
+            // SAFETY: an aligned u32 in a live map value; atomic, as every CPU
+            // and userspace take slots from it. SeqCst, not Relaxed: for a
+            // relaxed fetch-add bpf-linker (LLVM 22, cpu "generic" + alu32)
+            // emits the non-fetching `lock add` and then uses its operand as
+            // the old value; SeqCst gives `atomic_fetch_add`.
+            let last = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(alloc, 1) };
+            last + 1
+        }
+    };
+    let Some(st) = STATS.get_ptr_mut(slot) else {
+        drop_event(DROP_THREADS_FULL);
+        return None;
+    };
+    // SAFETY: a live map value nobody else uses: the slot is unpublished.
+    unsafe {
+        core::ptr::write_bytes(st, 0, 1);
+        (*st).tid = tid;
+        (*st).tgid = tgid;
+        (*st).comm = A::comm(task);
+        (*st).last_sum_exec_ns = base;
+    }
+    // SAFETY: an aligned u32 in a live map value.
+    let (cur, won) = unsafe {
+        atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(cell, 0, slot)
+    };
+    if won {
+        return Some(st);
+    }
+    // SAFETY: still ours.
+    unsafe { (*st).tid = 0 };
+    let _ = FREE_SLOTS.push(slot, 0);
+    let other = STATS.get_ptr_mut(cur)?;
+    // SAFETY: a live map value.
+    (unsafe { (*other).tid } == tid).then_some(other)
+}
+
+/// The thread's entry, created if missing.
+#[inline(always)]
+fn entry<A: Access>(
+    task: *const u8,
+    tid: u32,
+    tgid: u32,
+    base: impl FnOnce() -> u64,
+) -> Option<*mut ThreadStats> {
+    match lookup(tid) {
+        Some(st) => Some(st),
+        None => create::<A>(task, tid, tgid, base()),
+    }
 }
 
 #[inline(always)]
@@ -156,26 +365,74 @@ fn log2_bucket(v: u64) -> usize {
     }
 }
 
+/// `bpf_ktime_get_ns()`, read at most once per event.
+struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = unsafe { bpf_ktime_get_ns() };
+        }
+        self.0
+    }
+}
+
+/// Adds `ns` of on-CPU time on `cpu` to the thread's per-CPU time.
+#[inline(always)]
+fn add_cpu_time(st: &mut ThreadStats, tid: u32, cpu: u32, ns: u64) {
+    let acc = st.cpu_acc;
+    let tag = u64::from(cpu + 1) << CPU_ACC_SHIFT;
+    let held = acc & CPU_ACC_NS_MASK;
+    if acc & !CPU_ACC_NS_MASK == tag && held + ns <= CPU_ACC_NS_MASK {
+        // Same CPU as last time: no map lookup. One 8-byte store.
+        st.cpu_acc = acc + ns;
+        return;
+    }
+    if held != 0 {
+        let key = ThreadCpuKey {
+            tid,
+            cpu: ((acc >> CPU_ACC_SHIFT) as u32).wrapping_sub(1),
+        };
+        match THREAD_CPU.get_ptr_mut(key) {
+            // SAFETY: only the CPU running `tid` updates its keys.
+            Some(p) => unsafe { *p += held },
+            None => {
+                if THREAD_CPU.insert(key, held, BPF_ANY as u64).is_err() {
+                    drop_event(DROP_THREAD_CPU_FULL);
+                }
+            }
+        }
+    }
+    st.cpu_acc = tag | (ns & CPU_ACC_NS_MASK);
+}
+
+// ---- handlers -----------------------------------------------------------------
+
 /// Charges `prev`'s slice and classifies the switch.
 #[inline(always)]
-fn switch_out(prev: *const u8, preempt: bool, prev_state: u64, cpu: u32) {
-    let id = bpf_get_current_pid_tgid();
-    let (tid, tgid) = (id as u32, (id >> 32) as u32);
+fn switch_out<A: Access>(
+    prev: *const u8,
+    preempt: bool,
+    prev_state: u64,
+    cpu: u32,
+    clock: &mut Clock,
+) {
+    let Some((tid, tgid)) = A::current_ids(prev) else {
+        return;
+    };
     if tid == 0 || !is_target(tgid) {
         return;
     }
-    let sum = task_u64(prev, offsets().sum_exec_runtime);
-    let st = if prev_state & TASK_DEAD != 0 {
-        // Do not resurrect an entry userspace already collected and deleted.
-        match THREADS.get_ptr_mut(tid) {
+    let sum = A::u64_at(prev, offset!(sum_exec_runtime));
+    let st = match lookup(tid) {
+        Some(p) => p,
+        // Do not resurrect an entry userspace already collected and freed.
+        None if prev_state & TASK_DEAD != 0 => return,
+        None => match create::<A>(prev, tid, tgid, sum) {
             Some(p) => p,
             None => return,
-        }
-    } else {
-        match entry(tid, tgid, sum) {
-            Some(p) => p,
-            None => return,
-        }
+        },
     };
     // SAFETY: a live map value; only this CPU writes these fields while the
     // thread runs here (it runs on one CPU at a time).
@@ -185,22 +442,13 @@ fn switch_out(prev: *const u8, preempt: bool, prev_state: u64, cpu: u32) {
     st.running_on = 0;
     if delta > 0 {
         st.cpu_time_ns += delta;
-        let key = ThreadCpuKey { tid, cpu };
-        match THREAD_CPU.get_ptr_mut(key) {
-            // SAFETY: only the CPU running `tid` updates this key.
-            Some(ns) => unsafe { *ns += delta },
-            None => {
-                if THREAD_CPU.insert(key, delta, BPF_ANY as u64).is_err() {
-                    drop_event(DROP_THREAD_CPU_FULL);
-                }
-            }
-        }
+        add_cpu_time(st, tid, cpu, delta);
     }
     // The kernel counts nvcsw only for a non-preempted switch from a sleeping
     // state (kernel/sched/core.c: __schedule), everything else is nivcsw.
     if preempt || prev_state == 0 {
         st.involuntary += 1;
-        st.runnable_since_ns = unsafe { bpf_ktime_get_ns() };
+        st.runnable_since_ns = clock.now();
         st.runnable_kind = RUNNABLE_PREEMPTED;
     } else {
         st.voluntary += 1;
@@ -212,21 +460,19 @@ fn switch_out(prev: *const u8, preempt: bool, prev_state: u64, cpu: u32) {
 
 /// Ends `next`'s run-queue wait.
 #[inline(always)]
-fn switch_in(next: *const u8, cpu: u32) {
-    let Some((tid, tgid)) = task_ids(next) else {
+fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
+    let Some((tid, tgid)) = A::ids(next) else {
         return;
     };
     if tid == 0 || !is_target(tgid) {
         return;
     }
-    let st = match THREADS.get_ptr_mut(tid) {
-        Some(p) => p,
-        // First sight of a thread about to run: its sum_exec_runtime now is
-        // an exact base for the slice that starts here.
-        None => match entry(tid, tgid, task_u64(next, offsets().sum_exec_runtime)) {
-            Some(p) => p,
-            None => return,
-        },
+    // First sight of a thread about to run: its sum_exec_runtime now is an
+    // exact base for the slice that starts here.
+    let Some(st) = entry::<A>(next, tid, tgid, || {
+        A::u64_at(next, offset!(sum_exec_runtime))
+    }) else {
+        return;
     };
     // SAFETY: a live map value; see switch_out.
     let st = unsafe { &mut *st };
@@ -235,7 +481,7 @@ fn switch_in(next: *const u8, cpu: u32) {
     if since == 0 {
         return;
     }
-    let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(since);
+    let wait = clock.now().saturating_sub(since);
     if st.runnable_kind == RUNNABLE_WAKEUP {
         st.runq_wait_ns += wait;
         st.runq_waits += 1;
@@ -254,30 +500,39 @@ fn switch_in(next: *const u8, cpu: u32) {
 }
 
 #[inline(always)]
-fn on_switch(args: *const u64) {
+fn on_switch<A: Access>(args: *const u64) {
     // SAFETY: sched_switch has four arguments on kernels >= 5.18.
     let (preempt, prev, next, prev_state) =
         unsafe { (*args != 0, *args.add(1), *args.add(2), *args.add(3)) };
+    // Inlined by the verifier on x86-64 and arm64.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    switch_out(prev as *const u8, preempt, prev_state & 0xffff_ffff, cpu);
-    switch_in(next as *const u8, cpu);
+    let mut clock = Clock(0);
+    switch_out::<A>(
+        prev as *const u8,
+        preempt,
+        prev_state & 0xffff_ffff,
+        cpu,
+        &mut clock,
+    );
+    switch_in::<A>(next as *const u8, cpu, &mut clock);
 }
 
 #[inline(always)]
-fn on_wakeup(args: *const u64, new_task: bool) {
+fn on_wakeup<A: Access>(args: *const u64, new_task: bool) {
     let p = unsafe { *args } as *const u8;
-    let Some((tid, tgid)) = task_ids(p) else {
+    let Some((tid, tgid)) = A::ids(p) else {
         return;
     };
     if !is_target(tgid) {
         return;
     }
-    let base = if new_task {
-        0
-    } else {
-        task_u64(p, offsets().sum_exec_runtime)
-    };
-    let Some(st) = entry(tid, tgid, base) else {
+    let Some(st) = entry::<A>(p, tid, tgid, || {
+        if new_task {
+            0
+        } else {
+            A::u64_at(p, offset!(sum_exec_runtime))
+        }
+    }) else {
         return;
     };
     // SAFETY: a live map value. Racing a switch-in on another CPU can at
@@ -310,16 +565,16 @@ fn migration_class(from: u32, to: u32) -> usize {
 }
 
 #[inline(always)]
-fn on_migrate(args: *const u64) {
+fn on_migrate<A: Access>(args: *const u64) {
     let (p, dest) = unsafe { (*args as *const u8, *args.add(1) as u32) };
-    let Some((tid, tgid)) = task_ids(p) else {
+    let Some((tid, tgid)) = A::ids(p) else {
         return;
     };
     if !is_target(tgid) {
         return;
     }
-    let orig = task_u32(p, offsets().cpu);
-    let Some(st) = entry(tid, tgid, task_u64(p, offsets().sum_exec_runtime)) else {
+    let orig = A::u32_at(p, offset!(cpu));
+    let Some(st) = entry::<A>(p, tid, tgid, || A::u64_at(p, offset!(sum_exec_runtime))) else {
         return;
     };
     let class = migration_class(orig, dest);
@@ -340,7 +595,7 @@ fn on_exit() {
     if !is_target(tgid) {
         return;
     }
-    if let Some(st) = THREADS.get_ptr_mut(tid) {
+    if let Some(st) = lookup(tid) {
         // SAFETY: a live map value, written by the exiting thread itself.
         let st = unsafe { &mut *st };
         st.flags |= FLAG_EXITING;
@@ -354,25 +609,25 @@ fn on_exit() {
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn btf_sched_switch(ctx: BtfTracePointContext) -> i32 {
-    on_switch(ctx.as_ptr() as *const u64);
+    on_switch::<Btf>(ctx.as_ptr() as *const u64);
     0
 }
 
 #[btf_tracepoint(function = "sched_migrate_task")]
 pub fn btf_sched_migrate_task(ctx: BtfTracePointContext) -> i32 {
-    on_migrate(ctx.as_ptr() as *const u64);
+    on_migrate::<Btf>(ctx.as_ptr() as *const u64);
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn btf_sched_wakeup(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup(ctx.as_ptr() as *const u64, false);
+    on_wakeup::<Btf>(ctx.as_ptr() as *const u64, false);
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn btf_sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup(ctx.as_ptr() as *const u64, true);
+    on_wakeup::<Btf>(ctx.as_ptr() as *const u64, true);
     0
 }
 
@@ -393,25 +648,25 @@ pub fn floor_sched_switch(_ctx: BtfTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn raw_sched_switch(ctx: RawTracePointContext) -> i32 {
-    on_switch(ctx.as_ptr() as *const u64);
+    on_switch::<Raw>(ctx.as_ptr() as *const u64);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_migrate_task")]
 pub fn raw_sched_migrate_task(ctx: RawTracePointContext) -> i32 {
-    on_migrate(ctx.as_ptr() as *const u64);
+    on_migrate::<Raw>(ctx.as_ptr() as *const u64);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
 pub fn raw_sched_wakeup(ctx: RawTracePointContext) -> i32 {
-    on_wakeup(ctx.as_ptr() as *const u64, false);
+    on_wakeup::<Raw>(ctx.as_ptr() as *const u64, false);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup_new")]
 pub fn raw_sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
-    on_wakeup(ctx.as_ptr() as *const u64, true);
+    on_wakeup::<Raw>(ctx.as_ptr() as *const u64, true);
     0
 }
 

@@ -2,14 +2,21 @@
 //!
 //! Each interval the collector reads every thread's cumulative counters,
 //! adds the slice of threads that are on a CPU right now (their counters only
-//! move at switch-out), records the interval's deltas, and deletes the map
+//! move at switch-out), records the interval's deltas, and frees the map
 //! entries of threads that exited once their final values were read (one
 //! interval after `sched_process_exit`, after their last switch-out).
+//!
+//! Cost per interval, for N threads: the kernel side is read with a few
+//! system calls whatever N is (`crate::probe`), /proc is read only for the
+//! threads on a CPU at that moment, and the buffers are kept from one
+//! interval to the next, so the work is a pass over N entries with no
+//! allocation per thread once a thread is known. How long each read took is
+//! recorded in [`Interval::read_ns`].
 //!
 //! The map access sits behind [`Source`], so this logic is tested without
 //! root on recorded values.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Instant};
 
 use affinity_common::{FLAG_EXITING, ThreadCpuKey, ThreadStats};
 
@@ -20,10 +27,11 @@ use crate::{
 
 /// Where the collector reads from: the kernel maps, or a recording.
 pub trait Source {
-    /// All per-thread entries.
-    fn threads(&self) -> Vec<(u32, ThreadStats)>;
-    /// All per-(thread, CPU) on-CPU times.
-    fn thread_cpu(&self) -> Vec<(ThreadCpuKey, u64)>;
+    /// All per-thread entries, into `out` (cleared first).
+    fn threads(&mut self, out: &mut Vec<(u32, ThreadStats)>);
+    /// All per-(thread, CPU) on-CPU times not held in
+    /// [`ThreadStats::cpu_acc`], into `out` (cleared first).
+    fn thread_cpu(&mut self, out: &mut Vec<(ThreadCpuKey, u64)>);
     /// Deletes a thread's entries.
     fn forget(&mut self, tid: u32, cpus: &[u32]);
     /// Events dropped so far.
@@ -33,11 +41,11 @@ pub trait Source {
 }
 
 impl Source for crate::probe::Probe {
-    fn threads(&self) -> Vec<(u32, ThreadStats)> {
-        crate::probe::Probe::threads(self)
+    fn threads(&mut self, out: &mut Vec<(u32, ThreadStats)>) {
+        crate::probe::Probe::threads(self, out)
     }
-    fn thread_cpu(&self) -> Vec<(ThreadCpuKey, u64)> {
-        crate::probe::Probe::thread_cpu(self)
+    fn thread_cpu(&mut self, out: &mut Vec<(ThreadCpuKey, u64)>) {
+        crate::probe::Probe::thread_cpu(self, out)
     }
     fn forget(&mut self, tid: u32, cpus: &[u32]) {
         self.forget_thread(tid, cpus.iter().copied());
@@ -57,6 +65,8 @@ struct ThreadAcc {
     prev_cpu_ns: u64,
     /// Migrations at the previous interval.
     prev_migrations: u64,
+    /// The kernel's comm bytes behind `trace.comm` (converted on change only).
+    comm: [u8; 16],
     /// Interval in which FLAG_EXITING was first seen.
     exiting_since: Option<usize>,
     /// Entries deleted from the maps: values are final.
@@ -69,39 +79,50 @@ pub struct Collector {
     threads: BTreeMap<u32, ThreadAcc>,
     intervals: Vec<Interval>,
     dropped: u64,
+    /// Buffers reused by every [`Collector::sample`].
+    thread_buf: Vec<(u32, ThreadStats)>,
+    cpu_buf: Vec<(ThreadCpuKey, u64)>,
+    forget_buf: Vec<(u32, Vec<u32>)>,
+    /// Print each interval's read time on stderr (`AFFIN_TRACE_READ_TIMES`
+    /// set; for `cargo xtask bench`).
+    log_reads: bool,
 }
+
+/// Environment variable that makes the collector print each interval's map
+/// read time on stderr: "affin-trace: interval N read in X ms (T threads)".
+pub const READ_TIMES_ENV: &str = "AFFIN_TRACE_READ_TIMES";
 
 impl Collector {
     /// An empty collector.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            log_reads: std::env::var_os(READ_TIMES_ENV).is_some(),
+            ..Self::default()
+        }
     }
 
     /// Reads one interval of `wall_ns` from `src`; `rss_bytes` is the
     /// targets' resident memory now.
     pub fn sample(&mut self, src: &mut dyn Source, wall_ns: u64, rss_bytes: u64) {
+        let started = Instant::now();
         let n = self.intervals.len();
-        let mut per_cpu: BTreeMap<u32, BTreeMap<u32, u64>> = BTreeMap::new();
-        for (k, ns) in src.thread_cpu() {
-            per_cpu.entry(k.tid).or_default().insert(k.cpu, ns);
-        }
+        // THREAD_CPU first, STATS second: a thread that changes CPU between
+        // the two reads moves time from its cpu_acc into THREAD_CPU, which
+        // this order misses for one interval rather than counting twice.
+        let mut cpu_buf = std::mem::take(&mut self.cpu_buf);
+        let mut thread_buf = std::mem::take(&mut self.thread_buf);
+        let mut forget_buf = std::mem::take(&mut self.forget_buf);
+        src.thread_cpu(&mut cpu_buf);
+        cpu_buf.sort_unstable_by_key(|(k, _)| (k.tid, k.cpu));
+        src.threads(&mut thread_buf);
         let mut interval = Interval {
             wall_ns,
             rss_bytes,
             ..Interval::default()
         };
-        let mut to_forget = Vec::new();
-        for (tid, st) in src.threads() {
-            let mut cpus = per_cpu.remove(&tid).unwrap_or_default();
-            let mut cpu_ns = st.cpu_time_ns;
-            if st.running_on != 0 {
-                // On a CPU now: its current slice is not in the map yet.
-                if let Some(now) = src.running_sum_exec(st.tgid, tid) {
-                    let pending = now.saturating_sub(st.last_sum_exec_ns);
-                    cpu_ns += pending;
-                    *cpus.entry(st.running_on - 1).or_default() += pending;
-                }
-            }
+        forget_buf.clear();
+        for (tid, st) in &thread_buf {
+            let (tid, st) = (*tid, st);
             let acc = self.threads.entry(tid).or_insert_with(|| ThreadAcc {
                 trace: ThreadTrace {
                     tid,
@@ -115,21 +136,38 @@ impl Collector {
             }
             let t = &mut acc.trace;
             t.tgid = st.tgid;
-            let comm = procs::comm_str(&st.comm);
-            if !comm.is_empty() {
-                t.comm = comm;
+            if st.comm != acc.comm && st.comm[0] != 0 {
+                acc.comm = st.comm;
+                t.comm = procs::comm_str(&st.comm);
             }
+            // Per-CPU time: THREAD_CPU + cpu_acc + the running slice, set
+            // afresh each interval (the values are cumulative); the map's
+            // nodes are kept, so known CPUs cost no allocation.
+            for v in t.per_cpu_ns.values_mut() {
+                *v = 0;
+            }
+            let from = cpu_buf.partition_point(|(k, _)| k.tid < tid);
+            for (k, ns) in cpu_buf[from..].iter().take_while(|(k, _)| k.tid == tid) {
+                *t.per_cpu_ns.entry(k.cpu).or_default() += ns;
+            }
+            if let Some((cpu, ns)) = st.cpu_acc() {
+                *t.per_cpu_ns.entry(cpu).or_default() += ns;
+            }
+            let mut cpu_ns = st.cpu_time_ns;
+            if st.running_on != 0 {
+                // On a CPU now: its current slice is not in the map yet.
+                if let Some(now) = src.running_sum_exec(st.tgid, tid) {
+                    let pending = now.saturating_sub(st.last_sum_exec_ns);
+                    cpu_ns += pending;
+                    *t.per_cpu_ns.entry(st.running_on - 1).or_default() += pending;
+                }
+            }
+            t.per_cpu_ns.retain(|_, v| *v > 0);
             t.cpu_time_ns = cpu_ns.max(t.cpu_time_ns);
-            t.per_cpu_ns = cpus;
             t.voluntary_switches = st.voluntary;
             t.involuntary_switches = st.involuntary;
             t.migrations = MigrationsByClass::from_array(st.migrations);
-            t.runq = RunqLatency {
-                hist: st.runq_hist.iter().map(|&c| u64::from(c)).collect(),
-                count: st.runq_waits,
-                total_ns: st.runq_wait_ns,
-                max_ns: st.runq_max_ns,
-            };
+            set_runq(&mut t.runq, st);
             t.preempted_wait_ns = st.preempted_wait_ns;
             let d_cpu = t.cpu_time_ns.saturating_sub(acc.prev_cpu_ns);
             let migs = t.migrations.total();
@@ -146,20 +184,31 @@ impl Collector {
                     None => acc.exiting_since = Some(n),
                     Some(_) => {
                         acc.gone = true;
-                        to_forget.push((tid, t.per_cpu_ns.keys().copied().collect::<Vec<_>>()));
+                        forget_buf.push((tid, t.per_cpu_ns.keys().copied().collect()));
                     }
                 }
             }
         }
-        for (tid, cpus) in to_forget {
-            src.forget(tid, &cpus);
+        for (tid, cpus) in &forget_buf {
+            src.forget(*tid, cpus);
         }
         // Threads deleted earlier contribute a zero sample.
         for acc in self.threads.values_mut() {
             acc.trace.cpu_ns_per_interval.resize(n + 1, 0);
         }
         self.dropped = src.dropped();
+        interval.read_ns = started.elapsed().as_nanos() as u64;
+        if self.log_reads {
+            eprintln!(
+                "affin-trace: interval {n} read in {:.3} ms ({} threads)",
+                interval.read_ns as f64 / 1e6,
+                thread_buf.len()
+            );
+        }
         self.intervals.push(interval);
+        self.cpu_buf = cpu_buf;
+        self.thread_buf = thread_buf;
+        self.forget_buf = forget_buf;
     }
 
     /// Number of intervals read so far.
@@ -172,6 +221,11 @@ impl Collector {
         self.threads.len()
     }
 
+    /// How long each interval's read took (ns), in order.
+    pub fn read_ns(&self) -> impl Iterator<Item = u64> + '_ {
+        self.intervals.iter().map(|i| i.read_ns)
+    }
+
     /// The trace so far. The caller fills in targets and window facts.
     pub fn finish(&self) -> Trace {
         Trace {
@@ -181,6 +235,15 @@ impl Collector {
             ..Trace::default()
         }
     }
+}
+
+/// The run-queue latency of `st`, in place (the histogram's buffer is kept).
+fn set_runq(r: &mut RunqLatency, st: &ThreadStats) {
+    r.hist.clear();
+    r.hist.extend(st.runq_hist.iter().map(|&c| u64::from(c)));
+    r.count = st.runq_waits;
+    r.total_ns = st.runq_wait_ns;
+    r.max_ns = st.runq_max_ns;
 }
 
 #[cfg(test)]
@@ -196,11 +259,14 @@ mod tests {
     }
 
     impl Source for Fake {
-        fn threads(&self) -> Vec<(u32, ThreadStats)> {
-            self.threads.iter().map(|(k, v)| (*k, *v)).collect()
+        fn threads(&mut self, out: &mut Vec<(u32, ThreadStats)>) {
+            out.clear();
+            out.extend(self.threads.iter().map(|(k, v)| (*k, *v)));
         }
-        fn thread_cpu(&self) -> Vec<(ThreadCpuKey, u64)> {
-            self.cpu.iter().map(|(k, v)| (*k, *v)).collect()
+        fn thread_cpu(&mut self, out: &mut Vec<(ThreadCpuKey, u64)>) {
+            out.clear();
+            // Unordered, as a hash map returns them.
+            out.extend(self.cpu.iter().rev().map(|(k, v)| (*k, *v)));
         }
         fn forget(&mut self, tid: u32, cpus: &[u32]) {
             self.forgotten.push(tid);
@@ -245,6 +311,31 @@ mod tests {
         assert_eq!(th.per_cpu_ns, BTreeMap::from([(0, 100), (1, 900)]));
         assert_eq!(t.intervals[1].cpu_ns, 700);
         assert_eq!(t.dropped_events, 3);
+    }
+
+    #[test]
+    fn per_cpu_time_adds_what_is_still_in_the_accumulator() {
+        use affinity_common::CPU_ACC_SHIFT;
+        let mut src = Fake::default();
+        let mut c = Collector::new();
+        let mut st = stats(900);
+        st.cpu_acc = (2 << CPU_ACC_SHIFT) | 300; // 300 ns on CPU 1, not in THREAD_CPU yet
+        src.threads.insert(5, st);
+        src.cpu.insert(ThreadCpuKey { tid: 5, cpu: 0 }, 400);
+        src.cpu.insert(ThreadCpuKey { tid: 5, cpu: 1 }, 200);
+        src.cpu.insert(ThreadCpuKey { tid: 6, cpu: 0 }, 77); // another thread's
+        c.sample(&mut src, 1_000, 0);
+        // It moved to CPU 0: the 300 ns went to THREAD_CPU.
+        st.cpu_acc = (1 << CPU_ACC_SHIFT) | 100;
+        st.cpu_time_ns = 1_000;
+        src.threads.insert(5, st);
+        src.cpu.insert(ThreadCpuKey { tid: 5, cpu: 1 }, 500);
+        c.sample(&mut src, 1_000, 0);
+        let t = c.finish();
+        let th = t.threads.iter().find(|t| t.tid == 5).unwrap();
+        assert_eq!(th.per_cpu_ns, BTreeMap::from([(0, 500), (1, 500)]));
+        assert_eq!(th.cpu_ns_per_interval, vec![900, 100]);
+        assert!(t.intervals.iter().all(|i| i.read_ns > 0));
     }
 
     #[test]

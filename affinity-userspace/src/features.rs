@@ -366,6 +366,7 @@ pub(crate) mod testutil {
                     .sum(),
                 migrations: 0,
                 rss_bytes: 0,
+                read_ns: 0,
             })
             .collect();
         Trace {

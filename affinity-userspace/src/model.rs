@@ -148,6 +148,10 @@ pub struct Interval {
     pub migrations: u64,
     /// Resident set size of the targets at the end of the interval (bytes).
     pub rss_bytes: u64,
+    /// How long affin-trace took to read this interval's values from the
+    /// kernel maps and /proc (ns): its own cost, not the targets'.
+    #[serde(default)]
+    pub read_ns: u64,
 }
 
 /// How the programs were attached.
