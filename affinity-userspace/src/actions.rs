@@ -126,16 +126,12 @@ pub fn check(outcome: &Outcome, cpus: &[u32], force: bool) -> Result<(), ActionE
     }
     let online = outcome.topology.online();
     for &pid in &outcome.trace.pids {
-        let Ok(now) = procs::start_time(pid) else {
-            return Err(ActionError::Gone(pid));
-        };
-        if outcome
-            .start_times
-            .get(&pid)
-            .is_some_and(|&then| then != now)
-        {
-            return Err(ActionError::PidReused(pid));
-        }
+        same_process(
+            pid,
+            outcome.start_times.get(&pid).copied(),
+            // A zombie is gone too: nothing of it runs any more.
+            procs::start_time(pid).ok().filter(|_| procs::alive(pid)),
+        )?;
         if procs::is_kernel_thread(pid) {
             return Err(ActionError::KernelThread(pid));
         }
@@ -160,6 +156,16 @@ pub fn check(outcome: &Outcome, cpus: &[u32], force: bool) -> Result<(), ActionE
         }
     }
     Ok(())
+}
+
+/// The process now at `pid` is the one traced: same start time (a pid is
+/// recycled only after its process is gone, and the new one starts later).
+pub fn same_process(pid: u32, then: Option<u64>, now: Option<u64>) -> Result<(), ActionError> {
+    match (then, now) {
+        (_, None) => Err(ActionError::Gone(pid)),
+        (Some(t), Some(n)) if t != n => Err(ActionError::PidReused(pid)),
+        _ => Ok(()),
+    }
 }
 
 /// Asks on the terminal unless `yes`; off a terminal `yes` is required.
@@ -257,4 +263,22 @@ pub fn chosen_cpus(explicit: Option<&crate::cli::CpuList>, analysis: &Analysis) 
     explicit
         .map(|c| c.0.clone())
         .unwrap_or_else(|| analysis.recommendation.cpus.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recycled_pid_is_refused_and_a_gone_one_too() {
+        assert!(same_process(7, Some(100), Some(100)).is_ok());
+        let e = same_process(7, Some(100), Some(250)).unwrap_err();
+        assert!(matches!(e, ActionError::PidReused(7)));
+        assert!(e.to_string().contains("reused"));
+        assert_eq!(e.exit_code(), 2);
+        assert!(matches!(
+            same_process(7, Some(100), None),
+            Err(ActionError::Gone(7))
+        ));
+    }
 }

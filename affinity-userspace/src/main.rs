@@ -4,13 +4,25 @@
 use std::process::ExitCode;
 
 use affinity::{
-    cli::{Cli, Command, EXIT_FAILURE},
+    cli::{Cli, Command, EXIT_FAILURE, EXIT_USAGE},
     demo, run,
 };
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // Usage errors: one line with the fix, exit 2 (clap's own text runs
+        // to several lines); --help and --version print as usual.
+        Err(e) if e.use_stderr() => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("affin-trace: {first} (see affin-trace --help)");
+            return ExitCode::from(EXIT_USAGE as u8);
+        }
+        Err(e) => e.exit(),
+    };
     let code = match cli.command {
         Some(Command::DemoWorker { seconds }) => {
             demo::run_worker(seconds);
