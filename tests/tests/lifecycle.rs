@@ -238,3 +238,28 @@ fn pid_1_is_traced_but_not_applied_without_force() {
     );
     assert!(run.json["applied"].is_null());
 }
+
+/// A setuid-root copy run by an unprivileged user refuses to do anything.
+#[test]
+fn a_setuid_copy_refuses_to_run() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_root();
+    let dir = scratch("suid");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("affin-trace");
+    std::fs::copy(affin_trace(), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let me = std::process::id().to_string();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(["--pid", &me, "--duration", "1"])
+        .output()
+        .expect("setpriv");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to run setuid"), "{err}");
+    assert!(programs_left().is_empty());
+}
