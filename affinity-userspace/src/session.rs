@@ -3,7 +3,9 @@
 //! the [`Trace`]. The only module that sequences kernel-touching steps.
 
 use std::{
+    collections::BTreeMap,
     io::IsTerminal as _,
+    os::fd::BorrowedFd,
     time::{Duration, Instant},
 };
 
@@ -186,8 +188,46 @@ fn seed(probe: &mut Probe, tgid: u32) {
     }
 }
 
+/// What a live view sees after each interval's read.
+pub struct Snapshot<'a> {
+    /// The trace so far (`duration_ns`: time since tracing started).
+    pub trace: &'a Trace,
+    /// System-wide busy ns per CPU in the last interval (/proc/stat).
+    pub interval_busy_ns: &'a BTreeMap<u32, u64>,
+    /// Wall ns of the last interval.
+    pub interval_ns: u64,
+    /// The machine.
+    pub topology: &'a Topology,
+    /// The quota in force on the target's cgroup path, if any.
+    pub cgroup_limit: Option<&'a CgroupLimit>,
+    /// Its cpu.stat since tracing started.
+    pub cgroup_window: Option<&'a CpuStatDelta>,
+}
+
+/// A live view of a running window (`--watch`).
+pub trait Observer {
+    /// An fd to wake up on between intervals (the terminal, for keys).
+    fn input_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// The input fd is readable; false ends the window.
+    fn on_input(&mut self) -> bool {
+        true
+    }
+    /// An interval was read; false ends the window.
+    fn on_interval(&mut self, snap: &Snapshot<'_>) -> bool;
+}
+
 /// Runs one trace window.
 pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
+    run_observed(args, None)
+}
+
+/// Runs one trace window, showing each interval to `observer`.
+pub fn run_observed(
+    args: &TraceArgs,
+    mut observer: Option<&mut dyn Observer>,
+) -> Result<Outcome, SessionError> {
     let t0 = Instant::now();
     let targets = validate(args)?;
     let start_times = targets
@@ -248,7 +288,7 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
     let interval = Duration::from_secs_f64(args.interval());
     let start = Instant::now();
     let deadline = duration.map(|d| start + Duration::from_secs_f64(d));
-    let bar = progress_bar(duration, child.is_none());
+    let bar = progress_bar(duration, child.is_none() && observer.is_none());
     let busy_before = procs::cpu_busy_ns();
     waiter.watch(&tgids);
     // The quota on the target's cgroup path, and its counters from now on.
@@ -266,6 +306,8 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
         .as_ref()
         .and_then(|l| crate::cgroup::read_stat(l).ok());
     let mut collector = Collector::new();
+    let mut busy_prev = busy_before.clone();
+    let mem_total = procs::mem_total_bytes();
     let mut last = start;
     let mut exit_status = None;
     let mut stopped = false;
@@ -277,7 +319,16 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
             if now >= next {
                 break;
             }
-            match waiter.wait(next - now) {
+            let input = observer.as_ref().and_then(|o| o.input_fd());
+            match waiter.wait_with(next - now, input) {
+                Wake::Input => {
+                    if let Some(o) = observer.as_mut()
+                        && !o.on_input()
+                    {
+                        stopped = true;
+                        ended = true;
+                    }
+                }
                 Wake::Timeout => {}
                 Wake::Signal => {
                     stopped = true;
@@ -288,8 +339,39 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
         }
         let now = Instant::now();
         let rss = tgids.iter().map(|&p| procs::rss_bytes(p)).sum();
-        collector.sample(&mut probe, (now - last).as_nanos() as u64, rss);
+        let wall_ns = (now - last).as_nanos() as u64;
+        collector.sample(&mut probe, wall_ns, rss);
         last = now;
+        if let Some(o) = observer.as_mut() {
+            let busy_now = procs::cpu_busy_ns();
+            let interval_busy = procs::busy_delta(&busy_prev, &busy_now);
+            busy_prev = busy_now;
+            let mut so_far = collector.finish();
+            so_far.pids = tgids.clone();
+            so_far.tids = targets.tids.clone();
+            so_far.duration_ns = (now - start).as_nanos() as u64;
+            so_far.interval_ns = interval.as_nanos() as u64;
+            so_far.nr_cpus = topology.cpus.len() as u32;
+            so_far.mem_total_bytes = mem_total;
+            let window = match (&cgroup_limit, &stat_before) {
+                (Some(l), Some(before)) => crate::cgroup::read_stat(l)
+                    .ok()
+                    .map(|after| CpuStat::delta(before, &after)),
+                _ => None,
+            };
+            let snap = Snapshot {
+                trace: &so_far,
+                interval_busy_ns: &interval_busy,
+                interval_ns: wall_ns,
+                topology: &topology,
+                cgroup_limit: cgroup_limit.as_ref(),
+                cgroup_window: window.as_ref(),
+            };
+            if !o.on_interval(&snap) {
+                stopped = true;
+                ended = true;
+            }
+        }
         if let Some(b) = &bar {
             b.set_position((now - start).as_millis() as u64);
             b.set_message(format!("{} threads", collector.thread_count()));
@@ -340,7 +422,7 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
     };
     trace.attach_mode = probe.mode();
     trace.nr_cpus = topology.cpus.len() as u32;
-    trace.mem_total_bytes = procs::mem_total_bytes();
+    trace.mem_total_bytes = mem_total;
     drop(probe); // detach before reporting
     Ok(Outcome {
         trace,

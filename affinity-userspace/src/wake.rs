@@ -6,7 +6,7 @@
 
 use std::{
     os::{
-        fd::{AsFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::net::UnixStream,
     },
     time::Duration,
@@ -23,6 +23,8 @@ pub enum Wake {
     Signal,
     /// Every watched process has exited.
     AllExited,
+    /// The extra input fd (a live view's terminal) is readable.
+    Input,
 }
 
 /// Watches processes and termination signals.
@@ -60,9 +62,15 @@ impl Waiter {
 
     /// Waits up to `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Wake {
+        self.wait_with(timeout, None)
+    }
+
+    /// Waits up to `timeout`, also for `input` to become readable.
+    pub fn wait_with(&mut self, timeout: Duration, input: Option<BorrowedFd<'_>>) -> Wake {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         let mut fds: Vec<PollFd> = std::iter::once(self.signals.as_fd())
             .chain(self.pidfds.iter().map(|f| f.as_fd()))
+            .chain(input)
             .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
             .collect();
         let n = match poll(
@@ -83,6 +91,9 @@ impl Waiter {
             .collect();
         if ready[0] {
             return Wake::Signal;
+        }
+        if input.is_some() && ready[ready.len() - 1] {
+            return Wake::Input;
         }
         let mut i = 0;
         self.pidfds.retain(|_| {
