@@ -89,7 +89,8 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
         return Ok(phase);
     }
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "-p", "affinity-tests"])
+    // --no-fail-fast: one failing test file must not hide the others' results.
+    cmd.args(["test", "--release", "--no-fail-fast", "-p", "affinity-tests"])
         .args(filter)
         // Kernel state (BPF programs, affinities) is shared: one test at a time.
         .args(["--", "--test-threads=1"])

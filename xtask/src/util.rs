@@ -12,9 +12,13 @@ pub fn workspace_root() -> &'static Path {
         .expect("xtask lives inside the workspace")
 }
 
-/// The release binary's path.
+/// The release binary's path (honours CARGO_TARGET_DIR, as cargo does).
 pub fn release_bin() -> PathBuf {
-    workspace_root().join("target/release/affin-trace")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { workspace_root().join(t) })
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("release/affin-trace")
 }
 
 /// Whether the effective uid is 0 (read from /proc, no libc needed).
