@@ -115,8 +115,10 @@ fn sleeper_switches_voluntarily_and_uses_little_cpu() {
     assert!(u(&t["voluntary_switches"]) >= K, "{t:#}");
     let pct = t["on_cpu_pct"].as_f64().unwrap();
     assert!(pct < 5.0, "on-CPU {pct}%");
-    // Each sleep ends in a wakeup: the run-queue histogram saw them.
-    assert!(u(&t["runq_latency_ns"]["count"]) >= K, "{t:#}");
+    // Each sleep ends in a wakeup, and almost each wakeup in a measured
+    // run-queue wait. Not all: a wakeup that finds the thread still on its
+    // CPU (the timer fired before schedule() finished) has no wait to time.
+    assert!(u(&t["runq_latency_ns"]["count"]) * 100 >= K * 95, "{t:#}");
     assert!(t["runq_latency_ns"]["p50"].as_u64().is_some());
 }
 
