@@ -172,6 +172,11 @@ pub struct TraceArgs {
     /// Print start-up timings and attach details on stderr.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Show a live view while tracing: per-CPU busy bars, a row per thread,
+    /// the class so far and any throttling, redrawn each interval (keys: q
+    /// quit, c/m/r/t sort). Needs a terminal on stdout; the report follows.
+    #[arg(long)]
+    pub watch: bool,
     /// Also draw the trace as SVG into FILE: on-CPU time per thread and CPU,
     /// migrations per thread by distance. Opened before tracing.
     #[arg(long, value_name = "FILE")]

@@ -35,3 +35,4 @@ pub mod throttle;
 pub mod topology;
 pub mod verify;
 pub mod wake;
+pub mod watch;

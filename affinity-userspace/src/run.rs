@@ -60,7 +60,18 @@ pub fn trace(args: &TraceArgs) -> i32 {
     if args.apply && !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return fail(ActionError::NeedYes, EXIT_USAGE);
     }
-    let outcome = match session::run(args) {
+    // The live view is dropped at the end of this block, so the terminal
+    // is back to normal before an error or the report is printed.
+    let result = if args.watch {
+        let mut watch = match crate::watch::Watch::new(thresholds) {
+            Ok(w) => w,
+            Err(e) => return fail(e, EXIT_USAGE),
+        };
+        session::run_observed(args, Some(&mut watch))
+    } else {
+        session::run(args)
+    };
+    let outcome = match result {
         Ok(o) => o,
         Err(e) => return fail(&e, e.exit_code()),
     };
