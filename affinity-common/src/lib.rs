@@ -59,7 +59,9 @@ pub struct ThreadStats {
     /// `FLAG_*` bits.
     pub flags: u32,
     /// CPU number + 1 while the thread is on a CPU, 0 otherwise: userspace
-    /// adds the running slice (from /proc/<tid>/schedstat) for these.
+    /// adds the running slice (from /proc/<tid>/schedstat) for these. Filled
+    /// by userspace from the programs' per-CPU `CURRENT` map when it reads
+    /// the entries; the programs leave it 0.
     pub running_on: u32,
     /// `comm` of the thread, NUL padded; refreshed at exit.
     pub comm: [u8; 16],
@@ -83,9 +85,14 @@ pub struct ThreadStats {
     pub involuntary: u64,
     /// Migrations by distance class (`MIG_*`), from `sched_migrate_task`.
     pub migrations: [u64; MIG_CLASSES],
+    /// Without `sched_info` (see [`TaskOffsets::run_delay`]):
     /// `bpf_ktime_get_ns()` when the thread last became runnable, or 0.
     pub runnable_since_ns: u64,
-    /// `RUNNABLE_*`: why it is waiting since `runnable_since_ns`.
+    /// With `sched_info`: the task's `sched_info.run_delay` when last read,
+    /// [`RUN_DELAY_UNKNOWN`] before the first read.
+    pub run_delay_seen_ns: u64,
+    /// `RUNNABLE_*`: why it waits (or, while it runs, why it waited before
+    /// this slice).
     pub runnable_kind: u32,
     /// Padding (explicit, so that both sides agree on it).
     pub _pad: u32,
@@ -102,7 +109,11 @@ pub struct ThreadStats {
     pub runq_hist: [u32; RUNQ_BUCKETS],
 }
 
-const _: () = assert!(core::mem::size_of::<ThreadStats>() == 280);
+const _: () = assert!(core::mem::size_of::<ThreadStats>() == 288);
+
+/// [`ThreadStats::run_delay_seen_ns`] before the programs first read it
+/// (entries userspace seeds).
+pub const RUN_DELAY_UNKNOWN: u64 = u64::MAX;
 
 /// [`ThreadStats::cpu_acc`]: the CPU (+ 1) sits above this bit, the ns
 /// below it. 48 bits of ns are 78 hours on one CPU; the programs move the
@@ -169,9 +180,15 @@ pub struct TaskOffsets {
     pub cpu: u32,
     /// `task_struct.comm`.
     pub comm: u32,
+    /// `task_struct.sched_info.run_delay` (CONFIG_SCHED_INFO), or 0 where the
+    /// kernel has none. The kernel's own sum of the task's run-queue waits:
+    /// with it the programs time waits without reading a clock (a
+    /// `bpf_ktime_get_ns()` costs more than the rest of sched_switch's work
+    /// on a VM).
+    pub run_delay: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 20);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -3,7 +3,8 @@
 //!
 //! Tracepoints (include/trace/events/sched.h):
 //! - `sched_switch(preempt, prev, next, prev_state)`: on-CPU time per CPU,
-//!   voluntary / involuntary switches, end of run-queue waits.
+//!   voluntary / involuntary switches, run-queue waits, which thread runs
+//!   on which CPU.
 //! - `sched_migrate_task(p, dest_cpu)`: migrations by distance class.
 //! - `sched_wakeup(p)`, `sched_wakeup_new(p)`: start of run-queue waits.
 //! - `sched_process_exit(p)`: the entry becomes final.
@@ -20,31 +21,48 @@
 //!
 //! sched_switch runs on every context switch of the machine, so the common
 //! paths use no map lookup the verifier does not inline (array lookups are
-//! inlined, hash lookups are helper calls) and no helper call but one clock
-//! read:
+//! inlined, hash lookups are helper calls) and no helper call but the clock
+//! read that ends a wakeup-to-run wait:
 //! - untargeted task: two field loads and one bit of `TARGETS`;
-//! - targeted task: its slot from `SLOTS` (indexed by tid), its counters in
-//!   `STATS` (indexed by slot); on-CPU time per CPU adds to the counters'
-//!   `cpu_acc` while the thread stays on one CPU and reaches the
-//!   `THREAD_CPU` hash only when it changes CPU;
+//! - targeted task switching out: its slot from `SLOTS` (indexed by tid),
+//!   its counters in `STATS` (indexed by slot); on-CPU time per CPU adds to
+//!   the counters' `cpu_acc` while the thread stays on one CPU and reaches
+//!   the `THREAD_CPU` hash only when it changes CPU;
+//! - targeted task switching in: its tid in `CURRENT[cpu]` (which thread
+//!   runs where is kept per CPU, so that userspace and the wakeup handler
+//!   need no per-thread flag), and its entry only to end a wakeup wait;
 //! - task fields: in tp_btf, plain loads through the typed `task_struct`
 //!   pointers the tracepoint passes (the verifier knows the frozen `.rodata`
 //!   offsets as constants, checks the field against the kernel BTF and
 //!   guards the load with an exception-table fixup); in raw_tp, where the
 //!   arguments are untyped, `bpf_probe_read_kernel`;
-//! - `bpf_ktime_get_ns` at most once per event.
+//! - one clock read per wakeup-to-run wait, none for preemptions: a
+//!   `bpf_ktime_get_ns()` costs ~47 ns on the development VM (as much as
+//!   the whole empty program), so only what needs it reads it. A wait after
+//!   a wakeup is timed from `sched_wakeup` to switch-in with the clock: the
+//!   kernel's own account of it (`sched_info.run_delay`) misses the
+//!   wakeup-to-switch latency whenever the scheduler skips its back-to-back
+//!   clock update (kernel/sched/core.c: wakeup_preempt()), the common case
+//!   of a wakeup onto an idle CPU. A wait after a preemption (which ends
+//!   in a switch-out with the task runnable, including CFS bandwidth
+//!   throttling) is read from the task's `sched_info.run_delay` at its next
+//!   switch-out, where the kernel has added it (sched_info_arrive() runs
+//!   after the tracepoint): no clock read in sched_switch for it. Kernels
+//!   without `sched_info` (`OFFSETS.run_delay == 0`, a constant the
+//!   verifier prunes on) time those with the clock too, once per event.
 //!
 //! # Map sizes (set by userspace at load time)
 //! - `TARGETS`: pid_max / 64 words of 8 bytes (4 KiB at pid_max 32768,
 //!   512 KiB at 4194304).
 //! - `SLOTS`: 4 bytes per possible tid (128 KiB at pid_max 32768, 16 MiB at
 //!   4194304).
-//! - `STATS`: `--max-threads` + 1 entries of 280 bytes (4.4 MiB at the
+//! - `STATS`: `--max-threads` + 1 entries of 288 bytes (4.5 MiB at the
 //!   default 16384).
 //! - `FREE_SLOTS`: 4 bytes per `--max-threads`.
 //! - `THREAD_CPU`: `--max-threads` x min(possible CPUs, 16) entries of 16
 //!   bytes plus the kernel's per-element overhead (preallocated).
-//! - `CPU_TOPO`: 16 bytes per possible CPU (16 KiB at 1024 CPUs).
+//! - `CPU_TOPO`: 16 bytes per possible CPU (16 KiB at 1024 CPUs); `CURRENT`:
+//!   8 (8 KiB).
 //!
 //! None of them grows with the number of CPUs beyond `CPU_TOPO` and the
 //! 16-CPU cap of `THREAD_CPU` (a thread that ran on more CPUs than that
@@ -55,7 +73,8 @@
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,
-    reason = "atomic intrinsics: the BPF target spec has no atomic CAS, bpf-linker emits v3 atomics"
+    reason = "atomic intrinsics: the BPF target spec declares no atomic CAS, though the \
+              instructions exist with alu32 (see build.rs)"
 )]
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
@@ -63,8 +82,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use affinity_common::{
     CPU_ACC_NS_MASK, CPU_ACC_SHIFT, CpuTopo, DROP_READ_FAILED, DROP_THREAD_CPU_FULL,
     DROP_THREADS_FULL, FLAG_EXITING, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT,
-    RUNNABLE_NONE, RUNNABLE_PREEMPTED, RUNNABLE_WAKEUP, RUNQ_BUCKETS, TaskOffsets, ThreadCpuKey,
-    ThreadStats,
+    RUN_DELAY_UNKNOWN, RUNNABLE_NONE, RUNNABLE_PREEMPTED, RUNNABLE_WAKEUP, RUNQ_BUCKETS,
+    TaskOffsets, ThreadCpuKey, ThreadStats,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -102,6 +121,15 @@ static STATS: Array<ThreadStats> = Array::with_max_entries(16_385, BPF_F_MMAPABL
 #[map]
 static ALLOC: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
+/// The target thread on each CPU now (its tid; 0: none), by CPU number:
+/// set at switch-in, cleared at switch-out. Userspace (mmapped) adds the
+/// running slice of these threads, which their counters do not hold yet;
+/// the wakeup handler tells from it whether the woken thread still runs.
+/// Kept per CPU, not in `STATS`, so that a switch-in touches no per-thread
+/// entry. Sized to possible CPUs.
+#[map]
+static CURRENT: Array<u32> = Array::with_max_entries(1024, BPF_F_MMAPABLE);
+
 /// Slots userspace freed (threads that exited and were read), for reuse.
 #[map]
 static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(16_384, 0);
@@ -126,6 +154,7 @@ static OFFSETS: TaskOffsets = TaskOffsets {
     sum_exec_runtime: 0,
     cpu: 0,
     comm: 0,
+    run_delay: 0,
 };
 
 /// `TASK_DEAD` in `prev_state` (include/linux/sched.h): the final switch.
@@ -149,6 +178,8 @@ fn drop_event(kind: u32) {
     }
 }
 
+/// Whether `tgid` is traced. The idle tasks (pid and tgid 0) never are:
+/// userspace does not mark 0.
 #[inline(always)]
 fn is_target(tgid: u32) -> bool {
     match TARGETS.get(tgid >> 6) {
@@ -161,10 +192,12 @@ fn is_target(tgid: u32) -> bool {
 
 /// How the programs read `task_struct` fields.
 trait Access {
-    /// `(task->pid, task->tgid)`: thread id and thread-group id.
-    fn ids(task: *const u8) -> Option<(u32, u32)>;
-    /// `(pid, tgid)` of `prev` in sched_switch, which is the current task.
-    fn current_ids(prev: *const u8) -> Option<(u32, u32)>;
+    /// `(task->pid, task->tgid)`, thread id and thread-group id, when the
+    /// thread group is a target; `None` otherwise (the common case: read
+    /// no more than needed to tell).
+    fn target(task: *const u8) -> Option<(u32, u32)>;
+    /// [`Access::target`] of `prev` in sched_switch, the current task.
+    fn current_target(prev: *const u8) -> Option<(u32, u32)>;
     /// A `u64` field.
     fn u64_at(task: *const u8, off: u32) -> u64;
     /// A `u32` field.
@@ -187,17 +220,19 @@ struct Raw;
 
 impl Access for Btf {
     #[inline(always)]
-    fn ids(task: *const u8) -> Option<(u32, u32)> {
-        Some((
-            Self::u32_at(task, offset!(pid)),
-            Self::u32_at(task, offset!(tgid)),
-        ))
+    fn target(task: *const u8) -> Option<(u32, u32)> {
+        // tgid first: an untargeted task costs one load and one bit.
+        let tgid = Self::u32_at(task, offset!(tgid));
+        if !is_target(tgid) {
+            return None;
+        }
+        Some((Self::u32_at(task, offset!(pid)), tgid))
     }
 
     #[inline(always)]
-    fn current_ids(prev: *const u8) -> Option<(u32, u32)> {
-        // Two loads are cheaper than the bpf_get_current_pid_tgid() call.
-        Self::ids(prev)
+    fn current_target(prev: *const u8) -> Option<(u32, u32)> {
+        // Loads are cheaper than the bpf_get_current_pid_tgid() call.
+        Self::target(prev)
     }
 
     #[inline(always)]
@@ -224,13 +259,17 @@ impl Access for Btf {
 }
 
 impl Access for Raw {
-    /// One 8-byte read (userspace checks that tgid follows pid).
+    /// One 8-byte read of pid and tgid (userspace checks that tgid follows
+    /// pid): a probe read costs more than the few bytes it copies.
     #[inline(always)]
-    fn ids(task: *const u8) -> Option<(u32, u32)> {
+    fn target(task: *const u8) -> Option<(u32, u32)> {
         let off = offset!(pid) as usize;
         // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
         match unsafe { bpf_probe_read_kernel(task.wrapping_add(off) as *const u64) } {
-            Ok(v) => Some((v as u32, (v >> 32) as u32)),
+            Ok(v) => {
+                let (pid, tgid) = (v as u32, (v >> 32) as u32);
+                is_target(tgid).then_some((pid, tgid))
+            }
             Err(_) => {
                 drop_event(DROP_READ_FAILED);
                 None
@@ -239,9 +278,10 @@ impl Access for Raw {
     }
 
     #[inline(always)]
-    fn current_ids(_prev: *const u8) -> Option<(u32, u32)> {
+    fn current_target(_prev: *const u8) -> Option<(u32, u32)> {
         let id = bpf_get_current_pid_tgid();
-        Some((id as u32, (id >> 32) as u32))
+        let (pid, tgid) = (id as u32, (id >> 32) as u32);
+        is_target(tgid).then_some((pid, tgid))
     }
 
     #[inline(always)]
@@ -275,6 +315,22 @@ fn slot_cell(tid: u32) -> Option<*mut u32> {
     Some(unsafe { (entry as *mut u32).add((tid & 1) as usize) })
 }
 
+/// Records which target thread runs on `cpu` (0: none).
+#[inline(always)]
+fn set_current(cpu: u32, tid: u32) {
+    if let Some(p) = CURRENT.get_ptr_mut(cpu) {
+        // SAFETY: a live map value; only this CPU writes its entry.
+        unsafe { *p = tid };
+    }
+}
+
+/// Whether target thread `tid` (`task`) is on a CPU now.
+#[inline(always)]
+fn is_running<A: Access>(task: *const u8, tid: u32) -> bool {
+    let cpu = A::u32_at(task, offset!(cpu));
+    CURRENT.get(cpu).is_some_and(|&t| t == tid)
+}
+
 /// The thread's entry, if it has one.
 #[inline(always)]
 fn lookup(tid: u32) -> Option<*mut ThreadStats> {
@@ -286,7 +342,10 @@ fn lookup(tid: u32) -> Option<*mut ThreadStats> {
     let st = STATS.get_ptr_mut(slot)?;
     // A slot being freed or lost in a creation race names another tid (0).
     // SAFETY: a live map value.
-    (unsafe { (*st).tid } == tid).then_some(st)
+    if unsafe { (*st).tid } != tid {
+        return None;
+    }
+    Some(st)
 }
 
 /// Creates the thread's entry with `base` as the `sum_exec_runtime` base.
@@ -322,6 +381,7 @@ fn create<A: Access>(task: *const u8, tid: u32, tgid: u32, base: u64) -> Option<
         (*st).tgid = tgid;
         (*st).comm = A::comm(task);
         (*st).last_sum_exec_ns = base;
+        (*st).run_delay_seen_ns = run_delay::<A>(task);
     }
     // SAFETY: an aligned u32 in a live map value.
     let (cur, won) = unsafe {
@@ -362,6 +422,41 @@ fn log2_bucket(v: u64) -> usize {
         RUNQ_BUCKETS - 1
     } else {
         b
+    }
+}
+
+/// Whether this kernel has `sched_info.run_delay` (a constant to the
+/// verifier, which drops the other branch).
+#[inline(always)]
+fn have_run_delay() -> bool {
+    offset!(run_delay) != 0
+}
+
+/// `task->sched_info.run_delay`, or [`RUN_DELAY_UNKNOWN`] without it.
+#[inline(always)]
+fn run_delay<A: Access>(task: *const u8) -> u64 {
+    if have_run_delay() {
+        A::u64_at(task, offset!(run_delay))
+    } else {
+        RUN_DELAY_UNKNOWN
+    }
+}
+
+/// Adds one run-queue wait of `kind` (`RUNNABLE_*`) to the counters.
+#[inline(always)]
+fn record_wait(st: &mut ThreadStats, kind: u32, wait: u64) {
+    if kind == RUNNABLE_WAKEUP {
+        st.runq_wait_ns += wait;
+        st.runq_waits += 1;
+        if wait > st.runq_max_ns {
+            st.runq_max_ns = wait;
+        }
+        let b = log2_bucket(wait);
+        if let Some(slot) = st.runq_hist.get_mut(b) {
+            *slot += 1;
+        }
+    } else if kind == RUNNABLE_PREEMPTED {
+        st.preempted_wait_ns += wait;
     }
 }
 
@@ -418,12 +513,10 @@ fn switch_out<A: Access>(
     cpu: u32,
     clock: &mut Clock,
 ) {
-    let Some((tid, tgid)) = A::current_ids(prev) else {
+    let Some((tid, tgid)) = A::current_target(prev) else {
         return;
     };
-    if tid == 0 || !is_target(tgid) {
-        return;
-    }
+    set_current(cpu, 0);
     let sum = A::u64_at(prev, offset!(sum_exec_runtime));
     let st = match lookup(tid) {
         Some(p) => p,
@@ -439,62 +532,83 @@ fn switch_out<A: Access>(
     let st = unsafe { &mut *st };
     let delta = sum.saturating_sub(st.last_sum_exec_ns);
     st.last_sum_exec_ns = sum;
-    st.running_on = 0;
     if delta > 0 {
         st.cpu_time_ns += delta;
         add_cpu_time(st, tid, cpu, delta);
     }
     // The kernel counts nvcsw only for a non-preempted switch from a sleeping
     // state (kernel/sched/core.c: __schedule), everything else is nivcsw.
-    if preempt || prev_state == 0 {
+    // Non-short-circuit `|`: one flag, no branch.
+    let preempted = preempt | (prev_state == 0);
+    if preempted {
         st.involuntary += 1;
+    } else {
+        st.voluntary += 1;
+    }
+    if have_run_delay() {
+        // run_delay grew by the wait that preceded this slice (added at its
+        // switch-in, after that tracepoint: sched_info_arrive()). If that
+        // wait followed a preemption, it is counted here; after a wakeup,
+        // switch-in timed it already and left RUNNABLE_NONE.
+        let rd = A::u64_at(prev, offset!(run_delay));
+        let seen = st.run_delay_seen_ns;
+        if seen != RUN_DELAY_UNKNOWN && st.runnable_kind == RUNNABLE_PREEMPTED {
+            st.preempted_wait_ns += rd.saturating_sub(seen);
+        }
+        st.run_delay_seen_ns = rd;
+        st.runnable_since_ns = 0;
+        st.runnable_kind = if preempted {
+            RUNNABLE_PREEMPTED
+        } else {
+            RUNNABLE_NONE
+        };
+    } else if preempted {
         st.runnable_since_ns = clock.now();
         st.runnable_kind = RUNNABLE_PREEMPTED;
     } else {
-        st.voluntary += 1;
         // A wakeup seen while it was still running is stale now.
         st.runnable_since_ns = 0;
         st.runnable_kind = RUNNABLE_NONE;
     }
 }
 
-/// Ends `next`'s run-queue wait.
+/// Marks `next` as running and ends a wakeup-to-run wait (with
+/// `sched_info`, a wait after a preemption is read at switch-out).
 #[inline(always)]
 fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
-    let Some((tid, tgid)) = A::ids(next) else {
+    let Some((tid, tgid)) = A::target(next) else {
         return;
     };
-    if tid == 0 || !is_target(tgid) {
-        return;
-    }
-    // First sight of a thread about to run: its sum_exec_runtime now is an
-    // exact base for the slice that starts here.
-    let Some(st) = entry::<A>(next, tid, tgid, || {
-        A::u64_at(next, offset!(sum_exec_runtime))
-    }) else {
-        return;
+    set_current(cpu, tid);
+    let st = if have_run_delay() {
+        // No entry yet: it gets one where it first needs one (threads that
+        // existed before tracing are seeded by userspace, new ones at
+        // sched_wakeup_new).
+        match lookup(tid) {
+            Some(p) => p,
+            None => return,
+        }
+    } else {
+        // First sight of a thread about to run: its sum_exec_runtime now is
+        // an exact base for the slice that starts here.
+        match entry::<A>(next, tid, tgid, || {
+            A::u64_at(next, offset!(sum_exec_runtime))
+        }) {
+            Some(p) => p,
+            None => return,
+        }
     };
     // SAFETY: a live map value; see switch_out.
     let st = unsafe { &mut *st };
-    st.running_on = cpu + 1;
+    let kind = st.runnable_kind;
+    if have_run_delay() && kind != RUNNABLE_WAKEUP {
+        return; // a wait after a preemption: read at switch-out
+    }
     let since = st.runnable_since_ns;
     if since == 0 {
         return;
     }
-    let wait = clock.now().saturating_sub(since);
-    if st.runnable_kind == RUNNABLE_WAKEUP {
-        st.runq_wait_ns += wait;
-        st.runq_waits += 1;
-        if wait > st.runq_max_ns {
-            st.runq_max_ns = wait;
-        }
-        let b = log2_bucket(wait);
-        if let Some(slot) = st.runq_hist.get_mut(b) {
-            *slot += 1;
-        }
-    } else {
-        st.preempted_wait_ns += wait;
-    }
+    record_wait(st, kind, clock.now().saturating_sub(since));
     st.runnable_since_ns = 0;
     st.runnable_kind = RUNNABLE_NONE;
 }
@@ -520,12 +634,9 @@ fn on_switch<A: Access>(args: *const u64) {
 #[inline(always)]
 fn on_wakeup<A: Access>(args: *const u64, new_task: bool) {
     let p = unsafe { *args } as *const u8;
-    let Some((tid, tgid)) = A::ids(p) else {
+    let Some((tid, tgid)) = A::target(p) else {
         return;
     };
-    if !is_target(tgid) {
-        return;
-    }
     let Some(st) = entry::<A>(p, tid, tgid, || {
         if new_task {
             0
@@ -538,8 +649,14 @@ fn on_wakeup<A: Access>(args: *const u64, new_task: bool) {
     // SAFETY: a live map value. Racing a switch-in on another CPU can at
     // worst lose one wait sample.
     let st = unsafe { &mut *st };
-    if st.running_on != 0 {
-        return; // woken while still on a CPU: no run-queue wait follows
+    // Woken while still on a CPU: no run-queue wait follows. Woken while
+    // runnable after a preemption (preempted on its way to sleep): it has
+    // waited since the preemption, a preempted wait.
+    if is_running::<A>(p, tid) || st.runnable_kind == RUNNABLE_PREEMPTED {
+        return;
+    }
+    if st.run_delay_seen_ns == RUN_DELAY_UNKNOWN {
+        st.run_delay_seen_ns = run_delay::<A>(p);
     }
     st.runnable_since_ns = unsafe { bpf_ktime_get_ns() };
     st.runnable_kind = RUNNABLE_WAKEUP;
@@ -567,12 +684,9 @@ fn migration_class(from: u32, to: u32) -> usize {
 #[inline(always)]
 fn on_migrate<A: Access>(args: *const u64) {
     let (p, dest) = unsafe { (*args as *const u8, *args.add(1) as u32) };
-    let Some((tid, tgid)) = A::ids(p) else {
+    let Some((tid, tgid)) = A::target(p) else {
         return;
     };
-    if !is_target(tgid) {
-        return;
-    }
     let orig = A::u32_at(p, offset!(cpu));
     let Some(st) = entry::<A>(p, tid, tgid, || A::u64_at(p, offset!(sum_exec_runtime))) else {
         return;

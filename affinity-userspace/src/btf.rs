@@ -110,7 +110,7 @@ pub fn kernel_btf_cached(path: &Path, cache_dir: &Path) -> Result<KernelBtf, Btf
 
 /// The cache's format: its key line starts with this, so that a file
 /// written by an older version (other fields) is not misread.
-const CACHE_FORMAT: &str = "v2";
+const CACHE_FORMAT: &str = "v3";
 
 fn cache_key(path: &Path) -> Option<String> {
     let u = nix::sys::utsname::uname().ok()?;
@@ -123,7 +123,7 @@ fn cache_key(path: &Path) -> Option<String> {
 }
 
 /// Parses a cache file: the key line, then "pid tgid sum_exec_runtime cpu
-/// comm", then the tracepoint type ids.
+/// comm run_delay", then the tracepoint type ids.
 pub fn parse_cache(text: &str, key: &str) -> Option<KernelBtf> {
     let mut lines = text.lines();
     if lines.next()? != key {
@@ -140,12 +140,13 @@ pub fn parse_cache(text: &str, key: &str) -> Option<KernelBtf> {
     let off = numbers()?;
     let ids = numbers()?;
     let offsets = match off[..] {
-        [pid, tgid, sum_exec_runtime, cpu, comm] if tgid == pid + 4 => TaskOffsets {
+        [pid, tgid, sum_exec_runtime, cpu, comm, run_delay] if tgid == pid + 4 => TaskOffsets {
             pid,
             tgid,
             sum_exec_runtime,
             cpu,
             comm,
+            run_delay,
         },
         _ => return None,
     };
@@ -186,12 +187,13 @@ fn write_cache(dir: &Path, file: &Path, key: &str, k: &KernelBtf) {
     let off = &k.offsets;
     let ids: Vec<String> = k.tracepoint_ids.iter().map(u32::to_string).collect();
     let text = format!(
-        "{key}\n{} {} {} {} {}\n{}\n",
+        "{key}\n{} {} {} {} {} {}\n{}\n",
         off.pid,
         off.tgid,
         off.sum_exec_runtime,
         off.cpu,
         off.comm,
+        off.run_delay,
         ids.join(" ")
     );
     let written = std::fs::OpenOptions::new()
@@ -243,12 +245,15 @@ pub fn task_offsets_from(data: &[u8]) -> Result<TaskOffsets, BtfError> {
     // task_struct.cpu on kernels 5.16-5.18 that moved it there.
     let cpu = byte_offset("thread_info.cpu").or_else(|_| byte_offset("cpu"))?;
     let comm = byte_offset("comm")?;
+    // Optional: without CONFIG_SCHED_INFO the programs read a clock instead.
+    let run_delay = byte_offset("sched_info.run_delay").unwrap_or(0);
     Ok(TaskOffsets {
         pid,
         tgid,
         sum_exec_runtime,
         cpu,
         comm,
+        run_delay,
     })
 }
 
@@ -365,24 +370,31 @@ mod tests {
 
     #[test]
     fn cache_round_trip_and_rejections() {
-        let ok = "v2 6.18 #1 SMP 123\n1264 1268 200 20 3000\n10306 10310 10302 10304 10316\n";
-        let k = parse_cache(ok, "v2 6.18 #1 SMP 123").unwrap();
+        let ok = "v3 6.18 #1 SMP 123\n1264 1268 200 20 3000 1100\n10306 10310 10302 10304 10316\n";
+        let k = parse_cache(ok, "v3 6.18 #1 SMP 123").unwrap();
         let off = k.offsets;
         assert_eq!(
-            (off.pid, off.tgid, off.sum_exec_runtime, off.cpu, off.comm),
-            (1264, 1268, 200, 20, 3000)
+            (
+                off.pid,
+                off.tgid,
+                off.sum_exec_runtime,
+                off.cpu,
+                off.comm,
+                off.run_delay
+            ),
+            (1264, 1268, 200, 20, 3000, 1100)
         );
         assert_eq!(k.tracepoint_ids, [10306, 10310, 10302, 10304, 10316]);
-        assert_eq!(parse_cache(ok, "v2 6.19 #1 SMP 123"), None, "other kernel");
+        assert_eq!(parse_cache(ok, "v3 6.19 #1 SMP 123"), None, "other kernel");
         assert_eq!(
-            parse_cache("k\n1 2 3 4 5\n1 2 3 4 5\n", "k"),
+            parse_cache("k\n1 2 3 4 5 6\n1 2 3 4 5\n", "k"),
             None,
             "tgid must follow pid"
         );
         assert_eq!(parse_cache("k\n1 5\n", "k"), None, "short");
         assert_eq!(parse_cache("k\nx y z w\n", "k"), None, "garbage");
         assert_eq!(
-            parse_cache("k\n1264 1268 200 20 3000\n1 2 3\n", "k"),
+            parse_cache("k\n1264 1268 200 20 3000 0\n1 2 3\n", "k"),
             None,
             "too few ids"
         );
@@ -480,5 +492,7 @@ mod tests {
         assert!(off.sum_exec_runtime > 0 && off.sum_exec_runtime % 8 == 0);
         assert!(off.pid > 0 && off.pid % 4 == 0);
         assert!(off.comm > 0);
+        // CONFIG_SCHED_INFO is on here (TASK_DELAY_ACCT); 0 would mean "none".
+        assert!(off.run_delay > 0 && off.run_delay % 8 == 0);
     }
 }

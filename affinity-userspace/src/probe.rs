@@ -22,7 +22,9 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use affinity_common::{CpuTopo, DROP_KINDS, TaskOffsets, ThreadCpuKey, ThreadStats};
+use affinity_common::{
+    CpuTopo, DROP_KINDS, RUN_DELAY_UNKNOWN, TaskOffsets, ThreadCpuKey, ThreadStats,
+};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, Queue},
@@ -164,11 +166,14 @@ impl Drop for Mmap {
     }
 }
 
-/// `STATS`, `SLOTS` and `ALLOC`, mapped.
+/// `STATS`, `SLOTS`, `ALLOC` and `CURRENT`, mapped.
 struct Slots {
     stats: Mmap,
     slots: Mmap,
     alloc: Mmap,
+    current: Mmap,
+    /// `CURRENT` has one entry per possible CPU.
+    nr_cpus: u32,
     /// Slots `1..=max_threads` exist.
     max_threads: u32,
     /// `SLOTS` holds tids `0..pid_max`.
@@ -307,6 +312,7 @@ impl Probe {
             .map_max_entries("FREE_SLOTS", max_threads)
             .map_max_entries("THREAD_CPU", thread_cpu_entries)
             .map_max_entries("CPU_TOPO", nr_possible as u32)
+            .map_max_entries("CURRENT", nr_possible as u32)
             .map_max_entries("DROPS", DROP_KINDS)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
@@ -327,6 +333,8 @@ impl Probe {
             stats: mmap(&ebpf, "STATS", max_threads + 1, Slots::STATS_SIZE)?,
             slots: mmap(&ebpf, "SLOTS", pid_max.div_ceil(2), 8)?,
             alloc: mmap(&ebpf, "ALLOC", 1, 4)?,
+            current: mmap(&ebpf, "CURRENT", nr_possible as u32, 4)?,
+            nr_cpus: nr_possible as u32,
             max_threads,
             pid_max,
         };
@@ -372,6 +380,13 @@ impl Probe {
 
     /// Starts tracing every thread of `tgid`, present and future.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        if tgid == 0 {
+            // The programs rely on it: pid 0 is every CPU's idle task.
+            return Err(ProbeError::Map {
+                map: "TARGETS",
+                reason: "pid 0 is the idle task, not a process".into(),
+            });
+        }
         let word = tgid / 64;
         if word >= self.targets.len() {
             return Err(ProbeError::Map {
@@ -408,6 +423,8 @@ impl Probe {
                 tgid,
                 comm,
                 last_sum_exec_ns: sum_exec_ns,
+                // Read by the programs at the thread's next event.
+                run_delay_seen_ns: RUN_DELAY_UNKNOWN,
                 ..ThreadStats::default()
             },
         );
@@ -420,18 +437,31 @@ impl Probe {
         }
     }
 
-    /// All per-thread entries, into `out` (cleared first).
+    /// All per-thread entries, into `out` (cleared first), with
+    /// `running_on` set from `CURRENT` (the programs keep which thread runs
+    /// where per CPU, not in the entries).
     pub fn threads(&self, out: &mut Vec<(u32, ThreadStats)>) {
         out.clear();
         let s = &self.slots;
+        // (tid, cpu + 1) of the target threads on a CPU now; few (<= CPUs).
+        let mut running: Vec<(u32, u32)> = (0..s.nr_cpus)
+            .filter_map(|cpu| {
+                let tid = s.current.u32(cpu as usize * 8).load(Ordering::Acquire);
+                (tid != 0).then_some((tid, cpu + 1))
+            })
+            .collect();
+        running.sort_unstable();
         for slot in 1..=s.high_water() {
-            let st = s.read(slot);
+            let mut st = s.read(slot);
             // Only published slots: a slot being filled, given back after a
             // lost race or freed names no tid, or is not its tid's slot.
             if st.tid != 0
                 && s.cell(st.tid)
                     .is_some_and(|c| c.load(Ordering::Acquire) == slot)
             {
+                st.running_on = running
+                    .binary_search_by_key(&st.tid, |r| r.0)
+                    .map_or(0, |i| running[i].1);
                 out.push((st.tid, st));
             }
         }
