@@ -146,6 +146,10 @@ static CPU_TOPO: Array<CpuTopo> = Array::with_max_entries(1024, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
+/// Where `floor_clock_sched_switch` stores its clock reads (bench only).
+#[map]
+static CLOCK_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// `task_struct` field offsets from the running kernel's BTF.
 #[unsafe(no_mangle)]
 static OFFSETS: TaskOffsets = TaskOffsets {
@@ -755,6 +759,19 @@ pub fn btf_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
 /// `cargo xtask bench`. Never attached by a trace run.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn floor_sched_switch(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// The empty program plus one `bpf_ktime_get_ns()`: what one clock read
+/// costs, for `cargo xtask bench`. Never attached by a trace run.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn floor_clock_sched_switch(_ctx: BtfTracePointContext) -> i32 {
+    let t = unsafe { bpf_ktime_get_ns() };
+    // Stored, so that the read is not optimised away.
+    if let Some(p) = CLOCK_SINK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no other writer on this CPU.
+        unsafe { *p = t };
+    }
     0
 }
 

@@ -633,9 +633,15 @@ fn attach_btf(ids: &[u32; 5]) -> Result<Btf, ProbeError> {
         .map_err(|e| ProbeError::Load(format!("building the attach BTF: {e}")))
 }
 
+/// Environment variable: [`attach_floor`] also attaches
+/// `floor_clock_sched_switch` (the empty program plus one clock read), so
+/// that `cargo xtask bench` measures what a clock read costs.
+pub const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
+
 /// Attaches only the empty sched_switch program (`floor_sched_switch`) and
 /// returns the object that keeps it attached: the baseline cost of any
-/// sched_switch tracer, for benchmarks.
+/// sched_switch tracer, for benchmarks. With [`FLOOR_CLOCK_ENV`] set, also
+/// `floor_clock_sched_switch`.
 pub fn attach_floor() -> Result<Ebpf, ProbeError> {
     let k = btf::kernel_btf_cached(Path::new(btf::VMLINUX_BTF), Path::new(btf::CACHE_DIR))
         .map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
@@ -643,19 +649,25 @@ pub fn attach_floor() -> Result<Ebpf, ProbeError> {
     let mut ebpf = loader(&kernel_btf)
         .load(OBJECT)
         .map_err(|e| ProbeError::Load(e.to_string()))?;
-    let err = |reason: String| ProbeError::Attach {
-        kind: "tp_btf",
-        tracepoint: "sched_switch",
-        reason,
-    };
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut("floor_sched_switch")
-        .ok_or_else(|| err("not in the object".into()))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
-    prog.load("sched_switch", &kernel_btf)
-        .map_err(|e| err(e.to_string()))?;
-    prog.attach().map_err(|e| err(e.to_string()))?;
+    let mut names = vec!["floor_sched_switch"];
+    if std::env::var_os(FLOOR_CLOCK_ENV).is_some() {
+        names.push("floor_clock_sched_switch");
+    }
+    for name in names {
+        let err = |reason: String| ProbeError::Attach {
+            kind: "tp_btf",
+            tracepoint: "sched_switch",
+            reason: format!("{name}: {reason}"),
+        };
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| err("not in the object".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
+        prog.load("sched_switch", &kernel_btf)
+            .map_err(|e| err(e.to_string()))?;
+        prog.attach().map_err(|e| err(e.to_string()))?;
+    }
     Ok(ebpf)
 }
 

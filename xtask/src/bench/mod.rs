@@ -105,6 +105,7 @@ const T_SWITCH_NS: f64 = 100.0;
 const T_START_MS: f64 = 150.0;
 const T_CPU_PCT: f64 = 1.0;
 const T_RSS_MIB: f64 = 30.0;
+const T_READ_MS: f64 = 50.0;
 
 /// What every phase needs: the tools, the binaries, the scratch directory.
 struct Ctx {

@@ -13,6 +13,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+/// `affinity::probe::FLOOR_CLOCK_ENV` (xtask does not link the library).
+const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
+
 /// The equivalent of (d) in bpftrace: on-CPU time per thread of the target
 /// (start times keyed by tid, deltas summed for tids of the target process)
 /// and migrations per thread. Threads are learned when they first switch
@@ -116,10 +119,18 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
             sample.foreign = foreign_programs(&ctx.bpftool, None)?;
         }
         Cfg::B => {
-            let mut t = Proc::spawn(
+            // With the stats on, also the empty program + one clock read
+            // (probe::FLOOR_CLOCK_ENV): what a bpf_ktime_get_ns() costs.
+            let env: &[(&str, &str)] = if stats {
+                &[(FLOOR_CLOCK_ENV, "1")]
+            } else {
+                &[]
+            };
+            let mut t = Proc::spawn_env(
                 "affin-trace bench-floor",
                 bin,
                 &["bench-floor", "--seconds", "600"],
+                env,
             )?;
             t.wait_line(true, "floor attached", ATTACH_TIMEOUT)?;
             sample.us = run_perf(ctx, ctx.loops)?;
@@ -274,11 +285,22 @@ pub fn phase(ctx: &Ctx, r: &mut Results) -> Result<()> {
     Ok(())
 }
 
+/// What phase 3 measured.
+pub struct Stats {
+    /// Each run's programs with their run time and count.
+    pub progs: Vec<(Cfg, Prog)>,
+    /// (d)'s report in that run.
+    pub d_report: Option<TraceReport>,
+}
+
 /// Phase 3: one run each of (b), (c) and (d) with bpf_stats on; the caller
 /// restores the sysctl on every path.
-pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Vec<(Cfg, Prog)>> {
+pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Stats> {
     stats_sysctl.set("1")?;
-    let mut all = Vec::new();
+    let mut all = Stats {
+        progs: Vec::new(),
+        d_report: None,
+    };
     for cfg in [Cfg::B, Cfg::C, Cfg::D] {
         let s = run_cfg(ctx, cfg, true).with_context(|| format!("{} with bpf_stats", cfg.tag()))?;
         if s.progs.is_empty() {
@@ -287,7 +309,10 @@ pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Vec<(Cfg, Pro
                 cfg.tag()
             );
         }
-        all.extend(s.progs.into_iter().map(|p| (cfg, p)));
+        if cfg == Cfg::D {
+            all.d_report = s.report;
+        }
+        all.progs.extend(s.progs.into_iter().map(|p| (cfg, p)));
     }
     Ok(all)
 }

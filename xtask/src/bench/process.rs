@@ -46,9 +46,20 @@ impl Proc {
         program: &Path,
         args: &[S],
     ) -> Result<Proc> {
+        Self::spawn_env(name, program, args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_env<S: AsRef<std::ffi::OsStr>>(
+        name: &str,
+        program: &Path,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Result<Proc> {
         check_interrupted()?;
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -2,7 +2,7 @@
 //! paired differences, ratios), and the environment it ran in.
 
 use super::parse::{Prog, TraceReport, median, quantile};
-use super::pipe::Cfg;
+use super::pipe::{Cfg, Stats};
 use super::render::{met, times};
 use super::startup::Startup;
 use super::threads::ThreadsRun;
@@ -46,7 +46,7 @@ pub struct Results {
     pub floor_rss: Vec<u64>,
     pub c_rss: Vec<u64>,
     pub e_skipped: Option<String>,
-    pub stats: Option<Result<Vec<(Cfg, Prog)>, String>>,
+    pub stats: Option<Result<Stats, String>>,
     pub startup: Option<Result<Startup, String>>,
     pub small: Option<Result<ThreadsRun, String>>,
     pub large: Option<Result<ThreadsRun, String>>,
@@ -140,10 +140,19 @@ impl Results {
 
     pub fn stat(&self, cfg: Cfg, name: &str) -> Option<&Prog> {
         match &self.stats {
-            Some(Ok(v)) => v
+            Some(Ok(s)) => s
+                .progs
                 .iter()
                 .find(|(c, p)| *c == cfg && p.name == name)
                 .map(|(_, p)| p),
+            _ => None,
+        }
+    }
+
+    /// Wakeup-to-run waits in (d)'s report of the bpf_stats run.
+    pub fn stats_d_runq(&self) -> Option<u64> {
+        match &self.stats {
+            Some(Ok(s)) => s.d_report.as_ref().map(|d| d.runq_waits),
             _ => None,
         }
     }

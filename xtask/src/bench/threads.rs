@@ -4,7 +4,7 @@
 //! its per-interval map read time.
 
 use super::Ctx;
-use super::parse::{TraceReport, read_report, verbose_ms};
+use super::parse::{TraceReport, read_report, read_times, verbose_ms};
 use super::process::{Proc, Sysctl};
 use super::results::read_trim;
 use super::sys::{self, check_interrupted};
@@ -14,6 +14,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 const THREADS_MAX: &str = "/proc/sys/kernel/threads-max";
+/// `affinity::collector::READ_TIMES_ENV` (xtask does not link the library).
+const READ_TIMES_ENV: &str = "AFFIN_TRACE_READ_TIMES";
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 pub const SMALL_THREADS: usize = 1_000;
 const SMALL_SECS: f64 = 10.0;
@@ -54,6 +56,8 @@ pub struct ThreadsRun {
     pub startup_cpu_s: Option<f64>,
     pub report: TraceReport,
     pub limits: String,
+    /// Each interval's map read time (ms), as affin-trace printed it.
+    pub read_ms: Vec<f64>,
 }
 
 fn total_tasks() -> Option<u64> {
@@ -142,7 +146,13 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         out.display().to_string(),
     ];
     let ticks = sys::clock_ticks();
-    let mut t = Proc::spawn(&format!("affin-trace --pid <{n} threads>"), &ctx.bin, &args)?;
+    // READ_TIMES_ENV: affin-trace prints each interval's map read time.
+    let mut t = Proc::spawn_env(
+        &format!("affin-trace --pid <{n} threads>"),
+        &ctx.bin,
+        &args,
+        &[(READ_TIMES_ENV, "1")],
+    )?;
     let pid = t.pid();
     let mut at_tracing: Option<(Instant, f64)> = None;
     let mut last: Option<(Instant, f64)> = None;
@@ -202,6 +212,7 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         startup_cpu_s: at_tracing.map(|(_, c)| c),
         report,
         limits,
+        read_ms: read_times(&t.stderr),
     };
     println!(
         "bench: {n} threads: {:.2}% of one CPU ({cpu_s:.3} s over {wall_s:.2} s), peak RSS \
