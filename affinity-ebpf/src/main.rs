@@ -125,8 +125,9 @@ static ALLOC: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// set at switch-in, cleared at switch-out. Userspace (mmapped) adds the
 /// running slice of these threads, which their counters do not hold yet;
 /// the wakeup handler tells from it whether the woken thread still runs.
-/// Kept per CPU, not in `STATS`, so that a switch-in touches no per-thread
-/// entry. Sized to possible CPUs.
+/// Kept per CPU rather than as a flag in `STATS`, so that a switch-in writes
+/// its thread's entry only when it ends a wakeup wait (and a switch-out
+/// clears one word it just used). Sized to possible CPUs.
 #[map]
 static CURRENT: Array<u32> = Array::with_max_entries(1024, BPF_F_MMAPABLE);
 
