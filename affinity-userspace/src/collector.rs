@@ -11,7 +11,9 @@
 //! threads on a CPU at that moment, and the buffers are kept from one
 //! interval to the next, so the work is a pass over N entries with no
 //! allocation per thread once a thread is known. How long each read took is
-//! recorded in [`Interval::read_ns`].
+//! recorded in [`Interval::read_ns`] (wall) and [`Interval::read_cpu_ns`]
+//! (this thread's CPU time: the wall time stretches when the traced
+//! workload keeps every CPU busy).
 //!
 //! The map access sits behind [`Source`], so this logic is tested without
 //! root on recorded values.
@@ -93,7 +95,8 @@ pub struct Collector {
 }
 
 /// Environment variable that makes the collector print each interval's map
-/// read time on stderr: "affin-trace: interval N read in X ms (T threads)".
+/// read time on stderr: "affin-trace: interval N read in X ms, Y ms of CPU
+/// (T threads)".
 pub const READ_TIMES_ENV: &str = "AFFIN_TRACE_READ_TIMES";
 
 impl Collector {
@@ -109,6 +112,7 @@ impl Collector {
     /// targets' resident memory now.
     pub fn sample(&mut self, src: &mut dyn Source, wall_ns: u64, rss_bytes: u64) {
         let started = Instant::now();
+        let cpu_started = thread_cpu_ns();
         let n = self.intervals.len();
         // THREAD_CPU first, STATS second: a thread that changes CPU between
         // the two reads moves time from its cpu_acc into THREAD_CPU, which
@@ -210,10 +214,12 @@ impl Collector {
         }
         self.dropped = src.dropped();
         interval.read_ns = started.elapsed().as_nanos() as u64;
+        interval.read_cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
         if self.log_reads {
             eprintln!(
-                "affin-trace: interval {n} read in {:.3} ms ({} threads)",
+                "affin-trace: interval {n} read in {:.3} ms, {:.3} ms of CPU ({} threads)",
                 interval.read_ns as f64 / 1e6,
+                interval.read_cpu_ns as f64 / 1e6,
                 thread_buf.len()
             );
         }
@@ -252,6 +258,19 @@ impl Collector {
             ..Trace::default()
         }
     }
+}
+
+/// This thread's CPU time (ns), `CLOCK_THREAD_CPUTIME_ID`; 0 if unavailable.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The run-queue latency of `st`, in place (the histogram's buffer is kept).

@@ -367,6 +367,7 @@ pub(crate) mod testutil {
                 migrations: 0,
                 rss_bytes: 0,
                 read_ns: 0,
+                read_cpu_ns: 0,
             })
             .collect();
         Trace {

@@ -152,6 +152,10 @@ pub struct Interval {
     /// kernel maps and /proc (ns): its own cost, not the targets'.
     #[serde(default)]
     pub read_ns: u64,
+    /// CPU time affin-trace's thread spent on that read (ns): `read_ns`
+    /// without the time other processes held the CPU.
+    #[serde(default)]
+    pub read_cpu_ns: u64,
 }
 
 /// How the programs were attached.

@@ -443,6 +443,7 @@ impl Probe {
     pub fn threads(&self, out: &mut Vec<(u32, ThreadStats)>) {
         out.clear();
         let s = &self.slots;
+        out.reserve(s.high_water() as usize);
         // (tid, cpu + 1) of the target threads on a CPU now; few (<= CPUs).
         let mut running: Vec<(u32, u32)> = (0..s.nr_cpus)
             .filter_map(|cpu| {

@@ -28,13 +28,20 @@ pub fn verbose_ms(lines: &[String], what: &str) -> Option<f64> {
 }
 
 /// affin-trace with AFFIN_TRACE_READ_TIMES set: "affin-trace: interval 3
-/// read in 0.712 ms (1001 threads)" -> 0.712, for each such line.
-pub fn read_times(lines: &[String]) -> Vec<f64> {
+/// read in 0.712 ms, 0.530 ms of CPU (1001 threads)" -> (0.712, 0.530), for
+/// each such line (CPU NaN where the line has none).
+pub fn read_times(lines: &[String]) -> Vec<(f64, f64)> {
     lines
         .iter()
         .filter_map(|l| {
             let (_, rest) = l.split_once(" read in ")?;
-            rest.split_once(" ms")?.0.trim().parse().ok()
+            let (wall, rest) = rest.split_once(" ms")?;
+            let cpu = rest
+                .strip_prefix(", ")
+                .and_then(|r| r.split_once(" ms of CPU"))
+                .and_then(|(c, _)| c.trim().parse().ok())
+                .unwrap_or(f64::NAN);
+            Some((wall.trim().parse().ok()?, cpu))
         })
         .collect()
 }
@@ -183,13 +190,13 @@ mod tests {
         assert_eq!(verbose_ms(&v, "programs attached"), Some(86.6));
         assert_eq!(verbose_ms(&v, "tracing at"), Some(89.0));
         let r: Vec<String> = [
-            "affin-trace: interval 0 read in 0.749 ms (1001 threads)",
+            "affin-trace: interval 0 read in 0.749 ms, 0.5 ms of CPU (1001 threads)",
             "affin-trace: tracing at 89.0 ms",
-            "affin-trace: interval 1 read in 12.5 ms (10001 threads)",
+            "affin-trace: interval 1 read in 12.5 ms, 9.25 ms of CPU (10001 threads)",
         ]
         .map(String::from)
         .to_vec();
-        assert_eq!(read_times(&r), vec![0.749, 12.5]);
+        assert_eq!(read_times(&r), vec![(0.749, 0.5), (12.5, 9.25)]);
     }
 
     #[test]

@@ -571,8 +571,8 @@ fn threads_section(w: &mut String, r: &Results) {
     }
 }
 
-/// Rows of the per-interval map read time (`AFFIN_TRACE_READ_TIMES`), with
-/// the 50 ms target when `target`.
+/// Rows of the per-interval map read time (`AFFIN_TRACE_READ_TIMES`), wall
+/// and CPU, with the 50 ms target (on the wall time) when `target`.
 fn read_rows(w: &mut String, t: &ThreadsRun, target: bool) {
     let v = &t.read_ms;
     let status = if !target {
@@ -582,19 +582,28 @@ fn read_rows(w: &mut String, t: &ThreadsRun, target: bool) {
     } else {
         format!("<= {T_READ_MS} ms: {}", met(min_max(v).1 <= T_READ_MS))
     };
-    let s: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
-    md!(
-        w,
-        "| map read per interval (ms): median / max of {} | {} / {} ({}) | {status} |",
-        v.len(),
-        opt((!v.is_empty()).then(|| median(v)), 2),
-        opt((!v.is_empty()).then(|| min_max(v).1), 2),
-        if s.is_empty() {
-            "none".into()
-        } else {
-            s.join(", ")
-        }
-    );
+    for (what, v, status) in [
+        ("map read per interval, wall", &t.read_ms, status),
+        (
+            "map read per interval, CPU time of the reading thread",
+            &t.read_cpu_ms,
+            "info".to_string(),
+        ),
+    ] {
+        let s: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+        md!(
+            w,
+            "| {what} (ms): median / max of {} | {} / {} ({}) | {status} |",
+            v.len(),
+            opt((!v.is_empty()).then(|| median(v)), 2),
+            opt((!v.is_empty()).then(|| min_max(v).1), 2),
+            if s.is_empty() {
+                "none".into()
+            } else {
+                s.join(", ")
+            }
+        );
+    }
 }
 
 /// Section 6: 10,000 threads.
@@ -756,11 +765,12 @@ fn targets(w: &mut String, r: &Results) {
             t.report.threads,
             met(t.report.dropped == 0)
         );
-        let v = &t.read_ms;
+        let (v, c) = (&t.read_ms, &t.read_cpu_ms);
         md!(
             w,
             "| map read per interval <= {T_READ_MS} ms tracing {} threads | max {} ms (median \
-             {} ms, {} intervals) | {} | |",
+             {} ms, {} intervals) | {} | CPU time of the read: median {} ms, max {} ms; the \
+             rest of the wall time the CPUs ran others, here the helper's {} wakeups/s |",
             t.n,
             opt((!v.is_empty()).then(|| min_max(v).1), 2),
             opt((!v.is_empty()).then(|| median(v)), 2),
@@ -769,7 +779,10 @@ fn targets(w: &mut String, r: &Results) {
                 "n/a"
             } else {
                 met(min_max(v).1 <= T_READ_MS)
-            }
+            },
+            opt((!c.is_empty()).then(|| median(c)), 2),
+            opt((!c.is_empty()).then(|| min_max(c).1), 2),
+            t.n as u64 * 1000 / t.period_ms.max(1)
         );
     }
 }

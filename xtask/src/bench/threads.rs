@@ -56,8 +56,10 @@ pub struct ThreadsRun {
     pub startup_cpu_s: Option<f64>,
     pub report: TraceReport,
     pub limits: String,
-    /// Each interval's map read time (ms), as affin-trace printed it.
+    /// Each interval's map read time (ms), wall and CPU, as affin-trace
+    /// printed it.
     pub read_ms: Vec<f64>,
+    pub read_cpu_ms: Vec<f64>,
 }
 
 fn total_tasks() -> Option<u64> {
@@ -197,6 +199,7 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         _ => None,
     };
     let report = read_report(&out)?;
+    let reads = read_times(&t.stderr);
     let run = ThreadsRun {
         n,
         secs,
@@ -212,7 +215,12 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         startup_cpu_s: at_tracing.map(|(_, c)| c),
         report,
         limits,
-        read_ms: read_times(&t.stderr),
+        read_ms: reads.iter().map(|r| r.0).collect(),
+        read_cpu_ms: reads
+            .iter()
+            .map(|r| r.1)
+            .filter(|c| c.is_finite())
+            .collect(),
     };
     println!(
         "bench: {n} threads: {:.2}% of one CPU ({cpu_s:.3} s over {wall_s:.2} s), peak RSS \
