@@ -90,11 +90,17 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
     }
     let mut cmd = cargo();
     // --no-fail-fast: one failing test file must not hide the others' results.
-    cmd.args(["test", "--release", "--no-fail-fast", "-p", "affinity-tests"])
-        .args(filter)
-        // Kernel state (BPF programs, affinities) is shared: one test at a time.
-        .args(["--", "--test-threads=1"])
-        .env("AFFIN_TRACE_BIN", release_bin());
+    cmd.args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "affinity-tests",
+    ])
+    .args(filter)
+    // Kernel state (BPF programs, affinities) is shared: one test at a time.
+    .args(["--", "--test-threads=1"])
+    .env("AFFIN_TRACE_BIN", release_bin());
     let mut phase = run_phase("root tests", cmd)?;
     if phase.problem.is_none() && phase.passed + phase.failed == 0 {
         phase.problem = Some("no root tests ran".into());

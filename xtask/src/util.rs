@@ -16,7 +16,13 @@ pub fn workspace_root() -> &'static Path {
 pub fn release_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace_root().join(t) })
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace_root().join(t)
+            }
+        })
         .unwrap_or_else(|| workspace_root().join("target"));
     target.join("release/affin-trace")
 }

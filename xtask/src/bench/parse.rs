@@ -130,6 +130,38 @@ pub struct Prog {
     pub name: String,
     pub run_time_ns: Option<u64>,
     pub run_cnt: Option<u64>,
+    /// The maps the program uses.
+    pub map_ids: Vec<u64>,
+}
+
+/// One map as `bpftool map show --json` lists it.
+#[derive(Clone, Debug)]
+pub struct MapInfo {
+    pub id: u64,
+    pub name: String,
+    pub kind: String,
+    pub max_entries: u64,
+    /// Kernel memory charged for it.
+    pub bytes: u64,
+}
+
+pub fn parse_maps(text: &str) -> Result<Vec<MapInfo>> {
+    let j = Json::parse(text)?;
+    let arr = j.arr().context("bpftool: expected a JSON array")?;
+    Ok(arr
+        .iter()
+        .filter_map(|m| {
+            let n = |k: &str| m.get(k).and_then(Json::num).map(|v| v as u64);
+            let s = |k: &str| m.get(k).and_then(Json::str).unwrap_or("?").to_string();
+            Some(MapInfo {
+                id: n("id")?,
+                name: s("name"),
+                kind: s("type"),
+                max_entries: n("max_entries").unwrap_or(0),
+                bytes: n("bytes_memlock").unwrap_or(0),
+            })
+        })
+        .collect())
 }
 
 pub fn parse_progs(text: &str) -> Result<Vec<Prog>> {
@@ -143,6 +175,13 @@ pub fn parse_progs(text: &str) -> Result<Vec<Prog>> {
                 name: p.get("name").and_then(Json::str).unwrap_or("").to_string(),
                 run_time_ns: p.get("run_time_ns").and_then(Json::num).map(|v| v as u64),
                 run_cnt: p.get("run_cnt").and_then(Json::num).map(|v| v as u64),
+                map_ids: p
+                    .get("map_ids")
+                    .and_then(Json::arr)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(|v| v.num().map(|n| n as u64))
+                    .collect(),
             })
         })
         .collect())
@@ -159,7 +198,7 @@ mod tests {
     #[test]
     fn bpftool_programs() {
         let p = parse_progs(
-            r#"[{"id":7,"type":"tracing","name":"btf_sched_switch","run_time_ns":900,"run_cnt":10},
+            r#"[{"id":7,"type":"tracing","name":"btf_sched_switch","run_time_ns":900,"run_cnt":10,"map_ids":[3,4]},
                 {"id":8,"name":"other"}]"#,
         )
         .unwrap();
@@ -167,6 +206,15 @@ mod tests {
         assert_eq!(p[0].run_time_ns, Some(900));
         assert!(is_ours(&p[0].name) && !is_ours(&p[1].name));
         assert_eq!(p[1].run_cnt, None);
+        assert_eq!(p[0].map_ids, vec![3, 4]);
+        let m = parse_maps(
+            r#"[{"id":3,"type":"array","name":"SLOTS","max_entries":16384,"bytes_memlock":135168}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (m[0].id, m[0].bytes, m[0].name.as_str()),
+            (3, 135168, "SLOTS")
+        );
     }
 
     #[test]

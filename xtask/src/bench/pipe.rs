@@ -2,7 +2,7 @@
 //! interleaved over rounds, and once more each of (b)-(d) with
 //! `kernel.bpf_stats_enabled` for the per-program run time.
 
-use super::parse::{Prog, TraceReport, parse_usecs_per_op, read_report};
+use super::parse::{MapInfo, Prog, TraceReport, parse_usecs_per_op, read_report};
 use super::process::{Proc, Sysctl};
 use super::programs::{StatsPoller, foreign_programs, programs_of, wait_no_foreign};
 use super::results::{Results, check};
@@ -100,6 +100,8 @@ struct Sample {
     maxrss_kib: Option<u64>,
     /// affin-trace programs of another process seen right after the run.
     foreign: Vec<String>,
+    /// The maps the tracer's programs use ((c) with `stats`).
+    maps: Vec<MapInfo>,
 }
 
 /// Runs one configuration once; with `stats`, also reads bpf_stats.
@@ -112,6 +114,7 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
         progs: Vec::new(),
         maxrss_kib: None,
         foreign: Vec::new(),
+        maps: Vec::new(),
     };
     match cfg {
         Cfg::A => {
@@ -163,6 +166,14 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
             sample.foreign = foreign_programs(&ctx.bpftool, Some(t.pid()))?;
             if stats {
                 sample.progs = programs_of(&ctx.bpftool, t.pid())?;
+                let ids: Vec<u64> = sample
+                    .progs
+                    .iter()
+                    .flat_map(|p| p.map_ids.clone())
+                    .collect();
+                sample.maps = ctx.bpftool.maps()?;
+                sample.maps.retain(|m| ids.contains(&m.id));
+                sample.maps.sort_by_key(|m| std::cmp::Reverse(m.bytes));
             }
             let (status, ru) = t.stop_rusage()?;
             t.ok(status)?;
@@ -291,6 +302,8 @@ pub struct Stats {
     pub progs: Vec<(Cfg, Prog)>,
     /// (d)'s report in that run.
     pub d_report: Option<TraceReport>,
+    /// The maps of (c)'s tracer, largest first.
+    pub maps: Vec<MapInfo>,
 }
 
 /// Phase 3: one run each of (b), (c) and (d) with bpf_stats on; the caller
@@ -300,6 +313,7 @@ pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Stats> {
     let mut all = Stats {
         progs: Vec::new(),
         d_report: None,
+        maps: Vec::new(),
     };
     for cfg in [Cfg::B, Cfg::C, Cfg::D] {
         let s = run_cfg(ctx, cfg, true).with_context(|| format!("{} with bpf_stats", cfg.tag()))?;
@@ -309,8 +323,10 @@ pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Stats> {
                 cfg.tag()
             );
         }
-        if cfg == Cfg::D {
-            all.d_report = s.report;
+        match cfg {
+            Cfg::C => all.maps = s.maps,
+            Cfg::D => all.d_report = s.report,
+            _ => {}
         }
         all.progs.extend(s.progs.into_iter().map(|p| (cfg, p)));
     }

@@ -2,7 +2,7 @@
 //! another affin-trace running (e.g. the root tests) would distort the
 //! figures, and none may stay loaded after the bench.
 
-use super::parse::{Prog, is_ours, parse_progs};
+use super::parse::{MapInfo, Prog, is_ours, parse_maps, parse_progs};
 use super::sys::check_interrupted;
 use anyhow::{Context as _, Result, bail};
 use std::path::PathBuf;
@@ -30,6 +30,21 @@ impl Bpftool {
             bail!("bpftool prog show failed ({})", out.status);
         }
         parse_progs(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Every map, with the kernel memory charged for it.
+    pub fn maps(&self) -> Result<Vec<MapInfo>> {
+        let out = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .args(["map", "show", "--json"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("could not run bpftool")?;
+        if !out.status.success() {
+            bail!("bpftool map show failed ({})", out.status);
+        }
+        parse_maps(&String::from_utf8_lossy(&out.stdout))
     }
 
     pub fn ours(&self) -> Result<Vec<Prog>> {

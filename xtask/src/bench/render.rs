@@ -406,7 +406,49 @@ fn stats_section(w: &mut String, r: &Results) {
             opt(clock_ns.zip(reads).map(|(c, n)| c * n), 1),
             opt(switch_ns, 1)
         );
+        maps_table(w, r);
     }
+}
+
+/// Kernel memory of (c)'s maps, from bpftool.
+fn maps_table(w: &mut String, r: &Results) {
+    let Some(Ok(st)) = &r.stats else { return };
+    if st.maps.is_empty() {
+        return;
+    }
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    md!(
+        w,
+        "\nKernel memory of the maps of (c)'s tracer (the default `--max-threads` 16384; \
+         pid_max {pid_max}; possible CPUs {cpus}), from `bpftool map show` (bytes_memlock), \
+         largest first. How each scales is in affinity-ebpf/src/main.rs (\"Map sizes\"): \
+         SLOTS and TARGETS with pid_max, STATS, FREE_SLOTS and THREAD_CPU with \
+         `--max-threads` (THREAD_CPU also with the CPUs, capped at 16 per thread), CURRENT \
+         and CPU_TOPO with the CPUs.\n"
+    );
+    md!(w, "| map | type | max_entries | bytes |");
+    md!(w, "|---|---|---|---|");
+    for m in &st.maps {
+        md!(
+            w,
+            "| {} | {} | {} | {} |",
+            m.name,
+            m.kind,
+            m.max_entries,
+            m.bytes
+        );
+    }
+    let total: u64 = st.maps.iter().map(|m| m.bytes).sum();
+    md!(
+        w,
+        "| all | | | {total} ({:.1} MiB) |",
+        total as f64 / 1048576.0
+    );
 }
 
 /// What one `bpf_ktime_get_ns()` costs: the clock floor over the empty one.
