@@ -576,8 +576,9 @@ fn threads_section(w: &mut String, r: &Results) {
         );
         md!(
             w,
-            "| CPU while tracing (after `tracing at`, /proc/<pid>/stat) | {}% | info |",
-            opt(t.steady_pct, 2)
+            "| CPU while tracing (after `tracing at`, /proc/<pid>/stat) | {}% | <= {T_CPU_PCT}%: {} |",
+            opt(t.steady_pct, 2),
+            met(t.steady_pct.is_some_and(|p| p <= T_CPU_PCT))
         );
         md!(
             w,
@@ -774,13 +775,14 @@ fn targets(w: &mut String, r: &Results) {
         let pct = t.cpu_s / t.wall_s * 100.0;
         md!(
             w,
-            "| CPU <= {T_CPU_PCT}% tracing {} threads | {pct:.2}% | {} | start-up: {} s of \
-             the {:.3} s; while tracing: {}% |",
+            "| CPU <= {T_CPU_PCT}% tracing {} threads | {pct:.2}% whole run ({:.0} s), {}% \
+             while tracing | {} | start-up: {} s of the {:.3} s |",
             t.n,
-            met(pct <= T_CPU_PCT),
+            t.wall_s,
+            opt(t.steady_pct, 2),
+            met(pct <= T_CPU_PCT && t.steady_pct.is_some_and(|p| p <= T_CPU_PCT)),
             opt(t.startup_cpu_s, 2),
             t.cpu_s,
-            opt(t.steady_pct, 2)
         );
         md!(
             w,

@@ -18,7 +18,9 @@ const THREADS_MAX: &str = "/proc/sys/kernel/threads-max";
 const READ_TIMES_ENV: &str = "AFFIN_TRACE_READ_TIMES";
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 pub const SMALL_THREADS: usize = 1_000;
-const SMALL_SECS: f64 = 10.0;
+/// affin-trace's default window for `--pid` (session::DEFAULT_DURATION_S):
+/// the one-time start-up cost is spread as in a default run.
+const SMALL_SECS: f64 = 30.0;
 pub const LARGE_THREADS: usize = 10_000;
 const LARGE_SECS: f64 = 5.0;
 /// Sleep per loop of each helper thread: 10 ms for 1,000 threads (100k
