@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{MigrationsByClass, ThreadTrace, Trace};
+use crate::model::{MigrationsByClass, ThreadTrace, Trace, saturating_sum};
 
 /// Where `cache_miss_ratio` comes from: no hardware cache counters are read;
 /// the ratio is the share of migrations that left the last-level cache
@@ -113,11 +113,11 @@ pub struct CpuStats {
 
 /// Wall-weighted statistics of CPU % samples (all zero without samples).
 pub fn cpu_stats(samples: &[Sample]) -> CpuStats {
-    let wall: u64 = samples.iter().map(|s| s.wall_ns).sum();
+    let wall = saturating_sum(samples.iter().map(|s| &s.wall_ns));
     if wall == 0 {
         return CpuStats::default();
     }
-    let cpu: u64 = samples.iter().map(|s| s.cpu_ns).sum();
+    let cpu = saturating_sum(samples.iter().map(|s| &s.cpu_ns));
     // cpu*100/wall keeps exact integers exact (800 ms of 1 s is 80.0, not
     // 80.00000000000001), which matters at the thresholds.
     let mean = cpu as f64 * 100.0 / wall as f64;
@@ -204,7 +204,7 @@ fn common(trace: &Trace, samples: &[Sample], c: Counts, mem_total_bytes: u64) ->
     let stats = cpu_stats(samples);
     let secs = window_ns as f64 / 1e9;
     let total = c.migrations.total();
-    let switches = c.voluntary + c.involuntary;
+    let switches = c.voluntary.saturating_add(c.involuntary);
     Features {
         avg_cpu_usage: stats.mean,
         max_cpu_usage: stats.max,
@@ -235,7 +235,7 @@ pub fn window_ns(trace: &Trace) -> u64 {
     if trace.duration_ns > 0 {
         trace.duration_ns
     } else {
-        trace.intervals.iter().map(|i| i.wall_ns).sum()
+        saturating_sum(trace.intervals.iter().map(|i| &i.wall_ns))
     }
 }
 
@@ -245,7 +245,7 @@ pub fn window_ns(trace: &Trace) -> u64 {
 /// the whole window.
 pub fn process_samples(trace: &Trace) -> Vec<Sample> {
     if trace.intervals.is_empty() {
-        let cpu = trace.selected_threads().map(|t| t.cpu_time_ns).sum();
+        let cpu = saturating_sum(trace.selected_threads().map(|t| &t.cpu_time_ns));
         return whole_window(trace, cpu);
     }
     if trace.tids.is_empty() {
@@ -304,7 +304,7 @@ fn whole_window(trace: &Trace, cpu_ns: u64) -> Vec<Sample> {
 
 /// Wall-weighted mean of RSS as % of MemTotal.
 fn avg_memory_pct(trace: &Trace, mem_total_bytes: u64) -> f64 {
-    let wall: u64 = trace.intervals.iter().map(|i| i.wall_ns).sum();
+    let wall = saturating_sum(trace.intervals.iter().map(|i| &i.wall_ns));
     if mem_total_bytes == 0 || wall == 0 {
         return 0.0;
     }
@@ -403,6 +403,52 @@ mod tests {
         assert_eq!(f.cpu_variance, 50.0);
         assert_eq!(f.samples, 4);
         assert_eq!(f.effective_parallelism, 1.0);
+    }
+
+    /// Found by `cargo xtask fuzz` (trace_features): counters near
+    /// u64::MAX in a recorded trace overflowed the switch sum, the process
+    /// totals and the run-queue quantile (a panic in debug builds, wrapped
+    /// figures in release). Now they saturate and every feature is finite.
+    #[test]
+    fn counters_near_u64_max_saturate() {
+        let mut a = mk_thread(1, &[50.0], &[0]);
+        let mut b = mk_thread(2, &[50.0], &[1]);
+        for t in [&mut a, &mut b] {
+            t.cpu_time_ns = u64::MAX - 1;
+            t.voluntary_switches = u64::MAX;
+            t.involuntary_switches = u64::MAX;
+            t.migrations = MigrationsByClass::from_array([u64::MAX; 4]);
+            t.per_cpu_ns.insert(0, u64::MAX);
+            t.runq = RunqLatency {
+                // More buckets than a u64 has bits: 2^70 ns is past u64.
+                hist: [vec![0; 70], vec![u64::MAX]].concat(),
+                count: u64::MAX,
+                total_ns: u64::MAX,
+                max_ns: u64::MAX,
+            };
+        }
+        let mut t = mk_trace(vec![a, b]);
+        // Two intervals whose wall and CPU times sum past u64::MAX, and no
+        // duration, so the window is their sum.
+        t.duration_ns = 0;
+        t.intervals = vec![
+            Interval {
+                wall_ns: u64::MAX - 1,
+                cpu_ns: u64::MAX - 1,
+                ..Default::default()
+            };
+            2
+        ];
+        assert_eq!(window_ns(&t), u64::MAX);
+        let totals = t.totals();
+        assert_eq!(totals.voluntary_switches, u64::MAX);
+        assert_eq!(totals.migrations.total(), u64::MAX);
+        assert_eq!(totals.per_cpu_ns[&0], u64::MAX);
+        let f = process(&t, 0);
+        assert_eq!(f.total_migrations, u64::MAX);
+        assert_eq!(f.voluntary_ratio, Some(1.0));
+        assert_eq!(f.runq_p99_ns, Some(u64::MAX));
+        assert!(f.migration_rate.is_finite() && f.effective_parallelism.is_finite());
     }
 
     #[test]

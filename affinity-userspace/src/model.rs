@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 /// Number of log2 run-queue latency buckets (same as the kernel side).
 pub const RUNQ_BUCKETS: usize = affinity_common::RUNQ_BUCKETS;
 
+/// Sum of counters that saturates at u64::MAX instead of overflowing: the
+/// kernel's counters never get there, but a recorded trace read back may
+/// hold anything (found by `cargo xtask fuzz`).
+pub fn saturating_sum<'a>(values: impl IntoIterator<Item = &'a u64>) -> u64 {
+    values.into_iter().fold(0, |a, &b| a.saturating_add(b))
+}
+
 /// Migrations split by how far the thread moved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationsByClass {
@@ -36,20 +43,22 @@ impl MigrationsByClass {
 
     /// All migrations.
     pub fn total(&self) -> u64 {
-        self.smt + self.llc + self.cross_llc + self.cross_numa
+        self.smt
+            .saturating_add(self.llc)
+            .saturating_add(self.leaving_llc())
     }
 
     /// Migrations that left the last-level cache group.
     pub fn leaving_llc(&self) -> u64 {
-        self.cross_llc + self.cross_numa
+        self.cross_llc.saturating_add(self.cross_numa)
     }
 
     /// Element-wise sum.
     pub fn add(&mut self, o: &Self) {
-        self.smt += o.smt;
-        self.llc += o.llc;
-        self.cross_llc += o.cross_llc;
-        self.cross_numa += o.cross_numa;
+        self.smt = self.smt.saturating_add(o.smt);
+        self.llc = self.llc.saturating_add(o.llc);
+        self.cross_llc = self.cross_llc.saturating_add(o.cross_llc);
+        self.cross_numa = self.cross_numa.saturating_add(o.cross_numa);
     }
 }
 
@@ -73,17 +82,17 @@ impl RunqLatency {
             self.hist.resize(o.hist.len(), 0);
         }
         for (a, b) in self.hist.iter_mut().zip(&o.hist) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
-        self.count += o.count;
-        self.total_ns += o.total_ns;
+        self.count = self.count.saturating_add(o.count);
+        self.total_ns = self.total_ns.saturating_add(o.total_ns);
         self.max_ns = self.max_ns.max(o.max_ns);
     }
 
     /// The `q` quantile (0..=1) in ns, interpolated linearly inside its log2
     /// bucket and clamped to the exact maximum; `None` with no samples.
     pub fn quantile(&self, q: f64) -> Option<u64> {
-        let n: u64 = self.hist.iter().sum();
+        let n = saturating_sum(&self.hist);
         if n == 0 {
             return None;
         }
@@ -93,14 +102,17 @@ impl RunqLatency {
             if c == 0 {
                 continue;
             }
-            if seen + c >= rank {
-                let lo = if i == 0 { 0 } else { 1u64 << i };
-                let hi = 1u64 << (i + 1);
+            if seen.saturating_add(c) >= rank {
+                // Bucket i holds [2^i, 2^(i+1)) (bucket 0 also 0); in f64,
+                // as a recorded histogram may have more than 64 buckets.
+                let lo = if i == 0 { 0.0 } else { 2f64.powi(i as i32) };
+                let hi = 2f64.powi(i as i32 + 1);
                 let frac = (rank - seen) as f64 / c as f64;
-                let v = lo as f64 + frac * (hi - lo) as f64;
-                return Some((v as u64).min(self.max_ns.max(lo)));
+                // `as u64` saturates.
+                let v = (lo + frac * (hi - lo)) as u64;
+                return Some(v.min(self.max_ns.max(lo as u64)));
             }
-            seen += c;
+            seen = seen.saturating_add(c);
         }
         Some(self.max_ns)
     }
@@ -212,14 +224,17 @@ impl Trace {
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
         for th in self.selected_threads() {
-            t.cpu_time_ns += th.cpu_time_ns;
-            t.voluntary_switches += th.voluntary_switches;
-            t.involuntary_switches += th.involuntary_switches;
+            t.cpu_time_ns = t.cpu_time_ns.saturating_add(th.cpu_time_ns);
+            t.voluntary_switches = t.voluntary_switches.saturating_add(th.voluntary_switches);
+            t.involuntary_switches = t
+                .involuntary_switches
+                .saturating_add(th.involuntary_switches);
             t.migrations.add(&th.migrations);
             t.runq.merge(&th.runq);
-            t.preempted_wait_ns += th.preempted_wait_ns;
+            t.preempted_wait_ns = t.preempted_wait_ns.saturating_add(th.preempted_wait_ns);
             for (cpu, ns) in &th.per_cpu_ns {
-                *t.per_cpu_ns.entry(*cpu).or_default() += ns;
+                let sum = t.per_cpu_ns.entry(*cpu).or_default();
+                *sum = sum.saturating_add(*ns);
             }
             t.threads += 1;
         }

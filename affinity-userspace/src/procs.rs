@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use procfs::{Current, CurrentSI, process::Process};
+use procfs::{CurrentSI, process::Process};
 
 /// A thread as /proc shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,9 +172,28 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// MemTotal in bytes.
+/// MemTotal in bytes (0 when unknown).
 pub fn mem_total_bytes() -> u64 {
-    procfs::Meminfo::current().map(|m| m.mem_total).unwrap_or(0)
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| parse_mem_total(&t))
+        .unwrap_or(0)
+}
+
+/// `MemTotal:  24684084 kB` from /proc/meminfo, in bytes. Our own few
+/// lines rather than `procfs::Meminfo`, which `cargo xtask fuzz` showed
+/// panicking on a field name ending in a multi-byte character (it slices
+/// `field[..len - 1]`) and on values whose unit multiplication overflows
+/// (procfs-core 0.17, meminfo.rs).
+pub fn parse_mem_total(text: &str) -> Option<u64> {
+    let rest = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    let mut it = rest.split_whitespace();
+    let value: u64 = it.next()?.parse().ok()?;
+    match it.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
+    }
 }
 
 /// Busy (non-idle, non-iowait) ns per CPU since boot, from /proc/stat.
@@ -224,6 +243,20 @@ pub fn comm_str(b: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The input of the proc_misc crash (`cargo xtask fuzz`), shortened: a
+    /// field name ending in a multi-byte character broke procfs's Meminfo.
+    #[test]
+    fn mem_total_survives_what_broke_procfs_meminfo() {
+        let text =
+            "MemTotal:       24684084 kB\nMemFree\u{e9}:  1 kB\nBig: 18446744073709551615 GB\n";
+        assert_eq!(parse_mem_total(text), Some(24684084 * 1024));
+        assert_eq!(parse_mem_total("MemTotal: 18446744073709551615 kB\n"), None);
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: 12 MB\n"), None);
+        let real = std::fs::read_to_string("/proc/meminfo").unwrap();
+        assert!(parse_mem_total(&real).is_some_and(|b| b > 1 << 20));
+    }
 
     #[test]
     fn comm_round_trips_and_truncates_to_15_bytes() {

@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::classify::Class;
 use crate::cpulist;
 use crate::features::Features;
-use crate::model::Trace;
+use crate::model::{Trace, saturating_sum};
 use crate::topology::Topology;
 
 /// Parallelism just above a whole number (2.004) is measurement slack
@@ -84,7 +84,9 @@ pub fn parse_numa_maps(text: &str) -> BTreeMap<u32, u64> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(4);
         for (node, pages) in line.split_whitespace().filter_map(node_count) {
-            *out.entry(node).or_insert(0) += pages.saturating_mul(page_kib * 1024);
+            let bytes = pages.saturating_mul(page_kib.saturating_mul(1024));
+            let sum = out.entry(node).or_insert(0u64);
+            *sum = sum.saturating_add(bytes);
         }
     }
     out
@@ -301,11 +303,11 @@ impl<'a> Ctx<'a> {
     }
 
     fn ran(&self, cpus: &[u32]) -> u64 {
-        cpus.iter().filter_map(|c| self.ran.get(c)).sum()
+        saturating_sum(cpus.iter().filter_map(|c| self.ran.get(c)))
     }
 
     fn busy(&self, cpus: &[u32]) -> u64 {
-        cpus.iter().filter_map(|c| self.busy.get(c)).sum()
+        saturating_sum(cpus.iter().filter_map(|c| self.busy.get(c)))
     }
 
     fn node_of(&self, cpu: u32) -> u32 {
@@ -337,9 +339,9 @@ impl<'a> Ctx<'a> {
     /// Why the first node of [`Ctx::node_order`] came first.
     fn node_reason(&self, node: u32) -> String {
         let mem = self.memory.and_then(|m| m.get(&node)).copied().unwrap_or(0);
-        let total_mem: u64 = self.memory.map_or(0, |m| m.values().sum());
+        let total_mem = self.memory.map_or(0, |m| saturating_sum(m.values()));
         let cpus = self.topo.node(node).map_or(Vec::new(), |n| n.cpus.clone());
-        let total_ran: u64 = self.ran.values().sum();
+        let total_ran = saturating_sum(self.ran.values());
         if mem > 0 {
             format!(
                 "node {node} holds {:.0}% of its memory ({} MiB, numa_maps)",
@@ -505,7 +507,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn llc_reason(&self, u: &LlcUnit) -> String {
-        let total: u64 = self.ran.values().sum();
+        let total = saturating_sum(self.ran.values());
         let ran = self.ran(&u.cpus);
         if ran > 0 {
             format!(
@@ -716,6 +718,20 @@ mod tests {
         assert_eq!(m[&0], 3 * 4096);
         assert_eq!(m[&1], 3 * 4096 + 2048 * 1024);
         assert!(!m.contains_key(&2));
+    }
+
+    /// Found by `cargo xtask fuzz` (numa_maps): counts the kernel would
+    /// never print overflowed the per-node sum and the page size product
+    /// (a panic in debug builds, a wrong wrapped figure in release).
+    #[test]
+    fn numa_maps_with_absurd_counts_saturates() {
+        let m = parse_numa_maps(
+            "55d0 default N0=9223372036854775807 kernelpagesize_kB=4\n\
+             55d1 default N0=9223372036854775807 kernelpagesize_kB=4\n\
+             55d2 default N1=1 kernelpagesize_kB=18446744073709551615\n",
+        );
+        assert_eq!(m[&0], u64::MAX);
+        assert_eq!(m[&1], u64::MAX);
     }
 
     #[test]
