@@ -424,6 +424,9 @@ pub fn run_observed(
     trace.nr_cpus = topology.cpus.len() as u32;
     trace.mem_total_bytes = mem_total;
     drop(probe); // detach before reporting
+    if let Some(line) = args.verbose.then(|| read_summary(&trace.intervals)).flatten() {
+        eprintln!("affin-trace: {line}");
+    }
     Ok(Outcome {
         trace,
         exit_status,
@@ -433,6 +436,26 @@ pub fn run_observed(
         cgroup_window,
         start_times,
     })
+}
+
+/// `--verbose`'s account of the per-interval reads (maps and /proc): wall
+/// and CPU time, median and max.
+fn read_summary(intervals: &[crate::model::Interval]) -> Option<String> {
+    let ms = |f: fn(&crate::model::Interval) -> u64| {
+        let mut v: Vec<u64> = intervals.iter().map(f).collect();
+        v.sort_unstable();
+        let median = v.get(v.len() / 2)?;
+        Some((*median as f64 / 1e6, *v.last()? as f64 / 1e6))
+    };
+    let (wall, cpu) = (ms(|i| i.read_ns)?, ms(|i| i.read_cpu_ns)?);
+    Some(format!(
+        "{} interval reads: wall median {:.2} ms, max {:.2} ms; CPU median {:.2} ms, max {:.2} ms",
+        intervals.len(),
+        wall.0,
+        wall.1,
+        cpu.0,
+        cpu.1
+    ))
 }
 
 /// The target's cpuset bound and NUMA memory, read while it may still live.
@@ -466,4 +489,24 @@ fn progress_bar(duration: Option<f64>, allowed: bool) -> Option<indicatif::Progr
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Interval;
+
+    #[test]
+    fn read_summary_gives_median_and_max_of_wall_and_cpu() {
+        let iv = |wall_ms: u64, cpu_ms: u64| Interval {
+            read_ns: wall_ms * 1_000_000,
+            read_cpu_ns: cpu_ms * 1_000_000,
+            ..Default::default()
+        };
+        assert_eq!(read_summary(&[]), None);
+        assert_eq!(
+            read_summary(&[iv(3, 1), iv(1, 1), iv(17, 13)]).unwrap(),
+            "3 interval reads: wall median 3.00 ms, max 17.00 ms; CPU median 1.00 ms, max 13.00 ms"
+        );
+    }
 }

@@ -838,7 +838,7 @@ fn gaps(w: &mut String, _r: &Results) {
         w,
         "- Per-interval map read time comes from the lines affin-trace prints on stderr when \
          `AFFIN_TRACE_READ_TIMES` is set (the collector times each read: maps and /proc); \
-         neither `--verbose` nor the JSON report carries it yet."
+         `--verbose` prints only their median and max at the end, the JSON report none."
     );
     md!(
         w,
