@@ -261,7 +261,7 @@ pub fn process_samples(trace: &Trace) -> Vec<Sample> {
     let mut samples = interval_walls(trace, 0);
     for t in trace.selected_threads() {
         for (s, ns) in samples.iter_mut().zip(&t.cpu_ns_per_interval) {
-            s.cpu_ns += ns;
+            s.cpu_ns = s.cpu_ns.saturating_add(*ns);
         }
     }
     samples
@@ -440,6 +440,12 @@ mod tests {
             2
         ];
         assert_eq!(window_ns(&t), u64::MAX);
+        // With threads selected (--tid), samples are the threads' sums.
+        t.threads[0].cpu_ns_per_interval = vec![u64::MAX; 2];
+        t.threads[1].cpu_ns_per_interval = vec![u64::MAX; 2];
+        t.tids = vec![1, 2];
+        assert!(process_samples(&t).iter().all(|s| s.cpu_ns == u64::MAX));
+        t.tids.clear();
         let totals = t.totals();
         assert_eq!(totals.voluntary_switches, u64::MAX);
         assert_eq!(totals.migrations.total(), u64::MAX);
