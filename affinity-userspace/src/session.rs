@@ -424,7 +424,11 @@ pub fn run_observed(
     trace.nr_cpus = topology.cpus.len() as u32;
     trace.mem_total_bytes = mem_total;
     drop(probe); // detach before reporting
-    if let Some(line) = args.verbose.then(|| read_summary(&trace.intervals)).flatten() {
+    if let Some(line) = args
+        .verbose
+        .then(|| read_summary(&trace.intervals))
+        .flatten()
+    {
         eprintln!("affin-trace: {line}");
     }
     Ok(Outcome {
