@@ -15,6 +15,7 @@
 mod bench;
 mod binary;
 mod docs;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -56,6 +57,8 @@ enum Cmd {
     Docs,
     /// Measure overhead, start-up and scale as root; writes BENCHMARKS.md.
     Bench(bench::Args),
+    /// Run every cargo-fuzz target in fuzz/ for a bounded time (default 30 s each).
+    Fuzz(fuzz::Args),
     /// The benchmark's workload: N threads sleeping PERIOD_MS in a loop for SECS.
     #[command(hide = true)]
     BenchThreads {
@@ -79,6 +82,7 @@ fn main() {
         Cmd::Install => binary::install(),
         Cmd::Docs => docs::run(),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::BenchThreads {
             threads,
             secs,
