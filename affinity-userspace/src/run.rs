@@ -179,8 +179,13 @@ fn apply_and_verify(
     if !args.verify {
         return Ok(());
     }
-    // The same window again, now with the new CPUs.
-    let after = session::run(args).map_err(|e| ActionError::Verify(e.to_string()))?;
+    // The same window again, now with the new CPUs (no second timeline:
+    // the file shows the window that was analysed).
+    let again = TraceArgs {
+        timeline: None,
+        ..args.clone()
+    };
+    let after = session::run(&again).map_err(|e| ActionError::Verify(e.to_string()))?;
     let after_analysis = analyze(&after, thresholds);
     let class = analysis.classification.process.class;
     let v = verify::judge(
