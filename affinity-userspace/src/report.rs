@@ -451,7 +451,7 @@ impl Report {
         if self.dropped_events > 0 {
             let _ = writeln!(
                 s,
-                "warning: {} events were not recorded (kernel map full or unreadable task): raise --max-threads",
+                "warning: {} events were not recorded (a kernel map full: threads, per-CPU time or CPU pairs; or an unreadable task): raise --max-threads",
                 self.dropped_events
             );
         }

@@ -197,3 +197,46 @@ fn timeline_with_a_too_small_ring_buffer_reports_lost_events() {
         tl["events"]
     );
 }
+
+/// 4 spinners in half a CPU: the intervals marked throttled in the file
+/// add up to the report's throttled periods over the window.
+#[test]
+fn timeline_marks_throttled_intervals_adding_up_to_the_reports_count() {
+    require_root();
+    let name = format!("affin-timeline-{}", std::process::id());
+    let cg = affinity::cgroup::TestCgroup::create_v1_cpu(&name, 50_000, 100_000)
+        .expect("create test cgroup");
+    let file = scratch("timeline-throttled.json");
+    let mut w = Gated::start(&["spinners", "4", "1500"]);
+    cg.add(w.pid()).expect("add to cgroup");
+    let pid = w.pid().to_string();
+    let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
+        "--duration",
+        "60",
+        "--interval",
+        "0.5",
+        "--timeline",
+        file.to_str().unwrap(),
+    ]);
+    w.go();
+    w.finish();
+    let (code, json) = tracer.finish();
+    assert_eq!(code, 0, "{json}");
+    let trace = read_trace(&file);
+    let _ = std::fs::remove_file(&file);
+    let reported = u(&json["throttling"]["nr_throttled"]);
+    assert!(reported > 0, "{:#}", json["throttling"]);
+    let marks = events(&trace, "X", "throttling");
+    assert!(!marks.is_empty(), "no throttled interval marked");
+    let marked: u64 = marks.iter().map(|m| u(&m["args"]["nr_throttled"])).sum();
+    assert_eq!(marked, reported, "marked intervals vs the report's count");
+    assert!(
+        trace["otherData"]["cpu_quota"]
+            .as_str()
+            .is_some_and(|q| q.starts_with("0.50 CPUs")),
+        "{}",
+        trace["otherData"]
+    );
+}
