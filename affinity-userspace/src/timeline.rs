@@ -268,11 +268,12 @@ pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
                     };
                     let start = match (open.get(&e.cpu), cpu_ns) {
                         (Some(&(tid, s)), _) if tid == e.a => Some((s, false)),
-                        // Running since before the trace began.
-                        (None, _) if first => Some((0, false)),
                         // Resumed with no switch-in event: it ran for
                         // cpu_ns up to now, after the CPU's last event.
                         (None, Some(ns)) => Some((t.saturating_sub(ns).max(prev_at), true)),
+                        // No earlier sight of it: running since before
+                        // the trace began.
+                        (None, None) if first => Some((0, false)),
                         _ => None,
                     };
                     match start {
