@@ -191,7 +191,7 @@ pub struct TraceArgs {
     pub timeline: Option<PathBuf>,
     /// With --timeline: size of the kernel ring buffer the events wait in
     /// between reads (every 20 ms), a power of two from 4K to 1G, with an
-    /// optional K, M or G suffix (x1024). An event takes 40 bytes in it.
+    /// optional K, M or G suffix (x1024). An event takes 48 bytes in it.
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_buffer_size,
           requires = "timeline")]
     pub timeline_buffer: u32,

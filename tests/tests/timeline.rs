@@ -147,7 +147,7 @@ fn timeline_of_hop_has_one_arrow_per_migration_and_slices_matching_on_cpu_time()
     );
 }
 
-/// A 4 KiB ring (about 100 events) under a yield storm (a switch every few
+/// A 4 KiB ring (85 events) under a yield storm (a switch every few
 /// microseconds): events are lost, and the report and the file say how
 /// many instead of dropping them silently.
 #[test]
