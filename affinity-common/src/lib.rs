@@ -39,8 +39,11 @@ pub const DROP_THREADS_FULL: u32 = 0;
 pub const DROP_THREAD_CPU_FULL: u32 = 1;
 /// A `bpf_probe_read_kernel` of a task field failed.
 pub const DROP_READ_FAILED: u32 = 2;
+/// The (source, destination) CPU pair map was full: a migration is in the
+/// per-thread counters but not in the pair matrix.
+pub const DROP_PAIRS_FULL: u32 = 3;
 /// Number of drop counters.
-pub const DROP_KINDS: u32 = 3;
+pub const DROP_KINDS: u32 = 4;
 
 /// Per-thread counters, the value of the `STATS` array (index: the thread's
 /// slot, from `SLOTS`; slot 0 is never used).
@@ -190,12 +193,83 @@ pub struct TaskOffsets {
 
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
 
+/// Key of the `MIGRATION_PAIRS` hash map: migrations of the targets'
+/// threads from one CPU to another (value: count). A hash keyed by the pair
+/// rather than an `N x N` array, so memory follows the pairs really used,
+/// whatever the number of CPUs (1024+).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CpuPair {
+    /// Source CPU (`task_cpu()` before the move).
+    pub from: u32,
+    /// Destination CPU.
+    pub to: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<CpuPair>() == 8);
+
+/// [`TimelineEvent::kind`]: a context switch on `cpu` with a target thread
+/// on either side.
+pub const EV_SWITCH: u32 = 1;
+/// [`TimelineEvent::kind`]: a target thread moved from `cpu` to `b`.
+pub const EV_MIGRATE: u32 = 2;
+/// [`TimelineEvent::kind`]: a target thread woken (or created, with
+/// [`EVF_NEW`]) to run on `cpu`.
+pub const EV_WAKEUP: u32 = 3;
+
+/// [`TimelineEvent::flags`] of a switch: `a` left the CPU runnable
+/// (preempted; the kernel's involuntary switch).
+pub const EVF_PREEMPTED: u32 = 1;
+/// [`TimelineEvent::flags`] of a switch: `a` left the CPU for good (exit).
+pub const EVF_DEAD: u32 = 2;
+/// [`TimelineEvent::flags`] of a wakeup: a new thread's first wakeup.
+pub const EVF_NEW: u32 = 4;
+
+/// One record of the `TIMELINE` ring buffer (`--timeline`): what happened,
+/// where and when, for the targets' threads only.
+///
+/// | kind | `cpu` | `a` | `b` |
+/// |---|---|---|---|
+/// | [`EV_SWITCH`] | the CPU | tid switched out (0: not a target) | tid switched in (0: not a target) |
+/// | [`EV_MIGRATE`] | source CPU | tid | destination CPU |
+/// | [`EV_WAKEUP`] | CPU it will run on | tid | 0 |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimelineEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// `EV_*`.
+    pub kind: u32,
+    /// See the table.
+    pub cpu: u32,
+    /// See the table.
+    pub a: u32,
+    /// See the table.
+    pub b: u32,
+    /// `EVF_*` bits.
+    pub flags: u32,
+    /// Padding (explicit, so that both sides agree on it).
+    pub _pad: u32,
+    /// [`EV_SWITCH`]: `se.sum_exec_runtime` (on-CPU time, without steal
+    /// and interrupts) of `a` as it leaves the CPU, or without `a`, of `b`
+    /// as it arrives. The difference from the thread's previous value is
+    /// the slice's CPU time, and dates the slice's start when its switch-in
+    /// was not seen: the kernel now and then resumes a preempted task with
+    /// no `sched_switch` naming it as `next` (seen on 6.18 with bpftrace
+    /// too). 0 for other kinds.
+    pub sum_exec_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TimelineEvent>() == 40);
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are #[repr(C)], contain only integers, and have no
+    // SAFETY: all of them are #[repr(C)], contain only integers, and have no
     // implicit padding (checked by the size assertions above).
     unsafe impl aya::Pod for super::ThreadStats {}
     unsafe impl aya::Pod for super::ThreadCpuKey {}
     unsafe impl aya::Pod for super::CpuTopo {}
     unsafe impl aya::Pod for super::TaskOffsets {}
+    unsafe impl aya::Pod for super::CpuPair {}
+    unsafe impl aya::Pod for super::TimelineEvent {}
 }

@@ -5,7 +5,8 @@
 //! - `sched_switch(preempt, prev, next, prev_state)`: on-CPU time per CPU,
 //!   voluntary / involuntary switches, run-queue waits, which thread runs
 //!   on which CPU.
-//! - `sched_migrate_task(p, dest_cpu)`: migrations by distance class.
+//! - `sched_migrate_task(p, dest_cpu)`: migrations by distance class, and
+//!   by (source, destination) CPU pair.
 //! - `sched_wakeup(p)`, `sched_wakeup_new(p)`: start of run-queue waits.
 //! - `sched_process_exit(p)`: the entry becomes final.
 //!
@@ -64,10 +65,27 @@
 //! - `CPU_TOPO`: 16 bytes per possible CPU (16 KiB at 1024 CPUs); `CURRENT`:
 //!   8 (8 KiB).
 //!
+//! - `MIGRATION_PAIRS`: min(possible CPUs squared, 16384) entries of 16
+//!   bytes plus the per-element overhead (preallocated); a full map is
+//!   counted in `DROPS`.
+//! - `TIMELINE`: `--timeline-buffer` MiB with `--timeline`, one page
+//!   without it.
+//!
 //! None of them grows with the number of CPUs beyond `CPU_TOPO` and the
 //! 16-CPU cap of `THREAD_CPU` (a thread that ran on more CPUs than that
 //! shares the map with threads that ran on fewer; a full map is counted in
 //! `DROPS`).
+//!
+//! # The timeline (`--timeline`)
+//!
+//! With `TIMELINE_ON` set, the handlers also write one [`TimelineEvent`]
+//! per switch, migration and wakeup of a target thread into the `TIMELINE`
+//! ring buffer; an event that does not fit is counted in `TIMELINE_LOST`.
+//! `TIMELINE_ON` is a `.rodata` constant: with it 0 the verifier removes
+//! that code, so the programs without `--timeline` are the ones above.
+//! Events are submitted without waking the reader (userspace drains the
+//! ring on a timer): a wakeup per event would cost the target's CPUs an
+//! inter-processor interrupt and a switch to affin-trace each time.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -80,20 +98,21 @@
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use affinity_common::{
-    CPU_ACC_NS_MASK, CPU_ACC_SHIFT, CpuTopo, DROP_READ_FAILED, DROP_THREAD_CPU_FULL,
-    DROP_THREADS_FULL, FLAG_EXITING, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT,
+    CPU_ACC_NS_MASK, CPU_ACC_SHIFT, CpuPair, CpuTopo, DROP_PAIRS_FULL, DROP_READ_FAILED,
+    DROP_THREAD_CPU_FULL, DROP_THREADS_FULL, EV_MIGRATE, EV_SWITCH, EV_WAKEUP, EVF_DEAD, EVF_NEW,
+    EVF_PREEMPTED, FLAG_EXITING, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT,
     RUN_DELAY_UNKNOWN, RUNNABLE_NONE, RUNNABLE_PREEMPTED, RUNNABLE_WAKEUP, RUNQ_BUCKETS,
-    TaskOffsets, ThreadCpuKey, ThreadStats,
+    TaskOffsets, ThreadCpuKey, ThreadStats, TimelineEvent,
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_ANY, BPF_F_MMAPABLE},
+    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray, Queue},
+    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
@@ -147,6 +166,21 @@ static CPU_TOPO: Array<CpuTopo> = Array::with_max_entries(1024, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
+/// Migrations of target threads per (source, destination) CPU. A hash, so
+/// that memory follows the pairs used rather than CPUs squared; sized by
+/// userspace (min(possible CPUs squared, 16384)).
+#[map]
+static MIGRATION_PAIRS: HashMap<CpuPair, u64> = HashMap::with_max_entries(16_384, 0);
+
+/// Timeline events (`--timeline`); sized by userspace, one page when off.
+#[map]
+static TIMELINE: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Timeline events that found `TIMELINE` full (index 0) and events
+/// written (index 1): userspace checks that it received every one written.
+#[map]
+static TIMELINE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
 /// Where `floor_clock_sched_switch` stores its clock reads (bench only).
 #[map]
 static CLOCK_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -162,6 +196,11 @@ static OFFSETS: TaskOffsets = TaskOffsets {
     run_delay: 0,
 };
 
+/// 1: write timeline events (`--timeline`). A frozen `.rodata` constant:
+/// with 0 the verifier drops every branch that tests it.
+#[unsafe(no_mangle)]
+static TIMELINE_ON: u32 = 0;
+
 /// `TASK_DEAD` in `prev_state` (include/linux/sched.h): the final switch.
 const TASK_DEAD: u64 = 0x80;
 
@@ -173,6 +212,34 @@ macro_rules! offset {
         // SAFETY: a plain read of a static.
         unsafe { core::ptr::read_volatile(&OFFSETS.$field) }
     };
+}
+
+/// Whether timeline events are written (a constant to the verifier).
+#[inline(always)]
+fn timeline_on() -> bool {
+    // SAFETY: a plain read of a static; volatile, as for `offset!`.
+    unsafe { core::ptr::read_volatile(&TIMELINE_ON) != 0 }
+}
+
+/// Writes one timeline event, or counts it lost when the ring is full.
+#[inline(always)]
+fn emit(ev: TimelineEvent) {
+    match TIMELINE.reserve::<TimelineEvent>(0) {
+        Some(mut slot) => {
+            slot.write(ev);
+            slot.submit(BPF_RB_NO_WAKEUP as u64);
+            if let Some(p) = TIMELINE_LOST.get_ptr_mut(1) {
+                // SAFETY: per-CPU slot, no other writer on this CPU.
+                unsafe { *p += 1 };
+            }
+        }
+        None => {
+            if let Some(p) = TIMELINE_LOST.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, no other writer on this CPU.
+                unsafe { *p += 1 };
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -634,6 +701,60 @@ fn on_switch<A: Access>(args: *const u64) {
         &mut clock,
     );
     switch_in::<A>(next as *const u8, cpu, &mut clock);
+    if timeline_on() {
+        timeline_switch::<A>(
+            prev as *const u8,
+            next as *const u8,
+            preempt,
+            prev_state & 0xffff_ffff,
+            cpu,
+            &mut clock,
+        );
+    }
+}
+
+/// The switch as a timeline event, when a target thread is on either side.
+/// Looks the two tasks up again rather than passing results out of
+/// `switch_out`/`switch_in`, so that the path without the timeline is
+/// exactly the one above.
+#[inline(always)]
+fn timeline_switch<A: Access>(
+    prev: *const u8,
+    next: *const u8,
+    preempt: bool,
+    prev_state: u64,
+    cpu: u32,
+    clock: &mut Clock,
+) {
+    let out = A::current_target(prev).map_or(0, |(tid, _)| tid);
+    let inn = A::target(next).map_or(0, |(tid, _)| tid);
+    if out == 0 && inn == 0 {
+        return;
+    }
+    let mut flags = 0;
+    // The task leaving's on-CPU time so far, else the arriving one's (the
+    // base of its slice's CPU time).
+    let sum_exec_ns = if out == 0 {
+        A::u64_at(next, offset!(sum_exec_runtime))
+    } else {
+        if preempt | (prev_state == 0) {
+            flags |= EVF_PREEMPTED;
+        }
+        if prev_state & TASK_DEAD != 0 {
+            flags |= EVF_DEAD;
+        }
+        A::u64_at(prev, offset!(sum_exec_runtime))
+    };
+    emit(TimelineEvent {
+        ts_ns: clock.now(),
+        kind: EV_SWITCH,
+        cpu,
+        a: out,
+        b: inn,
+        flags,
+        _pad: 0,
+        sum_exec_ns,
+    });
 }
 
 #[inline(always)]
@@ -642,6 +763,18 @@ fn on_wakeup<A: Access>(args: *const u64, new_task: bool) {
     let Some((tid, tgid)) = A::target(p) else {
         return;
     };
+    if timeline_on() {
+        emit(TimelineEvent {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            kind: EV_WAKEUP,
+            cpu: A::u32_at(p, offset!(cpu)),
+            a: tid,
+            b: 0,
+            flags: if new_task { EVF_NEW } else { 0 },
+            _pad: 0,
+            sum_exec_ns: 0,
+        });
+    }
     let Some(st) = entry::<A>(p, tid, tgid, || {
         if new_task {
             0
@@ -686,6 +819,29 @@ fn migration_class(from: u32, to: u32) -> usize {
     }
 }
 
+/// Adds one migration from `from` to `to` to `MIGRATION_PAIRS`.
+#[inline(always)]
+fn count_pair(from: u32, to: u32) {
+    let key = CpuPair { from, to };
+    let add = |p: *mut u64| {
+        // SAFETY: a live map value; atomic, as migrations of different
+        // threads between the same CPUs run on different CPUs at once.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, 1) };
+    };
+    if let Some(p) = MIGRATION_PAIRS.get_ptr_mut(key) {
+        add(p);
+        return;
+    }
+    if MIGRATION_PAIRS.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    // Another CPU inserted the pair first, or the map is full.
+    match MIGRATION_PAIRS.get_ptr_mut(key) {
+        Some(p) => add(p),
+        None => drop_event(DROP_PAIRS_FULL),
+    }
+}
+
 #[inline(always)]
 fn on_migrate<A: Access>(args: *const u64) {
     let (p, dest) = unsafe { (*args as *const u8, *args.add(1) as u32) };
@@ -693,6 +849,19 @@ fn on_migrate<A: Access>(args: *const u64) {
         return;
     };
     let orig = A::u32_at(p, offset!(cpu));
+    count_pair(orig, dest);
+    if timeline_on() {
+        emit(TimelineEvent {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            kind: EV_MIGRATE,
+            cpu: orig,
+            a: tid,
+            b: dest,
+            flags: 0,
+            _pad: 0,
+            sum_exec_ns: 0,
+        });
+    }
     let Some(st) = entry::<A>(p, tid, tgid, || A::u64_at(p, offset!(sum_exec_runtime))) else {
         return;
     };

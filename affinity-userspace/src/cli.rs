@@ -178,9 +178,23 @@ pub struct TraceArgs {
     #[arg(long)]
     pub watch: bool,
     /// Also draw the trace as SVG into FILE: on-CPU time per thread and CPU,
-    /// migrations per thread by distance. Opened before tracing.
+    /// migrations per thread by distance, and the source x destination CPU
+    /// migration matrix. Opened before tracing.
+    #[arg(long = "plot", visible_alias = "svg", value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Also record every switch, migration and wakeup of the targets'
+    /// threads and write them to FILE as a Chrome JSON trace (open it in
+    /// https://ui.perfetto.dev): a track per CPU, a track per thread,
+    /// migrations as arrows between CPUs. Events that do not fit in the
+    /// ring buffer are counted and reported as lost. Opened before tracing.
     #[arg(long, value_name = "FILE")]
-    pub svg: Option<PathBuf>,
+    pub timeline: Option<PathBuf>,
+    /// With --timeline: size of the kernel ring buffer the events wait in
+    /// between reads (every 20 ms), a power of two from 4K to 1G, with an
+    /// optional K, M or G suffix (x1024). An event takes 48 bytes in it.
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_buffer_size,
+          requires = "timeline")]
+    pub timeline_buffer: u32,
     /// Command to start and trace from its first instruction; affin-trace
     /// exits with its exit status.
     #[arg(last = true, value_name = "COMMAND")]
@@ -226,6 +240,28 @@ pub fn parse_cpus(s: &str) -> Result<CpuList, String> {
         return Err("the CPU list is empty".into());
     }
     Ok(CpuList(v))
+}
+
+/// Parses a ring buffer size: "8M", "64K", "1G", "4096"; a power of two
+/// from 4 KiB to 1 GiB.
+pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 8M, 512K)"))?;
+    let bytes = n.saturating_mul(mult);
+    if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
+        return Err(format!(
+            "{s} must be a power of two from 4K to 1G (the kernel's ring buffer rule)"
+        ));
+    }
+    Ok(bytes as u32)
 }
 
 /// Longest accepted duration or interval: a day.
@@ -320,6 +356,38 @@ mod tests {
         assert_eq!(c.trace.cpus, Some(CpuList(vec![0, 1, 2])));
         assert!(c.trace.apply && c.trace.verify && c.trace.keep && c.trace.yes);
         assert!(parse(&["-p", "1", "--apply", "--cpus", "x"]).is_err());
+    }
+
+    #[test]
+    fn plot_is_the_flag_and_svg_its_alias() {
+        let c = parse(&["-p", "1", "--plot", "a.svg"]).unwrap();
+        assert_eq!(c.trace.plot, Some(PathBuf::from("a.svg")));
+        let c = parse(&["-p", "1", "--svg", "b.svg"]).unwrap();
+        assert_eq!(c.trace.plot, Some(PathBuf::from("b.svg")));
+    }
+
+    #[test]
+    fn timeline_buffer_is_a_power_of_two_and_needs_timeline() {
+        assert_eq!(parse_buffer_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_buffer_size("4k"), Ok(4096));
+        assert_eq!(parse_buffer_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_buffer_size("65536"), Ok(65536));
+        for bad in ["3M", "2K", "2G", "0", "x", "", "-4K"] {
+            assert!(parse_buffer_size(bad).is_err(), "{bad}");
+        }
+        let c = parse(&["-p", "1", "--timeline", "t.json"]).unwrap();
+        assert_eq!(c.trace.timeline_buffer, 8 << 20);
+        assert!(parse(&["-p", "1", "--timeline-buffer", "1M"]).is_err());
+        let c = parse(&[
+            "-p",
+            "1",
+            "--timeline",
+            "t.json",
+            "--timeline-buffer",
+            "64K",
+        ])
+        .unwrap();
+        assert_eq!(c.trace.timeline_buffer, 65536);
     }
 
     #[test]

@@ -20,10 +20,10 @@
 
 use std::{collections::HashMap, time::Instant};
 
-use affinity_common::{FLAG_EXITING, ThreadCpuKey, ThreadStats};
+use affinity_common::{CpuPair, FLAG_EXITING, ThreadCpuKey, ThreadStats};
 
 use crate::{
-    model::{Interval, MigrationsByClass, RunqLatency, ThreadTrace, Trace},
+    model::{Interval, MigrationPair, MigrationsByClass, RunqLatency, ThreadTrace, Trace},
     procs,
 };
 
@@ -36,6 +36,9 @@ pub trait Source {
     fn thread_cpu(&mut self, out: &mut Vec<(ThreadCpuKey, u64)>);
     /// Deletes a thread's entries.
     fn forget(&mut self, tid: u32, cpus: &[u32]);
+    /// Migrations per (source, destination) CPU so far, into `out`
+    /// (cleared first).
+    fn migration_pairs(&mut self, out: &mut Vec<(CpuPair, u64)>);
     /// Events dropped so far.
     fn dropped(&self) -> u64;
     /// `se.sum_exec_runtime` of a thread that is on a CPU now.
@@ -51,6 +54,9 @@ impl Source for crate::probe::Probe {
     }
     fn forget(&mut self, tid: u32, cpus: &[u32]) {
         self.forget_thread(tid, cpus.iter().copied());
+    }
+    fn migration_pairs(&mut self, out: &mut Vec<(CpuPair, u64)>) {
+        crate::probe::Probe::migration_pairs(self, out)
     }
     fn dropped(&self) -> u64 {
         crate::probe::Probe::dropped(self)
@@ -85,6 +91,9 @@ pub struct Collector {
     index: HashMap<u32, usize>,
     intervals: Vec<Interval>,
     dropped: u64,
+    /// The latest (cumulative) pair counts, sorted.
+    pairs: Vec<MigrationPair>,
+    pair_buf: Vec<(CpuPair, u64)>,
     /// Buffers reused by every [`Collector::sample`].
     thread_buf: Vec<(u32, ThreadStats)>,
     cpu_buf: Vec<(ThreadCpuKey, u64)>,
@@ -213,6 +222,16 @@ impl Collector {
             acc.trace.cpu_ns_per_interval.resize(n + 1, 0);
         }
         self.dropped = src.dropped();
+        // Cumulative counts: the latest read is the window's.
+        src.migration_pairs(&mut self.pair_buf);
+        self.pairs.clear();
+        self.pairs
+            .extend(self.pair_buf.iter().map(|(k, n)| MigrationPair {
+                from: k.from,
+                to: k.to,
+                count: *n,
+            }));
+        self.pairs.sort_unstable();
         interval.read_ns = started.elapsed().as_nanos() as u64;
         interval.read_cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
         if self.log_reads {
@@ -254,6 +273,7 @@ impl Collector {
                 v
             },
             intervals: self.intervals.clone(),
+            migration_pairs: self.pairs.clone(),
             dropped_events: self.dropped,
             ..Trace::default()
         }
@@ -294,6 +314,7 @@ mod tests {
         cpu: BTreeMap<ThreadCpuKey, u64>,
         running_sum: BTreeMap<u32, u64>,
         forgotten: Vec<u32>,
+        pairs: Vec<(CpuPair, u64)>,
     }
 
     impl Source for Fake {
@@ -312,6 +333,10 @@ mod tests {
             for &cpu in cpus {
                 self.cpu.remove(&ThreadCpuKey { tid, cpu });
             }
+        }
+        fn migration_pairs(&mut self, out: &mut Vec<(CpuPair, u64)>) {
+            out.clear();
+            out.extend(self.pairs.iter().copied());
         }
         fn dropped(&self) -> u64 {
             3
@@ -412,6 +437,26 @@ mod tests {
         assert!(th.exited);
         assert_eq!(th.cpu_time_ns, 50);
         assert_eq!(th.cpu_ns_per_interval, vec![50, 0, 0]);
+    }
+
+    #[test]
+    fn migration_pairs_are_the_latest_cumulative_read_sorted() {
+        let mut src = Fake::default();
+        let mut c = Collector::new();
+        src.threads.insert(1, stats(10));
+        src.pairs = vec![(CpuPair { from: 1, to: 0 }, 4)];
+        c.sample(&mut src, 1, 0);
+        // Unordered, as a hash map returns them; counts only grow.
+        src.pairs = vec![
+            (CpuPair { from: 1, to: 0 }, 7),
+            (CpuPair { from: 0, to: 1 }, 8),
+        ];
+        c.sample(&mut src, 1, 0);
+        let pair = |from, to, count| MigrationPair { from, to, count };
+        assert_eq!(
+            c.finish().migration_pairs,
+            vec![pair(0, 1, 8), pair(1, 0, 7)]
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod run;
 pub mod session;
 pub mod state;
 pub mod throttle;
+pub mod timeline;
 pub mod topology;
 pub mod verify;
 pub mod wake;

@@ -62,6 +62,17 @@ impl MigrationsByClass {
     }
 }
 
+/// Migrations from one CPU to another, over all the targets' threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MigrationPair {
+    /// Source CPU.
+    pub from: u32,
+    /// Destination CPU.
+    pub to: u32,
+    /// Number of migrations.
+    pub count: u64,
+}
+
 /// Wakeup-to-run latency: a log2 histogram plus exact count, sum and max.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunqLatency {
@@ -199,6 +210,11 @@ pub struct Trace {
     /// System-wide busy (non-idle) ns per CPU over the window, from
     /// /proc/stat: which CPUs the rest of the machine used.
     pub system_busy_ns: BTreeMap<u32, u64>,
+    /// Migrations per (source, destination) CPU, over every thread of the
+    /// targets (also with `--tid`), sorted by (from, to). Empty in traces
+    /// recorded before the pair counts existed.
+    #[serde(default)]
+    pub migration_pairs: Vec<MigrationPair>,
     /// Events the kernel side could not record (maps full, failed reads).
     pub dropped_events: u64,
     /// Targets that exited before the window ended.

@@ -1,16 +1,20 @@
 //! An SVG picture of a recorded [`Trace`]: where each thread ran and how far
 //! it moved. Pure: it takes a trace and a topology and returns SVG text.
 //!
-//! Two panels, one under the other, each a matrix with one row per thread:
+//! Three panels, one under the other, each a matrix:
 //! - (a) thread x CPU heatmap of on-CPU time (`ThreadTrace::per_cpu_ns`).
 //!   Columns are the CPUs grouped by NUMA node, then last-level cache, then
 //!   physical core ([`Topology`]), with separators and group labels. A cell's
 //!   colour is the share of that thread's on-CPU time spent on that CPU; it
 //!   shows the milliseconds when the number fits.
-//! - (b) thread x migration-class matrix (`ThreadTrace::migrations`). The
-//!   kernel side counts migrations per thread by distance class, not per
-//!   (source, destination) CPU pair, so a CPU-to-CPU matrix cannot be drawn
-//!   from a trace; the panel says so under its title.
+//! - (b) thread x migration-class matrix (`ThreadTrace::migrations`).
+//! - (c) source x destination CPU migration matrix
+//!   (`Trace::migration_pairs`, over every thread of the targets): rows are
+//!   the CPUs moved from, columns the CPUs moved to, both grouped by node,
+//!   L3 and core as in (a), with the same separators; only CPUs that appear
+//!   in a pair are drawn, so a 1024-CPU machine gives a matrix of the CPUs
+//!   the process really moved between. Traces recorded before pair counts
+//!   existed say so instead.
 //!
 //! Drawn with plotters' SVG backend and no font feature: plotters then uses
 //! its built-in text-width estimate and the backend writes plain `<text>`
@@ -101,17 +105,24 @@ pub fn render_svg(trace: &Trace, topology: &Topology) -> Result<String, PlotErro
         + 10;
     let heat = heatmap(trace, topology, &threads, selected);
     let mig = migrations(trace, &threads);
+    let pairs = pair_matrix(trace, topology);
+    let label_w = (pairs.rows.iter())
+        .map(|r| text_w(&r.label, Ink::Label.px()) + 10)
+        .fold(label_w, i32::max);
     let a = heat.geometry(PAD, label_w);
     let b = mig.geometry(a.bottom + PANEL_GAP, label_w);
-    let size = (a.right.max(b.right) + PAD, b.bottom + PAD);
+    let c = pairs.geometry(b.bottom + PANEL_GAP, label_w);
+    let size = (a.right.max(b.right).max(c.right) + PAD, c.bottom + PAD);
     let mut svg = String::new();
     {
         let area =
             SVGBackend::with_string(&mut svg, (size.0 as u32, size.1 as u32)).into_drawing_area();
         area.fill(&WHITE).map_err(draw_err)?;
+        let pc = c;
         let mut c = Canvas { area: &area };
         heat.draw(&mut c, &a)?;
         mig.draw(&mut c, &b)?;
+        pairs.draw(&mut c, &pc)?;
         area.present().map_err(draw_err)?;
     }
     Ok(svg)
@@ -301,6 +312,10 @@ struct Matrix {
     /// Heading of the text column right of the grid.
     total_head: &'static str,
     separators: Vec<Separator>,
+    /// Space before each row (empty: none; the first one's is ignored).
+    row_gaps: Vec<i32>,
+    /// Horizontal lines before rows (`from` unused).
+    row_separators: Vec<Separator>,
     legend: Legend,
 }
 
@@ -371,8 +386,17 @@ impl Matrix {
                 x
             })
             .collect();
-        let row_y: Vec<i32> = (0..self.rows.len() as i32)
-            .map(|i| grid_y + i * ROW_STEP)
+        let mut y = grid_y - ROW_STEP;
+        let row_y: Vec<i32> = (0..self.rows.len())
+            .map(|i| {
+                let gap = if i == 0 {
+                    0
+                } else {
+                    self.row_gaps.get(i).copied().unwrap_or(0)
+                };
+                y += ROW_STEP + gap;
+                y
+            })
             .collect();
         let totals = self.rows.iter().map(|r| text_w(&r.total, Ink::Label.px()));
         let texts = (self
@@ -387,7 +411,7 @@ impl Matrix {
             right: (x + self.cell_w + 8 + totals.max().unwrap_or(0))
                 .max(x + self.cell_w + 8 + text_w(self.total_head, Ink::Muted.px()))
                 .max(PAD + texts.max().unwrap_or(0)),
-            bottom: grid_y + self.rows.len() as i32 * ROW_STEP + LEGEND_H,
+            bottom: row_y.last().map_or(grid_y, |y| y + ROW_STEP + LEGEND_H),
             col_x,
             row_y,
         }
@@ -404,6 +428,9 @@ impl Matrix {
             )?;
         }
         let name_x = PAD + g.label_w - 8;
+        if self.rows.is_empty() {
+            return Ok(()); // the notes say why
+        }
         // No columns only with an empty topology and no per-CPU data.
         let grid_right = g.col_x.last().map_or(PAD + g.label_w, |x| x + self.cell_w);
         for (i, h) in self.headers.iter().enumerate() {
@@ -468,6 +495,10 @@ impl Matrix {
             let x = (g.col_x[s.before - 1] + self.cell_w + g.col_x[s.before]) / 2;
             let y0 = g.header_y + s.from as i32 * HEADER_ROW;
             c.line((x, y0), (x, grid_bottom), s.color, s.width)?;
+        }
+        for s in &self.row_separators {
+            let y = (g.row_y[s.before - 1] + CELL_H + g.row_y[s.before]) / 2;
+            c.line((PAD, y), (grid_right, y), s.color, s.width)?;
         }
         self.draw_legend(c, (PAD + g.label_w, grid_bottom + 8))
     }
@@ -565,6 +596,63 @@ fn heatmap(trace: &Trace, topo: &Topology, threads: &[&ThreadTrace], selected: u
             threads.len()
         ));
     }
+    let axis = cpu_axis(&cols, topo);
+    let rows = threads
+        .iter()
+        .map(|t| {
+            // Shares of the per-CPU sum, so a row adds up to 100% even when
+            // the per-CPU map dropped entries.
+            let sum: u64 = t.per_cpu_ns.values().sum();
+            let cells = cols
+                .iter()
+                .map(|c| match t.per_cpu_ns.get(&c.cpu).copied().unwrap_or(0) {
+                    0 => Cell {
+                        fill: ZERO,
+                        text: None,
+                    },
+                    ns => Cell {
+                        fill: scale(&BLUES, ns as f64 / sum as f64),
+                        text: Some(ms_text(ns)),
+                    },
+                })
+                .collect();
+            let total = format!("{} ms", ms_text(t.cpu_time_ns));
+            Row {
+                label: row_label(t),
+                cells,
+                total,
+            }
+        })
+        .collect();
+    Matrix {
+        title: title(trace, "(a) On-CPU time per thread and CPU (ms)"),
+        notes,
+        headers: axis.headers,
+        gaps: axis.gaps,
+        cell_w: axis.cell_w,
+        rows,
+        total_head: "total",
+        separators: axis.separators,
+        row_gaps: vec![],
+        row_separators: vec![],
+        legend: Legend {
+            caption: "share of the thread's time",
+            stops: &BLUES,
+            marks: ["0%".into(), "50%".into(), "100%".into()],
+        },
+    }
+}
+
+/// Column headers, gaps and separators for CPUs grouped by NUMA node, L3
+/// and core (panels (a) and (c)).
+struct Axis {
+    headers: Vec<Header>,
+    gaps: Vec<i32>,
+    separators: Vec<Separator>,
+    cell_w: i32,
+}
+
+fn cpu_axis(cols: &[Column], topo: &Topology) -> Axis {
     let level = |id: u32| {
         topo.llc_groups()
             .iter()
@@ -577,7 +665,7 @@ fn heatmap(trace: &Trace, topo: &Topology, threads: &[&ThreadTrace], selected: u
             ink: Ink::Group,
             bracket: true,
             spans: spans(
-                &cols,
+                cols,
                 |c| c.node,
                 |n| match n {
                     Some(n) => vec![format!("node {n}"), format!("N{n}")],
@@ -591,7 +679,7 @@ fn heatmap(trace: &Trace, topo: &Topology, threads: &[&ThreadTrace], selected: u
             bracket: true,
             // Level 0: sysfs had no cache data and the package stands in.
             spans: spans(
-                &cols,
+                cols,
                 |c| c.llc,
                 |l| match l.map(|id| (id, level(id))) {
                     Some((id, Some(0))) => vec![format!("package {id}"), format!("#{id}")],
@@ -603,7 +691,7 @@ fn heatmap(trace: &Trace, topo: &Topology, threads: &[&ThreadTrace], selected: u
         },
     ];
     let cores = spans(
-        &cols,
+        cols,
         |c| c.core,
         |c| match c {
             Some(id) => vec![format!("core {id}"), format!("c{id}"), id.to_string()],
@@ -659,47 +747,141 @@ fn heatmap(trace: &Trace, topo: &Topology, threads: &[&ThreadTrace], selected: u
             });
         }
     }
-    let rows = threads
-        .iter()
-        .map(|t| {
-            // Shares of the per-CPU sum, so a row adds up to 100% even when
-            // the per-CPU map dropped entries.
-            let sum: u64 = t.per_cpu_ns.values().sum();
-            let cells = cols
-                .iter()
-                .map(|c| match t.per_cpu_ns.get(&c.cpu).copied().unwrap_or(0) {
+    Axis {
+        headers,
+        gaps,
+        separators,
+        cell_w,
+    }
+}
+
+/// Panel (c): source x destination CPU migration counts.
+fn pair_matrix(trace: &Trace, topo: &Topology) -> Matrix {
+    let pairs = &trace.migration_pairs;
+    let title = title(
+        trace,
+        "(c) Migrations by source and destination CPU (count)",
+    );
+    let legend = |max: u64| Legend {
+        caption: "count, log scale",
+        stops: &ORANGES,
+        marks: [
+            "1".into(),
+            ((max as f64).ln_1p() / 2.0).exp_m1().round().to_string(),
+            max.to_string(),
+        ],
+    };
+    if pairs.is_empty() {
+        let why = if trace.threads.iter().any(|t| t.migrations.total() > 0) {
+            "This trace has no CPU pair counts (recorded before affin-trace kept them)."
+        } else {
+            "No migrations in this window."
+        };
+        return Matrix {
+            title,
+            notes: vec![why.to_string()],
+            headers: vec![],
+            gaps: vec![],
+            cell_w: 40,
+            rows: vec![],
+            total_head: "",
+            separators: vec![],
+            row_gaps: vec![],
+            row_separators: vec![],
+            legend: legend(1),
+        };
+    }
+    // The CPUs in a pair, ordered and grouped as the heatmap's columns.
+    let used: std::collections::BTreeSet<u32> = pairs.iter().flat_map(|p| [p.from, p.to]).collect();
+    let mut cols: Vec<Column> = (used.iter())
+        .map(|&cpu| match topo.cpus.iter().find(|c| c.id == cpu) {
+            Some(c) => Column {
+                cpu,
+                node: Some(c.node),
+                llc: Some(c.llc),
+                core: Some(c.core),
+            },
+            None => Column {
+                cpu,
+                node: None,
+                llc: None,
+                core: None,
+            },
+        })
+        .collect();
+    cols.sort_by_key(|c| (c.node.is_none(), c.node, c.llc, c.core, c.cpu));
+    let mut axis = cpu_axis(&cols, topo);
+    if let Some(h) = axis.headers.last_mut() {
+        h.name = "to CPU";
+    }
+    let count = |from: u32, to: u32| {
+        pairs
+            .iter()
+            .find(|p| p.from == from && p.to == to)
+            .map_or(0, |p| p.count)
+    };
+    let max = pairs.iter().map(|p| p.count).max().unwrap_or(1).max(1);
+    let log = |n: u64| (n as f64).ln_1p() / (max as f64).ln_1p();
+    let group = |c: &Column| match (c.node, c.llc, c.core) {
+        (Some(n), Some(l), Some(k)) => format!(" (core {k}, L3 {l}, node {n})"),
+        _ => " (not online)".to_string(),
+    };
+    let rows = (cols.iter())
+        .map(|from| {
+            let cells = (cols.iter())
+                .map(|to| match count(from.cpu, to.cpu) {
                     0 => Cell {
                         fill: ZERO,
                         text: None,
                     },
-                    ns => Cell {
-                        fill: scale(&BLUES, ns as f64 / sum as f64),
-                        text: Some(ms_text(ns)),
+                    n => Cell {
+                        fill: scale(&ORANGES, log(n)),
+                        text: Some(n.to_string()),
                     },
                 })
                 .collect();
-            let total = format!("{} ms", ms_text(t.cpu_time_ns));
+            let out: u64 = (pairs.iter())
+                .filter(|p| p.from == from.cpu)
+                .map(|p| p.count)
+                .sum();
             Row {
-                label: row_label(t),
+                label: format!("from CPU {}{}", from.cpu, group(from)),
                 cells,
-                total,
+                total: format!("{out} out"),
             }
         })
         .collect();
+    // Rows follow the columns' groups: the same gaps, and a line where the
+    // node or the L3 changes.
+    let row_separators = (axis.separators.iter())
+        .map(|s| Separator {
+            before: s.before,
+            from: 0,
+            color: s.color,
+            width: s.width,
+        })
+        .collect();
+    let total: u64 = pairs.iter().map(|p| p.count).sum();
     Matrix {
-        title: title(trace, "(a) On-CPU time per thread and CPU (ms)"),
-        notes,
-        headers,
-        gaps,
-        cell_w,
+        title,
+        notes: vec![
+            format!(
+                "{total} migrations of every thread of the targets; row: the CPU moved from, \
+                 column: the CPU moved to."
+            ),
+            "Colour: count on a log scale. Grey: none. CPUs grouped by NUMA node, L3 cache \
+             and core, rows as columns."
+                .to_string(),
+        ],
+        headers: axis.headers,
+        row_gaps: axis.gaps.clone(),
+        gaps: axis.gaps,
+        cell_w: axis.cell_w,
         rows,
         total_head: "total",
-        separators,
-        legend: Legend {
-            caption: "share of the thread's time",
-            stops: &BLUES,
-            marks: ["0%".into(), "50%".into(), "100%".into()],
-        },
+        separators: axis.separators,
+        row_separators,
+        legend: legend(max),
     }
 }
 
@@ -765,10 +947,9 @@ fn migrations(trace: &Trace, threads: &[&ThreadTrace]) -> Matrix {
     Matrix {
         title: title(trace, "(b) Migrations per thread by distance (count)"),
         notes: vec![
-            "Not a source x destination CPU matrix: the kernel side counts each thread's \
-             migrations by distance class only, not per CPU pair."
+            "Colour: count on a log scale. Grey: none. Which CPUs they moved between: \
+             panel (c)."
                 .to_string(),
-            "Colour: count on a log scale. Grey: none.".to_string(),
         ],
         headers: vec![
             header("", Ink::Head, |c| c.0),
@@ -779,6 +960,8 @@ fn migrations(trace: &Trace, threads: &[&ThreadTrace]) -> Matrix {
         rows,
         total_head: "total (per s)",
         separators: vec![],
+        row_gaps: vec![],
+        row_separators: vec![],
         legend: Legend {
             caption: "count, log scale",
             stops: &ORANGES,
@@ -857,6 +1040,28 @@ mod tests {
         rects.iter().filter(|r| r.w == w && r.h == CELL_H).collect()
     }
 
+    /// What lies in panel `tag` ("(a)", "(b)", "(c)"): below its title,
+    /// above the next panel's.
+    fn panel(svg: &str, tag: &str) -> (Vec<Rect>, Vec<Label>) {
+        let (rects, labels) = parse(svg);
+        let mut tops: Vec<(i32, bool)> = labels
+            .iter()
+            .filter(|l| l.bold && l.text.starts_with('('))
+            .map(|l| (l.y, l.text.starts_with(tag)))
+            .collect();
+        tops.sort_unstable();
+        let i = tops
+            .iter()
+            .position(|t| t.1)
+            .unwrap_or_else(|| panic!("no panel {tag}"));
+        let (top, bottom) = (tops[i].0, tops.get(i + 1).map_or(i32::MAX, |t| t.0));
+        let inside = |y: i32| top < y && y < bottom;
+        (
+            rects.into_iter().filter(|r| inside(r.y)).collect(),
+            labels.into_iter().filter(|l| inside(l.y)).collect(),
+        )
+    }
+
     fn distinct(v: impl Iterator<Item = i32>) -> Vec<i32> {
         let mut v: Vec<i32> = v.collect();
         v.sort_unstable();
@@ -882,13 +1087,14 @@ mod tests {
     #[test]
     fn heatmap_has_one_cell_per_thread_and_cpu() {
         let svg = render_svg(&trace(), &topology("server-2s-smt")).unwrap();
-        let (rects, _) = parse(&svg);
+        let (rects, _) = panel(&svg, "(a)");
         let heat = cells(&rects, 40);
         assert_eq!(heat.len(), 4 * 20);
         // A full grid: 20 column positions x 4 row positions.
         assert_eq!(distinct(heat.iter().map(|r| r.x)).len(), 20);
         assert_eq!(distinct(heat.iter().map(|r| r.y)).len(), 4);
         // The migration matrix: 4 threads x 4 classes.
+        let (rects, _) = panel(&svg, "(b)");
         assert_eq!(cells(&rects, CLASS_W).len(), 4 * 4);
     }
 
@@ -908,6 +1114,7 @@ mod tests {
         // Intel numbering: SMT siblings are N and N+10, sockets 0-4 / 5-9;
         // columns go node, L3, core, so siblings sit side by side.
         let expect: Vec<u32> = (0..10).flat_map(|c| [c, c + 10]).collect();
+        let (_, labels) = panel(&svg, "(a)");
         assert_eq!(cpu_labels(&labels), expect);
         for group in ["node 0", "node 1", "L3 0", "L3 1", "core 0", "core 9"] {
             assert_eq!(find(&labels, group).len(), 1, "{group}");
@@ -917,7 +1124,7 @@ mod tests {
     #[test]
     fn a_known_cell_shows_its_milliseconds_and_colour() {
         let svg = render_svg(&trace(), &topology("server-2s-smt")).unwrap();
-        let (rects, labels) = parse(&svg);
+        let (rects, labels) = panel(&svg, "(a)");
         let row_y = find(&labels, "4243 steady")[0].y;
         let cpu_x = |cpu: &str| {
             labels
@@ -950,6 +1157,7 @@ mod tests {
         assert!(!labels.iter().any(|l| inside(cold, l)));
         // The row total and the migration count of hopper leaving its node.
         assert_eq!(find(&labels, "2950 ms").len(), 1);
+        let (_, labels) = panel(&svg, "(b)");
         assert_eq!(find(&labels, "47 (15.7/s)").len(), 1);
     }
 
@@ -959,12 +1167,15 @@ mod tests {
         let (_, labels) = parse(&svg);
         let a = "(a) On-CPU time per thread and CPU (ms), pid 4242, 3.00 s window";
         let b = "(b) Migrations per thread by distance (count), pid 4242, 3.00 s window";
-        assert_eq!(find(&labels, a).len(), 1);
-        assert_eq!(find(&labels, b).len(), 1);
+        let c = "(c) Migrations by source and destination CPU (count), pid 4242, 3.00 s window";
+        for title in [a, b, c] {
+            assert_eq!(find(&labels, title).len(), 1, "{title}");
+        }
         assert!(
-            labels
+            !labels
                 .iter()
-                .any(|l| l.text.starts_with("Not a source x destination CPU matrix"))
+                .any(|l| l.text.contains("Not a source x destination")),
+            "the pair matrix exists now"
         );
         for class in ["SMT sibling", "same L3", "cross-L3", "cross-NUMA"] {
             assert_eq!(find(&labels, class).len(), 1, "{class}");
@@ -975,7 +1186,7 @@ mod tests {
     fn narrow_cells_keep_only_the_numbers_that_fit() {
         // 128 CPUs: 24 px cells, too narrow for "2900" but not for "60".
         let svg = render_svg(&trace(), &topology("epyc-64c")).unwrap();
-        let (rects, labels) = parse(&svg);
+        let (rects, labels) = panel(&svg, "(a)");
         assert_eq!(cells(&rects, 24).len(), 4 * 128);
         assert!(find(&labels, "2900").is_empty());
         let values = |t: &str| find(&labels, t).into_iter().filter(|l| !l.bold).count();
@@ -988,7 +1199,7 @@ mod tests {
         // Recorded on 20 CPUs, drawn against a 2-CPU topology: CPUs 2-19
         // still appear, after the known ones, under "not online".
         let svg = render_svg(&trace(), &topology("vm-2cpu")).unwrap();
-        let (rects, labels) = parse(&svg);
+        let (rects, labels) = panel(&svg, "(a)");
         let cpus = cpu_labels(&labels);
         assert_eq!(cpus[..2], [0, 1]);
         // The trace used 13 distinct CPUs, 11 of them unknown to this topology.
@@ -1009,7 +1220,8 @@ mod tests {
             })
             .collect();
         let svg = render_svg(&t, &topology("server-2s-smt")).unwrap();
-        let (rects, labels) = parse(&svg);
+        let (rects, _) = panel(&svg, "(a)");
+        let (_, labels) = parse(&svg);
         assert_eq!(cells(&rects, 40).len(), MAX_ROWS * 20);
         assert_eq!(
             find(
@@ -1029,10 +1241,84 @@ mod tests {
         let mut t = trace();
         t.threads.iter_mut().for_each(|th| th.per_cpu_ns.clear());
         let svg = render_svg(&t, &Topology::default()).unwrap();
-        let (rects, labels) = parse(&svg);
-        assert!(cells(&rects, 40).is_empty());
-        assert_eq!(cells(&rects, CLASS_W).len(), 4 * 4);
+        let (_, labels) = parse(&svg);
+        assert!(cells(&panel(&svg, "(a)").0, 40).is_empty());
+        assert_eq!(cells(&panel(&svg, "(b)").0, CLASS_W).len(), 4 * 4);
         assert_eq!(find(&labels, "2950 ms").len(), 1);
+    }
+
+    /// The pair matrix's cell for `from` -> `to`: the rectangle in the row
+    /// labelled "from CPU <from> ..." and the column headed `to`.
+    fn pair_cell<'a>(rects: &'a [Rect], labels: &[Label], from: u32, to: u32) -> &'a Rect {
+        let row_y = labels
+            .iter()
+            .find(|l| l.text.starts_with(&format!("from CPU {from} ")))
+            .unwrap_or_else(|| panic!("no row for CPU {from}"))
+            .y;
+        let col_x = labels
+            .iter()
+            .find(|l| l.bold && l.text == to.to_string())
+            .unwrap_or_else(|| panic!("no column for CPU {to}"))
+            .x;
+        cells(rects, 40)
+            .into_iter()
+            .find(|r| (r.x..r.x + r.w).contains(&col_x) && (r.y..r.y + r.h).contains(&row_y))
+            .unwrap_or_else(|| panic!("no cell {from} -> {to}"))
+    }
+
+    fn text_in<'a>(labels: &'a [Label], r: &Rect) -> Vec<&'a str> {
+        labels
+            .iter()
+            .filter(|l| (r.x..r.x + r.w).contains(&l.x) && (r.y..r.y + r.h).contains(&l.y))
+            .map(|l| l.text.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_pair_matrix_has_a_cell_per_cpu_pair_with_its_count() {
+        let svg = render_svg(&trace(), &topology("server-2s-smt")).unwrap();
+        let (rects, labels) = panel(&svg, "(c)");
+        // 13 CPUs appear in a pair: a 13 x 13 grid, grouped like (a).
+        assert_eq!(cells(&rects, 40).len(), 13 * 13);
+        assert_eq!(
+            cpu_labels(&labels),
+            vec![0, 10, 1, 11, 2, 3, 13, 4, 14, 6, 16, 7, 9]
+        );
+        for group in ["node 0", "node 1", "L3 0", "L3 1"] {
+            assert_eq!(find(&labels, group).len(), 1, "{group}");
+        }
+        assert!(find(&labels, "to CPU").len() == 1);
+        // The busiest pair, 4 -> 14 (100), is the darkest; 2 -> 6 says 6.
+        let hot = pair_cell(&rects, &labels, 4, 14);
+        assert_eq!(text_in(&labels, hot), ["100"]);
+        let RGBColor(r, g, b) = scale(&ORANGES, 1.0);
+        assert_eq!(hot.fill, format!("#{r:02X}{g:02X}{b:02X}"));
+        assert_eq!(text_in(&labels, pair_cell(&rects, &labels, 2, 6)), ["6"]);
+        // Never from 9 to 0: grey, empty. A CPU to itself is never a move.
+        for (from, to) in [(9, 0), (3, 3)] {
+            let cold = pair_cell(&rects, &labels, from, to);
+            assert_eq!(cold.fill, "#ECECEC");
+            assert!(text_in(&labels, cold).is_empty());
+        }
+        // Row totals: migrations out of each CPU; all 259 in the note.
+        assert_eq!(find(&labels, "105 out").len(), 1, "CPU 4: 100 + 5");
+        assert!(labels.iter().any(|l| l.text.starts_with("259 migrations")));
+        let row = find(&labels, "from CPU 6 (core 6, L3 1, node 1)");
+        assert_eq!(row.len(), 1);
+    }
+
+    #[test]
+    fn a_trace_without_pair_counts_says_so() {
+        let mut t = trace();
+        t.migration_pairs.clear();
+        let svg = render_svg(&t, &topology("server-2s-smt")).unwrap();
+        let (rects, labels) = panel(&svg, "(c)");
+        assert!(cells(&rects, 40).is_empty());
+        assert!(
+            labels
+                .iter()
+                .any(|l| l.text.starts_with("This trace has no CPU pair counts"))
+        );
     }
 
     #[test]

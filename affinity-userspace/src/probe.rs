@@ -9,7 +9,13 @@
 //! mmapped here, so a map read is a walk over memory, not a system call per
 //! thread; slots of exited threads go back to the kernel side through the
 //! `FREE_SLOTS` queue. Per-CPU time that left `ThreadStats::cpu_acc` is in the
-//! `THREAD_CPU` hash, read with `BPF_MAP_LOOKUP_BATCH`.
+//! `THREAD_CPU` hash, read with `BPF_MAP_LOOKUP_BATCH`. Migrations per
+//! (source, destination) CPU are in the small `MIGRATION_PAIRS` hash.
+//!
+//! With a timeline (`--timeline`), the programs also write events into the
+//! `TIMELINE` ring buffer, which [`Probe::drain_timeline`] empties; without
+//! it the ring is one page and the programs' `TIMELINE_ON` constant is 0,
+//! so the verifier removes the code that writes to it.
 //!
 //! Nothing is pinned: the programs live as long as the [`Probe`] (its `Drop`
 //! closes the link fds and unmaps the maps), and the kernel detaches them
@@ -23,11 +29,12 @@ use std::{
 };
 
 use affinity_common::{
-    CpuTopo, DROP_KINDS, RUN_DELAY_UNKNOWN, TaskOffsets, ThreadCpuKey, ThreadStats,
+    CpuPair, CpuTopo, DROP_KINDS, RUN_DELAY_UNKNOWN, TaskOffsets, ThreadCpuKey, ThreadStats,
+    TimelineEvent,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, Queue},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, Queue, RingBuf},
     programs::{BtfTracePoint, RawTracePoint},
 };
 use thiserror::Error;
@@ -68,7 +75,15 @@ pub struct ProbeConfig {
     pub offsets: TaskOffsets,
     /// /proc/sys/kernel/pid_max: sizes the target bitmap and `SLOTS`.
     pub pid_max: u32,
+    /// Bytes of the timeline ring buffer (a power of two, at least a page),
+    /// `None` without a timeline.
+    pub timeline_bytes: Option<u32>,
 }
+
+/// Most entries of `MIGRATION_PAIRS`: every pair of up to 128 CPUs; past
+/// that, pairs a process really uses are far fewer than CPUs squared, and
+/// a full map is counted as dropped events.
+pub const MAX_PAIRS: u32 = 16_384;
 
 /// A load or attach failure.
 #[derive(Debug, Error)]
@@ -261,6 +276,10 @@ pub struct Probe {
     thread_cpu: HashMap<MapData, ThreadCpuKey, u64>,
     thread_cpu_fd: i32,
     drops: PerCpuArray<MapData, u64>,
+    pairs: HashMap<MapData, CpuPair, u64>,
+    timeline: Option<RingBuf<MapData>>,
+    timeline_lost: PerCpuArray<MapData, u64>,
+    timeline_bytes: u32,
     batch: Batch,
     ebpf: Ebpf,
     mode: AttachMode,
@@ -304,8 +323,15 @@ impl Probe {
             .saturating_mul((nr_possible as u32).clamp(1, 16))
             .min(1 << 22);
         let kernel_btf = attach_btf(ids)?;
+        let page = procfs::page_size() as u32;
+        let timeline_on = u32::from(cfg.timeline_bytes.is_some());
+        let timeline_bytes = cfg.timeline_bytes.unwrap_or(page).max(page);
+        let pairs = (nr_possible as u32).saturating_mul(nr_possible as u32);
         let mut ebpf = loader(&kernel_btf)
             .override_global("OFFSETS", &cfg.offsets, true)
+            .override_global("TIMELINE_ON", &timeline_on, true)
+            .map_max_entries("TIMELINE", timeline_bytes)
+            .map_max_entries("MIGRATION_PAIRS", pairs.clamp(1, MAX_PAIRS))
             .map_max_entries("TARGETS", pid_max.div_ceil(64))
             .map_max_entries("SLOTS", pid_max.div_ceil(2))
             .map_max_entries("STATS", max_threads + 1)
@@ -361,6 +387,14 @@ impl Probe {
             thread_cpu: take(&mut ebpf, "THREAD_CPU")?,
             thread_cpu_fd,
             drops: take(&mut ebpf, "DROPS")?,
+            pairs: take(&mut ebpf, "MIGRATION_PAIRS")?,
+            timeline: if timeline_on == 1 {
+                Some(take(&mut ebpf, "TIMELINE")?)
+            } else {
+                None
+            },
+            timeline_lost: take(&mut ebpf, "TIMELINE_LOST")?,
+            timeline_bytes,
             batch: Batch::default(),
             ebpf,
             mode,
@@ -513,6 +547,53 @@ impl Probe {
             .filter_map(|k| self.drops.get(&k, 0).ok())
             .map(|v| v.iter().sum::<u64>())
             .sum()
+    }
+
+    /// Migrations per (source, destination) CPU so far, into `out` (cleared
+    /// first). The map holds a few entries (pairs really used).
+    pub fn migration_pairs(&self, out: &mut Vec<(CpuPair, u64)>) {
+        out.clear();
+        out.extend(self.pairs.iter().filter_map(Result::ok));
+    }
+
+    /// Appends the timeline events waiting in the ring buffer to `out`;
+    /// returns how many. Nothing without a timeline.
+    pub fn drain_timeline(&mut self, out: &mut Vec<TimelineEvent>) -> usize {
+        let Some(ring) = self.timeline.as_mut() else {
+            return 0;
+        };
+        let before = out.len();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<TimelineEvent>() {
+                // SAFETY: the programs write whole `TimelineEvent`s (POD);
+                // the ring's records are 8-byte aligned, but read unaligned
+                // anyway rather than rely on it.
+                out.push(unsafe { item.as_ptr().cast::<TimelineEvent>().read_unaligned() });
+            }
+        }
+        out.len() - before
+    }
+
+    /// Timeline events the programs could not write (ring full), all CPUs.
+    pub fn timeline_lost(&self) -> u64 {
+        self.timeline_lost
+            .get(&0, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Timeline events the programs wrote, all CPUs.
+    pub fn timeline_written(&self) -> u64 {
+        self.timeline_lost
+            .get(&1, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Bytes of the timeline ring buffer as created (one page without a
+    /// timeline).
+    pub fn timeline_bytes(&self) -> u32 {
+        self.timeline_bytes
     }
 
     /// Names of the attached programs (for diagnostics).

@@ -9,7 +9,7 @@ use crate::{
     analysis::Analysis,
     classify::TraceClassification,
     features::TraceFeatures,
-    model::{MigrationsByClass, RunqLatency, ThreadTrace, Trace},
+    model::{MigrationPair, MigrationsByClass, RunqLatency, ThreadTrace, Trace},
     recommend::Recommendation,
     throttle::Throttling,
     topology::Topology,
@@ -88,6 +88,9 @@ pub struct ProcessJson {
     pub migrations: u64,
     /// Migrations by distance class.
     pub migrations_by_class: MigrationsByClass,
+    /// Migrations per (source, destination) CPU pair, over every thread of
+    /// the targets, sorted by (from, to).
+    pub migration_pairs: Vec<MigrationPair>,
     /// Voluntary switches.
     pub voluntary_switches: u64,
     /// Involuntary switches.
@@ -112,6 +115,24 @@ pub struct TargetJson {
     pub exited_pids: Vec<u32>,
 }
 
+/// What `--timeline` wrote.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TimelineJson {
+    /// The trace file (Chrome JSON trace format).
+    pub file: String,
+    /// Events received from the kernel.
+    pub events: u64,
+    /// Events the kernel could not write because the ring buffer was full:
+    /// the timeline misses them (the counters do not).
+    pub lost_events: u64,
+    /// Size of the kernel ring buffer (bytes).
+    pub ring_buffer_bytes: u64,
+    /// Migration arrows in the file.
+    pub migration_flows: u64,
+    /// On-CPU slices in the file (one per CPU track entry).
+    pub cpu_slices: u64,
+}
+
 /// The whole JSON document.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -133,6 +154,9 @@ pub struct Report {
     pub threads: Vec<ThreadJson>,
     /// Events the kernel side could not record.
     pub dropped_events: u64,
+    /// The event timeline, with `--timeline`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineJson>,
     /// The command's exit status (command mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command_exit_status: Option<i32>,
@@ -218,6 +242,7 @@ impl Report {
                 per_cpu_ns: keyed(&tot.per_cpu_ns),
                 migrations: tot.migrations.total(),
                 migrations_by_class: tot.migrations,
+                migration_pairs: trace.migration_pairs.clone(),
                 voluntary_switches: tot.voluntary_switches,
                 involuntary_switches: tot.involuntary_switches,
                 runq_latency_ns: (&tot.runq).into(),
@@ -228,6 +253,7 @@ impl Report {
                 .map(|t| thread_json(t, wall))
                 .collect(),
             dropped_events: trace.dropped_events,
+            timeline: None,
             command_exit_status: exit_status,
             topology: None,
             features: None,
@@ -346,6 +372,14 @@ impl Report {
             fmt_ns(Some(p.runq_latency_ns.max)),
             p.preempted_wait_ns as f64 / 1e6,
         );
+        if !p.migration_pairs.is_empty() {
+            let pairs: Vec<String> = p
+                .migration_pairs
+                .iter()
+                .map(|m| format!("{}->{} {}", m.from, m.to, m.count))
+                .collect();
+            let _ = writeln!(s, "migrations by CPU pair: {}", pairs.join(", "));
+        }
         if let Some(c) = &self.classification {
             let _ = writeln!(s);
             let _ = writeln!(s, "class: {} ({})", c.process.class, c.process.summary());
@@ -398,10 +432,26 @@ impl Report {
         if let Some(v) = &self.verification {
             let _ = writeln!(s, "{}", verification_table(v));
         }
+        if let Some(t) = &self.timeline {
+            let _ = writeln!(
+                s,
+                "timeline: {} ({} events, {} migration arrows; open in https://ui.perfetto.dev)",
+                t.file, t.events, t.migration_flows
+            );
+            if t.lost_events > 0 {
+                let _ = writeln!(
+                    s,
+                    "warning: the timeline lost {} events (its {} KiB ring buffer was full): \
+                     it has gaps the counters above do not; raise --timeline-buffer",
+                    t.lost_events,
+                    t.ring_buffer_bytes / 1024
+                );
+            }
+        }
         if self.dropped_events > 0 {
             let _ = writeln!(
                 s,
-                "warning: {} events were not recorded (kernel map full or unreadable task): raise --max-threads",
+                "warning: {} events were not recorded (a kernel map full: threads, per-CPU time or CPU pairs; or an unreadable task): raise --max-threads",
                 self.dropped_events
             );
         }
@@ -551,6 +601,56 @@ mod tests {
                 .to_text()
                 .contains("7 events were not recorded")
         );
+    }
+
+    #[test]
+    fn migration_pairs_are_in_the_json_and_the_text() {
+        let mut t = trace();
+        t.migration_pairs = vec![
+            MigrationPair {
+                from: 0,
+                to: 1,
+                count: 2,
+            },
+            MigrationPair {
+                from: 1,
+                to: 0,
+                count: 1,
+            },
+        ];
+        let r = Report::new(&t, &[], None);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let pairs = &v["process"]["migration_pairs"];
+        assert_eq!(pairs[0]["from"], 0);
+        assert_eq!(pairs[0]["to"], 1);
+        assert_eq!(pairs[0]["count"], 2);
+        assert_eq!(pairs[1]["count"], 1);
+        assert!(
+            r.to_text()
+                .contains("migrations by CPU pair: 0->1 2, 1->0 1")
+        );
+    }
+
+    #[test]
+    fn timeline_loss_is_reported_in_text_and_json() {
+        let mut r = Report::new(&trace(), &[], None);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert!(v.get("timeline").is_none(), "no --timeline, no key");
+        r.timeline = Some(TimelineJson {
+            file: "/tmp/t.json".into(),
+            events: 100,
+            lost_events: 42,
+            ring_buffer_bytes: 4096,
+            migration_flows: 3,
+            cpu_slices: 50,
+        });
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["timeline"]["lost_events"], 42);
+        assert_eq!(v["timeline"]["ring_buffer_bytes"], 4096);
+        assert_eq!(v["timeline"]["file"], "/tmp/t.json");
+        let text = r.to_text();
+        assert!(text.contains("the timeline lost 42 events"), "{text}");
+        assert!(text.contains("4 KiB ring buffer"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::{
     analysis::{self, Analysis},
     classify::Thresholds,
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
-    report::Report,
+    report::{Report, TimelineJson},
     session::{self, Outcome},
     state::STATE_DIR,
     topology::Topology,
@@ -40,18 +40,13 @@ pub fn trace(args: &TraceArgs) -> i32 {
         },
         None => Box::new(std::io::stdout()),
     };
-    let mut svg = match &args.svg {
-        Some(path) => match std::fs::File::create(path) {
-            Ok(f) => Some((path, f)),
-            Err(e) => {
-                let msg = format!(
-                    "cannot write {}: {e}; choose a writable --svg path",
-                    path.display()
-                );
-                return fail(msg, EXIT_USAGE);
-            }
-        },
-        None => None,
+    let mut svg = match create(args.plot.as_deref(), "--plot") {
+        Ok(f) => f,
+        Err(msg) => return fail(msg, EXIT_USAGE),
+    };
+    let mut timeline_file = match create(args.timeline.as_deref(), "--timeline") {
+        Ok(f) => f,
+        Err(msg) => return fail(msg, EXIT_USAGE),
     };
     let thresholds = match args.thresholds() {
         Ok(t) => t,
@@ -87,6 +82,27 @@ pub fn trace(args: &TraceArgs) -> i32 {
             );
         }
     }
+    let timeline = match (&mut timeline_file, &outcome.timeline) {
+        (Some((path, file)), Some(cap)) => {
+            let chrome = crate::timeline::build(cap, &outcome.trace, &outcome.topology);
+            if let Err(e) = chrome.write(file) {
+                fail(
+                    format!("writing the timeline to {}: {e}", path.display()),
+                    EXIT_FAILURE,
+                );
+            }
+            let s = chrome.summary;
+            Some(TimelineJson {
+                file: path.display().to_string(),
+                events: s.events,
+                lost_events: s.lost_events,
+                ring_buffer_bytes: cap.ring_buffer_bytes,
+                migration_flows: s.migration_flows,
+                cpu_slices: s.cpu_slices,
+            })
+        }
+        _ => None,
+    };
     let analysis = analyze(&outcome, &thresholds);
     let mut report = Report::new(&outcome.trace, &args.command, outcome.exit_status)
         .with_analysis(&outcome.topology, &analysis)
@@ -95,6 +111,7 @@ pub fn trace(args: &TraceArgs) -> i32 {
             outcome.cgroup_limit.as_ref(),
             outcome.cgroup_window.as_ref(),
         ));
+    report.timeline = timeline;
     let mut code = outcome.exit_status.unwrap_or(0);
     if args.apply {
         match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report) {
@@ -110,6 +127,22 @@ pub fn trace(args: &TraceArgs) -> i32 {
         return fail(format!("writing the report: {e}"), EXIT_FAILURE);
     }
     code
+}
+
+/// Creates an output file named by `flag` before anything runs, so that a
+/// bad path fails at once rather than after the trace.
+fn create<'a>(
+    path: Option<&'a Path>,
+    flag: &str,
+) -> Result<Option<(&'a Path, std::fs::File)>, String> {
+    let Some(path) = path else { return Ok(None) };
+    match std::fs::File::create(path) {
+        Ok(f) => Ok(Some((path, f))),
+        Err(e) => Err(format!(
+            "cannot write {}: {e}; choose a writable {flag} path",
+            path.display()
+        )),
+    }
 }
 
 fn analyze(outcome: &Outcome, thresholds: &Thresholds) -> Analysis {
@@ -146,8 +179,13 @@ fn apply_and_verify(
     if !args.verify {
         return Ok(());
     }
-    // The same window again, now with the new CPUs.
-    let after = session::run(args).map_err(|e| ActionError::Verify(e.to_string()))?;
+    // The same window again, now with the new CPUs (no second timeline:
+    // the file shows the window that was analysed).
+    let again = TraceArgs {
+        timeline: None,
+        ..args.clone()
+    };
+    let after = session::run(&again).map_err(|e| ActionError::Verify(e.to_string()))?;
     let after_analysis = analyze(&after, thresholds);
     let class = analysis.classification.process.class;
     let v = verify::judge(

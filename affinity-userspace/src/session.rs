@@ -1,6 +1,13 @@
 //! One trace run, start to finish: check the input, load and attach, mark the
 //! targets, read the maps each interval until the window ends, and return
 //! the [`Trace`]. The only module that sequences kernel-touching steps.
+//!
+//! With `--timeline`, the ring buffer is drained every [`DRAIN_EVERY`]
+//! within the same poll loop, rather than woken by the ring's fd: poll(2)
+//! on a ring buffer fd is level-triggered, so with events streaming in it
+//! returns at once after every drain, unless every event wakes the reader
+//! (the kernel's default), which costs the traced CPUs an interrupt and a
+//! switch to affin-trace per event.
 
 use std::{
     collections::BTreeMap,
@@ -22,12 +29,28 @@ use crate::{
     preflight::{self, PreflightError},
     probe::{Probe, ProbeConfig, ProbeError},
     procs::{self, TargetError},
+    timeline::{Capture, ThrottledSpan},
     topology::Topology,
     wake::{Waiter, Wake},
 };
 
 /// Default window when tracing pids (a command runs until it exits).
 pub const DEFAULT_DURATION_S: f64 = 30.0;
+
+/// How often the timeline ring buffer is drained: the buffer must hold
+/// this long's events (plus any delay in scheduling affin-trace).
+pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// CLOCK_MONOTONIC now (ns): the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// Why a run failed. [`SessionError::exit_code`] maps each to an exit code.
 #[derive(Debug, Error)]
@@ -108,6 +131,8 @@ pub struct Outcome {
     /// Start time of each target when the trace began: an apply later
     /// checks it to catch a recycled pid.
     pub start_times: std::collections::BTreeMap<u32, u64>,
+    /// The recorded events, with `--timeline`.
+    pub timeline: Option<Capture>,
 }
 
 /// Resolved targets.
@@ -259,10 +284,16 @@ pub fn run_observed(
         attach: args.attach,
         offsets,
         pid_max: pid_max(),
+        timeline_bytes: args.timeline.as_ref().map(|_| args.timeline_buffer),
     };
     let mut probe = Probe::load(&cfg, &topology)?;
     verbose(&format!("programs attached ({:?})", probe.mode()));
 
+    let mut timeline = cfg.timeline_bytes.map(|_| Capture {
+        start_ns: monotonic_ns(),
+        ring_buffer_bytes: u64::from(probe.timeline_bytes()),
+        ..Capture::default()
+    });
     let mut child: Option<GatedChild> = None;
     let mut tgids = targets.tgids;
     if !args.command.is_empty() {
@@ -305,6 +336,23 @@ pub fn run_observed(
     let stat_before = cgroup_limit
         .as_ref()
         .and_then(|l| crate::cgroup::read_stat(l).ok());
+    // Per-interval throttling, for the timeline only.
+    let mut stat_prev = stat_before.filter(|_| timeline.is_some());
+    let mut mono_prev = monotonic_ns();
+    if let (Some(tl), Some(l)) = (timeline.as_mut(), cgroup_limit.as_ref()) {
+        tl.quota = Some(format!(
+            "{:.2} CPUs ({}/{} us) on {}",
+            l.quota_cores(),
+            l.quota.quota_us,
+            l.quota.period_us,
+            l.cgroup
+        ));
+    }
+    let drain_every = if timeline.is_some() {
+        DRAIN_EVERY
+    } else {
+        Duration::MAX
+    };
     let mut collector = Collector::new();
     let mut busy_prev = busy_before.clone();
     let mem_total = procs::mem_total_bytes();
@@ -320,7 +368,11 @@ pub fn run_observed(
                 break;
             }
             let input = observer.as_ref().and_then(|o| o.input_fd());
-            match waiter.wait_with(next - now, input) {
+            let wake = waiter.wait_with((next - now).min(drain_every), input);
+            if let Some(tl) = timeline.as_mut() {
+                probe.drain_timeline(&mut tl.events);
+            }
+            match wake {
                 Wake::Input => {
                     if let Some(o) = observer.as_mut()
                         && !o.on_input()
@@ -342,6 +394,24 @@ pub fn run_observed(
         let wall_ns = (now - last).as_nanos() as u64;
         collector.sample(&mut probe, wall_ns, rss);
         last = now;
+        if let Some(tl) = timeline.as_mut() {
+            probe.drain_timeline(&mut tl.events);
+            let mono = monotonic_ns();
+            if let (Some(l), Some(prev)) = (&cgroup_limit, &stat_prev)
+                && let Ok(stat) = crate::cgroup::read_stat(l)
+            {
+                let d = CpuStat::delta(prev, &stat);
+                tl.throttled.push(ThrottledSpan {
+                    start_ns: mono_prev,
+                    end_ns: mono,
+                    nr_periods: d.nr_periods,
+                    nr_throttled: d.nr_throttled,
+                    throttled_ns: d.throttled_ns,
+                });
+                stat_prev = Some(stat);
+            }
+            mono_prev = mono;
+        }
         if let Some(o) = observer.as_mut() {
             let busy_now = procs::cpu_busy_ns();
             let interval_busy = procs::busy_delta(&busy_prev, &busy_now);
@@ -380,6 +450,7 @@ pub fn run_observed(
             break;
         }
     }
+    let window_end = monotonic_ns();
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -423,6 +494,17 @@ pub fn run_observed(
     trace.attach_mode = probe.mode();
     trace.nr_cpus = topology.cpus.len() as u32;
     trace.mem_total_bytes = mem_total;
+    if let Some(tl) = timeline.as_mut() {
+        // The targets' last switches (an exiting thread's final one comes
+        // after its pidfd woke us) are in the ring by now. Events written
+        // (counted before this last drain) but not received would be a bug
+        // in the reader: counted as lost rather than let pass.
+        let written = probe.timeline_written();
+        probe.drain_timeline(&mut tl.events);
+        tl.end_ns = window_end;
+        let unread = written.saturating_sub(tl.events.len() as u64);
+        tl.lost_events = probe.timeline_lost() + unread;
+    }
     drop(probe); // detach before reporting
     if let Some(line) = args
         .verbose
@@ -439,6 +521,7 @@ pub fn run_observed(
         cgroup_limit,
         cgroup_window,
         start_times,
+        timeline,
     })
 }
 

@@ -34,6 +34,18 @@ fn forced_pins_are_exact_migrations_and_match_perf() {
     let t = thread_by_tid(&json, pid.parse().unwrap());
     assert_eq!(u(&t["migrations"]), N, "{t:#}");
     assert_eq!(u(&json["process"]["migrations"]), N);
+    // The source x destination matrix: CPU 0 -> 1 and 1 -> 0, half each.
+    let pairs = json["process"]["migration_pairs"]
+        .as_array()
+        .expect("pairs");
+    let pair = |from: u64, to: u64| {
+        pairs
+            .iter()
+            .find(|p| p["from"] == from && p["to"] == to)
+            .map_or(0, |p| u(&p["count"]))
+    };
+    assert_eq!(pair(0, 1) + pair(1, 0), N, "{pairs:?}");
+    assert_eq!(pairs.len(), 2, "{pairs:?}");
     // On this machine CPUs 0 and 1 are two cores sharing one L3 ("llc");
     // the expected class is derived from the topology, not assumed.
     let class = expected_class(0, 1);

@@ -16,7 +16,9 @@ pub struct Args {
     /// Only the root integration tests (builds the release binary first).
     #[arg(long)]
     root: bool,
-    /// Run only tests whose name contains this string (both phases).
+    /// Run only tests whose name contains this string (both phases); in the
+    /// root phase, a root test file's name (`accuracy` for
+    /// tests/tests/accuracy.rs) runs that whole file.
     filter: Option<String>,
 }
 
@@ -96,16 +98,28 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
         "--no-fail-fast",
         "-p",
         "affinity-tests",
-    ])
-    .args(filter)
+    ]);
+    // A file name selects the file; anything else filters test names.
+    match filter {
+        Some(f) if is_test_file(f) => cmd.args(["--test", f]),
+        _ => cmd.args(filter),
+    };
     // Kernel state (BPF programs, affinities) is shared: one test at a time.
-    .args(["--", "--test-threads=1"])
-    .env("AFFIN_TRACE_BIN", release_bin());
+    cmd.args(["--", "--test-threads=1"])
+        .env("AFFIN_TRACE_BIN", release_bin());
     let mut phase = run_phase("root tests", cmd)?;
     if phase.problem.is_none() && phase.passed + phase.failed == 0 {
         phase.problem = Some("no root tests ran".into());
     }
     Ok(phase)
+}
+
+/// Whether `name` is a root test file, tests/tests/<name>.rs.
+fn is_test_file(name: &str) -> bool {
+    crate::util::workspace_root()
+        .join("tests/tests")
+        .join(format!("{name}.rs"))
+        .is_file()
 }
 
 /// Runs a `cargo test` command, echoing its stdout line by line while

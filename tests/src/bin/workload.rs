@@ -21,6 +21,9 @@
 //! - `flip MS`: a `flipped` thread, 1/3 busy for MS ms of wall time, while
 //!   the main thread moves it to the next CPU of its own allowed set every
 //!   5 ms.
+//! - `yield N MS`: N threads named `yield-<i>`, all pinned to CPU 0, call
+//!   sched_yield() for MS ms of wall time: a context switch between them
+//!   every few microseconds, a storm of events.
 
 use std::{
     io::BufRead as _,
@@ -69,7 +72,9 @@ fn schedstat() -> u64 {
 
 fn arg(args: &[String], i: usize) -> u64 {
     args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        eprintln!("usage: workload hop N MS | split X Y | sleep K | late N MS | spin MS | flip MS");
+        eprintln!(
+            "usage: workload hop N MS | split X Y | sleep K | late N MS | spin MS | flip MS | yield N MS"
+        );
         std::process::exit(2)
     })
 }
@@ -224,6 +229,26 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             h.join().expect("join");
+        }
+        Some("yield") => {
+            let (n, ms) = (arg(&args, 1), arg(&args, 2));
+            let until = Instant::now() + Duration::from_millis(ms);
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name(format!("yield-{i}"))
+                        .spawn(move || {
+                            pin(0, 0);
+                            while Instant::now() < until {
+                                std::thread::yield_now();
+                            }
+                        })
+                        .expect("spawn")
+                })
+                .collect();
+            for h in hs {
+                h.join().expect("join");
+            }
         }
         _ => {
             arg(&args, 99);
