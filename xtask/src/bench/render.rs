@@ -759,6 +759,28 @@ fn targets(w: &mut String, r: &Results) {
         opt(clock_cost(r), 1),
         opt(r.ns_per_event(Cfg::C, "btf_sched_switch"), 1)
     );
+    // (c) within noise of (b): the per-round (c) - (b) differences straddle 0.
+    if let Some((m, lo, hi)) = r.round_diff(Cfg::C, Cfg::B) {
+        md!(
+            w,
+            "| (c) within noise of (b) | per-round (c) - (b): median {m:.1} ns/switch, IQR \
+             {lo:.1} to {hi:.1} | {} | filter path in-program: {} ns/event vs {} ns empty \
+             (section 3) |",
+            met(lo <= 0.0 && 0.0 <= hi),
+            opt(r.ns_per_event(Cfg::C, "btf_sched_switch"), 1),
+            opt(floor_ns, 1)
+        );
+    }
+    // (d) below bpftrace: added cost per switch, paired.
+    if let (Some(d), Some(e)) = (r.paired_added_ns(Cfg::D), r.paired_added_ns(Cfg::E)) {
+        md!(
+            w,
+            "| (d) below bpftrace (e) | {d:.1} vs {e:.1} ns/switch ({}) | {} | bpftrace: \
+             classic tracepoints and hash maps keyed by tid |",
+            r.ratio_text(Cfg::E, Cfg::D),
+            met(d < e)
+        );
+    }
     if let Some(Ok(s)) = &r.startup {
         md!(
             w,

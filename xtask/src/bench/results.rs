@@ -133,6 +133,18 @@ impl Results {
         }
     }
 
+    /// Per-round difference of added ns per switch, `num` - `den` (both
+    /// against the same round's (a)): its median and interquartile range.
+    pub fn round_diff(&self, num: Cfg, den: Cfg) -> Option<(f64, f64, f64)> {
+        let d: Vec<f64> = self
+            .paired(num)
+            .iter()
+            .zip(self.paired(den))
+            .map(|(n, d)| n - d)
+            .collect();
+        (!d.is_empty()).then(|| (median(&d), quantile(&d, 0.25), quantile(&d, 0.75)))
+    }
+
     pub fn paired_ratio(&self, num: Cfg, den: Cfg) -> Option<f64> {
         let (n, d) = (self.paired_added_ns(num)?, self.paired_added_ns(den)?);
         (d > 0.0).then_some(n / d)
