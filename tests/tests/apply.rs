@@ -310,3 +310,66 @@ fn threads_exiting_and_appearing_during_the_apply_do_not_break_it() {
     let _ = w.kill();
     let _ = w.wait();
 }
+
+/// Thousands of threads churning while applied to: 1000 makers, each
+/// creating a 50 ms thread after the last (~2000 live threads, ~20,000
+/// creations and exits per second). The apply completes, every live thread
+/// has the CPUs a moment later (those that predate it have exited, later
+/// ones inherit), and revert puts the previous mask back on every thread.
+#[test]
+fn thousands_of_churning_threads_are_applied_and_reverted() {
+    require_root();
+    let mut w = Command::new(workload())
+        .args(["churn", "30000", "1000", "50"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead as _;
+    let mut line = String::new();
+    std::io::BufReader::new(w.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let pid = w.id();
+    let before = masks(pid);
+    assert!(before.len() > 1000, "{} threads", before.len());
+    let original = before[&pid].clone();
+    assert_ne!(original, "1");
+    let run = run(&[
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        "0.5",
+        "--apply",
+        "--cpus",
+        "1",
+        "--yes",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let changed = run.json["applied"]["threads_changed"].as_u64().unwrap();
+    assert!(changed >= 1000, "threads_changed {changed}");
+    // Longer than a child lives: every thread now started after the apply
+    // or was changed by it.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let now = masks(pid);
+    assert!(now.len() > 1000, "{} threads", now.len());
+    let wrong: Vec<_> = now.iter().filter(|(_, m)| *m != "1").collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} threads without the CPUs: {wrong:?}",
+        wrong.len(),
+        now.len()
+    );
+    assert!(revert(pid).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let after = masks(pid);
+    let wrong: Vec<_> = after.iter().filter(|(_, m)| **m != original).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} threads not reverted: {wrong:?}",
+        wrong.len(),
+        after.len()
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+}

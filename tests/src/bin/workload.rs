@@ -124,22 +124,30 @@ fn main() {
         }
         Some("spin") => spin_cpu_ms(arg(&args, 1)),
         Some("churn") => {
-            // Threads that live ~2 ms each, created back to back by 4 makers:
-            // any apply races thread exits and creations.
+            // churn MS [MAKERS [CHILD_MS]]: threads that live CHILD_MS (2)
+            // each, created back to back by MAKERS (4) makers: any apply
+            // races thread exits and creations. `ready` once every maker runs.
             let ms = arg(&args, 1);
-            println!("ready");
+            let makers_n = args.get(2).map_or(4, |_| arg(&args, 2));
+            let child_ms = args.get(3).map_or(2, |_| arg(&args, 3));
             let until = Instant::now() + Duration::from_millis(ms);
-            let makers: Vec<_> = (0..4)
+            let started = std::sync::Arc::new(std::sync::Barrier::new(makers_n as usize + 1));
+            let makers: Vec<_> = (0..makers_n)
                 .map(|_| {
+                    let started = started.clone();
                     std::thread::spawn(move || {
+                        started.wait();
                         while Instant::now() < until {
-                            let _ =
-                                std::thread::spawn(|| std::thread::sleep(Duration::from_millis(2)))
-                                    .join();
+                            let _ = std::thread::spawn(move || {
+                                std::thread::sleep(Duration::from_millis(child_ms))
+                            })
+                            .join();
                         }
                     })
                 })
                 .collect();
+            started.wait();
+            println!("ready");
             for m in makers {
                 m.join().expect("join");
             }
