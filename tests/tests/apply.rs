@@ -61,6 +61,20 @@ fn idle(n: u32) -> std::process::Child {
     c
 }
 
+/// Traces `pid` for 0.5 s and applies CPU 1 to it, without a prompt.
+fn apply_cpu_1(pid: u32) -> Run {
+    run(&[
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        "0.5",
+        "--apply",
+        "--cpus",
+        "1",
+        "--yes",
+    ])
+}
+
 fn revert(pid: u32) -> std::process::Output {
     Command::new(affin_trace())
         .args(["revert", "--pid", &pid.to_string()])
@@ -78,16 +92,7 @@ fn apply_sets_every_thread_and_revert_restores_the_exact_masks() {
     pin(tids[1], &[0]);
     pin(tids[2], &[1]);
     let before = masks(pid);
-    let run = run(&[
-        "--pid",
-        &pid.to_string(),
-        "--duration",
-        "0.5",
-        "--apply",
-        "--cpus",
-        "1",
-        "--yes",
-    ]);
+    let run = apply_cpu_1(pid);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let after = masks(pid);
     assert!(after.values().all(|m| m == "1"), "{after:?}");
@@ -290,16 +295,7 @@ fn threads_exiting_and_appearing_during_the_apply_do_not_break_it() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = w.id();
-    let run = run(&[
-        "--pid",
-        &pid.to_string(),
-        "--duration",
-        "0.5",
-        "--apply",
-        "--cpus",
-        "1",
-        "--yes",
-    ]);
+    let run = apply_cpu_1(pid);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.json["applied"]["threads_changed"].as_u64().unwrap() >= 5);
     // Threads created after the apply inherit the mask from their creator.
@@ -319,32 +315,13 @@ fn threads_exiting_and_appearing_during_the_apply_do_not_break_it() {
 #[test]
 fn thousands_of_churning_threads_are_applied_and_reverted() {
     require_root();
-    let mut w = Command::new(workload())
-        .args(["churn", "30000", "1000", "50"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead as _;
-    let mut line = String::new();
-    std::io::BufReader::new(w.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    let pid = w.id();
+    let mut w = Gated::start(&["churn", "30000", "1000", "50"]);
+    let pid = w.pid();
     let before = masks(pid);
     assert!(before.len() > 1000, "{} threads", before.len());
     let original = before[&pid].clone();
     assert_ne!(original, "1");
-    let run = run(&[
-        "--pid",
-        &pid.to_string(),
-        "--duration",
-        "0.5",
-        "--apply",
-        "--cpus",
-        "1",
-        "--yes",
-    ]);
+    let run = apply_cpu_1(pid);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let changed = run.json["applied"]["threads_changed"].as_u64().unwrap();
     assert!(changed >= 1000, "threads_changed {changed}");
@@ -370,6 +347,6 @@ fn thousands_of_churning_threads_are_applied_and_reverted() {
         wrong.len(),
         after.len()
     );
-    let _ = w.kill();
-    let _ = w.wait();
+    let _ = w.child.kill();
+    let _ = w.child.wait();
 }
