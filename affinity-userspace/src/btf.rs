@@ -347,6 +347,26 @@ pub fn tracepoint_type_ids<const N: usize>(
     Ok(ids)
 }
 
+/// A little-endian BTF blob: the 24-byte header (magic, version 1, no
+/// flags), then `types` (raw type records) and `strings` (the string
+/// section, starting with its empty string).
+pub fn raw_blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + types.len() + strings.len());
+    b.extend_from_slice(&[0x9f, 0xeb, 1, 0]);
+    for v in [
+        24,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(types);
+    b.extend_from_slice(strings);
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,22 +451,7 @@ mod tests {
         }
     }
 
-    /// A BTF blob of `types` (raw records) and a string section.
-    fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
-        let mut b = vec![0x9f, 0xeb, 1, 0];
-        for v in [
-            24,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        b.extend_from_slice(types);
-        b.extend_from_slice(strings);
-        b
-    }
+    use super::raw_blob as blob;
 
     fn record(name_off: u32, kind: u32, vlen: u32, size_or_type: u32) -> Vec<u8> {
         let mut r = name_off.to_le_bytes().to_vec();

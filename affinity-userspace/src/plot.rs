@@ -349,6 +349,21 @@ struct Cell {
     text: Option<String>,
 }
 
+/// A count cell: grey and blank at 0, else orange on `log`'s 0..1 scale
+/// with the count written in.
+fn count_cell(n: u64, log: impl Fn(u64) -> f64) -> Cell {
+    match n {
+        0 => Cell {
+            fill: ZERO,
+            text: None,
+        },
+        n => Cell {
+            fill: scale(&ORANGES, log(n)),
+            text: Some(n.to_string()),
+        },
+    }
+}
+
 /// A vertical line before column `before`, from header row `from` down.
 struct Separator {
     before: usize,
@@ -829,16 +844,7 @@ fn pair_matrix(trace: &Trace, topo: &Topology) -> Matrix {
     let rows = (cols.iter())
         .map(|from| {
             let cells = (cols.iter())
-                .map(|to| match count(from.cpu, to.cpu) {
-                    0 => Cell {
-                        fill: ZERO,
-                        text: None,
-                    },
-                    n => Cell {
-                        fill: scale(&ORANGES, log(n)),
-                        text: Some(n.to_string()),
-                    },
-                })
+                .map(|to| count_cell(count(from.cpu, to.cpu), log))
                 .collect();
             let out: u64 = (pairs.iter())
                 .filter(|p| p.from == from.cpu)
@@ -908,19 +914,7 @@ fn migrations(trace: &Trace, threads: &[&ThreadTrace]) -> Matrix {
     let rows = threads
         .iter()
         .map(|t| {
-            let cells = counts(t)
-                .into_iter()
-                .map(|n| match n {
-                    0 => Cell {
-                        fill: ZERO,
-                        text: None,
-                    },
-                    n => Cell {
-                        fill: scale(&ORANGES, log(n)),
-                        text: Some(n.to_string()),
-                    },
-                })
-                .collect();
+            let cells = counts(t).into_iter().map(|n| count_cell(n, log)).collect();
             let total = t.migrations.total();
             let rate = if secs > 0.0 { total as f64 / secs } else { 0.0 };
             Row {

@@ -698,19 +698,7 @@ fn attach_btf(ids: &[u32; 5]) -> Result<Btf, ProbeError> {
             types.extend_from_slice(&v.to_le_bytes());
         }
     }
-    let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
-    blob.extend_from_slice(&[0x9f, 0xeb, 1, 0]);
-    for v in [
-        24,
-        0,
-        types.len() as u32,
-        types.len() as u32,
-        strings.len() as u32,
-    ] {
-        blob.extend_from_slice(&v.to_le_bytes());
-    }
-    blob.extend_from_slice(&types);
-    blob.extend_from_slice(&strings);
+    let blob = crate::btf::raw_blob(&types, &strings);
     Btf::parse(&blob, aya::Endianness::Little)
         .map_err(|e| ProbeError::Load(format!("building the attach BTF: {e}")))
 }
