@@ -251,6 +251,26 @@ pub fn programs_left() -> Vec<String> {
     left
 }
 
+/// A JSON number, or a panic naming what was there instead.
+pub fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The report's `process.migration_pairs`, and the count of one pair in it
+/// (0 when absent).
+pub fn migration_pairs(json: &Value) -> (&Vec<Value>, impl Fn(u64, u64) -> u64 + '_) {
+    let pairs = json["process"]["migration_pairs"]
+        .as_array()
+        .expect("process.migration_pairs");
+    let pair = move |from: u64, to: u64| {
+        pairs
+            .iter()
+            .find(|p| p["from"] == from && p["to"] == to)
+            .map_or(0, |p| u(&p["count"]))
+    };
+    (pairs, pair)
+}
+
 /// The thread named `comm` in a report.
 pub fn thread<'a>(json: &'a Value, comm: &str) -> &'a Value {
     json["threads"]

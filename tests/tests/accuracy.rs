@@ -3,10 +3,6 @@
 
 use affinity_tests::*;
 
-fn u(v: &serde_json::Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
 /// (a) N forced pins alternating between two CPUs give exactly N
 /// migrations, all in the class the topology says; (e) the same run as
 /// `perf stat -e cpu-migrations` counts.
@@ -35,15 +31,7 @@ fn forced_pins_are_exact_migrations_and_match_perf() {
     assert_eq!(u(&t["migrations"]), N, "{t:#}");
     assert_eq!(u(&json["process"]["migrations"]), N);
     // The source x destination matrix: CPU 0 -> 1 and 1 -> 0, half each.
-    let pairs = json["process"]["migration_pairs"]
-        .as_array()
-        .expect("pairs");
-    let pair = |from: u64, to: u64| {
-        pairs
-            .iter()
-            .find(|p| p["from"] == from && p["to"] == to)
-            .map_or(0, |p| u(&p["count"]))
-    };
+    let (pairs, pair) = migration_pairs(&json);
     assert_eq!(pair(0, 1) + pair(1, 0), N, "{pairs:?}");
     assert_eq!(pairs.len(), 2, "{pairs:?}");
     // On this machine CPUs 0 and 1 are two cores sharing one L3 ("llc");

@@ -6,10 +6,6 @@ use affinity::timeline::{CPU_PID, CPU_TID_BASE};
 use affinity_tests::*;
 use serde_json::Value;
 
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
 /// The trace file, parsed.
 fn read_trace(path: &std::path::Path) -> Value {
     let text = std::fs::read_to_string(path)
@@ -26,6 +22,30 @@ fn events<'a>(trace: &'a Value, ph: &str, cat: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Traces the gated workload `w` by pid (up to `duration` s, 0.5 s
+/// intervals) with `--timeline file`, lets it run to its end, and returns
+/// the JSON report (exit code 0 asserted) and the trace file, parsed and
+/// removed.
+fn traced_with_timeline(mut w: Gated, duration: &str, file: &std::path::Path) -> (Value, Value) {
+    let tracer = Tracer::start(&[
+        "--pid",
+        &w.pid().to_string(),
+        "--duration",
+        duration,
+        "--interval",
+        "0.5",
+        "--timeline",
+        file.to_str().unwrap(),
+    ]);
+    w.go();
+    w.finish();
+    let (code, json) = tracer.finish();
+    assert_eq!(code, 0, "{json}");
+    let trace = read_trace(file);
+    let _ = std::fs::remove_file(file);
+    (json, trace)
+}
+
 /// The CPU whose track an event is on.
 fn cpu_of(e: &Value) -> u64 {
     assert_eq!(e["pid"], CPU_PID, "not on a CPU track: {e}");
@@ -40,24 +60,9 @@ fn timeline_of_hop_has_one_arrow_per_migration_and_slices_matching_on_cpu_time()
     require_root();
     const N: u64 = 200;
     let file = scratch("timeline.json");
-    let mut w = Gated::start(&["hop", &N.to_string(), "2"]);
+    let w = Gated::start(&["hop", &N.to_string(), "2"]);
     let pid = w.pid();
-    let tracer = Tracer::start(&[
-        "--pid",
-        &pid.to_string(),
-        "--duration",
-        "120",
-        "--interval",
-        "0.5",
-        "--timeline",
-        file.to_str().unwrap(),
-    ]);
-    w.go();
-    w.finish();
-    let (code, json) = tracer.finish();
-    assert_eq!(code, 0, "{json}");
-    let trace = read_trace(&file);
-    let _ = std::fs::remove_file(&file);
+    let (json, trace) = traced_with_timeline(w, "120", &file);
 
     // The counters.
     assert_eq!(
@@ -66,15 +71,7 @@ fn timeline_of_hop_has_one_arrow_per_migration_and_slices_matching_on_cpu_time()
         "{:#}",
         json["process"]
     );
-    let pairs = json["process"]["migration_pairs"]
-        .as_array()
-        .expect("pairs");
-    let pair = |from: u64, to: u64| {
-        pairs
-            .iter()
-            .find(|p| p["from"] == from && p["to"] == to)
-            .map_or(0, |p| u(&p["count"]))
-    };
+    let (pairs, pair) = migration_pairs(&json);
     assert_eq!(pair(0, 1) + pair(1, 0), N, "{pairs:?}");
     assert_eq!((pair(0, 1), pair(1, 0)), (N / 2, N / 2), "{pairs:?}");
 
@@ -205,25 +202,9 @@ fn timeline_marks_throttled_intervals_adding_up_to_the_reports_count() {
     let cg = affinity::cgroup::TestCgroup::create_v1_cpu(&name, 50_000, 100_000)
         .expect("create test cgroup");
     let file = scratch("timeline-throttled.json");
-    let mut w = Gated::start(&["spinners", "4", "1500"]);
+    let w = Gated::start(&["spinners", "4", "1500"]);
     cg.add(w.pid()).expect("add to cgroup");
-    let pid = w.pid().to_string();
-    let tracer = Tracer::start(&[
-        "--pid",
-        &pid,
-        "--duration",
-        "60",
-        "--interval",
-        "0.5",
-        "--timeline",
-        file.to_str().unwrap(),
-    ]);
-    w.go();
-    w.finish();
-    let (code, json) = tracer.finish();
-    assert_eq!(code, 0, "{json}");
-    let trace = read_trace(&file);
-    let _ = std::fs::remove_file(&file);
+    let (json, trace) = traced_with_timeline(w, "60", &file);
     let reported = u(&json["throttling"]["nr_throttled"]);
     assert!(reported > 0, "{:#}", json["throttling"]);
     let marks = events(&trace, "X", "throttling");
