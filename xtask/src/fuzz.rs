@@ -396,16 +396,21 @@ fn is_seed(p: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
 }
 
-fn files(dir: &Path) -> Vec<PathBuf> {
+/// Entries of `dir` that pass `keep`, sorted (none if it is unreadable).
+fn entries(dir: &Path, keep: fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file())
+        .filter(|p| keep(p))
         .collect();
     v.sort();
     v
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    entries(dir, Path::is_file)
 }
 
 fn count(dir: &Path) -> usize {
@@ -456,15 +461,7 @@ fn fixtures() -> PathBuf {
 
 /// Subdirectories of a fixture directory, sorted.
 fn cases(kind: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(fixtures().join(kind))
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    v.sort();
-    v
+    entries(&fixtures().join(kind), Path::is_dir)
 }
 
 fn name_of(p: &Path) -> String {

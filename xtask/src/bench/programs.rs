@@ -18,33 +18,28 @@ pub struct Bpftool {
 }
 
 impl Bpftool {
-    pub fn progs(&self) -> Result<Vec<Prog>> {
+    /// `bpftool <object> show --json`'s output.
+    fn show(&self, object: &str) -> Result<String> {
         let out = Command::new(&self.argv[0])
             .args(&self.argv[1..])
-            .args(["prog", "show", "--json"])
+            .args([object, "show", "--json"])
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
             .context("could not run bpftool")?;
         if !out.status.success() {
-            bail!("bpftool prog show failed ({})", out.status);
+            bail!("bpftool {object} show failed ({})", out.status);
         }
-        parse_progs(&String::from_utf8_lossy(&out.stdout))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn progs(&self) -> Result<Vec<Prog>> {
+        parse_progs(&self.show("prog")?)
     }
 
     /// Every map, with the kernel memory charged for it.
     pub fn maps(&self) -> Result<Vec<MapInfo>> {
-        let out = Command::new(&self.argv[0])
-            .args(&self.argv[1..])
-            .args(["map", "show", "--json"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .context("could not run bpftool")?;
-        if !out.status.success() {
-            bail!("bpftool map show failed ({})", out.status);
-        }
-        parse_maps(&String::from_utf8_lossy(&out.stdout))
+        parse_maps(&self.show("map")?)
     }
 
     pub fn ours(&self) -> Result<Vec<Prog>> {
