@@ -31,10 +31,7 @@ pub struct System;
 
 impl Affinity for System {
     fn threads(&self, pid: u32) -> Vec<u32> {
-        crate::procs::threads(pid)
-            .into_iter()
-            .map(|t| t.tid)
-            .collect()
+        crate::procs::tids(pid)
     }
 
     fn get(&self, tid: u32) -> Result<Vec<u32>, Errno> {
