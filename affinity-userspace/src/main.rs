@@ -1,11 +1,12 @@
-//! The `affin-trace` binary: parse, dispatch to [`affinity::run`], exit with
+//! The `affin-trace` binary: parse, dispatch to [`affinity::cli::run`], exit with
 //! its code.
 
 use std::process::ExitCode;
 
 use affinity::{
+    cli::demo,
+    cli::run,
     cli::{Cli, Command, EXIT_FAILURE, EXIT_USAGE},
-    demo, run,
 };
 use clap::Parser as _;
 
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
             out,
         }) => {
             let mut stdout = std::io::stdout().lock();
-            match affinity::docs::emit(man, completions, out.as_deref(), &mut stdout) {
+            match affinity::cli::docs::emit(man, completions, out.as_deref(), &mut stdout) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("affin-trace: writing the docs: {e}");

@@ -5,7 +5,7 @@
 //! is within both the affinity and the cpuset.
 #![no_main]
 
-use affinity::topology::allowed_cpus;
+use affinity::model::topology::allowed_cpus;
 use affinity_fuzz::{PID, Tree};
 use libfuzzer_sys::fuzz_target;
 

@@ -3,8 +3,8 @@
 //! records): any bytes, any header offsets and lengths, any kind and vlen.
 #![no_main]
 
-use affinity::btf::{task_offsets_from, tracepoint_type_ids};
-use affinity::probe::TRACEPOINTS;
+use affinity::kernel::btf::{task_offsets_from, tracepoint_type_ids};
+use affinity::kernel::probe::TRACEPOINTS;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! line as the key (so the number lines are reached) and with another key.
 #![no_main]
 
-use affinity::btf::parse_cache;
+use affinity::kernel::btf::parse_cache;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

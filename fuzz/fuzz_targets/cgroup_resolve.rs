@@ -4,7 +4,7 @@
 //! `read_stat` (cpu.stat, cpu.stat.local, cpu.pressure) on the limit found.
 #![no_main]
 
-use affinity::cgroup;
+use affinity::host::cgroup;
 use affinity_fuzz::{PID, Tree};
 use libfuzzer_sys::fuzz_target;
 

@@ -5,7 +5,7 @@
 //! is a missing file.
 #![no_main]
 
-use affinity::cgroup::{CpuStat, read_stat_at};
+use affinity::host::cgroup::{CpuStat, read_stat_at};
 use affinity_fuzz::{chunks, write_opt};
 use libfuzzer_sys::fuzz_target;
 

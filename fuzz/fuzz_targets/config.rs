@@ -2,7 +2,7 @@
 //! thresholds, and every error renders (line/column lookup included).
 #![no_main]
 
-use affinity::config::Config;
+use affinity::analyze::config::Config;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 

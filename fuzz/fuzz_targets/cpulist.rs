@@ -4,7 +4,7 @@
 //! and formatting then parsing gives the same CPUs back.
 #![no_main]
 
-use affinity::cpulist;
+use affinity::model::cpulist;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

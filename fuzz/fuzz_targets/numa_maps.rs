@@ -9,5 +9,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = affinity::recommend::parse_numa_maps(text);
+    let _ = affinity::analyze::recommend::parse_numa_maps(text);
 });

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = procfs::KernelStats::from_buf_read(data, &si);
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = affinity::procs::parse_mem_total(text);
+        let _ = affinity::host::procs::parse_mem_total(text);
     }
     let _ = procfs::process::Schedstat::from_read(data);
 });

@@ -7,7 +7,7 @@
 //! the values printed.
 #![no_main]
 
-use affinity::procs::{comm_bytes, comm_str};
+use affinity::host::procs::{comm_bytes, comm_str};
 use affinity_fuzz::StatLine;
 use libfuzzer_sys::fuzz_target;
 use procfs::FromRead as _;

@@ -19,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
             .fold(0, u64::saturating_add);
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = affinity::preflight::parse_cap_eff(text);
+        let _ = affinity::host::preflight::parse_cap_eff(text);
     }
 });

@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::sync::OnceLock;
 
 use affinity::apply::{Affinity, revert};
-use affinity::state;
+use affinity::apply::state;
 use libfuzzer_sys::fuzz_target;
 use nix::errno::Errno;
 

@@ -5,7 +5,7 @@
 //! query the recommender and the report use, the text rendering and JSON.
 #![no_main]
 
-use affinity::topology::{Topology, render_text};
+use affinity::model::topology::{Topology, render_text};
 use affinity_fuzz::Tree;
 use libfuzzer_sys::fuzz_target;
 

@@ -6,8 +6,8 @@
 //! Same checks as trace_json: no panic, every feature finite.
 #![no_main]
 
-use affinity::classify::{Thresholds, classify_trace};
-use affinity::features::extract;
+use affinity::analyze::classify::{Thresholds, classify_trace};
+use affinity::analyze::features::extract;
 use affinity::model::{Interval, MigrationsByClass, RunqLatency, ThreadTrace, Trace};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;

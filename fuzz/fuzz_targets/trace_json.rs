@@ -5,8 +5,8 @@
 //! threshold test and print as `null` in JSON reports).
 #![no_main]
 
-use affinity::classify::{Thresholds, classify_trace};
-use affinity::features::extract;
+use affinity::analyze::classify::{Thresholds, classify_trace};
+use affinity::analyze::features::extract;
 use affinity::model::Trace;
 use libfuzzer_sys::fuzz_target;
 

@@ -217,7 +217,7 @@ impl StatLine {
 /// finite, non-negative number (a NaN would silently pass or fail every
 /// threshold test and print as `null` in JSON reports), and the demand
 /// derived from it does not panic.
-pub fn check_features(f: &affinity::features::Features) {
+pub fn check_features(f: &affinity::analyze::features::Features) {
     for (name, v) in [
         ("avg_cpu_usage", f.avg_cpu_usage),
         ("max_cpu_usage", f.max_cpu_usage),
@@ -230,5 +230,5 @@ pub fn check_features(f: &affinity::features::Features) {
     ] {
         assert!(v.is_finite() && v >= 0.0, "{name} = {v}");
     }
-    let _ = affinity::recommend::demand(f);
+    let _ = affinity::analyze::recommend::demand(f);
 }

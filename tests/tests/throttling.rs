@@ -5,7 +5,7 @@
 
 use std::process::{Command, Stdio};
 
-use affinity::cgroup::TestCgroup;
+use affinity::host::cgroup::TestCgroup;
 use affinity_tests::*;
 
 const QUOTA_US: u64 = 50_000;
@@ -134,7 +134,7 @@ fn no_quota_means_a_quiet_report() {
 fn test_cgroup_is_resolved_throttles_and_is_removed() {
     use std::{path::Path, time::Duration};
 
-    use affinity::cgroup::{CpuStat, resolve};
+    use affinity::host::cgroup::{CpuStat, resolve};
 
     require_root();
     let cg = cgroup("affin-lifecycle");

@@ -90,6 +90,10 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
         phase.problem = Some("release build failed".into());
         return Ok(phase);
     }
+    // Kernel state is machine-wide: a second `cargo xtask test` (another
+    // checkout, a bench) waits here rather than counting our programs or
+    // racing for our cgroups. The lock goes with the process.
+    let _lock = machine_lock()?;
     let mut cmd = cargo();
     // --no-fail-fast: one failing test file must not hide the others' results.
     cmd.args([
@@ -112,6 +116,27 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
         phase.problem = Some("no root tests ran".into());
     }
     Ok(phase)
+}
+
+/// Takes /run/affin-trace-root-tests.lock (flock, exclusive, blocking).
+fn machine_lock() -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let path = "/run/affin-trace-root-tests.lock";
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {path}"))?;
+    // SAFETY: flock on an fd we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        println!("xtask: another root test run holds {path}; waiting for it");
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            anyhow::bail!("flock {path}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(file)
 }
 
 /// Whether `name` is a root test file, tests/tests/<name>.rs.

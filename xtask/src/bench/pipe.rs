@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-/// `affinity::probe::FLOOR_CLOCK_ENV` (xtask does not link the library).
+/// `affinity::kernel::probe::FLOOR_CLOCK_ENV` (xtask does not link the library).
 const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
 
 /// The equivalent of (d) in bpftrace: on-CPU time per thread of the target

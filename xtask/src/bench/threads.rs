@@ -14,7 +14,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 const THREADS_MAX: &str = "/proc/sys/kernel/threads-max";
-/// `affinity::collector::READ_TIMES_ENV` (xtask does not link the library).
+/// `affinity::collect::collector::READ_TIMES_ENV` (xtask does not link the library).
 const READ_TIMES_ENV: &str = "AFFIN_TRACE_READ_TIMES";
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 pub const SMALL_THREADS: usize = 1_000;

@@ -1,0 +1,466 @@
+//! Workload classification: [`Features`] in, one of the seed's six classes
+//! out, with the reasons that decided it.
+//!
+//! The tests run in the seed's order and with its defaults:
+//! 1. `avg_cpu > 80`: `variance < 100` → cpu_intensive_steady, else
+//!    cpu_intensive_bursty;
+//! 2. `migration_rate > 5`/s → migration_heavy;
+//! 3. `cache_miss_ratio > 0.3` → cache_sensitive (the ratio is the share of
+//!    migrations leaving the LLC, see [`crate::analyze::features::CACHE_MISS_SOURCE`]);
+//! 4. `avg_cpu < 20` → io_bound;
+//! 5. otherwise balanced.
+//!
+//! Comparisons are strict, as in the seed: 80.0 is not above 80, a variance
+//! of exactly 100 is not below 100 (bursty). Every verdict lists each test
+//! it went through, the failed ones included.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::analyze::features::{Features, TraceFeatures};
+
+/// The six workload classes, in the order the tests are tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// Busy and steady: dedicated physical cores.
+    CpuIntensiveSteady,
+    /// Busy with swings: cores with their SMT siblings.
+    CpuIntensiveBursty,
+    /// Moves between CPUs often: keep it inside one LLC.
+    MigrationHeavy,
+    /// Migrations mostly leave the LLC: keep it inside one LLC.
+    CacheSensitive,
+    /// Mostly waiting: few (efficiency) CPUs.
+    IoBound,
+    /// None of the above: one NUMA node.
+    Balanced,
+}
+
+impl Class {
+    /// All classes in test order.
+    pub const ALL: [Class; 6] = [
+        Class::CpuIntensiveSteady,
+        Class::CpuIntensiveBursty,
+        Class::MigrationHeavy,
+        Class::CacheSensitive,
+        Class::IoBound,
+        Class::Balanced,
+    ];
+
+    /// The seed's name ("cpu_intensive_steady", ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::CpuIntensiveSteady => "cpu_intensive_steady",
+            Class::CpuIntensiveBursty => "cpu_intensive_bursty",
+            Class::MigrationHeavy => "migration_heavy",
+            Class::CacheSensitive => "cache_sensitive",
+            Class::IoBound => "io_bound",
+            Class::Balanced => "balanced",
+        }
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Classification thresholds (the seed's defaults). Loaded from the
+/// `[thresholds]` table of the config file; the CLI overrides fields.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Thresholds {
+    /// avg_cpu above this (% of one CPU) is CPU-intensive.
+    pub cpu_intensive_pct: f64,
+    /// CPU-intensive with variance below this (%^2) is steady.
+    pub steady_variance: f64,
+    /// Migrations per second above this is migration-heavy.
+    pub migration_rate: f64,
+    /// cache_miss_ratio above this (0..=1) is cache-sensitive.
+    pub cache_miss_ratio: f64,
+    /// avg_cpu below this (% of one CPU) is I/O-bound.
+    pub io_bound_pct: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            cpu_intensive_pct: 80.0,
+            steady_variance: 100.0,
+            migration_rate: 5.0,
+            cache_miss_ratio: 0.3,
+            io_bound_pct: 20.0,
+        }
+    }
+}
+
+/// A threshold outside its meaningful range.
+#[derive(Clone, Debug, PartialEq, Error)]
+#[error("threshold {key} = {value} is invalid: {expected}")]
+pub struct ThresholdError {
+    /// Field name, as in the config file.
+    pub key: &'static str,
+    /// The value given.
+    pub value: f64,
+    /// What it must be.
+    pub expected: &'static str,
+}
+
+impl Thresholds {
+    /// Checks every field: finite, not negative; the ratio at most 1.
+    pub fn validate(&self) -> Result<(), ThresholdError> {
+        let fields = [
+            ("cpu_intensive_pct", self.cpu_intensive_pct),
+            ("steady_variance", self.steady_variance),
+            ("migration_rate", self.migration_rate),
+            ("cache_miss_ratio", self.cache_miss_ratio),
+            ("io_bound_pct", self.io_bound_pct),
+        ];
+        for (key, value) in fields {
+            if !value.is_finite() || value < 0.0 {
+                return Err(ThresholdError {
+                    key,
+                    value,
+                    expected: "must be a finite number >= 0",
+                });
+            }
+        }
+        if self.cache_miss_ratio > 1.0 {
+            return Err(ThresholdError {
+                key: "cache_miss_ratio",
+                value: self.cache_miss_ratio,
+                expected: "must be between 0 and 1 (a share of migrations)",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A verdict and the tests that led to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    /// The class.
+    pub class: Class,
+    /// Each test tried, in order, with the value and threshold
+    /// ("avg_cpu 3.1% <= 80", ..., "avg_cpu 3.1% < 20").
+    pub reasons: Vec<String>,
+}
+
+impl Classification {
+    /// The reasons on one line, separated by "; ".
+    pub fn summary(&self) -> String {
+        self.reasons.join("; ")
+    }
+}
+
+/// One thread's verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThreadClassification {
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub comm: String,
+    /// Its verdict.
+    pub classification: Classification,
+}
+
+/// Verdicts for the process and each thread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceClassification {
+    /// The target as a whole.
+    pub process: Classification,
+    /// Each selected thread.
+    pub threads: Vec<ThreadClassification>,
+}
+
+/// Classifies the process and each thread.
+pub fn classify_trace(f: &TraceFeatures, t: &Thresholds) -> TraceClassification {
+    TraceClassification {
+        process: classify(&f.process, t),
+        threads: f
+            .threads
+            .iter()
+            .map(|th| ThreadClassification {
+                tid: th.tid,
+                comm: th.comm.clone(),
+                classification: classify(&th.features, t),
+            })
+            .collect(),
+    }
+}
+
+/// Classifies one set of features, in the seed's order of tests.
+pub fn classify(f: &Features, t: &Thresholds) -> Classification {
+    let mut test = Reasons::default();
+    let cpu = Figure::new("avg_cpu", f.avg_cpu_usage, "%", 1);
+    let class = if test.above(cpu, t.cpu_intensive_pct) {
+        let var = Figure::new("variance", f.cpu_variance, "", 1);
+        if test.below(var, t.steady_variance) {
+            Class::CpuIntensiveSteady
+        } else {
+            Class::CpuIntensiveBursty
+        }
+    } else if test.above(
+        Figure::new("migration_rate", f.migration_rate, "/s", 1),
+        t.migration_rate,
+    ) {
+        Class::MigrationHeavy
+    } else if test.above(
+        Figure::new("cache_miss_ratio", f.cache_miss_ratio, "", 2),
+        t.cache_miss_ratio,
+    ) {
+        Class::CacheSensitive
+    } else if test.below(cpu, t.io_bound_pct) {
+        Class::IoBound
+    } else {
+        Class::Balanced
+    };
+    Classification {
+        class,
+        reasons: test.0,
+    }
+}
+
+/// A feature as printed in a reason: name, value, unit, decimals.
+#[derive(Clone, Copy)]
+struct Figure {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    decimals: usize,
+}
+
+impl Figure {
+    fn new(name: &'static str, value: f64, unit: &'static str, decimals: usize) -> Self {
+        Self {
+            name,
+            value,
+            unit,
+            decimals,
+        }
+    }
+
+    /// "avg_cpu 97.2% > 80": the figure, the operator that held, the threshold.
+    fn reason(&self, threshold: f64, op: &str) -> String {
+        let v = fmt_near(self.value, threshold, self.decimals);
+        format!("{} {v}{} {op} {threshold}", self.name, self.unit)
+    }
+}
+
+/// The tests tried so far, each with its reason.
+#[derive(Default)]
+struct Reasons(Vec<String>);
+
+impl Reasons {
+    /// `value > threshold`, recorded.
+    fn above(&mut self, f: Figure, threshold: f64) -> bool {
+        let held = f.value > threshold;
+        self.0
+            .push(f.reason(threshold, if held { ">" } else { "<=" }));
+        held
+    }
+
+    /// `value < threshold`, recorded.
+    fn below(&mut self, f: Figure, threshold: f64) -> bool {
+        let held = f.value < threshold;
+        self.0
+            .push(f.reason(threshold, if held { "<" } else { ">=" }));
+        held
+    }
+}
+
+/// Formats `value` with `decimals` digits, or with more when that rounding
+/// would print it as the threshold itself (80.04 shows as "80.04", not
+/// "80.0 > 80").
+fn fmt_near(value: f64, threshold: f64, decimals: usize) -> String {
+    let mut d = decimals;
+    loop {
+        let s = format!("{value:.d$}");
+        let looks_equal = s.parse::<f64>().ok() == Some(threshold) && value != threshold;
+        if !looks_equal || d >= 9 {
+            return s;
+        }
+        d += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feat(cpu: f64, var: f64, rate: f64, miss: f64) -> Features {
+        Features {
+            avg_cpu_usage: cpu,
+            cpu_variance: var,
+            migration_rate: rate,
+            cache_miss_ratio: miss,
+            ..Default::default()
+        }
+    }
+
+    fn class(cpu: f64, var: f64, rate: f64, miss: f64) -> Class {
+        classify(&feat(cpu, var, rate, miss), &Thresholds::default()).class
+    }
+
+    #[test]
+    fn table_covers_every_class_and_each_boundary() {
+        use Class::*;
+        // (avg_cpu, variance, migration_rate, cache_miss_ratio) -> class
+        let table = [
+            // cpu_intensive: strictly above 80.
+            ((97.2, 12.0, 0.0, 0.0), CpuIntensiveSteady),
+            ((80.000001, 0.0, 0.0, 0.0), CpuIntensiveSteady),
+            ((97.2, 99.999, 0.0, 0.0), CpuIntensiveSteady),
+            ((97.2, 100.0, 0.0, 0.0), CpuIntensiveBursty),
+            ((97.2, 500.0, 0.0, 0.0), CpuIntensiveBursty),
+            // Busy wins over migrations and cache misses (test order).
+            ((150.0, 10.0, 50.0, 0.9), CpuIntensiveSteady),
+            // 80.0 is NOT > 80: falls through to the next tests.
+            ((80.0, 0.0, 0.0, 0.0), Balanced),
+            ((80.0, 0.0, 5.000001, 0.0), MigrationHeavy),
+            ((50.0, 0.0, 5.0, 0.0), Balanced),
+            ((50.0, 0.0, 6.0, 0.9), MigrationHeavy),
+            ((50.0, 0.0, 5.0, 0.300001), CacheSensitive),
+            ((50.0, 0.0, 5.0, 0.3), Balanced),
+            // Migrations and misses win over low CPU (test order).
+            ((3.0, 0.0, 0.0, 0.5), CacheSensitive),
+            ((3.0, 0.0, 10.0, 0.0), MigrationHeavy),
+            // io_bound: strictly below 20.
+            ((3.1, 0.0, 0.0, 0.0), IoBound),
+            ((19.999, 0.0, 0.0, 0.0), IoBound),
+            ((20.0, 0.0, 0.0, 0.0), Balanced),
+            ((0.0, 0.0, 0.0, 0.0), IoBound),
+        ];
+        for ((cpu, var, rate, miss), want) in table {
+            assert_eq!(
+                class(cpu, var, rate, miss),
+                want,
+                "{cpu} {var} {rate} {miss}"
+            );
+        }
+        let mut seen: Vec<Class> = table.iter().map(|r| r.1).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, Class::ALL.to_vec());
+    }
+
+    #[test]
+    fn reasons_name_the_deciding_tests() {
+        let c = classify(&feat(97.2, 12.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(c.reasons, ["avg_cpu 97.2% > 80", "variance 12.0 < 100"]);
+        let c = classify(&feat(97.2, 100.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(c.reasons[1], "variance 100.0 >= 100");
+    }
+
+    #[test]
+    fn reasons_list_the_failed_earlier_tests() {
+        let c = classify(&feat(3.1, 0.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::IoBound);
+        assert_eq!(
+            c.summary(),
+            "avg_cpu 3.1% <= 80; migration_rate 0.0/s <= 5; cache_miss_ratio 0.00 <= 0.3; \
+             avg_cpu 3.1% < 20"
+        );
+        let b = classify(&feat(20.0, 0.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(b.reasons.last().unwrap(), "avg_cpu 20.0% >= 20");
+    }
+
+    #[test]
+    fn values_near_a_threshold_get_more_digits() {
+        let c = classify(&feat(80.04, 0.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(c.reasons[0], "avg_cpu 80.04% > 80");
+        let c = classify(&feat(80.0, 0.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(c.reasons[0], "avg_cpu 80.0% <= 80");
+        let c = classify(&feat(50.0, 0.0, 0.0, 0.3001), &Thresholds::default());
+        assert_eq!(c.reasons[2], "cache_miss_ratio 0.3001 > 0.3");
+    }
+
+    #[test]
+    fn custom_thresholds_move_the_boundaries() {
+        let t = Thresholds {
+            cpu_intensive_pct: 50.0,
+            io_bound_pct: 5.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            classify(&feat(60.0, 0.0, 0.0, 0.0), &t).class,
+            Class::CpuIntensiveSteady
+        );
+        assert_eq!(
+            classify(&feat(10.0, 0.0, 0.0, 0.0), &t).class,
+            Class::Balanced
+        );
+        assert_eq!(
+            classify(&feat(60.0, 0.0, 0.0, 0.0), &t).reasons[0],
+            "avg_cpu 60.0% > 50"
+        );
+    }
+
+    #[test]
+    fn classifies_the_process_and_each_thread_from_a_trace() {
+        use crate::analyze::features::{extract, testutil::*};
+        let spinner = mk_thread(1, &[100.0, 100.0, 100.0], &[0]);
+        let sleeper = mk_thread(2, &[1.0, 2.0, 3.0], &[1]);
+        let tc = classify_trace(
+            &extract(&mk_trace(vec![spinner, sleeper]), 0),
+            &Thresholds::default(),
+        );
+        assert_eq!(tc.process.class, Class::CpuIntensiveSteady);
+        assert_eq!(
+            tc.threads[0].classification.class,
+            Class::CpuIntensiveSteady
+        );
+        assert_eq!(tc.threads[1].tid, 2);
+        assert_eq!(tc.threads[1].classification.class, Class::IoBound);
+    }
+
+    #[test]
+    fn exact_threshold_data_from_a_trace_is_not_above_it() {
+        use crate::analyze::features::{extract, testutil::*};
+        // Exactly 80% every second, and a 90/110 bursty pair with variance 100.
+        let at = mk_trace(vec![mk_thread(1, &[80.0, 80.0], &[0])]);
+        let c = classify(&extract(&at, 0).process, &Thresholds::default());
+        assert_eq!(c.class, Class::Balanced, "{:?}", c.reasons);
+        let edge = mk_trace(vec![mk_thread(1, &[90.0, 110.0], &[0, 1])]);
+        let c = classify(&extract(&edge, 0).process, &Thresholds::default());
+        assert_eq!(c.class, Class::CpuIntensiveBursty, "{:?}", c.reasons);
+    }
+
+    #[test]
+    fn names_and_serde_use_the_seed_spelling() {
+        assert_eq!(
+            Class::CpuIntensiveSteady.to_string(),
+            "cpu_intensive_steady"
+        );
+        assert_eq!(serde_json::to_value(Class::IoBound).unwrap(), "io_bound");
+        for c in Class::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+    }
+
+    #[test]
+    fn validate_rejects_nonsense() {
+        assert!(Thresholds::default().validate().is_ok());
+        let bad = Thresholds {
+            cache_miss_ratio: 1.5,
+            ..Default::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.key, "cache_miss_ratio");
+        assert!(e.to_string().contains("between 0 and 1"), "{e}");
+        let neg = Thresholds {
+            migration_rate: -1.0,
+            ..Default::default()
+        };
+        assert_eq!(neg.validate().unwrap_err().key, "migration_rate");
+        let nan = Thresholds {
+            io_bound_pct: f64::NAN,
+            ..Default::default()
+        };
+        assert!(nan.validate().is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! From a finished trace to a decision: features -> classification ->
+//! recommendation, for the process and each thread. Pure: everything it needs
+//! from the system (topology, allowed CPUs, NUMA memory) is passed in.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    analyze::classify::{self, Thresholds, TraceClassification},
+    analyze::features::{self, TraceFeatures},
+    analyze::recommend::{self, Recommendation},
+    model::Trace,
+    model::topology::Topology,
+};
+
+/// Facts about the target read at the end of the window (kernel-touching,
+/// gathered by the session).
+#[derive(Clone, Debug, Default)]
+pub struct TargetFacts {
+    /// CPUs the process may be given: its cgroup cpuset, else all online.
+    /// (Its current affinity is not a bound: applying a recommendation is
+    /// exactly what changes it.)
+    pub allowed: Option<Vec<u32>>,
+    /// Bytes of its memory per NUMA node (/proc/<pid>/numa_maps).
+    pub numa_memory: Option<BTreeMap<u32, u64>>,
+}
+
+/// The decision and what it rests on.
+#[derive(Clone, Debug, Serialize)]
+pub struct Analysis {
+    /// Features, process and per thread.
+    pub features: TraceFeatures,
+    /// Classes with their reasons.
+    pub classification: TraceClassification,
+    /// Recommended CPUs for the process.
+    pub recommendation: Recommendation,
+}
+
+/// Runs the pure pipeline on `trace`.
+pub fn analyze(
+    trace: &Trace,
+    topology: &Topology,
+    thresholds: &Thresholds,
+    facts: &TargetFacts,
+) -> Analysis {
+    let features = features::extract(trace, trace.mem_total_bytes);
+    let classification = classify::classify_trace(&features, thresholds);
+    let recommendation = recommend::recommend(&recommend::Request {
+        pid: trace.pids.first().copied().unwrap_or(0),
+        class: classification.process.class,
+        features: &features.process,
+        trace,
+        topology,
+        allowed: facts.allowed.as_deref(),
+        numa_memory: facts.numa_memory.as_ref(),
+    });
+    Analysis {
+        features,
+        classification,
+        recommendation,
+    }
+}

@@ -1,0 +1,677 @@
+//! CPU-quota throttling of a traced process: how many threads it ran
+//! against how many CPUs its cgroup grants, and what that cost. Pure: takes
+//! the [`Trace`], the [`CgroupLimit`] from [`crate::host::cgroup::resolve`] and the
+//! [`CpuStatDelta`] of the quota's cgroup over the trace window.
+//!
+//! Uses from the trace: per-thread `cpu_time_ns`, `preempted_wait_ns`
+//! (runnable after preemption, which includes waiting out a throttled
+//! period), `runq.total_ns`, `cpu_ns_per_interval`, and `duration_ns` (or the
+//! intervals' `wall_ns`).
+//!
+//! Produces a [`Throttling`] (serializable, for the JSON report) with the
+//! effective parallelism (CPU time / wall time), the runnable threads per
+//! interval, throttled periods and time, a per-thread estimate of the
+//! throttled time, and a finding with a fix: the case of a program that
+//! sizes its thread pool by the host's CPUs inside a small quota, whose
+//! threads burn each period's quota in a few ms and then all wait the rest
+//! of the period out (Documentation/scheduler/sched-bwc.rst).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::model::cgroup::{CgroupLimit, CgroupVersion, CpuStatDelta};
+use crate::model::{ThreadTrace, Trace};
+
+/// How [`ThreadThrottling::throttled_share_ns`] is computed.
+pub const METHOD: &str =
+    "estimate: throttled_time split by each thread's preempted-wait share (sched_switch)";
+
+/// The finding when no quota applies.
+pub const NO_LIMIT: &str = "no CPU quota on the cgroup path";
+
+/// One thread's runnable-but-not-running time.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ThreadThrottling {
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub comm: String,
+    /// Runnable but not running (ns): preempted wait + wakeup-to-run wait.
+    pub runnable_wait_ns: u64,
+    /// Of which runnable after preemption (ns).
+    pub preempted_wait_ns: u64,
+    /// Estimated share of the cgroup's throttled time (ns): `throttled_ns`
+    /// times this thread's share of all preempted wait, capped at its own
+    /// preempted wait; `None` without throttling counters. See [`METHOD`].
+    pub throttled_share_ns: Option<u64>,
+}
+
+/// Throttling of the traced threads under their cgroup's CPU quota.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Throttling {
+    /// A quota applies on the target's cgroup path.
+    pub limited: bool,
+    /// The cgroup whose quota binds.
+    pub cgroup: Option<String>,
+    /// Its hierarchy version ("v1"/"v2").
+    pub version: Option<CgroupVersion>,
+    /// The quota in CPUs (quota / period).
+    pub quota_cores: Option<f64>,
+    /// CPU time per period (us).
+    pub quota_us: Option<u64>,
+    /// Period length (us).
+    pub period_us: Option<u64>,
+    /// Periods in the trace window.
+    pub nr_periods: Option<u64>,
+    /// Throttled periods in the trace window.
+    pub nr_throttled: Option<u64>,
+    /// Throttled time in the window, summed over CPUs (ns).
+    pub throttled_ns: Option<u64>,
+    /// `nr_throttled / nr_periods` over the window (0..=1).
+    pub throttled_ratio: Option<f64>,
+    /// `throttled_ns / wall`: seconds of run-queue time held back per
+    /// second (summed over CPUs, so it can exceed 1).
+    pub throttled_per_second: Option<f64>,
+    /// Share of the window in which some task of the target's cgroup waited
+    /// for a CPU (v2 PSI `cpu.pressure` some).
+    pub pressure_some_ratio: Option<f64>,
+    /// Wall-clock length of the window (ns).
+    pub wall_ns: u64,
+    /// On-CPU time of the selected threads (ns).
+    pub cpu_time_ns: u64,
+    /// CPU time / wall time: the CPUs the process actually used.
+    pub effective_parallelism: f64,
+    /// (CPU time + preempted wait) / wall time: the CPUs it would have used.
+    pub demand_cores: f64,
+    /// Selected threads that ran at all in the window.
+    pub threads_ran: u32,
+    /// Median over the trace's intervals of the number of selected threads
+    /// with on-CPU time > 0 in the interval (nearest rank: the lower middle
+    /// for an even count of intervals). A thread runnable all interval that
+    /// never got a CPU is not counted: the trace keeps waits per window,
+    /// not per interval. With no per-interval data: `threads_ran`.
+    pub runnable_threads_p50: u32,
+    /// Threads that fit the quota: max(1, floor(quota_cores)).
+    pub recommended_threads: Option<u32>,
+    /// The quota that would have met the demand: min(ceil(demand_cores),
+    /// threads_ran), and at least floor(quota_cores) + 1.
+    pub raise_limit_to_cores: Option<u32>,
+    /// How per-thread throttled time is attributed.
+    pub method: String,
+    /// One sentence with the numbers and the fix.
+    pub finding: String,
+    /// Per selected thread, in trace order (by tid).
+    pub threads: Vec<ThreadThrottling>,
+}
+
+impl Throttling {
+    /// Nothing for the text report to say: no quota, or the quota never
+    /// throttled during the window.
+    pub fn is_quiet(&self) -> bool {
+        !self.limited || self.nr_throttled == Some(0)
+    }
+}
+
+/// Wall-clock length of the trace: its duration, else the intervals' sum.
+fn wall_ns(trace: &Trace) -> u64 {
+    if trace.duration_ns > 0 {
+        trace.duration_ns
+    } else {
+        trace.intervals.iter().map(|i| i.wall_ns).sum()
+    }
+}
+
+/// See [`Throttling::runnable_threads_p50`].
+fn runnable_threads_p50(threads: &[&ThreadTrace], n_intervals: usize, ran: u32) -> u32 {
+    let n = threads
+        .iter()
+        .map(|t| t.cpu_ns_per_interval.len())
+        .max()
+        .unwrap_or(0)
+        .max(n_intervals);
+    if n == 0 {
+        return ran;
+    }
+    let mut counts: Vec<u32> = (0..n)
+        .map(|i| {
+            threads
+                .iter()
+                .filter(|t| t.cpu_ns_per_interval.get(i).is_some_and(|&ns| ns > 0))
+                .count() as u32
+        })
+        .collect();
+    counts.sort_unstable();
+    counts[(n - 1) / 2]
+}
+
+fn ratio(num: u64, den: u64) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+/// `a * b / c` without overflow, `c > 0`.
+fn mul_div(a: u64, b: u64, c: u64) -> u64 {
+    u64::try_from(u128::from(a) * u128::from(b) / u128::from(c)).unwrap_or(u64::MAX)
+}
+
+/// Analyzes throttling of `trace`'s selected threads under `limit`, with
+/// the counters of `window` (the delta over the trace window, if read).
+/// A window without a limit is ignored: with no quota nothing throttles.
+pub fn analyze(
+    trace: &Trace,
+    limit: Option<&CgroupLimit>,
+    window: Option<&CpuStatDelta>,
+) -> Throttling {
+    let threads: Vec<&ThreadTrace> = trace.selected_threads().collect();
+    let wall = wall_ns(trace);
+    let cpu: u64 = threads.iter().map(|t| t.cpu_time_ns).sum();
+    let preempted: u64 = threads.iter().map(|t| t.preempted_wait_ns).sum();
+    let ran = threads.iter().filter(|t| t.cpu_time_ns > 0).count() as u32;
+    let runnable_p50 = runnable_threads_p50(&threads, trace.intervals.len(), ran);
+    let demand = ratio(cpu.saturating_add(preempted), wall);
+
+    let window = limit.and(window);
+    let throttled_ns = window.map(|w| w.throttled_ns);
+    let per_thread = threads
+        .iter()
+        .map(|t| ThreadThrottling {
+            tid: t.tid,
+            comm: t.comm.clone(),
+            runnable_wait_ns: t.preempted_wait_ns.saturating_add(t.runq.total_ns),
+            preempted_wait_ns: t.preempted_wait_ns,
+            throttled_share_ns: throttled_ns.map(|th| {
+                if preempted == 0 {
+                    0
+                } else {
+                    mul_div(th, t.preempted_wait_ns, preempted).min(t.preempted_wait_ns)
+                }
+            }),
+        })
+        .collect();
+
+    let mut out = Throttling {
+        limited: limit.is_some(),
+        cgroup: limit.map(|l| l.cgroup.clone()),
+        version: limit.map(|l| l.version),
+        quota_cores: limit.map(CgroupLimit::quota_cores),
+        quota_us: limit.map(|l| l.quota.quota_us),
+        period_us: limit.map(|l| l.quota.period_us),
+        nr_periods: window.map(|w| w.nr_periods),
+        nr_throttled: window.map(|w| w.nr_throttled),
+        throttled_ns,
+        throttled_ratio: window.and_then(CpuStatDelta::throttled_ratio),
+        throttled_per_second: throttled_ns.filter(|_| wall > 0).map(|t| ratio(t, wall)),
+        pressure_some_ratio: window
+            .and_then(|w| w.pressure_some_ns)
+            .filter(|_| wall > 0)
+            .map(|p| ratio(p, wall)),
+        wall_ns: wall,
+        cpu_time_ns: cpu,
+        effective_parallelism: ratio(cpu, wall),
+        demand_cores: demand,
+        threads_ran: ran,
+        runnable_threads_p50: runnable_p50,
+        recommended_threads: None,
+        raise_limit_to_cores: None,
+        method: METHOD.to_string(),
+        finding: NO_LIMIT.to_string(),
+        threads: per_thread,
+    };
+    let Some(limit) = limit else {
+        return out;
+    };
+    let q = limit.quota;
+    // Integer floor: 200000/100000 is exactly 2, whatever f64 says.
+    let fit = u32::try_from(q.quota_us / q.period_us.max(1))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let above_quota = u32::try_from(q.quota_us / q.period_us.max(1))
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    let raise = (demand.ceil() as u32).min(ran).max(1).max(above_quota);
+    out.recommended_threads = Some(fit);
+    out.raise_limit_to_cores = Some(raise);
+    out.finding = finding(&out, trace, fit, raise);
+    out
+}
+
+/// "0.5", "2", "1.25".
+fn cores(c: f64) -> String {
+    let s = format!("{c:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn cpus(c: f64) -> &'static str {
+    if c <= 1.0 { "CPU" } else { "CPUs" }
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// How to set the thread count of the traced program, judged by the name
+/// of its main thread.
+fn knob(trace: &Trace, n: u32) -> String {
+    let main = trace
+        .threads
+        .iter()
+        .find(|t| t.tid == t.tgid)
+        .or_else(|| trace.selected_threads().next());
+    match main.map(|t| t.comm.as_str()).unwrap_or_default() {
+        "ffmpeg" | "ffprobe" => format!("e.g. ffmpeg -threads {n}"),
+        "java" => format!("e.g. java -XX:ActiveProcessorCount={n}"),
+        "x264" | "x265" => format!("e.g. --threads {n}"),
+        "make" => format!("e.g. make -j{n}"),
+        _ => format!("e.g. -threads {n}, OMP_NUM_THREADS={n} or GOMAXPROCS={n}"),
+    }
+}
+
+fn finding(t: &Throttling, trace: &Trace, fit: u32, raise: u32) -> String {
+    let qc = t.quota_cores.unwrap_or(0.0);
+    let quota = format!("quota {} {}", cores(qc), cpus(qc));
+    let ran = format!(
+        "{} thread{} ran per interval",
+        t.runnable_threads_p50,
+        plural(t.runnable_threads_p50)
+    );
+    let fix = if t.runnable_threads_p50 > fit {
+        format!(
+            "run it with {fit} thread{} ({}) or raise the limit to {raise} CPU{}",
+            plural(fit),
+            knob(trace, fit),
+            plural(raise)
+        )
+    } else {
+        format!("raise the limit to {raise} CPU{}", plural(raise))
+    };
+    match (t.nr_periods, t.nr_throttled) {
+        (Some(periods), Some(0)) => {
+            format!("{quota}, {ran}, not throttled during the trace (0 of {periods} periods)")
+        }
+        (Some(_), Some(_)) => format!(
+            "{quota}, {ran}, throttled in {:.0}% of periods, {:.2} s lost per second: {fix}",
+            t.throttled_ratio.unwrap_or(0.0) * 100.0,
+            t.throttled_per_second.unwrap_or(0.0),
+        ),
+        _ if f64::from(t.runnable_threads_p50) > qc => format!(
+            "{quota}, {ran}, more than the quota can run (throttling counters not read): {fix}"
+        ),
+        _ => format!("{quota}, {ran} (throttling counters not read)"),
+    }
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.2} s", ns as f64 / 1e9)
+}
+
+/// A few lines for the text report.
+pub fn render_text(t: &Throttling) -> String {
+    let mut s = String::new();
+    if !t.limited {
+        let _ = writeln!(s, "CPU quota: none ({NO_LIMIT})");
+        return s;
+    }
+    let qc = t.quota_cores.unwrap_or(0.0);
+    let _ = writeln!(
+        s,
+        "CPU quota: {} {} ({} us per {} us period) on {} (cgroup {})",
+        cores(qc),
+        cpus(qc),
+        t.quota_us.unwrap_or(0),
+        t.period_us.unwrap_or(0),
+        t.cgroup.as_deref().unwrap_or("?"),
+        t.version.map(|v| v.to_string()).unwrap_or_default(),
+    );
+    match (t.nr_periods, t.nr_throttled, t.throttled_ns) {
+        (Some(p), Some(n), Some(ns)) => {
+            let _ = write!(
+                s,
+                "  throttled in {n} of {p} periods ({:.0}%), {} throttled ({:.2} s per second, \
+                 summed over CPUs)",
+                t.throttled_ratio.unwrap_or(0.0) * 100.0,
+                secs(ns),
+                t.throttled_per_second.unwrap_or(0.0)
+            );
+            if let Some(p) = t.pressure_some_ratio {
+                let _ = write!(s, "; cpu.pressure some {:.0}%", p * 100.0);
+            }
+            let _ = writeln!(s);
+        }
+        _ => {
+            let _ = writeln!(s, "  throttling counters not read");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  effective parallelism {:.2} CPUs, demand {:.2} CPUs, {} threads ran per interval (p50)",
+        t.effective_parallelism, t.demand_cores, t.runnable_threads_p50
+    );
+    let mut top: Vec<&ThreadThrottling> = t
+        .threads
+        .iter()
+        .filter(|th| th.runnable_wait_ns > 0)
+        .collect();
+    top.sort_by_key(|th| std::cmp::Reverse(th.runnable_wait_ns));
+    if !top.is_empty() {
+        let list: Vec<String> = top
+            .iter()
+            .take(3)
+            .map(|th| {
+                let share = th
+                    .throttled_share_ns
+                    .map(|ns| format!(", ~{} throttled", secs(ns)))
+                    .unwrap_or_default();
+                format!(
+                    "{} {} {} waiting{share}",
+                    th.tid,
+                    th.comm,
+                    secs(th.runnable_wait_ns)
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "  most held back: {} ({METHOD})", list.join("; "));
+    }
+    let _ = writeln!(s, "  finding: {}", t.finding);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cgroup::CpuQuota;
+    use crate::model::{Interval, RunqLatency};
+    use std::path::PathBuf;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn limit(quota_us: u64) -> CgroupLimit {
+        CgroupLimit {
+            version: CgroupVersion::V2,
+            cgroup: "/kubepods.slice/pod".into(),
+            dir: PathBuf::from("/sys/fs/cgroup/kubepods.slice/pod"),
+            quota: CpuQuota {
+                quota_us,
+                period_us: 100_000,
+            },
+            target_cgroup: "/kubepods.slice/pod/ctr".into(),
+            target_dir: PathBuf::from("/sys/fs/cgroup/kubepods.slice/pod/ctr"),
+            pressure_dir: None,
+        }
+    }
+
+    /// ffmpeg under a 0.5-CPU quota on a 20-CPU host: 20 threads, 10
+    /// intervals of 1 s; 17 threads run in every interval, 3 only in the
+    /// first two; together they get 0.5 CPU and wait out the rest.
+    fn ffmpeg() -> Trace {
+        let threads = (0..20u32)
+            .map(|i| {
+                let busy = i < 17;
+                let per: Vec<u64> = (0..10)
+                    .map(|k| match (busy, k) {
+                        (true, _) => 25_000_000,
+                        (false, 0 | 1) => 10_000_000,
+                        _ => 0,
+                    })
+                    .collect();
+                ThreadTrace {
+                    tid: 1000 + i,
+                    tgid: 1000,
+                    comm: "ffmpeg".into(),
+                    cpu_time_ns: per.iter().sum(),
+                    preempted_wait_ns: if busy { 9 * SEC } else { SEC },
+                    runq: RunqLatency {
+                        total_ns: 100_000_000,
+                        ..Default::default()
+                    },
+                    cpu_ns_per_interval: per,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Trace {
+            pids: vec![1000],
+            duration_ns: 10 * SEC,
+            interval_ns: SEC,
+            threads,
+            intervals: vec![
+                Interval {
+                    wall_ns: SEC,
+                    ..Default::default()
+                };
+                10
+            ],
+            nr_cpus: 20,
+            ..Default::default()
+        }
+    }
+
+    fn window(nr_periods: u64, nr_throttled: u64, throttled_ns: u64) -> CpuStatDelta {
+        CpuStatDelta {
+            nr_periods,
+            nr_throttled,
+            throttled_ns,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ffmpeg_under_half_a_cpu_gets_the_full_finding() {
+        let trace = ffmpeg();
+        let w = window(100, 92, 7_400_000_000);
+        let t = analyze(&trace, Some(&limit(50_000)), Some(&w));
+        assert!(t.limited);
+        assert!(!t.is_quiet());
+        assert_eq!(t.quota_cores, Some(0.5));
+        assert_eq!(t.runnable_threads_p50, 17);
+        assert_eq!(t.threads_ran, 20);
+        assert_eq!(t.recommended_threads, Some(1));
+        // cpu = 17 * 0.25 s + 3 * 0.02 s = 4.31 s over 10 s.
+        assert!((t.effective_parallelism - 0.431).abs() < 1e-9);
+        // demand = (4.31 + 17 * 9 + 3 * 1) / 10 = 16.031 -> 17 CPUs.
+        assert_eq!(t.raise_limit_to_cores, Some(17));
+        assert_eq!(t.throttled_ratio, Some(0.92));
+        assert_eq!(
+            t.finding,
+            "quota 0.5 CPU, 17 threads ran per interval, throttled in 92% of periods, \
+             0.74 s lost per second: run it with 1 thread (e.g. ffmpeg -threads 1) or raise \
+             the limit to 17 CPUs"
+        );
+        assert_eq!(t.method, METHOD);
+    }
+
+    #[test]
+    fn throttled_time_is_split_by_preempted_wait_share() {
+        let trace = ffmpeg();
+        let w = window(100, 92, 7_800_000_000);
+        let t = analyze(&trace, Some(&limit(50_000)), Some(&w));
+        // Total preempted wait 156 s: a busy thread holds 9/156 of it.
+        let busy = &t.threads[0];
+        assert_eq!(busy.runnable_wait_ns, 9 * SEC + 100_000_000);
+        assert_eq!(busy.throttled_share_ns, Some(450_000_000));
+        assert_eq!(t.threads[19].throttled_share_ns, Some(50_000_000));
+        let sum: u64 = t.threads.iter().filter_map(|x| x.throttled_share_ns).sum();
+        assert_eq!(sum, 7_800_000_000);
+    }
+
+    #[test]
+    fn share_is_capped_at_the_threads_own_wait() {
+        // Other processes in the cgroup: more throttled time than our wait.
+        let trace = ffmpeg();
+        let w = window(100, 92, 1_000 * SEC);
+        let t = analyze(&trace, Some(&limit(50_000)), Some(&w));
+        assert!(
+            t.threads
+                .iter()
+                .all(|x| x.throttled_share_ns == Some(x.preempted_wait_ns))
+        );
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let trace = ffmpeg();
+        let w = window(100, 92, 7_400_000_000);
+        for t in [
+            analyze(&trace, Some(&limit(50_000)), Some(&w)),
+            analyze(&trace, None, None),
+        ] {
+            let v = serde_json::to_value(&t).expect("serialize");
+            for k in [
+                "cgroup",
+                "version",
+                "quota_cores",
+                "period_us",
+                "nr_periods",
+                "nr_throttled",
+                "throttled_ns",
+                "throttled_ratio",
+                "runnable_threads_p50",
+                "recommended_threads",
+                "method",
+                "finding",
+                "threads",
+                "limited",
+            ] {
+                assert!(v.get(k).is_some(), "missing {k}");
+            }
+            for k in ["tid", "comm", "runnable_wait_ns", "throttled_share_ns"] {
+                assert!(v["threads"][0].get(k).is_some(), "missing threads[].{k}");
+            }
+        }
+        let v = serde_json::to_value(analyze(&trace, Some(&limit(50_000)), Some(&w)))
+            .expect("serialize");
+        assert_eq!(v["version"], "v2");
+        assert_eq!(v["quota_cores"], 0.5);
+    }
+
+    #[test]
+    fn no_limit_is_quiet_and_says_so() {
+        let t = analyze(&ffmpeg(), None, Some(&window(100, 92, SEC)));
+        assert!(!t.limited);
+        assert!(t.is_quiet());
+        assert_eq!(t.finding, NO_LIMIT);
+        assert_eq!(t.nr_throttled, None, "a window without a limit is ignored");
+        assert_eq!(t.recommended_threads, None);
+        assert!(t.threads.iter().all(|x| x.throttled_share_ns.is_none()));
+        assert_eq!(render_text(&t).lines().count(), 1);
+    }
+
+    #[test]
+    fn a_quota_that_never_throttled_is_quiet() {
+        let t = analyze(&ffmpeg(), Some(&limit(2_000_000)), Some(&window(100, 0, 0)));
+        assert!(t.limited);
+        assert!(t.is_quiet());
+        assert_eq!(
+            t.finding,
+            "quota 20 CPUs, 17 threads ran per interval, not throttled during the trace \
+             (0 of 100 periods)"
+        );
+    }
+
+    #[test]
+    fn without_counters_the_finding_still_compares_threads_to_quota() {
+        let t = analyze(&ffmpeg(), Some(&limit(150_000)), None);
+        assert!(!t.is_quiet());
+        assert_eq!(t.recommended_threads, Some(1));
+        assert_eq!(t.throttled_share_ns_sum(), None);
+        assert!(
+            t.finding
+                .starts_with("quota 1.5 CPUs, 17 threads ran per interval, more than the quota"),
+            "{}",
+            t.finding
+        );
+        assert!(t.finding.contains("counters not read"));
+    }
+
+    #[test]
+    fn a_single_thread_is_told_to_raise_the_limit_only() {
+        let mut trace = ffmpeg();
+        trace.threads.truncate(1);
+        let t = analyze(&trace, Some(&limit(50_000)), Some(&window(100, 50, SEC)));
+        assert_eq!(t.runnable_threads_p50, 1);
+        // Demand (0.25 + 9) / 10 rounds up to 1 CPU, capped by 1 thread.
+        assert_eq!(t.raise_limit_to_cores, Some(1));
+        assert!(
+            t.finding.ends_with(": raise the limit to 1 CPU"),
+            "{}",
+            t.finding
+        );
+    }
+
+    #[test]
+    fn raise_figure_is_never_at_or_below_the_quota() {
+        let mut trace = ffmpeg();
+        trace.threads.truncate(2);
+        // Demand ~1.9 CPUs against a 2-CPU quota that still throttled.
+        let t = analyze(&trace, Some(&limit(200_000)), Some(&window(100, 5, SEC)));
+        assert_eq!(t.raise_limit_to_cores, Some(3));
+        assert_eq!(t.recommended_threads, Some(2));
+    }
+
+    #[test]
+    fn p50_counts_threads_with_cpu_time_per_interval() {
+        let th = |per: Vec<u64>| ThreadTrace {
+            cpu_time_ns: per.iter().sum(),
+            cpu_ns_per_interval: per,
+            ..Default::default()
+        };
+        let a = th(vec![1, 1, 1, 1]);
+        let b = th(vec![1, 0, 1, 0]);
+        let c = th(vec![0, 0, 1]);
+        let all = [&a, &b, &c];
+        // Counts per interval: 2, 1, 3, 1 -> sorted 1, 1, 2, 3 -> lower middle 1.
+        assert_eq!(runnable_threads_p50(&all, 4, 3), 1);
+        // 2, 1, 2, 1 -> lower middle 1.
+        assert_eq!(runnable_threads_p50(&[&a, &b], 0, 2), 1);
+        assert_eq!(runnable_threads_p50(&[], 0, 0), 0);
+        let none = th(vec![]);
+        assert_eq!(runnable_threads_p50(&[&none], 0, 7), 7);
+    }
+
+    #[test]
+    fn render_text_names_quota_throttling_and_finding() {
+        let w = CpuStatDelta {
+            pressure_some_ns: Some(8 * SEC),
+            ..window(100, 92, 7_400_000_000)
+        };
+        let t = analyze(&ffmpeg(), Some(&limit(50_000)), Some(&w));
+        let s = render_text(&t);
+        assert!(s.starts_with(
+            "CPU quota: 0.5 CPU (50000 us per 100000 us period) on /kubepods.slice/pod (cgroup v2)"
+        ));
+        assert!(
+            s.contains("throttled in 92 of 100 periods (92%), 7.40 s throttled"),
+            "{s}"
+        );
+        assert!(s.contains("cpu.pressure some 80%"), "{s}");
+        assert!(s.contains("17 threads ran per interval (p50)"), "{s}");
+        assert!(
+            s.contains("most held back: 1000 ffmpeg 9.10 s waiting"),
+            "{s}"
+        );
+        assert!(s.contains("finding: quota 0.5 CPU"), "{s}");
+        assert!(s.lines().count() <= 6, "{s}");
+    }
+
+    #[test]
+    fn empty_trace_does_not_divide_by_zero() {
+        let t = analyze(
+            &Trace::default(),
+            Some(&limit(50_000)),
+            Some(&window(0, 0, 0)),
+        );
+        assert_eq!(t.effective_parallelism, 0.0);
+        assert_eq!(t.throttled_ratio, None);
+        assert_eq!(t.throttled_per_second, None);
+        assert!(t.is_quiet());
+    }
+
+    impl Throttling {
+        fn throttled_share_ns_sum(&self) -> Option<u64> {
+            self.threads.iter().map(|x| x.throttled_share_ns).sum()
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Changing the system, safely: the transaction that sets every thread's
+//! affinity or none ([`transaction`], the only caller of
+//! sched_setaffinity), and the state file that lets `revert` undo it
+//! ([`state`]).
+
+pub mod state;
+pub mod transaction;
+
+pub use transaction::*;

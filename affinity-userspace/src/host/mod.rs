@@ -1,0 +1,10 @@
+//! The host as affin-trace reads it: /proc, /sys and cgroupfs, behind one
+//! root-path seam so fixtures can stand in for a real machine; the
+//! preflight checks run before anything changes; and the command gate that
+//! starts `-- COMMAND` held until tracing is ready. Readers here return the
+//! plain values of `model/`.
+
+pub mod cgroup;
+pub mod command;
+pub mod preflight;
+pub mod procs;

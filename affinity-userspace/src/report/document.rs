@@ -1,0 +1,663 @@
+//! The report: a readable table and the JSON document (the stable contract
+//! documented in README). Pure: values in, text out.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::{
+    analyze::classify::TraceClassification,
+    analyze::decision::Analysis,
+    analyze::features::TraceFeatures,
+    analyze::recommend::Recommendation,
+    analyze::throttle::Throttling,
+    model::topology::Topology,
+    model::{MigrationPair, MigrationsByClass, RunqLatency, ThreadTrace, Trace},
+};
+
+/// Version of the JSON contract; bumped only on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Run-queue latency summary.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RunqJson {
+    /// Median wakeup-to-run wait (ns), null without samples.
+    pub p50: Option<u64>,
+    /// 99th percentile (ns), null without samples.
+    pub p99: Option<u64>,
+    /// Longest wait (ns).
+    pub max: u64,
+    /// Number of waits.
+    pub count: u64,
+}
+
+impl From<&RunqLatency> for RunqJson {
+    fn from(r: &RunqLatency) -> Self {
+        Self {
+            p50: r.quantile(0.5),
+            p99: r.quantile(0.99),
+            max: r.max_ns,
+            count: r.count,
+        }
+    }
+}
+
+/// One thread in the JSON report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ThreadJson {
+    /// Thread id.
+    pub tid: u32,
+    /// Process id.
+    pub tgid: u32,
+    /// Thread name.
+    pub comm: String,
+    /// On-CPU ns in the window.
+    pub cpu_time_ns: u64,
+    /// On-CPU share of one CPU over the window, in percent.
+    pub on_cpu_pct: f64,
+    /// On-CPU ns per CPU, keyed by CPU number as a string.
+    pub per_cpu_ns: BTreeMap<String, u64>,
+    /// All migrations.
+    pub migrations: u64,
+    /// Migrations by distance class.
+    pub migrations_by_class: MigrationsByClass,
+    /// Voluntary switches.
+    pub voluntary_switches: u64,
+    /// Involuntary switches.
+    pub involuntary_switches: u64,
+    /// Wakeup-to-run latency.
+    pub runq_latency_ns: RunqJson,
+    /// Runnable-but-preempted wait (ns).
+    pub preempted_wait_ns: u64,
+    /// Exited during the window.
+    pub exited: bool,
+}
+
+/// Process totals in the JSON report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ProcessJson {
+    /// Threads seen.
+    pub threads: usize,
+    /// On-CPU ns.
+    pub cpu_time_ns: u64,
+    /// On-CPU time / wall time: how many CPUs the targets kept busy.
+    pub effective_parallelism: f64,
+    /// On-CPU ns per CPU.
+    pub per_cpu_ns: BTreeMap<String, u64>,
+    /// All migrations.
+    pub migrations: u64,
+    /// Migrations by distance class.
+    pub migrations_by_class: MigrationsByClass,
+    /// Migrations per (source, destination) CPU pair, over every thread of
+    /// the targets, sorted by (from, to).
+    pub migration_pairs: Vec<MigrationPair>,
+    /// Voluntary switches.
+    pub voluntary_switches: u64,
+    /// Involuntary switches.
+    pub involuntary_switches: u64,
+    /// Wakeup-to-run latency over all threads.
+    pub runq_latency_ns: RunqJson,
+    /// Runnable-but-preempted wait (ns).
+    pub preempted_wait_ns: u64,
+}
+
+/// What was traced.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TargetJson {
+    /// Target processes.
+    pub pids: Vec<u32>,
+    /// Threads selected with --tid (empty: all).
+    pub tids: Vec<u32>,
+    /// The command started, when run as `-- <command>`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Targets that exited during the window.
+    pub exited_pids: Vec<u32>,
+}
+
+/// What `--timeline` wrote.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TimelineJson {
+    /// The trace file (Chrome JSON trace format).
+    pub file: String,
+    /// Events received from the kernel.
+    pub events: u64,
+    /// Events the kernel could not write because the ring buffer was full:
+    /// the timeline misses them (the counters do not).
+    pub lost_events: u64,
+    /// Size of the kernel ring buffer (bytes).
+    pub ring_buffer_bytes: u64,
+    /// Migration arrows in the file.
+    pub migration_flows: u64,
+    /// On-CPU slices in the file (one per CPU track entry).
+    pub cpu_slices: u64,
+}
+
+/// The whole JSON document.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Contract version.
+    pub schema_version: u32,
+    /// affin-trace version.
+    pub tool_version: String,
+    /// What was traced.
+    pub target: TargetJson,
+    /// Window length (s).
+    pub duration_s: f64,
+    /// Map read interval (s).
+    pub interval_s: f64,
+    /// tp_btf or raw_tp.
+    pub attach_mode: crate::model::AttachMode,
+    /// Process totals.
+    pub process: ProcessJson,
+    /// Per-thread results, sorted by tid.
+    pub threads: Vec<ThreadJson>,
+    /// Events the kernel side could not record.
+    pub dropped_events: u64,
+    /// The event timeline, with `--timeline`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineJson>,
+    /// The command's exit status (command mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_exit_status: Option<i32>,
+    /// The machine's CPU topology.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
+    /// Features (seed key names plus exact extras), process and threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<TraceFeatures>,
+    /// Classes with reasons, process and threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classification: Option<TraceClassification>,
+    /// Recommended CPU set, command and rationale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<Recommendation>,
+    /// CPU-quota throttling: the quota in force, the throttling over the
+    /// window, the threads it hit and the fix. Says so when there is no quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttling: Option<Throttling>,
+    /// What --apply changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<crate::cli::actions::AppliedJson>,
+    /// Before/after comparison of --verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::analyze::verify::Verification>,
+}
+
+fn keyed(m: &BTreeMap<u32, u64>) -> BTreeMap<String, u64> {
+    m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn pct(ns: u64, wall_ns: u64) -> f64 {
+    if wall_ns == 0 {
+        0.0
+    } else {
+        ns as f64 * 100.0 / wall_ns as f64
+    }
+}
+
+fn thread_json(t: &ThreadTrace, wall_ns: u64) -> ThreadJson {
+    ThreadJson {
+        tid: t.tid,
+        tgid: t.tgid,
+        comm: t.comm.clone(),
+        cpu_time_ns: t.cpu_time_ns,
+        on_cpu_pct: pct(t.cpu_time_ns, wall_ns),
+        per_cpu_ns: keyed(&t.per_cpu_ns),
+        migrations: t.migrations.total(),
+        migrations_by_class: t.migrations,
+        voluntary_switches: t.voluntary_switches,
+        involuntary_switches: t.involuntary_switches,
+        runq_latency_ns: (&t.runq).into(),
+        preempted_wait_ns: t.preempted_wait_ns,
+        exited: t.exited,
+    }
+}
+
+impl Report {
+    /// Builds the report of a trace; `command` is the argv in command mode.
+    pub fn new(trace: &Trace, command: &[String], exit_status: Option<i32>) -> Self {
+        let tot = trace.totals();
+        let wall = trace.duration_ns;
+        Report {
+            schema_version: SCHEMA_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            target: TargetJson {
+                pids: trace.pids.clone(),
+                tids: trace.tids.clone(),
+                command: command.to_vec(),
+                exited_pids: trace.exited_pids.clone(),
+            },
+            duration_s: wall as f64 / 1e9,
+            interval_s: trace.interval_ns as f64 / 1e9,
+            attach_mode: trace.attach_mode,
+            process: ProcessJson {
+                threads: tot.threads,
+                cpu_time_ns: tot.cpu_time_ns,
+                effective_parallelism: if wall == 0 {
+                    0.0
+                } else {
+                    tot.cpu_time_ns as f64 / wall as f64
+                },
+                per_cpu_ns: keyed(&tot.per_cpu_ns),
+                migrations: tot.migrations.total(),
+                migrations_by_class: tot.migrations,
+                migration_pairs: trace.migration_pairs.clone(),
+                voluntary_switches: tot.voluntary_switches,
+                involuntary_switches: tot.involuntary_switches,
+                runq_latency_ns: (&tot.runq).into(),
+                preempted_wait_ns: tot.preempted_wait_ns,
+            },
+            threads: trace
+                .selected_threads()
+                .map(|t| thread_json(t, wall))
+                .collect(),
+            dropped_events: trace.dropped_events,
+            timeline: None,
+            command_exit_status: exit_status,
+            topology: None,
+            features: None,
+            classification: None,
+            recommendation: None,
+            throttling: None,
+            applied: None,
+            verification: None,
+        }
+    }
+
+    /// Adds the throttling finding.
+    pub fn with_throttling(mut self, t: Throttling) -> Self {
+        self.throttling = Some(t);
+        self
+    }
+
+    /// Adds the topology and the analysis.
+    pub fn with_analysis(mut self, topology: &Topology, a: &Analysis) -> Self {
+        self.topology = Some(topology.clone());
+        self.features = Some(a.features.clone());
+        self.classification = Some(a.classification.clone());
+        self.recommendation = Some(a.recommendation.clone());
+        self
+    }
+
+    /// The JSON document, pretty-printed.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The readable table.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let p = &self.process;
+        let targets = self
+            .target
+            .pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let _ = writeln!(
+            s,
+            "affin-trace: pid {targets}, {:.2} s window, {} thread(s), {}",
+            self.duration_s,
+            p.threads,
+            match self.attach_mode {
+                crate::model::AttachMode::TpBtf => "tp_btf",
+                crate::model::AttachMode::RawTp => "raw_tp",
+            }
+        );
+        if !self.target.exited_pids.is_empty() {
+            let _ = writeln!(
+                s,
+                "note: target(s) exited during the window: {:?}",
+                self.target.exited_pids
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{:>8} {:<16} {:>7} {:<22} {:>6} {:>17} {:>7} {:>7} {:>9} {:>9}",
+            "TID",
+            "COMM",
+            "ON-CPU",
+            "TIME PER CPU (ms)",
+            "MIGR",
+            "SMT/LLC/XLLC/XNUMA",
+            "VOL",
+            "INVOL",
+            "RUNQ p50",
+            "RUNQ p99"
+        );
+        for t in &self.threads {
+            let per_cpu = t
+                .per_cpu_ns
+                .iter()
+                .filter(|(_, ns)| **ns > 0)
+                .map(|(c, ns)| format!("{c}:{:.0}", *ns as f64 / 1e6))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let m = &t.migrations_by_class;
+            let _ = writeln!(
+                s,
+                "{:>8} {:<16} {:>6.1}% {:<22} {:>6} {:>17} {:>7} {:>7} {:>9} {:>9}{}",
+                t.tid,
+                truncate(&t.comm, 16),
+                t.on_cpu_pct,
+                truncate(&per_cpu, 22),
+                t.migrations,
+                format!("{}/{}/{}/{}", m.smt, m.llc, m.cross_llc, m.cross_numa),
+                t.voluntary_switches,
+                t.involuntary_switches,
+                fmt_ns(t.runq_latency_ns.p50),
+                fmt_ns(t.runq_latency_ns.p99),
+                if t.exited { "  (exited)" } else { "" }
+            );
+        }
+        let m = &p.migrations_by_class;
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "process: on-CPU {:.1} ms ({:.2} CPUs), {} migrations (smt {}, llc {}, cross-llc {}, cross-numa {}), {} voluntary / {} involuntary switches, run-queue p50 {} p99 {} max {}, preempted wait {:.1} ms",
+            p.cpu_time_ns as f64 / 1e6,
+            p.effective_parallelism,
+            p.migrations,
+            m.smt,
+            m.llc,
+            m.cross_llc,
+            m.cross_numa,
+            p.voluntary_switches,
+            p.involuntary_switches,
+            fmt_ns(p.runq_latency_ns.p50),
+            fmt_ns(p.runq_latency_ns.p99),
+            fmt_ns(Some(p.runq_latency_ns.max)),
+            p.preempted_wait_ns as f64 / 1e6,
+        );
+        if !p.migration_pairs.is_empty() {
+            let pairs: Vec<String> = p
+                .migration_pairs
+                .iter()
+                .map(|m| format!("{}->{} {}", m.from, m.to, m.count))
+                .collect();
+            let _ = writeln!(s, "migrations by CPU pair: {}", pairs.join(", "));
+        }
+        if let Some(c) = &self.classification {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "class: {} ({})", c.process.class, c.process.summary());
+            let mixed: Vec<String> = c
+                .threads
+                .iter()
+                .filter(|t| t.classification.class != c.process.class)
+                .map(|t| format!("{} {}: {}", t.tid, t.comm, t.classification.class))
+                .collect();
+            if !mixed.is_empty() {
+                let _ = writeln!(s, "threads of another class: {}", mixed.join(", "));
+            }
+        }
+        if let Some(r) = &self.recommendation {
+            let _ = writeln!(
+                s,
+                "recommendation: CPUs {}{}",
+                if r.cpulist.is_empty() {
+                    "(none)"
+                } else {
+                    &r.cpulist
+                },
+                r.command
+                    .as_deref()
+                    .map(|c| format!("  ->  {c}"))
+                    .unwrap_or_default()
+            );
+            for line in &r.rationale {
+                let _ = writeln!(s, "  - {line}");
+            }
+        }
+        if let Some(t) = self.throttling.as_ref().filter(|t| !t.is_quiet()) {
+            let _ = writeln!(s);
+            let _ = write!(s, "{}", crate::analyze::throttle::render_text(t));
+            if !s.ends_with('\n') {
+                s.push('\n');
+            }
+        }
+        if let Some(a) = &self.applied {
+            let _ = writeln!(
+                s,
+                "applied: CPUs {} on {} thread(s){}; undo with `affin-trace revert --pid {}` (state: {})",
+                a.cpulist,
+                a.threads_changed,
+                if a.active { "" } else { ", then reverted" },
+                self.target.pids.first().copied().unwrap_or(0),
+                a.state_file
+            );
+        }
+        if let Some(v) = &self.verification {
+            let _ = writeln!(s, "{}", verification_table(v));
+        }
+        if let Some(t) = &self.timeline {
+            let _ = writeln!(
+                s,
+                "timeline: {} ({} events, {} migration arrows; open in https://ui.perfetto.dev)",
+                t.file, t.events, t.migration_flows
+            );
+            if t.lost_events > 0 {
+                let _ = writeln!(
+                    s,
+                    "warning: the timeline lost {} events (its {} KiB ring buffer was full): \
+                     it has gaps the counters above do not; raise --timeline-buffer",
+                    t.lost_events,
+                    t.ring_buffer_bytes / 1024
+                );
+            }
+        }
+        if self.dropped_events > 0 {
+            let _ = writeln!(
+                s,
+                "warning: {} events were not recorded (a kernel map full: threads, per-CPU time or CPU pairs; or an unreadable task): raise --max-threads",
+                self.dropped_events
+            );
+        }
+        s
+    }
+}
+
+fn verification_table(v: &crate::analyze::verify::Verification) -> String {
+    let (b, a) = (&v.before, &v.after);
+    let mut s = String::new();
+    let _ = writeln!(s, "verification:           before      after");
+    let _ = writeln!(
+        s,
+        "  migrations/s      {:>10.1} {:>10.1}",
+        b.migration_rate, a.migration_rate
+    );
+    let _ = writeln!(
+        s,
+        "  cross-LLC share   {:>10.2} {:>10.2}",
+        b.cross_llc_share, a.cross_llc_share
+    );
+    let _ = writeln!(
+        s,
+        "  run-queue p99     {:>10} {:>10}",
+        fmt_ns(b.runq_p99_ns),
+        fmt_ns(a.runq_p99_ns)
+    );
+    let _ = writeln!(
+        s,
+        "  on-CPU %          {:>10.1} {:>10.1}",
+        b.on_cpu_pct, a.on_cpu_pct
+    );
+    let _ = writeln!(
+        s,
+        "  class             {:>10} {:>10}",
+        b.class.as_str(),
+        a.class.as_str()
+    );
+    let _ = write!(s, "  {}", v.verdict);
+    s
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(std::iter::once('~')).collect()
+    }
+}
+
+/// Formats nanoseconds with a unit ("-" when absent).
+pub fn fmt_ns(ns: Option<u64>) -> String {
+    match ns {
+        None => "-".into(),
+        Some(v) if v < 1_000 => format!("{v}ns"),
+        Some(v) if v < 1_000_000 => format!("{:.1}us", v as f64 / 1e3),
+        Some(v) if v < 1_000_000_000 => format!("{:.1}ms", v as f64 / 1e6),
+        Some(v) => format!("{:.2}s", v as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ThreadTrace;
+
+    fn trace() -> Trace {
+        let mut runq = RunqLatency {
+            hist: vec![0; 32],
+            count: 10,
+            total_ns: 10_000,
+            max_ns: 1_500,
+        };
+        runq.hist[10] = 10;
+        Trace {
+            pids: vec![42],
+            duration_ns: 2_000_000_000,
+            interval_ns: 1_000_000_000,
+            threads: vec![ThreadTrace {
+                tid: 43,
+                tgid: 42,
+                comm: "a) (b".into(),
+                cpu_time_ns: 1_000_000_000,
+                per_cpu_ns: BTreeMap::from([(0, 400_000_000), (1, 600_000_000)]),
+                voluntary_switches: 5,
+                involuntary_switches: 2,
+                migrations: MigrationsByClass::from_array([0, 3, 0, 0]),
+                runq,
+                ..ThreadTrace::default()
+            }],
+            ..Trace::default()
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_keys() {
+        let r = Report::new(&trace(), &[], None);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["target"]["pids"][0], 42);
+        assert_eq!(v["duration_s"], 2.0);
+        assert_eq!(v["process"]["cpu_time_ns"], 1_000_000_000u64);
+        assert_eq!(v["process"]["migrations"], 3);
+        assert_eq!(v["process"]["voluntary_switches"], 5);
+        assert_eq!(v["process"]["involuntary_switches"], 2);
+        assert_eq!(v["process"]["effective_parallelism"], 0.5);
+        let t = &v["threads"][0];
+        for key in [
+            "tid",
+            "comm",
+            "cpu_time_ns",
+            "per_cpu_ns",
+            "migrations",
+            "migrations_by_class",
+            "voluntary_switches",
+            "involuntary_switches",
+            "runq_latency_ns",
+        ] {
+            assert!(!t[key].is_null(), "missing threads[].{key}");
+        }
+        assert_eq!(t["per_cpu_ns"]["1"], 600_000_000u64);
+        assert_eq!(t["migrations_by_class"]["llc"], 3);
+        for k in ["smt", "cross_llc", "cross_numa"] {
+            assert_eq!(t["migrations_by_class"][k], 0);
+        }
+        assert_eq!(t["runq_latency_ns"]["max"], 1500);
+        assert!(t["runq_latency_ns"]["p50"].as_u64().unwrap() >= 1024);
+        assert_eq!(v["dropped_events"], 0);
+    }
+
+    #[test]
+    fn text_shows_each_thread_and_the_totals() {
+        let text = Report::new(&trace(), &[], None).to_text();
+        assert!(text.contains("a) (b"), "{text}");
+        assert!(text.contains("50.0%"), "{text}");
+        assert!(text.contains("0:400 1:600"), "{text}");
+        assert!(text.contains("3 migrations"), "{text}");
+        assert!(!text.contains("warning"), "{text}");
+    }
+
+    #[test]
+    fn drops_are_reported_not_hidden() {
+        let mut t = trace();
+        t.dropped_events = 7;
+        assert!(
+            Report::new(&t, &[], None)
+                .to_text()
+                .contains("7 events were not recorded")
+        );
+    }
+
+    #[test]
+    fn migration_pairs_are_in_the_json_and_the_text() {
+        let mut t = trace();
+        t.migration_pairs = vec![
+            MigrationPair {
+                from: 0,
+                to: 1,
+                count: 2,
+            },
+            MigrationPair {
+                from: 1,
+                to: 0,
+                count: 1,
+            },
+        ];
+        let r = Report::new(&t, &[], None);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let pairs = &v["process"]["migration_pairs"];
+        assert_eq!(pairs[0]["from"], 0);
+        assert_eq!(pairs[0]["to"], 1);
+        assert_eq!(pairs[0]["count"], 2);
+        assert_eq!(pairs[1]["count"], 1);
+        assert!(
+            r.to_text()
+                .contains("migrations by CPU pair: 0->1 2, 1->0 1")
+        );
+    }
+
+    #[test]
+    fn timeline_loss_is_reported_in_text_and_json() {
+        let mut r = Report::new(&trace(), &[], None);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert!(v.get("timeline").is_none(), "no --timeline, no key");
+        r.timeline = Some(TimelineJson {
+            file: "/tmp/t.json".into(),
+            events: 100,
+            lost_events: 42,
+            ring_buffer_bytes: 4096,
+            migration_flows: 3,
+            cpu_slices: 50,
+        });
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["timeline"]["lost_events"], 42);
+        assert_eq!(v["timeline"]["ring_buffer_bytes"], 4096);
+        assert_eq!(v["timeline"]["file"], "/tmp/t.json");
+        let text = r.to_text();
+        assert!(text.contains("the timeline lost 42 events"), "{text}");
+        assert!(text.contains("4 KiB ring buffer"), "{text}");
+    }
+
+    #[test]
+    fn ns_formatting() {
+        assert_eq!(fmt_ns(None), "-");
+        assert_eq!(fmt_ns(Some(999)), "999ns");
+        assert_eq!(fmt_ns(Some(1_500)), "1.5us");
+        assert_eq!(fmt_ns(Some(2_500_000)), "2.5ms");
+    }
+}

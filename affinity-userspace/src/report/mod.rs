@@ -1,0 +1,11 @@
+//! What the user reads, pure: the report as JSON and text ([`document`]),
+//! the SVG plot ([`plot`]), the timeline trace ([`timeline`]) and the live
+//! view ([`watch`], whose terminal handling is the one exception). Values
+//! in, bytes out; the CLI decides where they go.
+
+pub mod document;
+pub mod plot;
+pub mod timeline;
+pub mod watch;
+
+pub use document::*;

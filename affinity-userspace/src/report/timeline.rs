@@ -1,0 +1,1065 @@
+//! The `--timeline` file: the targets' scheduler events as a Chrome JSON
+//! trace ("Trace Event Format"), which ui.perfetto.dev and chrome://tracing
+//! open. Pure: recorded events in, JSON out; the ring buffer is read by
+//! [`crate::kernel::probe::Probe::drain_timeline`] and the session.
+//!
+//! Events (from affinity-ebpf, [`TimelineEvent`]): `sched_switch` with a
+//! target thread on either side, `sched_migrate_task` and
+//! `sched_wakeup`/`sched_wakeup_new` of target threads, with
+//! `bpf_ktime_get_ns()` timestamps (CLOCK_MONOTONIC).
+//!
+//! What the file shows (timestamps in microseconds since the trace start,
+//! to the nanosecond):
+//! - a process "CPUs" with one track per CPU (named with its core, L3 and
+//!   node, in topology order): a complete ("X") slice per stretch a target
+//!   thread ran there, named `comm tid`;
+//! - one track per target thread (under its process): "CPU n" slices while
+//!   it ran, "runnable (woken)" / "runnable (preempted)" slices while it
+//!   waited for a CPU;
+//! - each migration as a flow arrow ("s" then "f", `bp: "e"`) from a short
+//!   marker slice on the source CPU's track to one on the destination's,
+//!   at the moment of the move (which is usually while the thread is off
+//!   CPU, hence the markers);
+//! - with a CPU quota, a "CPU quota throttling" track with one slice per
+//!   interval in which the cgroup was throttled (the kernel counts
+//!   throttling per period in cpu.stat, which affin-trace reads once per
+//!   interval: the slice says the interval had throttled periods, not
+//!   which milliseconds of it were throttled);
+//! - lost events: `otherData.lost_events`, and a global instant event at
+//!   the start naming the count, so a gap is never silent.
+//!
+//! Slices are rebuilt per CPU: a switch-in opens one, the switch-out of the
+//! same thread on that CPU closes it. A switch-out with nothing open is a
+//! thread that was already running when tracing began when it is the
+//! CPU's first event (its slice starts at 0), otherwise a lost switch-in
+//! (counted in `incomplete_slices`, not drawn); slices still open at the
+//! end close at the end.
+
+use std::{collections::BTreeMap, io::Write};
+
+use affinity_common::{EV_MIGRATE, EV_SWITCH, EV_WAKEUP, EVF_DEAD, EVF_PREEMPTED, TimelineEvent};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{model::Trace, model::topology::Topology};
+
+/// Synthetic process holding the CPU tracks (above any real pid).
+pub const CPU_PID: u32 = 4_000_000_000;
+/// Synthetic thread ids of the CPU tracks: `CPU_TID_BASE + cpu`.
+pub const CPU_TID_BASE: u32 = 4_000_000_001;
+/// Synthetic thread id of the throttling track (in the "CPUs" process).
+pub const THROTTLE_TID: u32 = CPU_PID;
+/// Longest migration marker slice (ns).
+const MARK_NS: u64 = 20_000;
+/// Margin kept between a marker and the edges of the slice it sits in
+/// (ns): Perfetto reads microsecond floats back to integer ns, which can
+/// be 1 ns off, and nesting needs the child strictly inside.
+const EDGE_NS: u64 = 4;
+
+/// One interval's CPU-quota throttling, from the cgroup's cpu.stat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottledSpan {
+    /// Interval start (CLOCK_MONOTONIC ns).
+    pub start_ns: u64,
+    /// Interval end (CLOCK_MONOTONIC ns).
+    pub end_ns: u64,
+    /// Enforcement periods that elapsed.
+    pub nr_periods: u64,
+    /// Of which throttled.
+    pub nr_throttled: u64,
+    /// Throttled time, summed over CPUs (ns).
+    pub throttled_ns: u64,
+}
+
+/// What one traced window recorded for the timeline.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Capture {
+    /// Events as drained (any order).
+    pub events: Vec<TimelineEvent>,
+    /// CLOCK_MONOTONIC ns when tracing began: time 0 of the file.
+    pub start_ns: u64,
+    /// CLOCK_MONOTONIC ns when the window ended.
+    pub end_ns: u64,
+    /// Events the programs could not write (ring buffer full).
+    pub lost_events: u64,
+    /// Size of the ring buffer (bytes).
+    pub ring_buffer_bytes: u64,
+    /// Per-interval throttling, with a CPU quota.
+    pub throttled: Vec<ThrottledSpan>,
+    /// The quota in force ("0.50 CPUs (50000/100000 us) on /sys/fs/cgroup/x"),
+    /// `None` without one.
+    pub quota: Option<String>,
+}
+
+/// Counts of what was written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events read from the kernel.
+    pub events: u64,
+    /// Events lost in the kernel.
+    pub lost_events: u64,
+    /// Slices on CPU tracks.
+    pub cpu_slices: u64,
+    /// Migration arrows.
+    pub migration_flows: u64,
+    /// Switch-outs whose switch-in was lost (not drawn).
+    pub incomplete_slices: u64,
+    /// Slices whose switch-in was not seen, started at their end minus
+    /// their on-CPU time.
+    pub inferred_starts: u64,
+    /// Intervals marked as throttled.
+    pub throttled_intervals: u64,
+}
+
+/// One trace event of the output, with its sort key.
+#[derive(Debug, Serialize)]
+struct Ev {
+    #[serde(skip)]
+    at_ns: u64,
+    name: String,
+    cat: &'static str,
+    ph: &'static str,
+    ts: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dur: Option<f64>,
+    pid: u32,
+    tid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bp: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s: Option<&'static str>,
+    #[serde(skip_serializing_if = "Value::is_null")]
+    args: Value,
+}
+
+/// Nanoseconds as the format's microseconds.
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn cpu_tid(cpu: u32) -> u32 {
+    CPU_TID_BASE.saturating_add(cpu)
+}
+
+/// A stretch of one thread on one CPU (ns since start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slice {
+    start: u64,
+    end: u64,
+    tid: u32,
+    /// How it ended: "preempted", "blocked", "exited", "window end".
+    how: &'static str,
+    /// Its on-CPU time by the task's clock (`sum_exec_runtime`), when known.
+    cpu_ns: Option<u64>,
+    /// Its switch-in was not seen: the start is the end minus `cpu_ns`.
+    inferred: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ThreadState {
+    Running,
+    Runnable { since: u64, preempted: bool },
+    Off,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Migration {
+    at: u64,
+    tid: u32,
+    from: u32,
+    to: u32,
+}
+
+/// The file's events and its summary, built from a capture.
+pub struct Chrome {
+    events: Vec<Ev>,
+    other: Value,
+    /// What it holds.
+    pub summary: Summary,
+}
+
+/// Thread names and processes from the trace.
+struct Names<'a> {
+    threads: BTreeMap<u32, (u32, &'a str)>,
+}
+
+impl Names<'_> {
+    fn of(&self, tid: u32) -> (u32, String) {
+        match self.threads.get(&tid) {
+            Some((tgid, comm)) => (*tgid, format!("{comm} {tid}")),
+            None => (tid, format!("tid {tid}")),
+        }
+    }
+}
+
+/// Builds the Chrome trace of `cap`, naming threads from `trace` and CPUs
+/// from `topo`.
+pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
+    let names = Names {
+        threads: trace
+            .threads
+            .iter()
+            .map(|t| (t.tid, (t.tgid, t.comm.as_str())))
+            .collect(),
+    };
+    let end = cap.end_ns.saturating_sub(cap.start_ns);
+    let rel = |ts: u64| ts.saturating_sub(cap.start_ns).min(end);
+    let mut sorted: Vec<&TimelineEvent> = cap.events.iter().collect();
+    sorted.sort_by_key(|e| e.ts_ns);
+
+    let mut summary = Summary {
+        events: cap.events.len() as u64,
+        lost_events: cap.lost_events,
+        ..Summary::default()
+    };
+    let mut out: Vec<Ev> = Vec::new();
+    // Per CPU: the open slice (tid, start) and whether any event was seen.
+    let mut open: BTreeMap<u32, (u32, u64)> = BTreeMap::new();
+    let mut seen: BTreeMap<u32, bool> = BTreeMap::new();
+    let mut slices: BTreeMap<u32, Vec<Slice>> = BTreeMap::new();
+    let mut state: BTreeMap<u32, ThreadState> = BTreeMap::new();
+    // Per thread: sum_exec_runtime at its last switch (out, or in).
+    let mut sums: BTreeMap<u32, u64> = BTreeMap::new();
+    // Per CPU: the time of its last event.
+    let mut last_at: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut migrations: Vec<Migration> = Vec::new();
+    let runnable = |out: &mut Vec<Ev>, tid: u32, since: u64, until: u64, preempted: bool| {
+        if until > since {
+            let (pid, _) = names.of(tid);
+            let what = if preempted { "preempted" } else { "woken" };
+            out.push(Ev {
+                at_ns: since,
+                name: format!("runnable ({what})"),
+                cat: "runnable",
+                ph: "X",
+                ts: us(since),
+                dur: Some(us(until - since)),
+                pid,
+                tid,
+                id: None,
+                bp: None,
+                s: None,
+                args: Value::Null,
+            });
+        }
+    };
+    for e in sorted {
+        let t = rel(e.ts_ns);
+        match e.kind {
+            EV_SWITCH => {
+                let first = !seen.insert(e.cpu, true).unwrap_or(false);
+                let prev_at = last_at.insert(e.cpu, t).unwrap_or(0);
+                if e.a == 0 && e.b != 0 && e.sum_exec_ns != 0 {
+                    sums.insert(e.b, e.sum_exec_ns);
+                }
+                if e.a != 0 {
+                    let how = if e.flags & EVF_DEAD != 0 {
+                        "exited"
+                    } else if e.flags & EVF_PREEMPTED != 0 {
+                        "preempted"
+                    } else {
+                        "blocked"
+                    };
+                    let cpu_ns = match e.sum_exec_ns {
+                        0 => None,
+                        now => (sums.insert(e.a, now)).map(|before| now.saturating_sub(before)),
+                    };
+                    let start = match (open.get(&e.cpu), cpu_ns) {
+                        (Some(&(tid, s)), _) if tid == e.a => Some((s, false)),
+                        // Resumed with no switch-in event: it ran for
+                        // cpu_ns up to now, after the CPU's last event.
+                        (None, Some(ns)) => Some((t.saturating_sub(ns).max(prev_at), true)),
+                        // No earlier sight of it: running since before
+                        // the trace began.
+                        (None, None) if first => Some((0, false)),
+                        _ => None,
+                    };
+                    match start {
+                        Some((s, inferred)) => {
+                            open.remove(&e.cpu);
+                            summary.inferred_starts += u64::from(inferred);
+                            slices.entry(e.cpu).or_default().push(Slice {
+                                start: s,
+                                end: t,
+                                tid: e.a,
+                                how,
+                                cpu_ns,
+                                inferred,
+                            });
+                        }
+                        None => summary.incomplete_slices += 1,
+                    }
+                    let next = if how == "preempted" {
+                        ThreadState::Runnable {
+                            since: t,
+                            preempted: true,
+                        }
+                    } else {
+                        ThreadState::Off
+                    };
+                    state.insert(e.a, next);
+                }
+                if e.b != 0 {
+                    if open.remove(&e.cpu).is_some() {
+                        // Its switch-out was lost: end unknown, not drawn.
+                        summary.incomplete_slices += 1;
+                    }
+                    // Still open elsewhere: that switch-out was lost too.
+                    let stale: Vec<u32> = (open.iter())
+                        .filter(|(_, (tid, _))| *tid == e.b)
+                        .map(|(cpu, _)| *cpu)
+                        .collect();
+                    for cpu in stale {
+                        open.remove(&cpu);
+                        summary.incomplete_slices += 1;
+                    }
+                    if let Some(ThreadState::Runnable { since, preempted }) = state.get(&e.b) {
+                        runnable(&mut out, e.b, *since, t, *preempted);
+                    }
+                    state.insert(e.b, ThreadState::Running);
+                    open.insert(e.cpu, (e.b, t));
+                }
+            }
+            // A new thread's first wakeup (EVF_NEW) reads as any other.
+            EV_WAKEUP => match state.get(&e.a) {
+                // Woken while still on its CPU, or already waiting since a
+                // preemption: no new wait starts.
+                Some(ThreadState::Running | ThreadState::Runnable { .. }) => {}
+                _ => {
+                    state.insert(
+                        e.a,
+                        ThreadState::Runnable {
+                            since: t,
+                            preempted: false,
+                        },
+                    );
+                }
+            },
+            EV_MIGRATE => migrations.push(Migration {
+                at: t,
+                tid: e.a,
+                from: e.cpu,
+                to: e.b,
+            }),
+            _ => {}
+        }
+    }
+    for (cpu, (tid, s)) in open {
+        slices.entry(cpu).or_default().push(Slice {
+            start: s,
+            end: end.max(s),
+            tid,
+            how: "window end",
+            cpu_ns: None,
+            inferred: false,
+        });
+    }
+    for (tid, st) in &state {
+        if let ThreadState::Runnable { since, preempted } = st {
+            runnable(&mut out, *tid, *since, end, *preempted);
+        }
+    }
+    for (cpu, list) in &slices {
+        for sl in list {
+            let (pid, name) = names.of(sl.tid);
+            let dur = Some(us(sl.end - sl.start));
+            out.push(Ev {
+                at_ns: sl.start,
+                name,
+                cat: "on_cpu",
+                ph: "X",
+                ts: us(sl.start),
+                dur,
+                pid: CPU_PID,
+                tid: cpu_tid(*cpu),
+                id: None,
+                bp: None,
+                s: None,
+                args: slice_args(sl, json!({ "tid": sl.tid, "pid": pid })),
+            });
+            out.push(Ev {
+                at_ns: sl.start,
+                name: format!("CPU {cpu}"),
+                cat: "on_cpu",
+                ph: "X",
+                ts: us(sl.start),
+                dur,
+                pid,
+                tid: sl.tid,
+                id: None,
+                bp: None,
+                s: None,
+                args: slice_args(sl, json!({ "cpu": cpu })),
+            });
+            summary.cpu_slices += 1;
+        }
+    }
+    let mut marks = Markers {
+        slices: &slices,
+        last_end: BTreeMap::new(),
+        end,
+    };
+    for (i, m) in migrations.iter().enumerate() {
+        let id = i as u64 + 1;
+        let (_, who) = names.of(m.tid);
+        let args = json!({ "tid": m.tid, "from": m.from, "to": m.to });
+        let ends = [
+            (m.from, format!("{who} -> CPU {}", m.to), "s", None),
+            (m.to, format!("{who} <- CPU {}", m.from), "f", Some("e")),
+        ];
+        for (cpu, label, ph, bp) in ends {
+            let (a, b) = marks.place(cpu, m.at);
+            out.push(Ev {
+                at_ns: a,
+                name: label,
+                cat: "migration",
+                ph: "X",
+                ts: us(a),
+                dur: Some(us(b - a)),
+                pid: CPU_PID,
+                tid: cpu_tid(cpu),
+                id: None,
+                bp: None,
+                s: None,
+                args: args.clone(),
+            });
+            let mid = a + (b - a) / 2;
+            out.push(Ev {
+                at_ns: mid,
+                name: "migration".into(),
+                cat: "migration",
+                ph,
+                ts: us(mid),
+                dur: None,
+                pid: CPU_PID,
+                tid: cpu_tid(cpu),
+                id: Some(id),
+                bp,
+                s: None,
+                args: Value::Null,
+            });
+        }
+        summary.migration_flows += 1;
+    }
+    for span in &cap.throttled {
+        if span.nr_throttled == 0 && span.throttled_ns == 0 {
+            continue;
+        }
+        let (a, b) = (rel(span.start_ns), rel(span.end_ns));
+        out.push(Ev {
+            at_ns: a,
+            name: format!(
+                "throttled: {} of {} periods, {:.1} ms",
+                span.nr_throttled,
+                span.nr_periods,
+                span.throttled_ns as f64 / 1e6
+            ),
+            cat: "throttling",
+            ph: "X",
+            ts: us(a),
+            dur: Some(us(b.saturating_sub(a))),
+            pid: CPU_PID,
+            tid: THROTTLE_TID,
+            id: None,
+            bp: None,
+            s: None,
+            args: json!({
+                "nr_periods": span.nr_periods,
+                "nr_throttled": span.nr_throttled,
+                "throttled_ns": span.throttled_ns,
+                "meaning": "this interval had throttled periods (cpu.stat); not which ms",
+            }),
+        });
+        summary.throttled_intervals += 1;
+    }
+    if cap.lost_events > 0 {
+        out.push(Ev {
+            at_ns: 0,
+            name: format!(
+                "{} events LOST (ring buffer full): this timeline has gaps",
+                cap.lost_events
+            ),
+            cat: "lost",
+            ph: "i",
+            ts: 0.0,
+            dur: None,
+            pid: CPU_PID,
+            tid: CPU_PID,
+            id: None,
+            bp: None,
+            s: Some("g"),
+            args: json!({ "lost_events": cap.lost_events }),
+        });
+    }
+    out.sort_by_key(|e| e.at_ns);
+    let mut meta = metadata(&slices, &names, topo, cap);
+    meta.append(&mut out);
+    let other = json!({
+        "tool": "affin-trace",
+        "version": env!("CARGO_PKG_VERSION"),
+        "clock": "CLOCK_MONOTONIC (bpf_ktime_get_ns); ts in microseconds since the trace start",
+        "start_monotonic_ns": cap.start_ns,
+        "duration_ns": end,
+        "pids": trace.pids,
+        "events": summary.events,
+        "lost_events": summary.lost_events,
+        "ring_buffer_bytes": cap.ring_buffer_bytes,
+        "cpu_slices": summary.cpu_slices,
+        "migration_flows": summary.migration_flows,
+        "incomplete_slices": summary.incomplete_slices,
+        "inferred_starts": summary.inferred_starts,
+        "cpu_quota": cap.quota,
+        "throttled_intervals": summary.throttled_intervals,
+    });
+    Chrome {
+        events: meta,
+        other,
+        summary,
+    }
+}
+
+/// A slice's args: `base` plus how it ended, its on-CPU time by the task's
+/// clock (the rest of its length is steal and interrupts) and whether its
+/// start was inferred.
+fn slice_args(sl: &Slice, mut base: Value) -> Value {
+    base["ended"] = json!(sl.how);
+    if let Some(ns) = sl.cpu_ns {
+        base["cpu_ns"] = json!(ns);
+    }
+    if sl.inferred {
+        base["start"] = json!("inferred: switch-in not seen; end minus on-CPU time");
+    }
+    base
+}
+
+/// Places migration marker slices so that each sits wholly inside one
+/// on-CPU slice or one gap between slices, and markers on one CPU never
+/// overlap: JSON slices on a track must nest.
+struct Markers<'a> {
+    slices: &'a BTreeMap<u32, Vec<Slice>>,
+    last_end: BTreeMap<u32, u64>,
+    end: u64,
+}
+
+impl Markers<'_> {
+    /// `[a, b)` on `cpu`, at or soon after `at`.
+    fn place(&mut self, cpu: u32, at: u64) -> (u64, u64) {
+        let list = self.slices.get(&cpu).map_or(&[][..], Vec::as_slice);
+        let mut t = at.max(self.last_end.get(&cpu).copied().unwrap_or(0));
+        // A few regions at most: each failed one moves `t` to its end.
+        for _ in 0..8 {
+            // The slice holding t, or the gap it is in.
+            let i = list.partition_point(|s| s.end <= t);
+            let (lo, hi, inside) = match list.get(i) {
+                Some(s) if s.start <= t => (s.start + EDGE_NS, s.end.saturating_sub(EDGE_NS), true),
+                Some(s) => (0, s.start, false),
+                None => (0, u64::MAX, false),
+            };
+            let a = t.max(lo);
+            let b = hi.min(a + MARK_NS);
+            if b >= a + 2 * EDGE_NS {
+                self.last_end.insert(cpu, b);
+                return (a, b);
+            }
+            t = if inside { hi + EDGE_NS } else { hi };
+        }
+        // Only slices of a few ns ahead: past the last one (never reached
+        // in practice; keeps the marker valid).
+        let a = t.max(list.last().map_or(0, |s| s.end)).max(self.end);
+        self.last_end.insert(cpu, a + MARK_NS);
+        (a, a + MARK_NS)
+    }
+}
+
+/// Process and thread names and their order.
+fn metadata(
+    slices: &BTreeMap<u32, Vec<Slice>>,
+    names: &Names<'_>,
+    topo: &Topology,
+    cap: &Capture,
+) -> Vec<Ev> {
+    let meta = |name: &'static str, pid: u32, tid: u32, args: Value| Ev {
+        at_ns: 0,
+        name: name.into(),
+        cat: "__metadata",
+        ph: "M",
+        ts: 0.0,
+        dur: None,
+        pid,
+        tid,
+        id: None,
+        bp: None,
+        s: None,
+        args,
+    };
+    let mut v = vec![
+        meta(
+            "process_name",
+            CPU_PID,
+            CPU_PID,
+            json!({ "name": "CPUs (affin-trace)" }),
+        ),
+        meta(
+            "process_sort_index",
+            CPU_PID,
+            CPU_PID,
+            json!({ "sort_index": -1 }),
+        ),
+    ];
+    // Every CPU of the machine, in topology order, plus any CPU an event
+    // named that the topology lacks (offline now).
+    let mut cpus: Vec<(u32, String)> = topo
+        .cpus
+        .iter()
+        .map(|c| {
+            (
+                c.id,
+                format!(
+                    "CPU {} (core {}, L3 {}, node {})",
+                    c.id, c.core, c.llc, c.node
+                ),
+            )
+        })
+        .collect();
+    for cpu in slices.keys() {
+        if !cpus.iter().any(|(c, _)| c == cpu) {
+            cpus.push((*cpu, format!("CPU {cpu}")));
+        }
+    }
+    let order: BTreeMap<u32, (u32, u32, u32)> = topo
+        .cpus
+        .iter()
+        .map(|c| (c.id, (c.node, c.llc, c.core)))
+        .collect();
+    cpus.sort_by_key(|(c, _)| (order.get(c).copied().unwrap_or((u32::MAX, 0, 0)), *c));
+    for (i, (cpu, name)) in cpus.iter().enumerate() {
+        v.push(meta(
+            "thread_name",
+            CPU_PID,
+            cpu_tid(*cpu),
+            json!({ "name": name }),
+        ));
+        v.push(meta(
+            "thread_sort_index",
+            CPU_PID,
+            cpu_tid(*cpu),
+            json!({ "sort_index": i as i64 + 1 }),
+        ));
+    }
+    if cap.quota.is_some() {
+        let name = format!(
+            "CPU quota throttling ({})",
+            cap.quota.as_deref().unwrap_or_default()
+        );
+        v.push(meta(
+            "thread_name",
+            CPU_PID,
+            THROTTLE_TID,
+            json!({ "name": name }),
+        ));
+        v.push(meta(
+            "thread_sort_index",
+            CPU_PID,
+            THROTTLE_TID,
+            json!({ "sort_index": 0 }),
+        ));
+    }
+    let mut pids: BTreeMap<u32, String> = BTreeMap::new();
+    for (tid, (tgid, comm)) in &names.threads {
+        v.push(meta("thread_name", *tgid, *tid, json!({ "name": comm })));
+        if tid == tgid {
+            pids.insert(*tgid, format!("{comm} (pid {tgid})"));
+        } else {
+            pids.entry(*tgid).or_insert_with(|| format!("pid {tgid}"));
+        }
+    }
+    for (pid, name) in pids {
+        v.push(meta("process_name", pid, pid, json!({ "name": name })));
+    }
+    v
+}
+
+impl Chrome {
+    /// Writes the JSON object form: `traceEvents`, `displayTimeUnit` and
+    /// `otherData` (the counts, lost events included).
+    pub fn write(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::new(w);
+        w.write_all(b"{\"displayTimeUnit\":\"ns\",\"otherData\":")?;
+        serde_json::to_writer(&mut w, &self.other)?;
+        w.write_all(b",\"traceEvents\":[\n")?;
+        for (i, e) in self.events.iter().enumerate() {
+            if i > 0 {
+                w.write_all(b",\n")?;
+            }
+            serde_json::to_writer(&mut w, e)?;
+        }
+        w.write_all(b"\n]}\n")?;
+        w.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ThreadTrace;
+
+    const T0: u64 = 1_000_000_000;
+
+    fn switch(ts: u64, cpu: u32, out: u32, inn: u32, flags: u32) -> TimelineEvent {
+        TimelineEvent {
+            ts_ns: T0 + ts,
+            kind: EV_SWITCH,
+            cpu,
+            a: out,
+            b: inn,
+            flags,
+            _pad: 0,
+            sum_exec_ns: 0,
+        }
+    }
+
+    /// A switch carrying the task clock of the thread leaving (or arriving).
+    fn switch_sum(ts: u64, cpu: u32, out: u32, inn: u32, flags: u32, sum: u64) -> TimelineEvent {
+        TimelineEvent {
+            sum_exec_ns: sum,
+            ..switch(ts, cpu, out, inn, flags)
+        }
+    }
+
+    fn migrate(ts: u64, tid: u32, from: u32, to: u32) -> TimelineEvent {
+        TimelineEvent {
+            ts_ns: T0 + ts,
+            kind: EV_MIGRATE,
+            cpu: from,
+            a: tid,
+            b: to,
+            flags: 0,
+            _pad: 0,
+            sum_exec_ns: 0,
+        }
+    }
+
+    fn wakeup(ts: u64, tid: u32, cpu: u32) -> TimelineEvent {
+        TimelineEvent {
+            ts_ns: T0 + ts,
+            kind: EV_WAKEUP,
+            cpu,
+            a: tid,
+            b: 0,
+            flags: 0,
+            _pad: 0,
+            sum_exec_ns: 0,
+        }
+    }
+
+    fn trace() -> Trace {
+        let th = |tid, comm: &str| ThreadTrace {
+            tid,
+            tgid: 100,
+            comm: comm.into(),
+            ..ThreadTrace::default()
+        };
+        Trace {
+            pids: vec![100],
+            threads: vec![th(100, "main"), th(101, "worker")],
+            ..Trace::default()
+        }
+    }
+
+    fn topo() -> Topology {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/sysfs/vm-2cpu");
+        Topology::read(&p).unwrap()
+    }
+
+    fn capture(events: Vec<TimelineEvent>) -> Capture {
+        Capture {
+            events,
+            start_ns: T0,
+            end_ns: T0 + 1_000_000,
+            ring_buffer_bytes: 1 << 20,
+            ..Capture::default()
+        }
+    }
+
+    /// The file as written, parsed back.
+    fn file(cap: &Capture) -> (Value, Summary) {
+        let c = build(cap, &trace(), &topo());
+        let mut buf = Vec::new();
+        c.write(&mut buf).unwrap();
+        (serde_json::from_slice(&buf).expect("valid JSON"), c.summary)
+    }
+
+    fn events<'a>(v: &'a Value, ph: &str, cat: &str) -> Vec<&'a Value> {
+        v["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == ph && e["cat"] == cat)
+            .collect()
+    }
+
+    fn on_cpu_track(e: &Value, cpu: u32) -> bool {
+        e["pid"] == CPU_PID && e["tid"] == cpu_tid(cpu)
+    }
+
+    #[test]
+    fn switches_become_cpu_and_thread_slices() {
+        let (v, s) = file(&capture(vec![
+            // Out of order, as two CPUs' events can be in the ring.
+            switch(300_000, 0, 101, 0, EVF_PREEMPTED),
+            switch(100_000, 0, 0, 101, 0),
+            switch(150_000, 1, 0, 100, 0),
+            switch(250_000, 1, 100, 0, 0),
+        ]));
+        assert_eq!(s.cpu_slices, 2);
+        let slices = events(&v, "X", "on_cpu");
+        let cpu0: Vec<_> = slices.iter().filter(|e| on_cpu_track(e, 0)).collect();
+        assert_eq!(cpu0.len(), 1);
+        assert_eq!(cpu0[0]["name"], "worker 101");
+        assert_eq!(cpu0[0]["ts"], 100.0);
+        assert_eq!(cpu0[0]["dur"], 200.0);
+        assert_eq!(cpu0[0]["args"]["ended"], "preempted");
+        let thread: Vec<_> = slices.iter().filter(|e| e["tid"] == 100).collect();
+        assert_eq!(thread.len(), 1);
+        assert_eq!(thread[0]["name"], "CPU 1");
+        assert_eq!(thread[0]["pid"], 100);
+        assert_eq!(thread[0]["ts"], 150.0);
+        assert_eq!(thread[0]["dur"], 100.0);
+        assert_eq!(thread[0]["args"]["ended"], "blocked");
+        // Preempted at 300 us and never back: runnable to the end.
+        let wait = events(&v, "X", "runnable");
+        assert_eq!(wait.len(), 1);
+        assert_eq!(wait[0]["name"], "runnable (preempted)");
+        assert_eq!(wait[0]["dur"], 700.0);
+    }
+
+    #[test]
+    fn a_wakeup_starts_a_runnable_slice_until_switch_in() {
+        let (v, _) = file(&capture(vec![
+            wakeup(10_000, 101, 1),
+            switch(12_500, 1, 0, 101, 0),
+            switch(20_000, 1, 101, 0, EVF_DEAD),
+            // Woken while on a CPU: no wait.
+            switch(30_000, 0, 0, 100, 0),
+            wakeup(31_000, 100, 0),
+            switch(40_000, 0, 100, 0, 0),
+        ]));
+        let wait = events(&v, "X", "runnable");
+        assert_eq!(wait.len(), 1, "{wait:?}");
+        assert_eq!(wait[0]["tid"], 101);
+        assert_eq!(wait[0]["name"], "runnable (woken)");
+        assert_eq!(wait[0]["ts"], 10.0);
+        assert_eq!(wait[0]["dur"], 2.5);
+        let exited = events(&v, "X", "on_cpu");
+        assert!(exited.iter().any(|e| e["args"]["ended"] == "exited"));
+    }
+
+    #[test]
+    fn each_migration_is_one_arrow_from_source_to_destination_cpu() {
+        // 101 runs on CPU 0, is moved to CPU 1 while off CPU, runs there,
+        // and is moved back.
+        let (v, s) = file(&capture(vec![
+            switch(100_000, 0, 0, 101, 0),
+            switch(200_000, 0, 101, 0, 0),
+            migrate(200_500, 101, 0, 1),
+            switch(201_000, 1, 0, 101, 0),
+            switch(300_000, 1, 101, 0, 0),
+            migrate(300_200, 101, 1, 0),
+            switch(300_900, 0, 0, 101, 0),
+        ]));
+        assert_eq!(s.migration_flows, 2);
+        let starts = events(&v, "s", "migration");
+        let finishes = events(&v, "f", "migration");
+        assert_eq!((starts.len(), finishes.len()), (2, 2));
+        for (s, f) in starts.iter().zip(&finishes) {
+            assert_eq!(s["id"], f["id"]);
+            assert_eq!(f["bp"], "e");
+            assert_eq!(s["name"], f["name"], "v1 flows pair by id, cat and name");
+        }
+        let first = starts.iter().find(|e| e["id"] == 1).unwrap();
+        let last = finishes.iter().find(|e| e["id"] == 1).unwrap();
+        assert!(on_cpu_track(first, 0) && on_cpu_track(last, 1));
+        let back = starts.iter().find(|e| e["id"] == 2).unwrap();
+        assert!(on_cpu_track(back, 1));
+        // Each arrow end sits inside a marker slice on its track, which
+        // sits inside a gap or a slice: the nesting Perfetto needs.
+        let marks = events(&v, "X", "migration");
+        assert_eq!(marks.len(), 4);
+        for end in starts.iter().chain(&finishes) {
+            let ts = end["ts"].as_f64().unwrap();
+            assert!(
+                marks.iter().any(|m| m["tid"] == end["tid"]
+                    && m["ts"].as_f64().unwrap() < ts
+                    && ts < m["ts"].as_f64().unwrap() + m["dur"].as_f64().unwrap()),
+                "{end} is in no marker"
+            );
+        }
+        assert_nested(&v);
+    }
+
+    /// Slices on each track nest or are disjoint (no partial overlap).
+    fn assert_nested(v: &Value) {
+        let mut by_track: BTreeMap<(u64, u64), Vec<(f64, f64)>> = BTreeMap::new();
+        for e in v["traceEvents"].as_array().unwrap() {
+            if e["ph"] == "X" {
+                let ts = e["ts"].as_f64().unwrap();
+                let end = ts + e["dur"].as_f64().unwrap();
+                let key = (e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap());
+                by_track.entry(key).or_default().push((ts, end));
+            }
+        }
+        for (track, list) in by_track {
+            for (i, a) in list.iter().enumerate() {
+                for b in &list[i + 1..] {
+                    let disjoint = a.1 <= b.0 || b.1 <= a.0;
+                    let nested = (a.0 <= b.0 && b.1 <= a.1) || (b.0 <= a.0 && a.1 <= b.1);
+                    assert!(disjoint || nested, "{track:?}: {a:?} and {b:?} overlap");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn migrations_close_together_get_disjoint_markers() {
+        // Three threads moved off CPU 0 within 3 us, while 100 runs there.
+        let mut ev = vec![switch(1_000, 0, 0, 100, 0), switch(900_000, 0, 100, 0, 0)];
+        for (i, tid) in [101u32, 102, 103].into_iter().enumerate() {
+            ev.push(migrate(5_000 + i as u64 * 1_000, tid, 0, 1));
+        }
+        let (v, s) = file(&capture(ev));
+        assert_eq!(s.migration_flows, 3);
+        assert_nested(&v);
+    }
+
+    #[test]
+    fn a_thread_running_at_the_start_and_at_the_end_gets_whole_slices() {
+        let (v, s) = file(&capture(vec![
+            switch(50_000, 0, 100, 0, EVF_PREEMPTED),
+            switch(60_000, 1, 0, 101, 0),
+        ]));
+        assert_eq!((s.cpu_slices, s.incomplete_slices), (2, 0));
+        let slices = events(&v, "X", "on_cpu");
+        let cpu0 = slices.iter().find(|e| on_cpu_track(e, 0)).unwrap();
+        assert_eq!(
+            (cpu0["ts"].as_f64(), cpu0["dur"].as_f64()),
+            (Some(0.0), Some(50.0))
+        );
+        let cpu1 = slices.iter().find(|e| on_cpu_track(e, 1)).unwrap();
+        assert_eq!(cpu1["dur"], 940.0);
+        assert_eq!(cpu1["args"]["ended"], "window end");
+    }
+
+    #[test]
+    fn lost_events_are_counted_in_the_file_not_guessed_at() {
+        let mut cap = capture(vec![
+            switch(10_000, 0, 0, 100, 0),
+            switch(20_000, 0, 100, 0, 0),
+            // The switch-in of 101 on CPU 0 was lost.
+            switch(40_000, 0, 101, 0, 0),
+        ]);
+        cap.lost_events = 5;
+        let (v, s) = file(&cap);
+        assert_eq!((s.cpu_slices, s.incomplete_slices), (1, 1));
+        assert_eq!(v["otherData"]["lost_events"], 5);
+        assert_eq!(v["otherData"]["incomplete_slices"], 1);
+        let lost = events(&v, "i", "lost");
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0]["s"], "g");
+        assert!(
+            lost[0]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("5 events LOST")
+        );
+    }
+
+    #[test]
+    fn slices_carry_their_cpu_time_and_a_missed_switch_in_is_dated_by_it() {
+        let (v, s) = file(&capture(vec![
+            // In with its clock at 1 ms, out preempted at 1.6 ms of clock
+            // after 700 us of wall time (100 us of steal).
+            switch_sum(100_000, 0, 0, 101, 0, 1_000_000),
+            switch_sum(800_000, 0, 101, 0, EVF_PREEMPTED, 1_600_000),
+            // Resumed with no switch-in event; out at 900 us after 50 us
+            // more of CPU time.
+            switch_sum(900_000, 0, 101, 0, 0, 1_650_000),
+        ]));
+        assert_eq!(
+            (s.cpu_slices, s.inferred_starts, s.incomplete_slices),
+            (2, 1, 0)
+        );
+        let cpu0: Vec<&Value> = events(&v, "X", "on_cpu")
+            .into_iter()
+            .filter(|e| on_cpu_track(e, 0))
+            .collect();
+        assert_eq!(cpu0[0]["args"]["cpu_ns"], 600_000);
+        assert_eq!(cpu0[0]["dur"], 700.0);
+        assert_eq!(cpu0[1]["args"]["cpu_ns"], 50_000);
+        assert_eq!(
+            (cpu0[1]["ts"].as_f64(), cpu0[1]["dur"].as_f64()),
+            (Some(850.0), Some(50.0))
+        );
+        assert!(
+            cpu0[1]["args"]["start"]
+                .as_str()
+                .unwrap()
+                .starts_with("inferred")
+        );
+        assert_eq!(v["otherData"]["inferred_starts"], 1);
+    }
+
+    #[test]
+    fn throttled_intervals_are_marked_and_quiet_ones_are_not() {
+        let mut cap = capture(vec![]);
+        cap.quota = Some("0.50 CPUs on /sys/fs/cgroup/t".into());
+        let span = |a: u64, n: u64| ThrottledSpan {
+            start_ns: T0 + a,
+            end_ns: T0 + a + 100_000,
+            nr_periods: 10,
+            nr_throttled: n,
+            throttled_ns: n * 1_000_000,
+        };
+        cap.throttled = vec![span(0, 0), span(100_000, 4)];
+        let (v, s) = file(&cap);
+        assert_eq!(s.throttled_intervals, 1);
+        let marked = events(&v, "X", "throttling");
+        assert_eq!(marked.len(), 1);
+        assert_eq!(marked[0]["ts"], 100.0);
+        assert_eq!(marked[0]["dur"], 100.0);
+        assert_eq!(marked[0]["name"], "throttled: 4 of 10 periods, 4.0 ms");
+        assert_eq!(marked[0]["tid"], THROTTLE_TID);
+        let names = events(&v, "M", "__metadata");
+        assert!(names.iter().any(|m| {
+            m["tid"] == THROTTLE_TID
+                && m["args"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("CPU quota throttling"))
+        }));
+    }
+
+    #[test]
+    fn tracks_are_named_and_cpus_ordered() {
+        let (v, _) = file(&capture(vec![switch(1, 0, 0, 101, 0)]));
+        let names = events(&v, "M", "__metadata");
+        let name_of = |pid: u32, tid: u32| {
+            names
+                .iter()
+                .find(|m| m["name"] == "thread_name" && m["pid"] == pid && m["tid"] == tid)
+                .map(|m| m["args"]["name"].as_str().unwrap().to_string())
+        };
+        assert_eq!(name_of(100, 101).as_deref(), Some("worker"));
+        assert!(
+            name_of(CPU_PID, cpu_tid(1))
+                .unwrap()
+                .starts_with("CPU 1 (core")
+        );
+        assert!(names.iter().any(|m| m["name"] == "process_name"
+            && m["pid"] == 100
+            && m["args"]["name"] == "main (pid 100)"));
+        assert_eq!(v["displayTimeUnit"], "ns");
+        assert_eq!(v["otherData"]["events"], 1);
+    }
+}
