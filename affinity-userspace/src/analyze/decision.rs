@@ -47,7 +47,7 @@ pub fn analyze(
     let features = features::extract(trace, trace.mem_total_bytes);
     let classification = classify::classify_trace(&features, thresholds);
     let recommendation = recommend::recommend(&recommend::Request {
-        pid: trace.pids.first().copied().unwrap_or(0),
+        pids: &trace.pids,
         class: classification.process.class,
         features: &features.process,
         trace,

@@ -37,8 +37,9 @@ const DEMAND_SLACK: f64 = 0.01;
 /// What to recommend for.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
-    /// The process the command applies to.
-    pub pid: u32,
+    /// The processes the command applies to: every one of the target, so
+    /// the advice is one decision for all of them.
+    pub pids: &'a [u32],
     /// Its class (process-wide).
     pub class: Class,
     /// Its process-wide features.
@@ -114,7 +115,7 @@ fn ceil_cpus(x: f64) -> usize {
 
 /// Recommends CPUs for the request's class.
 pub fn recommend(req: &Request) -> Recommendation {
-    let mut rationale = vec![strategy(req.class).to_string()];
+    let mut rationale = vec![strategy(req.class, req.topology.llc_groups().len())];
     let (want, why) = sized(req);
     rationale.push(why);
     let online = req.topology.online();
@@ -150,7 +151,24 @@ pub fn recommend(req: &Request) -> Recommendation {
     finish(req, pick, rationale)
 }
 
-fn strategy(class: Class) -> &'static str {
+/// What the class's placement aims at, said only as far as it is true on
+/// this machine: with one L3 every migration already stays inside it, so
+/// no "cache-local" promise is made there.
+fn strategy(class: Class, llc_groups: usize) -> String {
+    match (class, llc_groups) {
+        (Class::MigrationHeavy, 0 | 1) => {
+            return "migration_heavy: as few CPUs as its demand needs, so its threads have \
+                    fewer CPUs to move between (this machine has one L3: its migrations \
+                    already stay inside it)"
+                .into();
+        }
+        (Class::CacheSensitive, 0 | 1) => {
+            return "cache_sensitive: the CPUs where its threads ran most (this machine has \
+                    one L3: there is no other cache to keep it away from)"
+                .into();
+        }
+        _ => {}
+    }
     match class {
         Class::CpuIntensiveSteady => {
             "cpu_intensive_steady: one logical CPU per physical core, SMT siblings left idle, \
@@ -170,6 +188,7 @@ fn strategy(class: Class) -> &'static str {
         Class::IoBound => "io_bound: few CPUs, efficiency cores on hybrid parts",
         Class::Balanced => "balanced: one NUMA node, the one holding most of its memory",
     }
+    .into()
 }
 
 /// CPUs wanted and a line saying why.
@@ -195,12 +214,28 @@ fn sized(req: &Request) -> (usize, String) {
     )
 }
 
+/// The shell command that sets `list` on every thread of every pid:
+/// `taskset -p` takes one pid, so several get a loop.
+pub fn taskset(list: &str, pids: &[u32]) -> String {
+    match pids {
+        [] => format!("taskset -a -c -p {list} 0"),
+        [pid] => format!("taskset -a -c -p {list} {pid}"),
+        _ => format!(
+            "for p in {}; do taskset -a -c -p {list} $p; done",
+            pids.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    }
+}
+
 fn finish(req: &Request, pick: Pick, mut rationale: Vec<String>) -> Recommendation {
     rationale.extend(pick.notes);
     let mut cpus = pick.cpus;
     cpus.sort_unstable();
     let list = cpulist::format(&cpus);
-    let command = (!cpus.is_empty()).then(|| format!("taskset -a -c -p {list} {}", req.pid));
+    let command = (!cpus.is_empty()).then(|| taskset(&list, req.pids));
     if let Some(c) = &command {
         rationale.push(format!("apply to all threads: {c}"));
     }
@@ -669,7 +704,7 @@ mod tests {
         fn run(&self) -> Recommendation {
             let f: Features = features::process(&self.trace, 0);
             recommend(&Request {
-                pid: 4242,
+                pids: &[4242],
                 class: self.class,
                 features: &f,
                 trace: &self.trace,
@@ -704,6 +739,33 @@ mod tests {
             "not all equal: {all:?}"
         );
         all.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn one_l3_gets_no_cache_local_claim() {
+        let vm = topo("vm-2cpu");
+        assert_eq!(vm.llc_groups().len(), 1);
+        for class in [Class::MigrationHeavy, Class::CacheSensitive] {
+            let r = case(&vm, workload(1, &[40.0], &[0, 1]), class).run();
+            assert!(
+                !r.rationale[0].contains("cache-local") && r.rationale[0].contains("one L3"),
+                "{:?}",
+                r.rationale
+            );
+        }
+        let epyc = topo("epyc-64c");
+        assert!(epyc.llc_groups().len() > 1);
+        let r = case(&epyc, workload(1, &[40.0], &[0, 1]), Class::MigrationHeavy).run();
+        assert!(r.rationale[0].contains("cache-local"), "{:?}", r.rationale);
+    }
+
+    #[test]
+    fn the_command_names_every_pid_of_the_target() {
+        assert_eq!(taskset("1", &[42]), "taskset -a -c -p 1 42");
+        assert_eq!(
+            taskset("0-1", &[42, 43]),
+            "for p in 42 43; do taskset -a -c -p 0-1 $p; done"
+        );
     }
 
     #[test]

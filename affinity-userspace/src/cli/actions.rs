@@ -258,6 +258,98 @@ pub fn revert(dir: &Path, pid: u32) -> Result<usize, ActionError> {
     Ok(n)
 }
 
+/// The processes that have a record in `dir` now: `<pid>-<start>.json`
+/// files whose pid still runs the process that was applied to (same start
+/// time). A record of an exited process cannot be reverted (its threads are
+/// gone) and is left alone.
+pub fn recorded(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| record_name(e.file_name().to_str()?))
+        .filter(|&(pid, start)| procs::start_time(pid).ok() == Some(start))
+        .map(|(pid, _)| pid)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// "<pid>-<start>.json" -> (pid, start).
+pub fn record_name(name: &str) -> Option<(u32, u64)> {
+    let (pid, start) = name.strip_suffix(".json")?.split_once('-')?;
+    Some((pid.parse().ok()?, start.parse().ok()?))
+}
+
+/// Why `revert` found nothing to do.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SelectError {
+    /// No process has that name.
+    #[error("no process named {0:?} (comm, as in pgrep -x); nothing to revert")]
+    NoSuchComm(String),
+    /// The cgroup is not there.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cli::check::CheckError),
+    /// The processes named have no record.
+    #[error(
+        "nothing to revert: no applied affinity recorded for {0} (affin-trace --apply was not run on them since boot)"
+    )]
+    NoneRecorded(String),
+}
+
+/// The pids `revert` restores, sorted: every `--pid` as given (each must
+/// have a record; a missing one is reported by the per-pid revert), and the
+/// processes named by `--comm`, `--cgroup` or `--all` that have a record.
+pub fn revert_selection(
+    dir: &Path,
+    t: &crate::cli::run::RevertTargets,
+) -> Result<Vec<u32>, SelectError> {
+    let mut named = Vec::new();
+    let mut what = Vec::new();
+    for name in &t.comms {
+        let found = procs::pids_by_comm(name);
+        if found.is_empty() {
+            return Err(SelectError::NoSuchComm(name.clone()));
+        }
+        what.push(format!("--comm {name} (pid {})", list(&found)));
+        named.extend(found);
+    }
+    if let Some(given) = &t.cgroup {
+        let cg = crate::cli::check::cgroup_dir(Path::new("/"), given)?;
+        let found = procs::pids_in_cgroup(&cg).unwrap_or_default();
+        what.push(format!("cgroup {}", given.display()));
+        named.extend(found);
+    }
+    if t.all {
+        what.push(format!("any process (in {})", dir.display()));
+    }
+    select(&t.pids, &named, t.all, &recorded(dir))
+        .ok_or_else(|| SelectError::NoneRecorded(what.join(", ")))
+}
+
+/// The pure part of [`revert_selection`]: `None` when nothing is selected.
+pub fn select(explicit: &[u32], named: &[u32], all: bool, recorded: &[u32]) -> Option<Vec<u32>> {
+    let mut out: Vec<u32> = explicit.to_vec();
+    out.extend(
+        recorded
+            .iter()
+            .copied()
+            .filter(|p| all || named.contains(p)),
+    );
+    out.sort_unstable();
+    out.dedup();
+    (!out.is_empty()).then_some(out)
+}
+
+fn list(pids: &[u32]) -> String {
+    pids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The CPUs to apply: `--cpus`, else the recommendation.
 pub fn chosen_cpus(explicit: Option<&crate::cli::CpuList>, analysis: &Analysis) -> Vec<u32> {
     explicit
@@ -268,6 +360,30 @@ pub fn chosen_cpus(explicit: Option<&crate::cli::CpuList>, analysis: &Analysis) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revert_selects_given_pids_and_recorded_named_ones() {
+        // --pid is kept as given (a missing record is the revert's error).
+        assert_eq!(select(&[5], &[], false, &[]), Some(vec![5]));
+        // --comm/--cgroup: only the named processes that have a record.
+        assert_eq!(
+            select(&[], &[7, 8, 9], false, &[8, 9, 20]),
+            Some(vec![8, 9])
+        );
+        assert_eq!(select(&[], &[7], false, &[8]), None);
+        // --all: every record.
+        assert_eq!(select(&[], &[], true, &[3, 1]), Some(vec![1, 3]));
+        assert_eq!(select(&[], &[], true, &[]), None);
+        assert_eq!(select(&[4], &[4], false, &[4]), Some(vec![4]));
+    }
+
+    #[test]
+    fn record_names_are_pid_dash_start_time() {
+        assert_eq!(record_name("8503-393222.json"), Some((8503, 393222)));
+        assert_eq!(record_name("8503.lock"), None);
+        assert_eq!(record_name(".8503-1.tmp"), None);
+        assert_eq!(record_name("x-1.json"), None);
+    }
 
     #[test]
     fn a_recycled_pid_is_refused_and_a_gone_one_too() {

@@ -24,7 +24,12 @@ fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
 /// Traces, reports, and applies/verifies when asked.
 pub fn trace(args: &TraceArgs) -> i32 {
     // Everything the user can get wrong is checked before anything runs:
-    // the output path, the thresholds, and how an apply will be confirmed.
+    // CPUs and cgroup paths, the output path, the thresholds, and how an
+    // apply will be confirmed.
+    let args = &match crate::cli::check::early(args) {
+        Ok(a) => a,
+        Err(e) => return fail(e, EXIT_USAGE),
+    };
     let mut out: Box<dyn std::io::Write> = match &args.output {
         Some(path) => match std::fs::File::create(path) {
             Ok(f) => Box::new(f),
@@ -208,23 +213,48 @@ fn apply_and_verify(
     Ok(())
 }
 
-/// `affin-trace revert --pid P`.
-pub fn revert(pid: u32) -> i32 {
+/// What `affin-trace revert` was asked to restore.
+#[derive(Clone, Debug, Default)]
+pub struct RevertTargets {
+    /// `--pid`: each must have a record.
+    pub pids: Vec<u32>,
+    /// `--comm`: the processes of these names that have a record.
+    pub comms: Vec<String>,
+    /// `--cgroup`: the processes in it that have a record.
+    pub cgroup: Option<std::path::PathBuf>,
+    /// `--all`: every live process with a record.
+    pub all: bool,
+}
+
+/// `affin-trace revert --pid P[,P] | --comm NAME | --cgroup PATH | --all`.
+pub fn revert(t: &RevertTargets) -> i32 {
     if let Err(e) = crate::host::preflight::check_apply() {
         return fail(e, EXIT_FAILURE);
     }
     let dir = Path::new(STATE_DIR);
-    let _lock = match actions::lock_all(dir, &[pid]) {
+    let pids = match actions::revert_selection(dir, t) {
+        Ok(p) => p,
+        Err(e) => return fail(e, EXIT_USAGE),
+    };
+    let _lock = match actions::lock_all(dir, &pids) {
         Ok(l) => l,
         Err(e) => return fail(&e, e.exit_code()),
     };
-    match actions::revert(dir, pid) {
-        Ok(n) => {
-            println!("affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}");
-            0
+    let mut code = 0;
+    for pid in pids {
+        match actions::revert(dir, pid) {
+            Ok(n) => println!(
+                "affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}"
+            ),
+            Err(e) => {
+                let c = fail(&e, e.exit_code());
+                if code == 0 {
+                    code = c;
+                }
+            }
         }
-        Err(e) => fail(&e, e.exit_code()),
     }
+    code
 }
 
 /// `affin-trace topology`.

@@ -226,6 +226,34 @@ fn mount_for<'m>(
         .min_by_key(|m| m.root.len())
 }
 
+/// The cgroup directory for `given`, as a user may type it: a directory
+/// that holds `cgroup.procs` as it is, or a path inside a hierarchy
+/// ("/mypod", the form the report prints), looked up in each cgroup mount
+/// under `root`: the v1 cpu controller's first (the hierarchy the quota and
+/// the report come from), then cgroup2, then the other v1 hierarchies.
+/// `None` when no mount holds it.
+pub fn locate(root: &Path, given: &Path) -> Option<PathBuf> {
+    if given.join("cgroup.procs").is_file() {
+        return Some(given.to_path_buf());
+    }
+    let text = given.to_str()?;
+    if !text.starts_with('/') {
+        return None;
+    }
+    let (_, mut mounts) = cgroup_mounts(root).ok()?;
+    let rank = |m: &Mount| match (m.version, m.has("cpu")) {
+        (CgroupVersion::V1, true) => 0,
+        (CgroupVersion::V2, _) => 1,
+        _ => 2,
+    };
+    mounts.sort_by_key(|m| (rank(m), m.root.len()));
+    mounts.iter().find_map(|m| {
+        let rel = relative(text, &m.root)?;
+        let dir = m.dir(root).join(rel);
+        dir.join("cgroup.procs").is_file().then_some(dir)
+    })
+}
+
 /// Reads a small file; `Ok(None)` when it does not exist.
 fn read_opt(path: &Path) -> Result<Option<String>, CgroupError> {
     match std::fs::read_to_string(path) {
@@ -780,6 +808,38 @@ mod tests {
         assert!(cg.levels.iter().all(|l| l.quota.is_none()));
         assert!(cg.pressure_dir.is_some());
         assert!(cg.notes.is_empty(), "{:?}", cg.notes);
+    }
+
+    #[test]
+    fn a_cgroup_as_the_report_prints_it_is_found_under_the_cpu_mount() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        let w = |rel: &str, text: &str| {
+            let p = r.join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        };
+        w(
+            "proc/self/mountinfo",
+            "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+             32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+             41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n",
+        );
+        w("sys/fs/cgroup/memory/pod/cgroup.procs", "1\n");
+        w("sys/fs/cgroup/cpu/pod/cgroup.procs", "1\n");
+        w("sys/fs/cgroup/unified/only2/cgroup.procs", "1\n");
+        assert_eq!(
+            locate(r, Path::new("/pod")),
+            Some(r.join("sys/fs/cgroup/cpu/pod"))
+        );
+        assert_eq!(
+            locate(r, Path::new("/only2")),
+            Some(r.join("sys/fs/cgroup/unified/only2"))
+        );
+        let full = r.join("sys/fs/cgroup/memory/pod");
+        assert_eq!(locate(r, &full), Some(full.clone()));
+        assert_eq!(locate(r, Path::new("/nowhere")), None);
+        assert_eq!(locate(r, Path::new("pod")), None);
     }
 
     #[test]
