@@ -148,6 +148,60 @@ pub struct Classification {
     /// Each test tried, in order, with the value and threshold
     /// ("avg_cpu 3.1% <= 80", ..., "avg_cpu 3.1% < 20").
     pub reasons: Vec<String>,
+    /// Each test of `reasons`, in the same order, with its margin to the
+    /// threshold.
+    #[serde(default)]
+    pub margins: Vec<Margin>,
+    /// Set when a test that decided the class lies within
+    /// [`BORDERLINE`] of its threshold: the class could flip on the next
+    /// window, to the runner-up.
+    #[serde(default)]
+    pub borderline: Option<Borderline>,
+}
+
+/// Relative distance to a threshold under which a verdict is borderline.
+pub const BORDERLINE: f64 = 0.05;
+
+/// One test's distance to its threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Margin {
+    /// The figure ("avg_cpu", "variance", "migration_rate", ...).
+    pub test: String,
+    /// Its value.
+    pub value: f64,
+    /// The threshold it was compared with.
+    pub threshold: f64,
+    /// The test held (`>` for above-tests, `<` for below-tests).
+    pub held: bool,
+    /// value - threshold, in the figure's unit.
+    pub margin: f64,
+    /// |margin| / threshold (null for a zero threshold).
+    pub relative: Option<f64>,
+}
+
+/// A verdict close to flipping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Borderline {
+    /// The test nearest its threshold.
+    pub test: String,
+    /// Its relative margin (0.001 = 0.1%).
+    pub relative: f64,
+    /// The class the verdict would be if that test went the other way.
+    pub runner_up: Class,
+}
+
+impl Borderline {
+    /// "borderline: migration_rate is 0.1% from its threshold; runner-up
+    /// balanced".
+    pub fn summary(&self) -> String {
+        format!(
+            "borderline: {} is {:.1}% from its threshold (within {:.0}%); runner-up {}",
+            self.test,
+            self.relative * 100.0,
+            BORDERLINE * 100.0,
+            self.runner_up
+        )
+    }
 }
 
 impl Classification {
@@ -171,6 +225,9 @@ pub struct ThreadClassification {
 /// Verdicts for the process and each thread.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TraceClassification {
+    /// The seed's key: the class of the target as a whole (the same as
+    /// `process.class`).
+    pub workload_type: Class,
     /// The target as a whole.
     pub process: Classification,
     /// Each selected thread.
@@ -179,8 +236,10 @@ pub struct TraceClassification {
 
 /// Classifies the process and each thread.
 pub fn classify_trace(f: &TraceFeatures, t: &Thresholds) -> TraceClassification {
+    let process = classify(&f.process, t);
     TraceClassification {
-        process: classify(&f.process, t),
+        workload_type: process.class,
+        process,
         threads: f
             .threads
             .iter()
@@ -196,8 +255,21 @@ pub fn classify_trace(f: &TraceFeatures, t: &Thresholds) -> TraceClassification 
 /// Classifies one set of features, in the seed's order of tests.
 pub fn classify(f: &Features, t: &Thresholds) -> Classification {
     let mut test = Reasons::default();
+    let class = decide(f, t, &mut test);
+    let borderline = borderline(f, t, &test);
+    Classification {
+        class,
+        reasons: test.reasons,
+        margins: test.margins,
+        borderline,
+    }
+}
+
+/// The seed's chain of tests; `test` records each one tried (and may flip
+/// one, to find the runner-up).
+fn decide(f: &Features, t: &Thresholds, test: &mut Reasons) -> Class {
     let cpu = Figure::new("avg_cpu", f.avg_cpu_usage, "%", 1);
-    let class = if test.above(cpu, t.cpu_intensive_pct) {
+    if test.above(cpu, t.cpu_intensive_pct) {
         let var = Figure::new("variance", f.cpu_variance, "", 1);
         if test.below(var, t.steady_variance) {
             Class::CpuIntensiveSteady
@@ -218,11 +290,29 @@ pub fn classify(f: &Features, t: &Thresholds) -> Classification {
         Class::IoBound
     } else {
         Class::Balanced
-    };
-    Classification {
-        class,
-        reasons: test.0,
     }
+}
+
+/// The test tried nearest its threshold, when within [`BORDERLINE`], with
+/// the class the chain gives when that one test goes the other way.
+fn borderline(f: &Features, t: &Thresholds, tried: &Reasons) -> Option<Borderline> {
+    let (i, m, rel) = tried
+        .margins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.relative.map(|r| (i, m, r)))
+        .filter(|&(_, _, r)| r <= BORDERLINE)
+        .min_by(|a, b| a.2.total_cmp(&b.2))?;
+    let mut flipped = Reasons {
+        flip: Some(i),
+        ..Reasons::default()
+    };
+    let runner_up = decide(f, t, &mut flipped);
+    Some(Borderline {
+        test: m.test.clone(),
+        relative: rel,
+        runner_up,
+    })
 }
 
 /// A feature as printed in a reason: name, value, unit, decimals.
@@ -251,25 +341,43 @@ impl Figure {
     }
 }
 
-/// The tests tried so far, each with its reason.
+/// The tests tried so far, each with its reason and margin. `flip` turns
+/// the outcome of the test with that index around (the runner-up's path).
 #[derive(Default)]
-struct Reasons(Vec<String>);
+struct Reasons {
+    reasons: Vec<String>,
+    margins: Vec<Margin>,
+    flip: Option<usize>,
+}
 
 impl Reasons {
     /// `value > threshold`, recorded.
     fn above(&mut self, f: Figure, threshold: f64) -> bool {
-        let held = f.value > threshold;
-        self.0
+        let held = self.record(f, threshold, f.value > threshold);
+        self.reasons
             .push(f.reason(threshold, if held { ">" } else { "<=" }));
         held
     }
 
     /// `value < threshold`, recorded.
     fn below(&mut self, f: Figure, threshold: f64) -> bool {
-        let held = f.value < threshold;
-        self.0
+        let held = self.record(f, threshold, f.value < threshold);
+        self.reasons
             .push(f.reason(threshold, if held { "<" } else { ">=" }));
         held
+    }
+
+    fn record(&mut self, f: Figure, threshold: f64, held: bool) -> bool {
+        let margin = f.value - threshold;
+        self.margins.push(Margin {
+            test: f.name.to_string(),
+            value: f.value,
+            threshold,
+            held,
+            margin,
+            relative: (threshold != 0.0).then(|| (margin / threshold).abs()),
+        });
+        held != (self.flip == Some(self.margins.len() - 1))
     }
 }
 
@@ -410,6 +518,7 @@ mod tests {
             &Thresholds::default(),
         );
         assert_eq!(tc.process.class, Class::CpuIntensiveSteady);
+        assert_eq!(tc.workload_type, Class::CpuIntensiveSteady);
         assert_eq!(
             tc.threads[0].classification.class,
             Class::CpuIntensiveSteady
@@ -428,6 +537,48 @@ mod tests {
         let edge = mk_trace(vec![mk_thread(1, &[90.0, 110.0], &[0, 1])]);
         let c = classify(&extract(&edge, 0).process, &Thresholds::default());
         assert_eq!(c.class, Class::CpuIntensiveBursty, "{:?}", c.reasons);
+    }
+
+    #[test]
+    fn a_verdict_within_5_percent_of_a_threshold_is_borderline_with_its_runner_up() {
+        // The nginx case: 4.997 migrations/s against 5.
+        let c = classify(&feat(50.0, 0.0, 4.997, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::Balanced);
+        let b = c.borderline.as_ref().expect("borderline");
+        assert_eq!(b.test, "migration_rate");
+        assert_eq!(b.runner_up, Class::MigrationHeavy);
+        assert!((b.relative - 0.0006).abs() < 1e-9, "{}", b.relative);
+        assert!(
+            b.summary().contains("runner-up migration_heavy"),
+            "{}",
+            b.summary()
+        );
+        // Just above: the runner-up goes the other way.
+        let c = classify(&feat(50.0, 0.0, 5.1, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::MigrationHeavy);
+        assert_eq!(c.borderline.unwrap().runner_up, Class::Balanced);
+        // avg_cpu 82% is 2.5% from 80: steady, runner-up what the rest says.
+        let c = classify(&feat(82.0, 10.0, 20.0, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::CpuIntensiveSteady);
+        assert_eq!(c.borderline.unwrap().runner_up, Class::MigrationHeavy);
+        // The nearest of several near tests decides; io_bound edge too.
+        let c = classify(&feat(19.5, 0.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::IoBound);
+        assert_eq!(c.borderline.unwrap().runner_up, Class::Balanced);
+    }
+
+    #[test]
+    fn a_verdict_far_from_every_threshold_is_not_borderline_and_margins_match_reasons() {
+        let c = classify(&feat(3.1, 0.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(c.borderline, None);
+        assert_eq!(c.margins.len(), c.reasons.len());
+        assert_eq!(c.margins[0].test, "avg_cpu");
+        assert!((c.margins[0].margin - (3.1 - 80.0)).abs() < 1e-9);
+        assert!(!c.margins[0].held);
+        assert!(c.margins[3].held, "avg_cpu < 20 held");
+        // 6% away is not borderline.
+        let c = classify(&feat(50.0, 0.0, 4.7, 0.0), &Thresholds::default());
+        assert_eq!(c.borderline, None);
     }
 
     #[test]

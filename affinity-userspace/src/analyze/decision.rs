@@ -44,8 +44,13 @@ pub fn analyze(
     thresholds: &Thresholds,
     facts: &TargetFacts,
 ) -> Analysis {
-    let features = features::extract(trace, trace.mem_total_bytes);
+    let mut features = features::extract(trace, trace.mem_total_bytes);
     let classification = classify::classify_trace(&features, thresholds);
+    // The seed reports the class among the features (`workload_type`).
+    features.process.workload_type = Some(classification.process.class);
+    for (f, c) in features.threads.iter_mut().zip(&classification.threads) {
+        f.features.workload_type = Some(c.classification.class);
+    }
     let recommendation = recommend::recommend(&recommend::Request {
         pids: &trace.pids,
         class: classification.process.class,

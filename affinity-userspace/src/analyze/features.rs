@@ -58,6 +58,10 @@ pub struct Features {
     pub samples: usize,
     /// Threads counted.
     pub threads: usize,
+    /// The seed's key: the class these features were given (set once
+    /// classified; null before).
+    #[serde(default)]
+    pub workload_type: Option<crate::analyze::classify::Class>,
 }
 
 /// One thread's features.
@@ -223,6 +227,7 @@ fn common(trace: &Trace, samples: &[Sample], c: Counts, mem_total_bytes: u64) ->
         window_ns,
         samples: samples.len(),
         threads: 0,
+        workload_type: None,
     }
 }
 

@@ -33,6 +33,54 @@ pub struct AppliedJson {
     pub active: bool,
 }
 
+/// Why an apply changed nothing although it was asked for (JSON
+/// `not_applied`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NotApplied {
+    /// "nothing_to_change" (every thread already had the CPUs) or
+    /// "cancelled" (a signal came before the apply started).
+    pub reason: &'static str,
+    /// The CPUs that would have been set.
+    pub cpulist: String,
+    /// Threads looked at (nothing_to_change).
+    pub threads: usize,
+    /// The signal's name (cancelled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// One line saying what happened.
+    pub message: String,
+}
+
+impl NotApplied {
+    /// Every thread already runs on `cpus`.
+    pub fn nothing_to_change(cpus: &[u32], threads: usize) -> Self {
+        let cpulist = crate::model::cpulist::format(cpus);
+        Self {
+            reason: "nothing_to_change",
+            message: format!(
+                "nothing to change: all {threads} thread(s) already run on CPUs {cpulist}; nothing was applied (nothing to revert)"
+            ),
+            cpulist,
+            threads,
+            signal: None,
+        }
+    }
+
+    /// `sig` came before the apply started.
+    pub fn cancelled(cpus: &[u32], sig: i32) -> Self {
+        let name = crate::cli::cancel::name(sig);
+        Self {
+            reason: "cancelled",
+            message: format!(
+                "apply cancelled by {name} before it started: the report above is of the window so far; nothing was changed"
+            ),
+            cpulist: crate::model::cpulist::format(cpus),
+            threads: 0,
+            signal: Some(name),
+        }
+    }
+}
+
 /// Why an apply or revert did not happen. Nothing was changed unless the
 /// variant says otherwise.
 #[derive(Debug, Error)]
@@ -71,6 +119,9 @@ pub enum ActionError {
     /// The user said no.
     #[error("not applied (answered no)")]
     Declined,
+    /// A termination signal came before the apply started.
+    #[error("apply cancelled by {}: nothing was changed", crate::cli::cancel::name(*.0))]
+    Cancelled(i32),
     /// No terminal to ask on.
     #[error("--apply without a terminal to confirm on needs --yes; nothing was changed")]
     NeedYes,
@@ -110,6 +161,7 @@ impl ActionError {
             | ActionError::Gone(_) => crate::cli::EXIT_USAGE,
             ActionError::State(StateError::Missing(_)) => crate::cli::EXIT_USAGE,
             ActionError::Declined => crate::cli::EXIT_FAILURE,
+            ActionError::Cancelled(sig) => crate::cli::cancel::exit_code(*sig),
             _ => crate::cli::EXIT_FAILURE,
         }
     }
@@ -168,22 +220,27 @@ pub fn same_process(pid: u32, then: Option<u64>, now: Option<u64>) -> Result<(),
     }
 }
 
-/// Asks on the terminal unless `yes`; off a terminal `yes` is required.
-pub fn confirm(yes: bool, question: &str) -> Result<(), ActionError> {
-    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+/// Asks on the terminal unless `yes`; off a terminal `yes` is required. A
+/// termination signal, before or during the question, cancels.
+pub fn confirm(
+    yes: bool,
+    question: &str,
+    cancel: &crate::cli::cancel::Cancel,
+) -> Result<(), ActionError> {
+    use std::io::IsTerminal as _;
+    if let Some(sig) = cancel.signal() {
+        return Err(ActionError::Cancelled(sig));
+    }
     if yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
         return Err(ActionError::NeedYes);
     }
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut line);
-    match line.trim() {
-        "y" | "Y" | "yes" | "Yes" => Ok(()),
-        _ => Err(ActionError::Declined),
+    match cancel.ask(question) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ActionError::Declined),
+        Err(sig) => Err(ActionError::Cancelled(sig)),
     }
 }
 

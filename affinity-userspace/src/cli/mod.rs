@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod args;
+pub mod cancel;
 pub mod check;
 pub mod demo;
 pub mod docs;

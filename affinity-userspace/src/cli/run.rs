@@ -60,6 +60,15 @@ pub fn trace(args: &TraceArgs) -> i32 {
     if args.apply && !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return fail(ActionError::NeedYes, EXIT_USAGE);
     }
+    // From here until the apply starts, Ctrl-C, SIGTERM or SIGHUP cancel it.
+    let cancel = if args.apply {
+        match crate::cli::cancel::Cancel::new() {
+            Ok(c) => Some(c),
+            Err(e) => return fail(format!("installing signal handlers: {e}"), EXIT_FAILURE),
+        }
+    } else {
+        None
+    };
     // The live view is dropped at the end of this block, so the terminal
     // is back to normal before an error or the report is printed.
     let result = if args.watch {
@@ -118,8 +127,8 @@ pub fn trace(args: &TraceArgs) -> i32 {
         ));
     report.timeline = timeline;
     let mut code = outcome.exit_status.unwrap_or(0);
-    if args.apply {
-        match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report) {
+    if let Some(cancel) = &cancel {
+        match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report, cancel) {
             Ok(()) => {}
             Err(e) => code = fail(&e, e.exit_code()),
         }
@@ -165,20 +174,37 @@ fn apply_and_verify(
     outcome: &Outcome,
     analysis: &Analysis,
     report: &mut Report,
+    cancel: &crate::cli::cancel::Cancel,
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
+    // A signal during the window: its report stands, the apply does not
+    // (it would rest on a truncated window).
+    if let Some(sig) = cancel.signal() {
+        report.not_applied = Some(actions::NotApplied::cancelled(&cpus, sig));
+        return Err(ActionError::Cancelled(sig));
+    }
     actions::check(outcome, &cpus, args.force)?;
+    if let Some(n) = crate::apply::already_set(&crate::apply::System, &outcome.trace.pids, &cpus) {
+        report.not_applied = Some(actions::NotApplied::nothing_to_change(&cpus, n));
+        return Ok(());
+    }
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
-    actions::confirm(
+    if let Err(e) = actions::confirm(
         args.yes,
         &format!(
             "affin-trace: set CPUs {} on the {threads} thread(s) of pid {:?}?",
             crate::model::cpulist::format(&cpus),
             outcome.trace.pids
         ),
-    )?;
+        cancel,
+    ) {
+        if let ActionError::Cancelled(sig) = e {
+            report.not_applied = Some(actions::NotApplied::cancelled(&cpus, sig));
+        }
+        return Err(e);
+    }
     let mut applied = actions::apply_cpus(dir, outcome, &cpus)?;
     report.applied = Some(applied.clone());
     if !args.verify {
@@ -193,13 +219,16 @@ fn apply_and_verify(
     let after = session::run(&again).map_err(|e| ActionError::Verify(e.to_string()))?;
     let after_analysis = analyze(&after, thresholds);
     let class = analysis.classification.process.class;
-    let v = verify::judge(
+    let figure = verify::target_figure(class);
+    let v = verify::judge_with_samples(
         class,
         Figures::new(&analysis.features.process, class),
         Figures::new(
             &after_analysis.features.process,
             after_analysis.classification.process.class,
         ),
+        &verify::samples(&outcome.trace, figure),
+        &verify::samples(&after.trace, figure),
         args.keep,
     );
     if !v.kept {

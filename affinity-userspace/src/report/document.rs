@@ -182,6 +182,10 @@ pub struct Report {
     /// Before/after comparison of --verify.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::analyze::verify::Verification>,
+    /// Why --apply changed nothing: nothing to change, or cancelled by a
+    /// signal before it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_applied: Option<crate::cli::actions::NotApplied>,
 }
 
 fn keyed(m: &BTreeMap<u32, u64>) -> BTreeMap<String, u64> {
@@ -262,6 +266,7 @@ impl Report {
             throttling: None,
             applied: None,
             verification: None,
+            not_applied: None,
         }
     }
 
