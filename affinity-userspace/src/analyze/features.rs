@@ -369,10 +369,7 @@ pub(crate) mod testutil {
                     .iter()
                     .filter_map(|t| t.cpu_ns_per_interval.get(i))
                     .sum(),
-                migrations: 0,
-                rss_bytes: 0,
-                read_ns: 0,
-                read_cpu_ns: 0,
+                ..Interval::default()
             })
             .collect();
         Trace {

@@ -18,7 +18,10 @@
 //! The map access sits behind [`Source`], so this logic is tested without
 //! root on recorded values.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Instant,
+};
 
 use affinity_common::{CpuPair, FLAG_EXITING, ThreadCpuKey, ThreadStats};
 
@@ -73,6 +76,10 @@ struct ThreadAcc {
     prev_cpu_ns: u64,
     /// Migrations at the previous interval.
     prev_migrations: u64,
+    /// Context switches at the previous interval.
+    prev_switches: u64,
+    /// Runnable wait (preempted + wakeup) at the previous interval (ns).
+    prev_runnable_ns: u64,
     /// The kernel's comm bytes behind `trace.comm` (converted on change only).
     comm: [u8; 16],
     /// Interval in which FLAG_EXITING was first seen.
@@ -98,6 +105,9 @@ pub struct Collector {
     thread_buf: Vec<(u32, ThreadStats)>,
     cpu_buf: Vec<(ThreadCpuKey, u64)>,
     forget_buf: Vec<(u32, Vec<u32>)>,
+    /// Every thread's on-CPU ns per CPU at the previous interval, summed:
+    /// the CPUs whose sum grew are the interval's CPUs.
+    prev_per_cpu: BTreeMap<u32, u64>,
     /// Print each interval's read time on stderr (`AFFIN_TRACE_READ_TIMES`
     /// set; for `cargo xtask bench`).
     log_reads: bool,
@@ -199,6 +209,12 @@ impl Collector {
             let d_mig = migs.saturating_sub(acc.prev_migrations);
             acc.prev_cpu_ns = t.cpu_time_ns;
             acc.prev_migrations = migs;
+            let switches = t.voluntary_switches.saturating_add(t.involuntary_switches);
+            interval.switches += switches.saturating_sub(acc.prev_switches);
+            acc.prev_switches = switches;
+            let runnable = t.preempted_wait_ns.saturating_add(t.runq.total_ns);
+            interval.runnable_ns += runnable.saturating_sub(acc.prev_runnable_ns);
+            acc.prev_runnable_ns = runnable;
             t.cpu_ns_per_interval.resize(n, 0);
             t.cpu_ns_per_interval.push(d_cpu);
             interval.cpu_ns += d_cpu;
@@ -218,9 +234,19 @@ impl Collector {
             src.forget(*tid, cpus);
         }
         // Threads deleted earlier contribute a zero sample.
+        let mut per_cpu: BTreeMap<u32, u64> = BTreeMap::new();
         for acc in &mut self.threads {
             acc.trace.cpu_ns_per_interval.resize(n + 1, 0);
+            for (&c, &ns) in &acc.trace.per_cpu_ns {
+                *per_cpu.entry(c).or_default() += ns;
+            }
         }
+        interval.cpus = per_cpu
+            .iter()
+            .filter(|&(c, &ns)| ns > self.prev_per_cpu.get(c).copied().unwrap_or(0))
+            .map(|(&c, _)| c)
+            .collect();
+        self.prev_per_cpu = per_cpu;
         self.dropped = src.dropped();
         // Cumulative counts: the latest read is the window's.
         src.migration_pairs(&mut self.pair_buf);
@@ -374,6 +400,35 @@ mod tests {
         assert_eq!(th.per_cpu_ns, BTreeMap::from([(0, 100), (1, 900)]));
         assert_eq!(t.intervals[1].cpu_ns, 700);
         assert_eq!(t.dropped_events, 3);
+    }
+
+    #[test]
+    fn intervals_count_switches_runnable_wait_and_the_cpus_used() {
+        let mut src = Fake::default();
+        let mut c = Collector::new();
+        let mut st = stats(300);
+        st.voluntary = 4;
+        st.involuntary = 1;
+        st.preempted_wait_ns = 50;
+        src.threads.insert(101, st);
+        src.cpu.insert(ThreadCpuKey { tid: 101, cpu: 0 }, 100);
+        src.cpu.insert(ThreadCpuKey { tid: 101, cpu: 1 }, 200);
+        c.sample(&mut src, 1_000, 0);
+        st.cpu_time_ns = 1_000;
+        st.voluntary = 10;
+        st.involuntary = 2;
+        st.preempted_wait_ns = 80;
+        src.threads.insert(101, st);
+        src.cpu.insert(ThreadCpuKey { tid: 101, cpu: 1 }, 900);
+        c.sample(&mut src, 1_000, 0);
+        let t = c.finish();
+        assert_eq!(t.intervals[0].switches, 5);
+        assert_eq!(t.intervals[1].switches, 7);
+        assert_eq!(t.intervals[0].cpus, vec![0, 1]);
+        assert_eq!(t.intervals[1].cpus, vec![1], "only CPU 1 grew");
+        let wake = t.threads[0].runq.total_ns;
+        assert_eq!(t.intervals[0].runnable_ns, 50 + wake);
+        assert_eq!(t.intervals[1].runnable_ns, 30);
     }
 
     #[test]

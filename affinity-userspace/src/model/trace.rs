@@ -171,6 +171,17 @@ pub struct Interval {
     pub migrations: u64,
     /// Resident set size of the targets at the end of the interval (bytes).
     pub rss_bytes: u64,
+    /// Context switches (voluntary + involuntary) of all target threads in
+    /// this interval.
+    #[serde(default)]
+    pub switches: u64,
+    /// Time target threads waited runnable in this interval (ns): preempted
+    /// wait plus wakeup-to-run wait.
+    #[serde(default)]
+    pub runnable_ns: u64,
+    /// CPUs the target threads ran on in this interval, sorted.
+    #[serde(default)]
+    pub cpus: Vec<u32>,
     /// How long affin-trace took to read this interval's values from the
     /// kernel maps and /proc (ns): its own cost, not the targets'.
     #[serde(default)]

@@ -154,6 +154,8 @@ pub struct Report {
     pub threads: Vec<ThreadJson>,
     /// Events the kernel side could not record.
     pub dropped_events: u64,
+    /// Per-interval series (the seed's monitor action's lists).
+    pub series: crate::report::series::Series,
     /// The event timeline, with `--timeline`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<TimelineJson>,
@@ -257,6 +259,7 @@ impl Report {
                 .map(|t| thread_json(t, wall))
                 .collect(),
             dropped_events: trace.dropped_events,
+            series: trace.into(),
             timeline: None,
             command_exit_status: exit_status,
             topology: None,

@@ -5,6 +5,7 @@
 
 pub mod document;
 pub mod plot;
+pub mod series;
 pub mod timeline;
 pub mod watch;
 
