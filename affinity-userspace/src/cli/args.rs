@@ -269,7 +269,6 @@ pub fn parse_tid(s: &str) -> Result<u32, String> {
 fn parse_id(s: &str, what: &str, by_name: &str) -> Result<u32, String> {
     let t = s.trim();
     match t.parse::<u32>() {
-        Ok(0) => Err(format!("0 is not a {what} id")),
         Ok(v) => Ok(v),
         Err(_) if !t.is_empty() && !t.starts_with(|c: char| c.is_ascii_digit() || c == '-') => Err(
             format!("{t:?} is not a {what} id; to trace processes by name use {by_name} {t}"),
@@ -538,7 +537,6 @@ mod tests {
         let e = parse_pid("nginx").unwrap_err();
         assert!(e.contains("use --comm nginx"), "{e}");
         assert!(parse_pid("12x").unwrap_err().contains("not a process id"));
-        assert!(parse_pid("0").is_err());
         assert_eq!(parse_pid("42"), Ok(42));
         let err = parse(&["--pid", "nginx"]).unwrap_err();
         let argv: Vec<String> = ["affin-trace", "--pid", "nginx"].map(String::from).to_vec();

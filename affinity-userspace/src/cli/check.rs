@@ -41,7 +41,7 @@ pub enum CheckError {
     },
     /// No cgroup directory by that name.
     #[error(
-        "no cgroup {0}: give its directory (e.g. /sys/fs/cgroup/cpu/NAME) or its path in the hierarchy as the report prints it (/NAME)"
+        "{0} is not a cgroup directory (no cgroup.procs) nor a cgroup under a mount: give its directory (e.g. /sys/fs/cgroup/cpu/NAME) or its path in the hierarchy as the report prints it (/NAME)"
     )]
     NoCgroup(String),
 }

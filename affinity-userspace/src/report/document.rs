@@ -421,6 +421,9 @@ impl Report {
         };
         let _ = writeln!(s);
         let _ = writeln!(s, "class: {} ({})", c.process.class, c.process.summary());
+        if let Some(b) = &c.process.borderline {
+            let _ = writeln!(s, "{}", b.summary());
+        }
         let mixed: Vec<String> = c
             .threads
             .iter()
@@ -467,20 +470,37 @@ impl Report {
         }
     }
 
-    /// What `--apply` changed and how to undo it.
+    /// What `--apply` changed and how to undo it, or why it changed
+    /// nothing. Each line says what `revert` will find.
     fn text_applied(&self, s: &mut String) {
+        if let Some(n) = &self.not_applied {
+            let _ = writeln!(s, "{}", n.message);
+        }
         let Some(a) = &self.applied else {
             return;
         };
-        let _ = writeln!(
-            s,
-            "applied: CPUs {} on {} thread(s){}; undo with `affin-trace revert --pid {}` (state: {})",
-            a.cpulist,
-            a.threads_changed,
-            if a.active { "" } else { ", then reverted" },
-            self.target.pids.first().copied().unwrap_or(0),
-            a.state_file
-        );
+        if a.active {
+            let pids = self
+                .target
+                .pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let _ = writeln!(
+                s,
+                "applied: CPUs {} on {} thread(s); undo with `affin-trace revert --pid {pids}` (state: {})",
+                a.cpulist,
+                a.threads_changed,
+                a.state_files.join(", ")
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "applied: CPUs {} on {} thread(s), then reverted by --verify: the previous masks are back, nothing is left to revert",
+                a.cpulist, a.threads_changed
+            );
+        }
     }
 
     /// The before/after table of `--verify`.
