@@ -15,7 +15,7 @@ use crate::{cli::TraceArgs, host::procs, model::cpulist};
 pub enum CheckError {
     /// `--cpus` names CPUs that are not online.
     #[error(
-        "--cpus {given}: CPUs {bad} are not online (online: {online}); choose CPUs from {online}; nothing was traced or changed"
+        "--cpus {given}: CPUs {bad} are not usable: not online (online: {online}); choose CPUs from {online}; nothing was traced or changed"
     )]
     Offline {
         /// The list as given.
@@ -27,7 +27,7 @@ pub enum CheckError {
     },
     /// `--cpus` names CPUs outside a target's cpuset.
     #[error(
-        "--cpus {given}: CPUs {bad} are outside the cpuset of pid {pid} ({allowed}); choose CPUs from {allowed}; nothing was traced or changed"
+        "--cpus {given}: CPUs {bad} are not usable by pid {pid}: outside its cpuset ({allowed}); choose CPUs from {allowed}; nothing was traced or changed"
     )]
     OutsideCpuset {
         /// The list as given.
@@ -151,7 +151,7 @@ mod tests {
             }
         );
         let msg = e.to_string();
-        assert!(msg.contains("CPUs 7 are not online (online: 0-1)"), "{msg}");
+        assert!(msg.contains("CPUs 7 are not usable: not online (online: 0-1)"), "{msg}");
         assert!(msg.contains("nothing was traced"), "{msg}");
         assert!(usable_cpus(&[0, 1], &[0, 1], &[]).is_ok());
     }
