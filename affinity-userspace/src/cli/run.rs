@@ -189,7 +189,7 @@ fn apply_and_verify(
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
-    actions::check(outcome, &cpus, args.force)?;
+    let plan = actions::plan(outcome, &cpus, args.force)?;
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
     actions::confirm(
@@ -200,7 +200,7 @@ fn apply_and_verify(
             outcome.trace.pids
         ),
     )?;
-    let mut applied = actions::apply_cpus(dir, outcome, &cpus)?;
+    let mut applied = actions::apply_cpus(dir, &plan)?;
     report.applied = Some(applied.clone());
     if !args.verify {
         return Ok(());
