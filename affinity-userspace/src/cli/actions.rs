@@ -15,7 +15,7 @@ use crate::{
     apply::state::{self, ApplyState, StateError},
     apply::{self, ApplyError, System},
     collect::session::Outcome,
-    host::procs,
+    host::{Root, procs},
 };
 
 /// What the apply did (JSON `applied`).
@@ -90,14 +90,16 @@ impl ActionError {
 
 /// Reads each target of `outcome` as it is now and checks that `cpus` can
 /// be given to it ([`plan::check`]).
-pub fn plan(outcome: &Outcome, cpus: &[u32], force: bool) -> Result<Plan, ActionError> {
+pub fn plan(root: &Root, outcome: &Outcome, cpus: &[u32], force: bool) -> Result<Plan, ActionError> {
     let targets: Vec<plan::Target> = (outcome.trace.pids.iter())
         .map(|&pid| plan::Target {
             pid,
             traced_start: outcome.start_times.get(&pid).copied(),
-            start_now: procs::start_time(pid).ok().filter(|_| procs::alive(pid)),
-            kernel_thread: procs::is_kernel_thread(pid),
-            cpuset: crate::model::topology::allowed_cpus(Path::new("/"), pid)
+            start_now: procs::start_time(root, pid)
+                .ok()
+                .filter(|_| procs::alive(root, pid)),
+            kernel_thread: procs::is_kernel_thread(root, pid),
+            cpuset: crate::host::topology::allowed_cpus(root, pid)
                 .ok()
                 .and_then(|a| a.cpuset),
         })
@@ -181,8 +183,8 @@ pub fn apply_cpus(dir: &Path, plan: &Plan) -> Result<AppliedJson, ActionError> {
 
 /// Restores `pid` from its state file and deletes the file. Returns the
 /// number of threads restored.
-pub fn revert(dir: &Path, pid: u32) -> Result<usize, ActionError> {
-    let start = procs::start_time(pid).map_err(|_| ActionError::Gone(pid))?;
+pub fn revert(root: &Root, dir: &Path, pid: u32) -> Result<usize, ActionError> {
+    let start = procs::start_time(root, pid).map_err(|_| ActionError::Gone(pid))?;
     let st = state::load(dir, pid, start)?;
     let (n, failed) = apply::revert(&mut System, pid, &st.threads, &st.process_mask);
     if !failed.is_empty() {
