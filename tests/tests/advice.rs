@@ -95,7 +95,13 @@ fn a_two_process_target_gets_one_command_and_is_reverted_by_comm() {
     let mut b = idle_as(&exe, 2);
     let (pa, pb) = (a.id(), b.id());
     let before = (masks(pa), masks(pb));
-    assert!(before.0.values().chain(before.1.values()).all(|m| m == "0-1"));
+    assert!(
+        before
+            .0
+            .values()
+            .chain(before.1.values())
+            .all(|m| m == "0-1")
+    );
 
     // The advice: one command covering both processes.
     let dry = run(&["--comm", &name, "--duration", "0.3"]);
@@ -110,7 +116,14 @@ fn a_two_process_target_gets_one_command_and_is_reverted_by_comm() {
 
     // The apply covers both, and revert --comm finds both.
     let applied = run(&[
-        "--comm", &name, "--duration", "0.3", "--apply", "--cpus", "1", "--yes",
+        "--comm",
+        &name,
+        "--duration",
+        "0.3",
+        "--apply",
+        "--cpus",
+        "1",
+        "--yes",
     ]);
     assert_eq!(applied.code, 0, "{}", applied.stderr);
     assert_eq!(applied.json["applied"]["threads_changed"], 5);
@@ -134,8 +147,14 @@ fn a_two_process_target_gets_one_command_and_is_reverted_by_comm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains(&format!("2 thread(s) of pid {pa}")), "{stdout}");
-    assert!(stdout.contains(&format!("3 thread(s) of pid {pb}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("2 thread(s) of pid {pa}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("3 thread(s) of pid {pb}")),
+        "{stdout}"
+    );
     assert_eq!((masks(pa), masks(pb)), before);
     assert!(state_files(pa).is_empty() && state_files(pb).is_empty());
     // Nothing is left to revert for that name.
@@ -166,7 +185,14 @@ fn a_recommendation_equal_to_every_threads_mask_changes_nothing() {
         let _ = std::fs::write(dir.join("tasks"), tid.to_string());
     }
     let before = masks(pid);
-    let run = run(&["--pid", &pid.to_string(), "--duration", "0.3", "--apply", "--yes"]);
+    let run = run(&[
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        "0.3",
+        "--apply",
+        "--yes",
+    ]);
     let after = masks(pid);
     let files = state_files(pid);
     // Out of the cpuset before asserting, so a failure leaves nothing.
@@ -180,7 +206,11 @@ fn a_recommendation_equal_to_every_threads_mask_changes_nothing() {
     }
     assert!(before.values().all(|m| m == "1"), "{before:?}");
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.json["recommendation"]["cpulist"], "1", "{:#}", run.json["recommendation"]);
+    assert_eq!(
+        run.json["recommendation"]["cpulist"], "1",
+        "{:#}",
+        run.json["recommendation"]
+    );
     let n = &run.json["not_applied"];
     assert_eq!(n["reason"], "nothing_to_change", "{n:#}");
     assert_eq!(n["threads"], 4);
@@ -221,7 +251,10 @@ fn sigint_during_an_apply_window_changes_nothing_and_exits_130() {
     let files = state_files(pid);
     stop(&mut [&mut w]);
     assert_eq!(code, 130);
-    assert!(took < Duration::from_secs(10), "the window did not end: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the window did not end: {took:?}"
+    );
     assert_eq!(after, before);
     assert!(files.is_empty(), "{files:?}");
     // The report of the window so far is there, and says why nothing changed.
@@ -251,7 +284,16 @@ fn bad_cpus_and_cgroup_forms_are_settled_before_tracing() {
     let bad = (last + 1).max(7).to_string();
     let t0 = Instant::now();
     let o = Command::new(affin_trace())
-        .args(["--pid", &me, "--duration", "5", "--apply", "--cpus", &bad, "--yes"])
+        .args([
+            "--pid",
+            &me,
+            "--duration",
+            "5",
+            "--apply",
+            "--cpus",
+            &bad,
+            "--yes",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -264,8 +306,12 @@ fn bad_cpus_and_cgroup_forms_are_settled_before_tracing() {
     assert!(programs_left().is_empty());
 
     // A cgroup given as the report prints it (relative to its mount).
-    let cg = TestCgroup::create_v1_cpu(&format!("affin-rel-{}", std::process::id()), 100_000, 100_000)
-        .expect("cgroup");
+    let cg = TestCgroup::create_v1_cpu(
+        &format!("affin-rel-{}", std::process::id()),
+        100_000,
+        100_000,
+    )
+    .expect("cgroup");
     let (exe, _) = unique_workload();
     let mut w = idle_as(&exe, 1);
     cg.add(w.id()).unwrap();

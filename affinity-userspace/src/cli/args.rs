@@ -122,6 +122,10 @@ pub struct TraceArgs {
     /// run). Repeat or separate with commas for several.
     #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',', value_parser = parse_pid)]
     pub pids: Vec<u32>,
+    /// Where /proc, /sys and cgroupfs are read: the live system's `/`
+    /// (not an option; the seam for tests that build arguments in code).
+    #[arg(skip)]
+    pub root: crate::host::Root,
     /// Thread to trace (its process is traced, the report shows this thread).
     #[arg(short, long = "tid", value_name = "TID", value_delimiter = ',', value_parser = parse_tid)]
     pub tids: Vec<u32>,

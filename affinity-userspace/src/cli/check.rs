@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::{cli::TraceArgs, host::procs, model::cpulist};
+use crate::{cli::TraceArgs, host::Root, host::procs, model::cpulist};
 
 /// Input refused before tracing. Nothing was loaded or changed.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -51,10 +51,10 @@ pub enum CheckError {
 pub fn early(args: &TraceArgs) -> Result<TraceArgs, CheckError> {
     let mut args = args.clone();
     if let Some(given) = &args.cgroup {
-        args.cgroup = Some(cgroup_dir(Path::new("/"), given)?);
+        args.cgroup = Some(cgroup_dir(&args.root, given)?);
     }
     if let Some(cpus) = &args.cpus {
-        let online = crate::model::topology::Topology::read(Path::new("/"))
+        let online = crate::model::topology::Topology::read(&args.root)
             .map(|t| t.online())
             .unwrap_or_default();
         // Unknown online CPUs (an unreadable sysfs) leave the check to the
@@ -63,7 +63,7 @@ pub fn early(args: &TraceArgs) -> Result<TraceArgs, CheckError> {
             let cpusets: Vec<(u32, Vec<u32>)> = target_pids(&args)
                 .into_iter()
                 .filter_map(|pid| {
-                    crate::model::topology::allowed_cpus(Path::new("/"), pid)
+                    crate::host::topology::allowed_cpus(&args.root, pid)
                         .ok()
                         .and_then(|a| a.cpuset)
                         .map(|c| (pid, c))
@@ -114,7 +114,7 @@ pub fn usable_cpus(
 }
 
 /// The cgroup directory `given` names, under `root`.
-pub fn cgroup_dir(root: &Path, given: &Path) -> Result<PathBuf, CheckError> {
+pub fn cgroup_dir(root: &Root, given: &Path) -> Result<PathBuf, CheckError> {
     crate::host::cgroup::locate(root, given)
         .ok_or_else(|| CheckError::NoCgroup(given.display().to_string()))
 }
@@ -123,9 +123,13 @@ pub fn cgroup_dir(root: &Path, given: &Path) -> Result<PathBuf, CheckError> {
 /// left to the session, which reports them).
 fn target_pids(args: &TraceArgs) -> Vec<u32> {
     let mut pids: Vec<u32> = args.pids.clone();
-    pids.extend(args.tids.iter().filter_map(|&t| procs::tgid_of(t).ok()));
+    pids.extend(
+        args.tids
+            .iter()
+            .filter_map(|&t| procs::tgid_of(&args.root, t).ok()),
+    );
     for name in &args.comms {
-        pids.extend(procs::pids_by_comm(name));
+        pids.extend(procs::pids_by_comm(&args.root, name));
     }
     if let Some(dir) = &args.cgroup {
         pids.extend(procs::pids_in_cgroup(dir).unwrap_or_default());
@@ -151,7 +155,10 @@ mod tests {
             }
         );
         let msg = e.to_string();
-        assert!(msg.contains("CPUs 7 are not usable: not online (online: 0-1)"), "{msg}");
+        assert!(
+            msg.contains("CPUs 7 are not usable: not online (online: 0-1)"),
+            "{msg}"
+        );
         assert!(msg.contains("nothing was traced"), "{msg}");
         assert!(usable_cpus(&[0, 1], &[0, 1], &[]).is_ok());
     }
@@ -174,12 +181,12 @@ mod tests {
     #[test]
     fn an_unknown_cgroup_says_both_forms_it_accepts() {
         let t = tempfile::tempdir().unwrap();
-        let e = cgroup_dir(t.path(), Path::new("/nope")).unwrap_err();
+        let e = cgroup_dir(&Root::new(t.path()), Path::new("/nope")).unwrap_err();
         assert!(
             e.to_string().contains("as the report prints it (/NAME)"),
             "{e}"
         );
         std::fs::write(t.path().join("cgroup.procs"), "1\n").unwrap();
-        assert_eq!(cgroup_dir(Path::new("/"), t.path()).unwrap(), t.path());
+        assert_eq!(cgroup_dir(&Root::host(), t.path()).unwrap(), t.path());
     }
 }
