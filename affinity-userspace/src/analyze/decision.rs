@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     analyze::classify::{self, Thresholds, TraceClassification},
+    analyze::contention::{self, Contention},
     analyze::features::{self, TraceFeatures},
     analyze::recommend::{self, Recommendation},
     model::Trace,
@@ -35,6 +36,8 @@ pub struct Analysis {
     pub classification: TraceClassification,
     /// Recommended CPUs for the process.
     pub recommendation: Recommendation,
+    /// What the targets waited for and who held the CPUs.
+    pub contention: Contention,
 }
 
 /// Runs the pure pipeline on `trace`.
@@ -46,7 +49,7 @@ pub fn analyze(
 ) -> Analysis {
     let features = features::extract(trace, trace.mem_total_bytes);
     let classification = classify::classify_trace(&features, thresholds);
-    let recommendation = recommend::recommend(&recommend::Request {
+    let mut recommendation = recommend::recommend(&recommend::Request {
         pid: trace.pids.first().copied().unwrap_or(0),
         class: classification.process.class,
         features: &features.process,
@@ -55,9 +58,15 @@ pub fn analyze(
         allowed: facts.allowed.as_deref(),
         numa_memory: facts.numa_memory.as_ref(),
     });
+    let contention = contention::assess(trace, &recommendation.cpus, &topology.online());
+    // The cause of the waiting, not the target's size, is what to change.
+    recommendation
+        .rationale
+        .extend(contention.advice.iter().map(|a| format!("contention: {a}")));
     Analysis {
         features,
         classification,
         recommendation,
+        contention,
     }
 }

@@ -6,5 +6,6 @@
 
 pub mod cgroup;
 pub mod command;
+pub mod contention;
 pub mod preflight;
 pub mod procs;
