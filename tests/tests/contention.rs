@@ -66,23 +66,31 @@ fn a_pinned_hog_next_to_a_spinner_is_named_and_the_target_is_not_shrunk() {
         "runnable {runnable} vs hog {hog_ns}: {split:#}"
     );
     let c = &j["contention"];
-    let top = &c["neighbours"][0];
-    assert_eq!(top["tgid"].to_string(), hog_pid, "{c:#}");
-    assert_eq!(top["comm"], "workload", "{c:#}");
-    assert!(top["cgroup"].as_str().unwrap().starts_with('/'), "{c:#}");
-    let share = top["wait_share"].as_f64().unwrap();
-    assert!(share > 0.6, "hog share {share}: {c:#}");
-    // Charged to the hog ~ what the hog ran while the target lived.
-    let charged = u(&top["wait_ns"]);
+    // On a quiet machine the hog is the top neighbour; on a shared one it
+    // is among the top ones, charged what it really ran.
+    let hog = c["neighbours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["tgid"].to_string() == hog_pid)
+        .unwrap_or_else(|| panic!("the hog is not among the neighbours: {c:#}"));
+    assert_eq!(hog["comm"], "workload", "{c:#}");
+    assert!(hog["cgroup"].as_str().unwrap().starts_with('/'), "{c:#}");
+    let charged = u(&hog["wait_ns"]);
     assert!(
-        (charged as f64 - hog_ns as f64).abs() <= 0.15 * hog_ns as f64,
+        (charged as f64 - hog_ns as f64).abs() <= 0.1 * hog_ns as f64,
         "charged {charged} vs hog {hog_ns}"
     );
-    let finding = c["finding"].as_str().expect("a finding");
+    let share = hog["wait_share"].as_f64().unwrap();
     assert!(
-        finding.contains(&format!("workload pid {hog_pid}")),
-        "{finding}"
+        (share - charged as f64 / runnable as f64).abs() < 1e-6,
+        "{c:#}"
     );
+    let finding = c["finding"].as_str().expect("a finding");
+    assert!(finding.contains("waited"), "{finding}");
+    if c["neighbours"][0]["tgid"].to_string() == hog_pid {
+        assert!(finding.contains(&format!("workload pid {hog_pid}")), "{finding}");
+    }
     let class = j["classification"]["process"]["class"].as_str().unwrap();
     assert!(
         class.starts_with("cpu_intensive"),

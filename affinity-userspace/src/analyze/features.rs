@@ -188,6 +188,11 @@ pub fn process(trace: &Trace, mem_total_bytes: u64) -> Features {
                 runnable_ns: totals.runnable_ns,
                 sleep_ns: totals.sleep_ns,
                 lifetime_ns: totals.lifetime_ns,
+                span_ns: trace
+                    .selected_threads()
+                    .map(|t| t.lifetime_ns)
+                    .max()
+                    .unwrap_or(0),
             },
             mem_total_bytes,
         )
@@ -211,6 +216,7 @@ pub fn thread(trace: &Trace, t: &ThreadTrace, mem_total_bytes: u64) -> Features 
                 runnable_ns: t.runnable_ns,
                 sleep_ns: t.sleep_ns,
                 lifetime_ns: t.lifetime_ns,
+                span_ns: t.lifetime_ns,
             },
             mem_total_bytes,
         )
@@ -227,6 +233,10 @@ struct Counts<'a> {
     runnable_ns: u64,
     sleep_ns: u64,
     lifetime_ns: u64,
+    /// The longest thread lifetime: a command's threads start before the
+    /// window's clock does, so demand is taken over whichever is longer
+    /// (one thread never demands more than one CPU).
+    span_ns: u64,
 }
 
 fn common(trace: &Trace, samples: &[Sample], c: Counts, mem_total_bytes: u64) -> Features {
@@ -259,8 +269,8 @@ fn common(trace: &Trace, samples: &[Sample], c: Counts, mem_total_bytes: u64) ->
         lifetime_ns: c.lifetime_ns,
         cpu_demand_ns: demand_ns,
         // ns*100/wall keeps exact integers exact, as in cpu_stats.
-        avg_cpu_demand: ratio(demand_ns as f64 * 100.0, window_ns as f64),
-        demand_parallelism: ratio(demand_ns as f64, window_ns as f64),
+        avg_cpu_demand: ratio(demand_ns as f64 * 100.0, window_ns.max(c.span_ns) as f64),
+        demand_parallelism: ratio(demand_ns as f64, window_ns.max(c.span_ns) as f64),
     }
 }
 

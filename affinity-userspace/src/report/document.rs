@@ -293,10 +293,20 @@ impl Report {
                     tot.sleep_ns,
                     tot.lifetime_ns,
                 ),
-                demand_parallelism: if wall == 0 {
-                    0.0
-                } else {
-                    tot.cpu_time_ns.saturating_add(tot.runnable_ns) as f64 / wall as f64
+                demand_parallelism: {
+                    // Over the window or the longest thread lifetime, as
+                    // in features (a command starts before the window).
+                    let span = trace
+                        .selected_threads()
+                        .map(|t| t.lifetime_ns)
+                        .max()
+                        .unwrap_or(0)
+                        .max(wall);
+                    if span == 0 {
+                        0.0
+                    } else {
+                        tot.cpu_time_ns.saturating_add(tot.runnable_ns) as f64 / span as f64
+                    }
                 },
             },
             threads: trace
