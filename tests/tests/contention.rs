@@ -89,7 +89,10 @@ fn a_pinned_hog_next_to_a_spinner_is_named_and_the_target_is_not_shrunk() {
     let finding = c["finding"].as_str().expect("a finding");
     assert!(finding.contains("waited"), "{finding}");
     if c["neighbours"][0]["tgid"].to_string() == hog_pid {
-        assert!(finding.contains(&format!("workload pid {hog_pid}")), "{finding}");
+        assert!(
+            finding.contains(&format!("workload pid {hog_pid}")),
+            "{finding}"
+        );
     }
     let class = j["classification"]["process"]["class"].as_str().unwrap();
     assert!(

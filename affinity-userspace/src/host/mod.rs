@@ -9,3 +9,7 @@ pub mod command;
 pub mod contention;
 pub mod preflight;
 pub mod procs;
+pub mod root;
+pub mod topology;
+
+pub use root::Root;
