@@ -268,7 +268,7 @@ pub fn classify(f: &Features, t: &Thresholds) -> Classification {
 /// The seed's chain of tests; `test` records each one tried (and may flip
 /// one, to find the runner-up).
 fn decide(f: &Features, t: &Thresholds, test: &mut Reasons) -> Class {
-    let cpu = Figure::new("avg_cpu", f.avg_cpu_usage, "%", 1);
+    let cpu = cpu_figure(f);
     if test.above(cpu, t.cpu_intensive_pct) {
         let var = Figure::new("variance", f.cpu_variance, "", 1);
         if test.below(var, t.steady_variance) {
@@ -286,7 +286,7 @@ fn decide(f: &Features, t: &Thresholds, test: &mut Reasons) -> Class {
         t.cache_miss_ratio,
     ) {
         Class::CacheSensitive
-    } else if test.below(cpu, t.io_bound_pct) {
+    } else if test.below(cpu, t.io_bound_pct) && test.sleeps(f) {
         Class::IoBound
     } else {
         Class::Balanced
@@ -314,6 +314,30 @@ fn borderline(f: &Features, t: &Thresholds, tried: &Reasons) -> Option<Borderlin
         runner_up,
     })
 }
+
+/// Demand above usage by more than this (points of % of one CPU, or this
+/// share of usage, whichever is more) decides instead of usage: below it,
+/// the difference is the ordinary wakeup latency of any thread.
+const DEMAND_MARGIN_PCT: f64 = 5.0;
+/// The relative part of [`DEMAND_MARGIN_PCT`].
+const DEMAND_MARGIN_SHARE: f64 = 0.10;
+
+/// The CPU figure the class is decided on: demand (running + runnable)
+/// where usage understates it, so that a thread other processes kept off
+/// the CPU reads as what it asked for, not what it got (a starved spinner
+/// is CPU-intensive, not I/O-bound).
+fn cpu_figure(f: &Features) -> Figure {
+    let margin = DEMAND_MARGIN_PCT.max(f.avg_cpu_usage * DEMAND_MARGIN_SHARE);
+    if f.avg_cpu_demand > f.avg_cpu_usage + margin {
+        Figure::new("avg_cpu_demand", f.avg_cpu_demand, "%", 1)
+    } else {
+        Figure::new("avg_cpu", f.avg_cpu_usage, "%", 1)
+    }
+}
+
+/// Share of the off-CPU time spent asleep (voluntarily) that an I/O-bound
+/// verdict needs: waiting for a CPU is not waiting for I/O.
+const IO_SLEEP_SHARE: f64 = 0.5;
 
 /// A feature as printed in a reason: name, value, unit, decimals.
 #[derive(Clone, Copy)]
@@ -359,6 +383,24 @@ impl Reasons {
         held
     }
 
+    /// Whether the off-CPU time is mostly sleep, recorded; true without a
+    /// wait split (traces recorded before it), as before.
+    fn sleeps(&mut self, f: &Features) -> bool {
+        let off = f.sleep_ns.saturating_add(f.runnable_ns);
+        if f.lifetime_ns == 0 || off == 0 {
+            return true;
+        }
+        let share = f.sleep_ns as f64 / off as f64;
+        let held = share >= IO_SLEEP_SHARE;
+        self.reasons.push(format!(
+            "off-CPU asleep {:.0}% {} {:.0}%",
+            share * 100.0,
+            if held { ">=" } else { "<" },
+            IO_SLEEP_SHARE * 100.0
+        ));
+        held
+    }
+
     /// `value < threshold`, recorded.
     fn below(&mut self, f: Figure, threshold: f64) -> bool {
         let held = self.record(f, threshold, f.value < threshold);
@@ -399,6 +441,54 @@ fn fmt_near(value: f64, threshold: f64, decimals: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread that got `usage`% of a CPU and waited runnable for
+    /// `runnable`% and slept `sleep`% of a 10 s window.
+    fn split(usage: f64, runnable: f64, sleep: f64) -> Features {
+        let ns = |pct: f64| (pct * 1e8) as u64;
+        let demand = ns(usage) + ns(runnable);
+        Features {
+            avg_cpu_usage: usage,
+            cpu_variance: 1.0,
+            cpu_time_ns: ns(usage),
+            runnable_ns: ns(runnable),
+            sleep_ns: ns(sleep),
+            lifetime_ns: ns(usage) + ns(runnable) + ns(sleep),
+            cpu_demand_ns: demand,
+            avg_cpu_demand: demand as f64 / 1e8,
+            demand_parallelism: demand as f64 / 1e10,
+            window_ns: 10_000_000_000,
+            ..Features::default()
+        }
+    }
+
+    #[test]
+    fn a_starved_spinner_is_cpu_intensive_on_demand() {
+        // Issue 13: 9% on CPU, 91% waiting runnable behind other processes.
+        let c = classify(&split(9.0, 91.0, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::CpuIntensiveSteady, "{c:?}");
+        assert!(
+            c.reasons[0].starts_with("avg_cpu_demand 100.0% > 80"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_cpu_is_not_io() {
+        // Low demand but the off-CPU time is mostly runnable: not io_bound.
+        let c = classify(&split(2.0, 12.0, 5.0), &Thresholds::default());
+        assert_eq!(c.class, Class::Balanced, "{c:?}");
+        assert!(c.summary().contains("off-CPU asleep 29% < 50%"), "{c:?}");
+        let c = classify(&split(2.0, 1.0, 97.0), &Thresholds::default());
+        assert_eq!(c.class, Class::IoBound, "{c:?}");
+        assert!(c.summary().contains("avg_cpu 2.0% < 20"), "{c:?}");
+    }
+
+    #[test]
+    fn ordinary_wakeup_latency_leaves_the_usage_figure() {
+        let c = classify(&split(50.0, 3.0, 47.0), &Thresholds::default());
+        assert!(c.reasons[0].starts_with("avg_cpu 50.0%"), "{c:?}");
+    }
 
     fn feat(cpu: f64, var: f64, rate: f64, miss: f64) -> Features {
         Features {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     analyze::classify::{self, Thresholds, TraceClassification},
+    analyze::contention::{self, Contention},
     analyze::features::{self, TraceFeatures},
     analyze::recommend::{self, Recommendation},
     model::Trace,
@@ -35,6 +36,8 @@ pub struct Analysis {
     pub classification: TraceClassification,
     /// Recommended CPUs for the process.
     pub recommendation: Recommendation,
+    /// What the targets waited for and who held the CPUs.
+    pub contention: Contention,
 }
 
 /// Runs the pure pipeline on `trace`.
@@ -51,7 +54,7 @@ pub fn analyze(
     for (f, c) in features.threads.iter_mut().zip(&classification.threads) {
         f.features.workload_type = Some(c.classification.class);
     }
-    let recommendation = recommend::recommend(&recommend::Request {
+    let mut recommendation = recommend::recommend(&recommend::Request {
         pids: &trace.pids,
         class: classification.process.class,
         features: &features.process,
@@ -60,9 +63,15 @@ pub fn analyze(
         allowed: facts.allowed.as_deref(),
         numa_memory: facts.numa_memory.as_ref(),
     });
+    let contention = contention::assess(trace, &recommendation.cpus, &topology.online());
+    // The cause of the waiting, not the target's size, is what to change.
+    recommendation
+        .rationale
+        .extend(contention.advice.iter().map(|a| format!("contention: {a}")));
     Analysis {
         features,
         classification,
         recommendation,
+        contention,
     }
 }

@@ -99,10 +99,17 @@ fn node_count(token: &str) -> Option<(u32, u64)> {
     Some((node.parse().ok()?, pages.parse().ok()?))
 }
 
-/// CPUs the measured demand calls for: effective parallelism rounded up,
-/// at least 1.
+/// CPUs the measured demand calls for: CPU demand (running + runnable)
+/// per wall second rounded up, at least 1. Usage (effective parallelism)
+/// where there is no wait split: a target other processes kept off the
+/// CPU is sized for what it asked for, not shrunk to what it got.
 pub fn demand(f: &Features) -> usize {
-    ceil_cpus(f.effective_parallelism)
+    ceil_cpus(demand_cores(f))
+}
+
+/// CPUs' worth of demand: the larger of demand and usage.
+pub fn demand_cores(f: &Features) -> f64 {
+    f.demand_parallelism.max(f.effective_parallelism)
 }
 
 fn ceil_cpus(x: f64) -> usize {
@@ -201,7 +208,21 @@ fn sized(req: &Request) -> (usize, String) {
             peak,
             format!(
                 "demand: peak interval {:.1}% of one CPU -> {peak} CPU(s) (average {:.2} -> {avg})",
-                f.max_cpu_usage, f.effective_parallelism
+                f.max_cpu_usage,
+                demand_cores(f)
+            ),
+        );
+    }
+    if f.demand_parallelism > f.effective_parallelism + DEMAND_SLACK {
+        return (
+            avg,
+            format!(
+                "demand: running {:.2} + runnable {:.2} = {:.2} CPUs -> {avg} CPU(s) (usage {:.2}: \
+                 it waited for CPUs it did not get)",
+                f.effective_parallelism,
+                f.demand_parallelism - f.effective_parallelism,
+                f.demand_parallelism,
+                f.effective_parallelism
             ),
         );
     }
@@ -808,6 +829,13 @@ mod tests {
         assert_eq!(demand(&f(2.004)), 2);
         assert_eq!(demand(&f(2.02)), 3);
         assert_eq!(demand(&f(f64::NAN)), 1);
+        // Starved: 0.24 CPUs used, 1.24 asked for -> 2 CPUs, not 1.
+        let starved = Features {
+            effective_parallelism: 0.24,
+            demand_parallelism: 1.24,
+            ..Features::default()
+        };
+        assert_eq!(demand(&starved), 2);
     }
 
     #[test]

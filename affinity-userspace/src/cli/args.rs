@@ -132,9 +132,15 @@ pub struct TraceArgs {
     /// Trace every process with this exact name (as `pgrep -x`); repeatable.
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
-    /// Trace every process in this cgroup directory (its cgroup.procs).
+    /// Trace every process in this cgroup directory (its cgroup.procs),
+    /// and the processes that join it or that they start during the run.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// With --pid/--tid: also trace the processes the targets start during
+    /// the run, from their first instruction (always on with a command,
+    /// --cgroup and --comm).
+    #[arg(long)]
+    pub follow: bool,
     /// After tracing, set the recommended CPUs on every thread of the
     /// targets (one transaction; revert with `affin-trace revert --pid P`).
     /// Without it nothing is changed.

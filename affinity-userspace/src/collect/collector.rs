@@ -23,11 +23,16 @@ use std::{
     time::Instant,
 };
 
-use affinity_common::{CpuPair, FLAG_EXITING, ThreadCpuKey, ThreadStats};
+use affinity_common::{
+    CpuPair, FLAG_EXITING, FLAG_SEEDED, Neighbour, RUNNABLE_WAKEUP, ThreadCpuKey, ThreadStats,
+};
 
 use crate::{
     host::procs,
-    model::{Interval, MigrationPair, MigrationsByClass, RunqLatency, ThreadTrace, Trace},
+    model::{
+        Followed, Interval, MigrationPair, MigrationsByClass, NeighbourTrace, RunqLatency,
+        ThreadTrace, Trace,
+    },
 };
 
 /// Where the collector reads from: the kernel maps, or a recording.
@@ -46,6 +51,19 @@ pub trait Source {
     fn dropped(&self) -> u64;
     /// `se.sum_exec_runtime` of a thread that is on a CPU now.
     fn running_sum_exec(&self, tgid: u32, tid: u32) -> Option<u64>;
+    /// CLOCK_MONOTONIC now (the programs' clock), to close the sleeps and
+    /// waits in progress; 0: unknown (they are left open).
+    fn now_ns(&self) -> u64 {
+        0
+    }
+    /// Processes charged with the targets' waits, into `out` (cleared).
+    fn neighbours(&mut self, out: &mut Vec<(u32, Neighbour)>) {
+        out.clear();
+    }
+    /// New processes of the targets: (followed, missed, joined).
+    fn forks(&self) -> (u64, u64, u64) {
+        (0, 0, 0)
+    }
 }
 
 impl Source for crate::kernel::probe::Probe {
@@ -67,6 +85,15 @@ impl Source for crate::kernel::probe::Probe {
     fn running_sum_exec(&self, tgid: u32, tid: u32) -> Option<u64> {
         // A live probe's threads are the live system's.
         procs::thread_sum_exec(&crate::host::Root::host(), tgid, tid)
+    }
+    fn now_ns(&self) -> u64 {
+        crate::kernel::probe::monotonic_ns()
+    }
+    fn neighbours(&mut self, out: &mut Vec<(u32, Neighbour)>) {
+        crate::kernel::probe::Probe::neighbours(self, out)
+    }
+    fn forks(&self) -> (u64, u64, u64) {
+        crate::kernel::probe::Probe::forks(self)
     }
 }
 
@@ -109,6 +136,10 @@ pub struct Collector {
     /// Every thread's on-CPU ns per CPU at the previous interval, summed:
     /// the CPUs whose sum grew are the interval's CPUs.
     prev_per_cpu: BTreeMap<u32, u64>,
+    /// The latest (cumulative) neighbour charges.
+    neighbours: Vec<(u32, Neighbour)>,
+    /// The latest fork counts.
+    forks: (u64, u64, u64),
     /// Print each interval's read time on stderr (`AFFIN_TRACE_READ_TIMES`
     /// set; for `cargo xtask bench`).
     log_reads: bool,
@@ -143,6 +174,7 @@ impl Collector {
         src.thread_cpu(&mut cpu_buf);
         cpu_buf.sort_unstable_by_key(|(k, _)| (k.tid, k.cpu));
         src.threads(&mut thread_buf);
+        let now = src.now_ns();
         let mut interval = Interval {
             wall_ns,
             rss_bytes,
@@ -205,6 +237,7 @@ impl Collector {
             t.migrations = MigrationsByClass::from_array(st.migrations);
             set_runq(&mut t.runq, st);
             t.preempted_wait_ns = st.preempted_wait_ns;
+            set_wait_split(t, st, now);
             let d_cpu = t.cpu_time_ns.saturating_sub(acc.prev_cpu_ns);
             let migs = t.migrations.total();
             let d_mig = migs.saturating_sub(acc.prev_migrations);
@@ -259,6 +292,8 @@ impl Collector {
                 count: *n,
             }));
         self.pairs.sort_unstable();
+        src.neighbours(&mut self.neighbours);
+        self.forks = src.forks();
         interval.read_ns = started.elapsed().as_nanos() as u64;
         interval.read_cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
         if self.log_reads {
@@ -302,6 +337,28 @@ impl Collector {
             intervals: self.intervals.clone(),
             migration_pairs: self.pairs.clone(),
             dropped_events: self.dropped,
+            neighbours: {
+                let mut v: Vec<NeighbourTrace> = self
+                    .neighbours
+                    .iter()
+                    .filter(|(_, n)| n.wait_ns > 0)
+                    .map(|(tgid, n)| NeighbourTrace {
+                        tgid: *tgid,
+                        comm: procs::comm_str(&n.comm),
+                        cgroup: String::new(),
+                        wait_ns: n.wait_ns,
+                        waits: n.waits,
+                    })
+                    .collect();
+                v.sort_unstable_by_key(|n| (std::cmp::Reverse(n.wait_ns), n.tgid));
+                v
+            },
+            followed: Followed {
+                followed: self.forks.0,
+                missed: self.forks.1,
+                joined: self.forks.2,
+                ..Followed::default()
+            },
             ..Trace::default()
         }
     }
@@ -318,6 +375,50 @@ fn thread_cpu_ns() -> u64 {
         return 0;
     }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Collector {
+    /// `(tgid, cgroup id)` of each neighbour charged so far.
+    pub fn neighbour_cgroups(&self) -> Vec<(u32, u64)> {
+        self.neighbours
+            .iter()
+            .map(|(t, n)| (*t, n.cgroup_id))
+            .collect()
+    }
+}
+
+/// Splits the thread's traced lifetime into running (`cpu_time_ns`, set
+/// already), runnable and sleeping, each from the kernel's events; what is
+/// in progress at `now` (CLOCK_MONOTONIC, 0: unknown) is closed at `now`.
+/// A preempted wait in progress is not (the kernel adds it to `run_delay`
+/// when it ends): at most one wait, a scheduler slice, short.
+fn set_wait_split(t: &mut ThreadTrace, st: &ThreadStats, now: u64) {
+    let dead = st.last_ns != 0;
+    let end = if dead { st.last_ns } else { now };
+    let open = |since: u64| {
+        if since != 0 && !dead && now > since {
+            now - since
+        } else {
+            0
+        }
+    };
+    let mut runnable = st.runq_wait_ns.saturating_add(st.preempted_wait_ns);
+    if st.runnable_kind == RUNNABLE_WAKEUP && st.running_on == 0 {
+        runnable = runnable.saturating_add(open(st.runnable_since_ns));
+    }
+    let mut sleep = st.sleep_ns.saturating_add(open(st.sleep_since_ns));
+    if st.flags & FLAG_SEEDED != 0 {
+        // No event since it was seeded: asleep all along (a runnable or
+        // running thread has a switch within a scheduler tick or two).
+        sleep = sleep.saturating_add(open(st.first_ns));
+    }
+    t.runnable_ns = runnable;
+    t.sleep_ns = sleep;
+    t.lifetime_ns = if st.first_ns != 0 && end > st.first_ns {
+        end - st.first_ns
+    } else {
+        0
+    };
 }
 
 /// The run-queue latency of `st`, in place (the histogram's buffer is kept).

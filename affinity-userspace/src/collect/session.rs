@@ -25,13 +25,14 @@ use crate::{
     collect::wake::{Waiter, Wake},
     host::cgroup::{CgroupLimit, CpuStat, CpuStatDelta},
     host::command::{CommandError, GatedChild, spawn_gated},
+    host::contention,
     host::preflight::{self, PreflightError},
     host::procs::{self, TargetError},
     host::root::Root,
     kernel::btf,
     kernel::probe::{Probe, ProbeConfig, ProbeError},
-    model::Trace,
     model::topology::Topology,
+    model::{PressureDelta, Trace},
     report::timeline::{Capture, ThrottledSpan},
 };
 
@@ -202,6 +203,61 @@ fn validate(args: &TraceArgs) -> Result<Targets, SessionError> {
     Ok(targets)
 }
 
+/// Whether new processes of the targets are traced: always for a command,
+/// `--cgroup` and `--comm` (what they name grows during the run), on
+/// request (`--follow`) for `--pid` and `--tid`.
+fn follows(args: &TraceArgs) -> bool {
+    args.follow || !args.command.is_empty() || args.cgroup.is_some() || !args.comms.is_empty()
+}
+
+/// Marks and seeds the processes named by `--comm` that appeared since the
+/// last look and are not traced yet (those the targets started are, by the
+/// programs); returns how many. They are traced from now on: what they ran
+/// before is not counted, and the report says how many there were.
+fn rescan_comms(root: &Root, probe: &mut Probe, comms: &[String]) -> u64 {
+    let mut n = 0;
+    for name in comms {
+        for pid in procs::pids_by_comm(root, name) {
+            if !probe.is_target(pid) && probe.add_target(pid).is_ok() {
+                seed(root, probe, pid);
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// CPU pressure (PSI) at the window's start: the machine's, and the
+/// `--cgroup` directory's own where it is a v2 one.
+struct Pressures {
+    host: Option<contention::Pressure>,
+    cgroup: Option<(std::path::PathBuf, contention::Pressure)>,
+}
+
+impl Pressures {
+    fn before(cgroup: Option<&std::path::Path>) -> Self {
+        Self {
+            host: contention::read_pressure(std::path::Path::new(contention::HOST_CPU_PRESSURE)),
+            cgroup: cgroup
+                .and_then(contention::cgroup_pressure_file)
+                .and_then(|f| contention::read_pressure(&f).map(|p| (f, p))),
+        }
+    }
+
+    /// Growth since [`Pressures::before`]: (machine, cgroup).
+    fn after(&self) -> (Option<PressureDelta>, Option<PressureDelta>) {
+        let delta = |f: &std::path::Path, b: &contention::Pressure| {
+            contention::read_pressure(f).map(|a| contention::pressure_delta(b, &a))
+        };
+        (
+            self.host
+                .as_ref()
+                .and_then(|b| delta(std::path::Path::new(contention::HOST_CPU_PRESSURE), b)),
+            self.cgroup.as_ref().and_then(|(f, b)| delta(f, b)),
+        )
+    }
+}
+
 fn pid_max(root: &Root) -> u32 {
     std::fs::read_to_string(root.join("proc/sys/kernel/pid_max"))
         .ok()
@@ -211,7 +267,7 @@ fn pid_max(root: &Root) -> u32 {
 
 fn seed(root: &Root, probe: &mut Probe, tgid: u32) {
     for t in procs::threads(root, tgid) {
-        probe.seed_thread(t.tid, tgid, t.comm, t.sum_exec_ns);
+        probe.seed_thread_at(t.tid, tgid, t.comm, t.sum_exec_ns, t.run_delay_ns);
     }
 }
 
@@ -287,6 +343,8 @@ pub fn run_observed(
         offsets,
         pid_max: pid_max(root),
         timeline_bytes: args.timeline.as_ref().map(|_| args.timeline_buffer),
+        follow: follows(args),
+        join_cgroup: args.cgroup.as_deref().map_or(0, procs::dir_inode),
     };
     let mut probe = Probe::load(&cfg, &topology)?;
     verbose(&format!("programs attached ({:?})", probe.mode()));
@@ -323,6 +381,8 @@ pub fn run_observed(
     let deadline = duration.map(|d| start + Duration::from_secs_f64(d));
     let bar = progress_bar(duration, child.is_none() && observer.is_none());
     let busy_before = procs::cpu_busy_ns(root);
+    let pressure = Pressures::before(args.cgroup.as_deref());
+    let mut rescanned = 0u64;
     waiter.watch(&tgids);
     // The quota on the target's cgroup path, and its counters from now on.
     let cgroup_limit = tgids
@@ -394,6 +454,7 @@ pub fn run_observed(
         let rss = tgids.iter().map(|&p| procs::rss_bytes(root, p)).sum();
         let wall_ns = (now - last).as_nanos() as u64;
         collector.sample(&mut probe, wall_ns, rss);
+        rescanned += rescan_comms(root, &mut probe, &args.comms);
         last = now;
         if let Some(tl) = timeline.as_mut() {
             probe.drain_timeline(&mut tl.events);
@@ -495,6 +556,15 @@ pub fn run_observed(
     trace.attach_mode = probe.mode();
     trace.nr_cpus = topology.cpus.len() as u32;
     trace.mem_total_bytes = mem_total;
+    trace.followed.enabled = follows(args);
+    trace.followed.rescanned = rescanned;
+    (trace.pressure_host, trace.pressure_cgroup) = pressure.after();
+    let cgroups = contention::neighbour_cgroups(&collector.neighbour_cgroups());
+    for n in &mut trace.neighbours {
+        if let Some(path) = cgroups.get(&n.tgid) {
+            n.cgroup = path.clone();
+        }
+    }
     if let Some(tl) = timeline.as_mut() {
         // The targets' last switches (an exiting thread's final one comes
         // after its pidfd woke us) are in the ring by now. Events written

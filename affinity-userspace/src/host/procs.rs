@@ -27,6 +27,8 @@ pub struct ThreadInfo {
     pub comm: [u8; 16],
     /// `se.sum_exec_runtime` (ns).
     pub sum_exec_ns: u64,
+    /// `sched_info.run_delay` (ns): its run-queue waits so far.
+    pub run_delay_ns: u64,
 }
 
 /// Why a target cannot be traced.
@@ -112,6 +114,13 @@ pub fn pids_in_cgroup(dir: &std::path::Path) -> Result<Vec<u32>, TargetError> {
     Ok(pids)
 }
 
+/// The inode number of a directory (a cgroup's kernfs id), 0 when it
+/// cannot be read.
+pub fn dir_inode(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir).map_or(0, |m| m.ino())
+}
+
 /// True while `pid` exists and is not a zombie.
 pub fn alive(root: &Root, pid: u32) -> bool {
     process(root, pid)
@@ -132,7 +141,8 @@ pub fn threads(root: &Root, pid: u32) -> Vec<ThreadInfo> {
     tasks
         .filter_map(Result::ok)
         .filter_map(|t| {
-            let sum_exec_ns = t.schedstat().ok()?.sum_exec_runtime;
+            let st = t.schedstat().ok()?;
+            let (sum_exec_ns, run_delay_ns) = (st.sum_exec_runtime, st.run_delay);
             // The `comm` file, not `stat`: the kernel builds all of stat's
             // 52 fields for it, which for 1,000 threads is most of the seed.
             let comm = std::fs::read(root.join(format!("proc/{pid}/task/{}/comm", t.tid)))
@@ -146,6 +156,7 @@ pub fn threads(root: &Root, pid: u32) -> Vec<ThreadInfo> {
                 tid: t.tid as u32,
                 comm,
                 sum_exec_ns,
+                run_delay_ns,
             })
         })
         .collect()
