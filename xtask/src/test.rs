@@ -1,4 +1,4 @@
-//! `cargo xtask test`: unit tests, then root integration tests against the
+//! `cargo xtask test`: the purity check, unit tests, then root integration tests against the
 //! release binary, then a summary parsed from cargo test's result lines.
 
 use crate::binary::cargo_build;
@@ -43,6 +43,8 @@ pub fn run(args: Args) -> Result<()> {
     setup::run()?;
     let mut phases = Vec::new();
     if !args.root {
+        // Before the unit phase: a pure-core violation fails the run early.
+        crate::purity::run(None)?;
         let mut cmd = cargo();
         cmd.args(["test", "--workspace"])
             .args(["--exclude", "affinity-tests", "--exclude", "affinity-ebpf"])
