@@ -49,7 +49,9 @@ pub enum Command {
         format: Format,
     },
     /// Attach only an empty sched_switch program until SIGINT/SIGTERM or
-    /// SECS pass: the overhead floor for `cargo xtask bench`.
+    /// SECS pass: the overhead floor for `cargo xtask bench` (only in
+    /// builds with the `bench-hooks` feature).
+    #[cfg(feature = "bench-hooks")]
     #[command(hide = true)]
     BenchFloor {
         /// How long to stay attached, in seconds.
