@@ -313,33 +313,19 @@ fn ancestors(cgroup: &str, base: &str) -> Vec<String> {
 /// (sched-bwc.rst, "Hierarchical considerations"), so the tightest in CPUs
 /// is the one in force. On a tie the level nearest the target wins.
 pub fn resolve(root: &Root, pid: u32) -> Result<CpuCgroup, CgroupError> {
-    use procfs::FromRead as _;
-    let cg_path = root.join(format!("proc/{pid}/cgroup"));
-    let groups =
-        procfs::ProcessCGroups::from_file(&cg_path).map_err(|source| CgroupError::Proc {
-            path: cg_path.clone(),
-            pid,
-            source,
-        })?;
+    let (cg_path, groups) = read_groups(root, pid)?;
     let (mountinfo, mounts) = cgroup_mounts(root)?;
     let v1_cpu = groups
         .0
         .iter()
         .find(|g| g.hierarchy != 0 && g.controllers.iter().any(|c| c == "cpu"));
     let v2 = groups.0.iter().find(|g| g.hierarchy == 0);
+    let v2_mount = v2.and_then(|g| {
+        mount_for(&mounts, CgroupVersion::V2, None, &g.pathname).map(|m| (m, g.pathname.as_str()))
+    });
+    let pressure_dir = v2_mount.and_then(|(m, cg)| pressure_dir(root, m, cg));
 
     let mut notes = Vec::new();
-    // The target's v2 cgroup, for cpu.pressure (PSI works without the cpu
-    // controller; the root's pressure is the whole machine's, so skip it).
-    let v2_mount = v2.and_then(|g| {
-        mount_for(&mounts, CgroupVersion::V2, None, &g.pathname).map(|m| (m, &g.pathname))
-    });
-    let pressure_dir = v2_mount.and_then(|(m, cg)| {
-        let rel = relative(cg, &m.root)?;
-        let dir = m.dir(root).join(rel);
-        (cg != "/" && dir.join("cpu.pressure").is_file()).then_some(dir)
-    });
-
     let (version, cgroup, mount) = match (v1_cpu, v2) {
         (Some(g), _) => {
             let m = mount_for(&mounts, CgroupVersion::V1, Some("cpu"), &g.pathname).ok_or_else(
@@ -357,8 +343,7 @@ pub fn resolve(root: &Root, pid: u32) -> Result<CpuCgroup, CgroupError> {
                 cgroup: g.pathname.clone(),
                 mountinfo: mountinfo.clone(),
             })?;
-            let controllers = read_opt(&m.dir(root).join("cgroup.controllers"))?;
-            if !controllers.is_some_and(|c| c.split_whitespace().any(|c| c == "cpu")) {
+            if !v2_has_cpu(root, m)? {
                 notes.push(format!(
                     "the v2 hierarchy at {} has no cpu controller and no v1 cpu hierarchy holds \
                      process {pid}: no CPU quota can apply",
@@ -370,6 +355,54 @@ pub fn resolve(root: &Root, pid: u32) -> Result<CpuCgroup, CgroupError> {
         (None, None) => return Err(CgroupError::NoHierarchy { path: cg_path, pid }),
     };
 
+    let levels = read_levels(root, version, &cgroup, mount, &mut notes)?;
+    let limit = tightest_limit(version, &cgroup, &levels, pressure_dir.as_ref());
+    Ok(CpuCgroup {
+        pid,
+        version,
+        cgroup,
+        levels,
+        limit,
+        pressure_dir,
+        notes,
+    })
+}
+
+/// `<root>/proc/<pid>/cgroup`: the process's cgroup in each hierarchy.
+fn read_groups(root: &Root, pid: u32) -> Result<(PathBuf, procfs::ProcessCGroups), CgroupError> {
+    use procfs::FromRead as _;
+    let path = root.join(format!("proc/{pid}/cgroup"));
+    let groups = procfs::ProcessCGroups::from_file(&path).map_err(|source| CgroupError::Proc {
+        path: path.clone(),
+        pid,
+        source,
+    })?;
+    Ok((path, groups))
+}
+
+/// The target's v2 cgroup directory, for cpu.pressure (PSI works without
+/// the cpu controller; the root's pressure is the whole machine's, so it is
+/// skipped).
+fn pressure_dir(root: &Root, m: &Mount, cgroup: &str) -> Option<PathBuf> {
+    let dir = m.dir(root).join(relative(cgroup, &m.root)?);
+    (cgroup != "/" && dir.join("cpu.pressure").is_file()).then_some(dir)
+}
+
+/// The v2 mount's root lists the cpu controller in `cgroup.controllers`.
+fn v2_has_cpu(root: &Root, m: &Mount) -> Result<bool, CgroupError> {
+    let controllers = read_opt(&m.dir(root).join("cgroup.controllers"))?;
+    Ok(controllers.is_some_and(|c| c.split_whitespace().any(|c| c == "cpu")))
+}
+
+/// Every level from `cgroup` up to the mount's root with its own quota,
+/// target first; notes when the mount shows only part of the hierarchy.
+fn read_levels(
+    root: &Root,
+    version: CgroupVersion,
+    cgroup: &str,
+    mount: &Mount,
+    notes: &mut Vec<String>,
+) -> Result<Vec<CgroupLevel>, CgroupError> {
     let base = mount.root.as_str();
     if base != "/" {
         notes.push(format!(
@@ -380,7 +413,7 @@ pub fn resolve(root: &Root, pid: u32) -> Result<CpuCgroup, CgroupError> {
     }
     let mount_dir = mount.dir(root);
     let mut levels = Vec::new();
-    for cg in ancestors(&cgroup, base) {
+    for cg in ancestors(cgroup, base) {
         let rel = relative(&cg, base).unwrap_or_default();
         let dir = mount_dir.join(rel);
         if levels.is_empty() && !dir.is_dir() {
@@ -399,9 +432,19 @@ pub fn resolve(root: &Root, pid: u32) -> Result<CpuCgroup, CgroupError> {
             quota,
         });
     }
+    Ok(levels)
+}
 
+/// The tightest quota on the path is the one in force (every quota on it
+/// is enforced); on a tie the level nearest the target wins.
+fn tightest_limit(
+    version: CgroupVersion,
+    cgroup: &str,
+    levels: &[CgroupLevel],
+    pressure_dir: Option<&PathBuf>,
+) -> Option<CgroupLimit> {
     let mut tightest: Option<&CgroupLevel> = None;
-    for l in &levels {
+    for l in levels {
         if let Some(q) = &l.quota
             && tightest
                 .and_then(|t| t.quota.as_ref())
@@ -410,25 +453,15 @@ pub fn resolve(root: &Root, pid: u32) -> Result<CpuCgroup, CgroupError> {
             tightest = Some(l);
         }
     }
-    let limit = tightest.and_then(|l| {
-        Some(CgroupLimit {
-            version,
-            cgroup: l.cgroup.clone(),
-            dir: l.dir.clone(),
-            quota: l.quota?,
-            target_cgroup: cgroup.clone(),
-            target_dir: levels.first()?.dir.clone(),
-            pressure_dir: pressure_dir.clone(),
-        })
-    });
-    Ok(CpuCgroup {
-        pid,
+    let l = tightest?;
+    Some(CgroupLimit {
         version,
-        cgroup,
-        levels,
-        limit,
-        pressure_dir,
-        notes,
+        cgroup: l.cgroup.clone(),
+        dir: l.dir.clone(),
+        quota: l.quota?,
+        target_cgroup: cgroup.to_string(),
+        target_dir: levels.first()?.dir.clone(),
+        pressure_dir: pressure_dir.cloned(),
     })
 }
 
