@@ -210,6 +210,7 @@ static TIMELINE: RingBuf = RingBuf::with_byte_size(4096, 0);
 static TIMELINE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// Where `floor_clock_sched_switch` stores its clock reads (bench only).
+#[cfg(feature = "floor")]
 #[map]
 static CLOCK_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -1286,6 +1287,7 @@ pub fn btf_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
 
 /// An empty sched_switch program: the floor any tracer pays per switch, for
 /// `cargo xtask bench`. Never attached by a trace run.
+#[cfg(feature = "floor")]
 #[btf_tracepoint(function = "sched_switch")]
 pub fn floor_sched_switch(_ctx: BtfTracePointContext) -> i32 {
     0
@@ -1293,6 +1295,7 @@ pub fn floor_sched_switch(_ctx: BtfTracePointContext) -> i32 {
 
 /// The empty program plus one `bpf_ktime_get_ns()`: what one clock read
 /// costs, for `cargo xtask bench`. Never attached by a trace run.
+#[cfg(feature = "floor")]
 #[btf_tracepoint(function = "sched_switch")]
 pub fn floor_clock_sched_switch(_ctx: BtfTracePointContext) -> i32 {
     let t = unsafe { bpf_ktime_get_ns() };

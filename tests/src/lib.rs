@@ -6,6 +6,8 @@
 //! (`cargo xtask test` passes `--test-threads=1`). They never skip: without
 //! root they fail and say so.
 
+pub mod cgroup;
+
 use std::{
     io::{BufRead as _, BufReader},
     path::PathBuf,

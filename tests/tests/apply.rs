@@ -8,7 +8,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use affinity::host::cgroup::TestCgroup;
+use affinity_tests::cgroup::TestCgroup;
 use affinity_tests::*;
 use nix::{sched::CpuSet, unistd::Pid};
 

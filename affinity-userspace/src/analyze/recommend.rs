@@ -694,17 +694,13 @@ struct LlcUnit {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use super::*;
     use crate::analyze::features::testutil::{mk_thread, mk_trace};
     use crate::analyze::features::{self, Features};
 
     fn topo(name: &str) -> Topology {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/sysfs")
-            .join(name);
-        Topology::read(&crate::host::Root::new(root)).unwrap_or_else(|e| panic!("{name}: {e}"))
+        crate::model::topology::fixtures::machine(name)
     }
 
     /// A trace of `threads` threads, each at `pct`% (4 intervals), running
@@ -1106,14 +1102,12 @@ mod tests {
 
     #[test]
     fn isolated_cpus_are_left_out() {
-        // A copy of the VM tree whose cpu0 is isolated.
-        let dir = tempfile::tempdir().unwrap();
-        copy_tree(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs/vm-2cpu"),
-            dir.path(),
-        );
-        std::fs::write(dir.path().join("sys/devices/system/cpu/isolated"), "0\n").unwrap();
-        let t = Topology::read(&crate::host::Root::new(dir.path())).unwrap();
+        // The VM with cpu0 isolated.
+        let mut v: serde_json::Value =
+            serde_json::from_str(crate::model::topology::fixtures::machine_json("vm-2cpu"))
+                .unwrap();
+        v["isolated"] = serde_json::json!([0]);
+        let t: Topology = serde_json::from_value(v).unwrap();
         assert_eq!(t.isolated(), &[0]);
         let r = case(&t, workload(1, &[3.0; 4], &[0]), Class::IoBound).run();
         assert_eq!(r.cpus, vec![1]);
@@ -1129,18 +1123,5 @@ mod tests {
         assert!(r.cpus.is_empty());
         assert_eq!(r.command, None);
         assert!(r.rationale.iter().any(|l| l.contains("is online")));
-    }
-
-    fn copy_tree(from: &Path, to: &Path) {
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            let dst = to.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                std::fs::create_dir_all(&dst).unwrap();
-                copy_tree(&e.path(), &dst);
-            } else {
-                std::fs::copy(e.path(), dst).unwrap();
-            }
-        }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{analyze::classify::Thresholds, analyze::config::Config, kernel::probe::AttachChoice};
+use crate::{analyze::classify::Thresholds, kernel::probe::AttachChoice};
 
 /// Exit code for bad input (unknown pid, bad flag values): nothing was done.
 pub const EXIT_USAGE: i32 = 2;
@@ -75,7 +75,9 @@ pub enum Command {
         format: Format,
     },
     /// Attach only an empty sched_switch program until SIGINT/SIGTERM or
-    /// SECS pass: the overhead floor for `cargo xtask bench`.
+    /// SECS pass: the overhead floor for `cargo xtask bench` (only in
+    /// builds with the `bench-hooks` feature).
+    #[cfg(feature = "bench-hooks")]
     #[command(hide = true)]
     BenchFloor {
         /// How long to stay attached, in seconds.
@@ -248,7 +250,11 @@ impl TraceArgs {
     /// Thresholds: defaults, then the config file, then the flags.
     pub fn thresholds(&self) -> Result<Thresholds, String> {
         let mut t = match &self.config {
-            Some(path) => Config::load(path).map_err(|e| e.to_string())?.thresholds,
+            Some(path) => {
+                crate::cli::load_config(path)
+                    .map_err(|e| e.to_string())?
+                    .thresholds
+            }
             None => Thresholds::default(),
         };
         let set = |dst: &mut f64, v: Option<f64>| {

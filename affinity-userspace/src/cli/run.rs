@@ -331,6 +331,7 @@ pub fn topology(format: Format) -> i32 {
 }
 
 /// `affin-trace bench-floor`: the empty program, attached until a signal.
+#[cfg(feature = "bench-hooks")]
 pub fn bench_floor(seconds: f64) -> i32 {
     if let Err(e) = crate::host::preflight::check(&Root::host(), false) {
         return fail(e, EXIT_FAILURE);

@@ -147,14 +147,27 @@ pub struct Collector {
 
 /// Environment variable that makes the collector print each interval's map
 /// read time on stderr: "affin-trace: interval N read in X ms, Y ms of CPU
-/// (T threads)".
+/// (T threads)". Read only with the `bench-hooks` feature.
+#[cfg(feature = "bench-hooks")]
 pub const READ_TIMES_ENV: &str = "AFFIN_TRACE_READ_TIMES";
+
+/// Whether the bench asked for per-read timings ([`READ_TIMES_ENV`]).
+#[cfg(feature = "bench-hooks")]
+fn read_times_hook() -> bool {
+    std::env::var_os(READ_TIMES_ENV).is_some()
+}
+
+/// Without the `bench-hooks` feature nothing asks for them.
+#[cfg(not(feature = "bench-hooks"))]
+fn read_times_hook() -> bool {
+    false
+}
 
 impl Collector {
     /// An empty collector.
     pub fn new() -> Self {
         Self {
-            log_reads: std::env::var_os(READ_TIMES_ENV).is_some(),
+            log_reads: read_times_hook(),
             ..Self::default()
         }
     }

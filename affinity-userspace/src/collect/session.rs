@@ -10,7 +10,6 @@
 //! switch to affin-trace per event.
 
 use std::{
-    collections::BTreeMap,
     io::IsTerminal as _,
     os::fd::BorrowedFd,
     time::{Duration, Instant},
@@ -271,21 +270,8 @@ fn seed(root: &Root, probe: &mut Probe, tgid: u32) {
     }
 }
 
-/// What a live view sees after each interval's read.
-pub struct Snapshot<'a> {
-    /// The trace so far (`duration_ns`: time since tracing started).
-    pub trace: &'a Trace,
-    /// System-wide busy ns per CPU in the last interval (/proc/stat).
-    pub interval_busy_ns: &'a BTreeMap<u32, u64>,
-    /// Wall ns of the last interval.
-    pub interval_ns: u64,
-    /// The machine.
-    pub topology: &'a Topology,
-    /// The quota in force on the target's cgroup path, if any.
-    pub cgroup_limit: Option<&'a CgroupLimit>,
-    /// Its cpu.stat since tracing started.
-    pub cgroup_window: Option<&'a CpuStatDelta>,
-}
+/// What a live view sees after each interval's read (a model value).
+pub use crate::model::snapshot::Snapshot;
 
 /// A live view of a running window (`--watch`).
 pub trait Observer {

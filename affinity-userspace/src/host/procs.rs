@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use procfs::{FromReadSI as _, process::Process};
 
 use crate::host::root::Root;
+use crate::model::snapshot::TaskNow;
 
 /// The process `pid` under `root` (procfs's own `Process::new` reads `/proc`).
 fn process(root: &Root, pid: u32) -> procfs::ProcResult<Process> {
@@ -194,6 +195,24 @@ pub fn thread_comm(root: &Root, pid: u32, tid: u32) -> Option<String> {
     t.stat().ok().map(|s| s.comm)
 }
 
+/// The CPU thread `tid` of process `tgid` last ran on and its name, from
+/// `<root>/proc/<tgid>/task/<tid>/stat` fields 39 and 2 (proc(5):
+/// `processor`, `comm`); `None` when the thread is gone. The procfs crate
+/// parses the line, so a name holding spaces or ')' does not shift the
+/// fields.
+pub fn task_now(root: &Root, tgid: u32, tid: u32) -> Option<TaskNow> {
+    let stat = process(root, tgid)
+        .ok()?
+        .task_from_tid(i32::try_from(tid).ok()?)
+        .ok()?
+        .stat()
+        .ok()?;
+    Some(TaskNow {
+        cpu: stat.processor.and_then(|p| u32::try_from(p).ok())?,
+        comm: stat.comm,
+    })
+}
+
 /// Resident set size in bytes (0 if gone).
 pub fn rss_bytes(root: &Root, pid: u32) -> u64 {
     process(root, pid)
@@ -288,6 +307,49 @@ mod tests {
         assert_eq!(parse_mem_total("MemTotal: 12 MB\n"), None);
         let real = std::fs::read_to_string("/proc/meminfo").unwrap();
         assert!(parse_mem_total(&real).is_some_and(|b| b > 1 << 20));
+    }
+
+    /// A stat line as Linux 6.x writes it (52 fields), for a thread whose
+    /// name holds a space and a ')', last run on CPU 3.
+    fn stat_line(tid: u32) -> String {
+        let mut f: Vec<String> = vec![tid.to_string(), "(we) ird)".into(), "R".into()];
+        // Fields 4..=52; 39 (processor) is index 38.
+        f.extend((4..=52).map(|i| if i == 39 { "3".into() } else { "0".into() }));
+        f.join(" ") + "\n"
+    }
+
+    #[test]
+    fn task_now_reads_cpu_and_name_from_the_task_stat() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let task = dir.path().join("proc/4242/task/4243");
+        std::fs::create_dir_all(&task).expect("mkdir");
+        std::fs::write(task.join("stat"), stat_line(4243)).expect("write");
+        let root = Root::new(dir.path());
+        let now = task_now(&root, 4242, 4243).expect("read");
+        assert_eq!(now.cpu, 3);
+        assert_eq!(now.comm, "we) ird");
+        assert_eq!(task_now(&root, 4242, 4244), None, "an exited thread");
+        assert_eq!(task_now(&root, 4241, 4243), None, "an exited process");
+    }
+
+    #[test]
+    fn task_now_of_a_live_thread_is_an_online_cpu_and_its_name() {
+        let now = std::thread::Builder::new()
+            .name("watch-probe".into())
+            .spawn(|| {
+                let tid = nix::unistd::gettid().as_raw() as u32;
+                task_now(&Root::host(), std::process::id(), tid)
+            })
+            .expect("spawn")
+            .join()
+            .expect("join")
+            .expect("its stat");
+        assert_eq!(now.comm, "watch-probe");
+        let online = crate::model::cpulist::parse(
+            &std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online"),
+        )
+        .expect("cpu list");
+        assert!(online.contains(&now.cpu), "{} not in {online:?}", now.cpu);
     }
 
     #[test]

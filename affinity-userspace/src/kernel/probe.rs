@@ -785,12 +785,14 @@ fn attach_btf(ids: &[u32; NR_TRACEPOINTS]) -> Result<Btf, ProbeError> {
 /// Environment variable: [`attach_floor`] also attaches
 /// `floor_clock_sched_switch` (the empty program plus one clock read), so
 /// that `cargo xtask bench` measures what a clock read costs.
+#[cfg(feature = "bench-hooks")]
 pub const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
 
 /// Attaches only the empty sched_switch program (`floor_sched_switch`) and
 /// returns the object that keeps it attached: the baseline cost of any
 /// sched_switch tracer, for benchmarks. With [`FLOOR_CLOCK_ENV`] set, also
-/// `floor_clock_sched_switch`.
+/// `floor_clock_sched_switch`. Only with the `bench-hooks` feature.
+#[cfg(feature = "bench-hooks")]
 pub fn attach_floor() -> Result<Ebpf, ProbeError> {
     let k = btf::kernel_btf_cached(Path::new(btf::VMLINUX_BTF), Path::new(btf::CACHE_DIR))
         .map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;

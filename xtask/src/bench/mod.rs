@@ -145,7 +145,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("the benchmark loads eBPF programs and changes sysctls: run it as root");
     }
     sys::on_stop_signals(on_signal);
-    binary::build(true)?;
+    crate::setup::run()?;
+    binary::cargo_build(true, binary::Hooks::On)?;
     let bpftool = tool("bpftool", "bpftool")?;
     let result = bench(&args, &bpftool);
     // Programs are freed a moment after their last fd closes: allow that.
