@@ -90,7 +90,12 @@ impl ActionError {
 
 /// Reads each target of `outcome` as it is now and checks that `cpus` can
 /// be given to it ([`plan::check`]).
-pub fn plan(root: &Root, outcome: &Outcome, cpus: &[u32], force: bool) -> Result<Plan, ActionError> {
+pub fn plan(
+    root: &Root,
+    outcome: &Outcome,
+    cpus: &[u32],
+    force: bool,
+) -> Result<Plan, ActionError> {
     let targets: Vec<plan::Target> = (outcome.trace.pids.iter())
         .map(|&pid| plan::Target {
             pid,
