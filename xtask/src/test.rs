@@ -123,8 +123,9 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
     Ok(phase)
 }
 
-/// Takes /run/affin-trace-root-tests.lock (flock, exclusive, blocking).
-fn machine_lock() -> Result<std::fs::File> {
+/// Takes /run/affin-trace-root-tests.lock (flock, exclusive, blocking);
+/// the bench takes it too.
+pub fn machine_lock() -> Result<std::fs::File> {
     use std::os::fd::AsRawFd as _;
     let path = "/run/affin-trace-root-tests.lock";
     let file = std::fs::OpenOptions::new()
