@@ -127,6 +127,38 @@ pub fn save(dir: &Path, state: &ApplyState) -> Result<PathBuf, StateError> {
     Ok(file)
 }
 
+/// Writes `state`, keeping what an earlier record of the same process holds:
+/// that record has the masks from before affin-trace first touched the
+/// process, so its threads and process mask win and only threads it does
+/// not hold yet are added. A second `--apply` (or a retry after an apply
+/// killed half-way) would otherwise make the first apply's CPUs, or a
+/// half-applied mask, what `revert` restores.
+pub fn save_merged(dir: &Path, state: &ApplyState) -> Result<PathBuf, StateError> {
+    match load(dir, state.pid, state.start_time) {
+        Ok(old) => save(dir, &merge(old, state)),
+        Err(StateError::Missing(_)) => save(dir, state),
+        Err(e) => Err(e),
+    }
+}
+
+/// `old` (the earlier record) with the threads of `new` it lacks, and the
+/// CPUs applied last. A new thread whose mask is exactly the CPUs applied
+/// before inherited them from its creator: it is left out, so revert gives
+/// it the process's original mask rather than those CPUs.
+pub fn merge(old: ApplyState, new: &ApplyState) -> ApplyState {
+    let mut threads = old.threads;
+    for (&tid, mask) in &new.threads {
+        if *mask != old.applied_cpus {
+            threads.entry(tid).or_insert_with(|| mask.clone());
+        }
+    }
+    ApplyState {
+        applied_cpus: new.applied_cpus.clone(),
+        threads,
+        ..old
+    }
+}
+
 /// Reads the state of `pid` started at `start_time`.
 pub fn load(dir: &Path, pid: u32, start_time: u64) -> Result<ApplyState, StateError> {
     let file = path(dir, pid, start_time);
@@ -258,6 +290,34 @@ mod tests {
         assert!(matches!(lock(dir.path(), 42), Err(StateError::Busy(42))));
         drop(first);
         assert!(lock(dir.path(), 42).is_ok());
+    }
+
+    #[test]
+    fn a_second_save_keeps_the_masks_from_before_the_first_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        save_merged(dir.path(), &state()).unwrap();
+        // The second apply sees the first apply's CPU 1 everywhere, a
+        // thread created since that inherited it (44) and one that set its
+        // own mask (45).
+        let second = ApplyState {
+            applied_cpus: vec![0],
+            process_mask: vec![1],
+            threads: BTreeMap::from([
+                (42, vec![1]),
+                (43, vec![1]),
+                (44, vec![1]),
+                (45, vec![2, 3]),
+            ]),
+            ..state()
+        };
+        save_merged(dir.path(), &second).unwrap();
+        let kept = load(dir.path(), 42, 777).unwrap();
+        assert_eq!(kept.process_mask, vec![0, 1]);
+        assert_eq!(kept.applied_cpus, vec![0]);
+        assert_eq!(
+            kept.threads,
+            BTreeMap::from([(42, vec![0, 1]), (43, vec![0]), (45, vec![2, 3])])
+        );
     }
 
     #[test]

@@ -221,7 +221,7 @@ pub fn apply_cpus(dir: &Path, outcome: &Outcome, cpus: &[u32]) -> Result<Applied
                     .unwrap_or_default(),
                 threads: threads.clone(),
             };
-            let f = state::save(dir, &st).map_err(|e| e.to_string())?;
+            let f = state::save_merged(dir, &st).map_err(|e| e.to_string())?;
             files.insert(pid, f.display().to_string());
         }
         Ok(())

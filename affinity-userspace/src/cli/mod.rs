@@ -8,6 +8,7 @@ pub mod actions;
 pub mod args;
 pub mod demo;
 pub mod docs;
+pub mod output;
 pub mod run;
 
 pub use args::*;

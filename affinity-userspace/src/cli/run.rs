@@ -10,6 +10,7 @@ use crate::{
     analyze::verify::{self, Figures},
     apply::state::STATE_DIR,
     cli::actions::{self, ActionError},
+    cli::output::Output,
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     collect::session::{self, Outcome},
     model::topology::Topology,
@@ -25,20 +26,11 @@ fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
 pub fn trace(args: &TraceArgs) -> i32 {
     // Everything the user can get wrong is checked before anything runs:
     // the output path, the thresholds, and how an apply will be confirmed.
-    let mut out: Box<dyn std::io::Write> = match &args.output {
-        Some(path) => match std::fs::File::create(path) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                return fail(
-                    format!(
-                        "cannot write {}: {e}; choose a writable --output path",
-                        path.display()
-                    ),
-                    EXIT_USAGE,
-                );
-            }
-        },
-        None => Box::new(std::io::stdout()),
+    // Nothing is truncated here: each file is written aside and renamed
+    // over its path only once complete (cli::output).
+    let mut out = match create(args.output.as_deref(), "--output") {
+        Ok(f) => f,
+        Err(msg) => return fail(msg, EXIT_USAGE),
     };
     let mut svg = match create(args.plot.as_deref(), "--plot") {
         Ok(f) => f,
@@ -70,26 +62,33 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return fail(&e, e.exit_code()),
     };
-    if let Some((path, file)) = &mut svg {
-        // A picture that cannot be drawn is reported; the report still follows.
+    // An output that could not be written makes the exit non-zero; the
+    // report still follows.
+    let mut write_failed = false;
+    if let Some(mut file) = svg.take() {
         let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
             .map_err(|e| e.to_string())
-            .and_then(|s| file.write_all(s.as_bytes()).map_err(|e| e.to_string()));
+            .and_then(|s| {
+                file.write_all(s.as_bytes())
+                    .and_then(|()| file.commit())
+                    .map_err(|e| e.to_string())
+            });
         if let Err(e) = drawn {
-            fail(
-                format!("writing the SVG to {}: {e}", path.display()),
-                EXIT_FAILURE,
-            );
+            let path = args.plot.as_deref().unwrap_or(Path::new("")).display();
+            fail(format!("writing the SVG to {path}: {e}"), EXIT_FAILURE);
+            write_failed = true;
         }
     }
-    let timeline = match (&mut timeline_file, &outcome.timeline) {
-        (Some((path, file)), Some(cap)) => {
+    let timeline = match (timeline_file.take(), &outcome.timeline) {
+        (Some(mut file), Some(cap)) => {
+            let path = file.path().to_path_buf();
             let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
-            if let Err(e) = chrome.write(file) {
+            if let Err(e) = chrome.write(&mut file).and_then(|()| file.commit()) {
                 fail(
                     format!("writing the timeline to {}: {e}", path.display()),
                     EXIT_FAILURE,
                 );
+                write_failed = true;
             }
             let s = chrome.summary;
             Some(TimelineJson {
@@ -113,6 +112,9 @@ pub fn trace(args: &TraceArgs) -> i32 {
         ));
     report.timeline = timeline;
     let mut code = outcome.exit_status.unwrap_or(0);
+    if write_failed && code == 0 {
+        code = EXIT_FAILURE;
+    }
     if args.apply {
         match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report) {
             Ok(()) => {}
@@ -123,26 +125,28 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",
     };
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    let written = match out.take() {
+        Some(mut f) => f.write_all(text.as_bytes()).and_then(|()| f.commit()),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+        }
+    };
+    if let Err(e) = written {
         return fail(format!("writing the report: {e}"), EXIT_FAILURE);
     }
     code
 }
 
-/// Creates an output file named by `flag` before anything runs, so that a
+/// Opens an output file named by `flag` before anything runs, so that a
 /// bad path fails at once rather than after the trace.
-fn create<'a>(
-    path: Option<&'a Path>,
-    flag: &str,
-) -> Result<Option<(&'a Path, std::fs::File)>, String> {
+fn create(path: Option<&Path>, flag: &str) -> Result<Option<Output>, String> {
     let Some(path) = path else { return Ok(None) };
-    match std::fs::File::create(path) {
-        Ok(f) => Ok(Some((path, f))),
-        Err(e) => Err(format!(
-            "cannot write {}: {e}; choose a writable {flag} path",
-            path.display()
-        )),
-    }
+    crate::cli::output::open(path)
+        .map(Some)
+        .map_err(|e| format!("{e}; choose a writable {flag} path"))
 }
 
 fn analyze(outcome: &Outcome, thresholds: &Thresholds) -> Analysis {

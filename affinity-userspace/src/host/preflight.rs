@@ -38,11 +38,53 @@ pub enum PreflightError {
         /// Effective uid.
         euid: u32,
     },
+    /// Running in a pid namespace below the kernel's initial one.
+    #[error(
+        "affin-trace is running in pid namespace {ns}, not the host's: the kernel reports host pids, so the pids given and shown here would name other tasks (pid 2 here is the host's kthreadd) and the figures would be wrong; run it in the host pid namespace (docker run --pid=host, Kubernetes hostPID: true, not under unshare --pid)"
+    )]
+    PidNamespace {
+        /// `pid:[inode]`, as /proc/self/ns/pid reads.
+        ns: String,
+    },
     /// The kernel does not publish BTF.
     #[error(
         "{0} not found: this kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y), which affin-trace needs to locate task_struct fields; use a distribution kernel built with BTF"
     )]
     NoBtf(String),
+}
+
+/// Inode of the kernel's initial pid namespace, PROC_PID_INIT_INO
+/// (include/linux/proc_ns.h, fixed since Linux 3.8): whatever /proc this
+/// process sees, /proc/self/ns/pid names its own namespace by this number.
+pub const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// The pid namespace this process runs in, if it is not the initial one.
+///
+/// The BPF programs see host pids (`bpf_get_current_pid_tgid`, task_struct
+/// `pid`), while /proc, the targets given and sched_setaffinity speak the
+/// caller's namespace. Comparing /proc/self/ns/pid with /proc/1/ns/pid says
+/// nothing inside a namespace (pid 1 is the namespace's own init); the
+/// namespace inode does, and NSpid with more than one entry (seen when
+/// /proc is the host's) confirms it.
+pub fn foreign_pid_namespace() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino());
+    let status = std::fs::read("/proc/self/status").unwrap_or_default();
+    pid_namespace_of(ino, &String::from_utf8_lossy(&status))
+}
+
+/// [`foreign_pid_namespace`] on given values: `ino` of /proc/self/ns/pid,
+/// the text of /proc/self/status.
+pub fn pid_namespace_of(ino: Option<u64>, status: &str) -> Option<String> {
+    let nested = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_some_and(|v| v.split_whitespace().count() > 1);
+    match ino {
+        Some(i) if i != INIT_PID_NS_INO => Some(format!("pid:[{i}]")),
+        _ if nested => Some(format!("pid:[{}]", ino.unwrap_or(0))),
+        _ => None,
+    }
 }
 
 /// Effective capability set of this process, from /proc/self/status `CapEff`.
@@ -112,6 +154,9 @@ pub fn check(apply: bool) -> Result<(), PreflightError> {
             missing: missing.join(", "),
         });
     }
+    if let Some(ns) = foreign_pid_namespace() {
+        return Err(PreflightError::PidNamespace { ns });
+    }
     if !Path::new(crate::kernel::btf::VMLINUX_BTF).exists() {
         return Err(PreflightError::NoBtf(
             crate::kernel::btf::VMLINUX_BTF.into(),
@@ -162,6 +207,24 @@ mod tests {
     #[test]
     fn sys_admin_stands_in_for_bpf_and_perfmon() {
         assert!(missing_caps(1 << cap::SYS_ADMIN, false).is_empty());
+    }
+
+    #[test]
+    fn a_pid_namespace_is_seen_by_its_inode_or_by_nspid() {
+        let host = "Name:\tx\nNSpid:\t4242\n";
+        assert_eq!(pid_namespace_of(Some(INIT_PID_NS_INO), host), None);
+        assert_eq!(pid_namespace_of(None, host), None);
+        // Inside `unshare --pid --mount-proc`: its own /proc shows one pid.
+        assert_eq!(
+            pid_namespace_of(Some(4026532281), "NSpid:\t1\n").as_deref(),
+            Some("pid:[4026532281]")
+        );
+        // The host's /proc, a nested task: two pids.
+        assert!(pid_namespace_of(None, "NSpid:\t4242\t1\n").is_some());
+        let e = PreflightError::PidNamespace {
+            ns: "pid:[4026532281]".into(),
+        };
+        assert!(e.to_string().contains("--pid=host"), "{e}");
     }
 
     #[test]
