@@ -769,6 +769,20 @@ fn seeds(t: &str) -> Vec<(String, Vec<u8>)> {
                 }
             }
         }
+        "text_escape" => {
+            // Names a hostile program can give itself.
+            for (n, b) in [
+                ("plain", &b"worker-1"[..]),
+                ("newline", b"a\nFAKE line"),
+                ("osc", b"\x1b]0;pwned\x07"),
+                ("bidi", "\u{202e}gpj.exe".as_bytes()),
+                ("c1", "\u{9b}2J".as_bytes()),
+                ("latin1", b"caf\xe9"),
+                ("backslash", b"a\\nb"),
+            ] {
+                s.push((n.into(), b.to_vec()));
+            }
+        }
         "proc_misc" => {
             s.extend(read("/proc/stat"));
             s.extend(read("/proc/meminfo"));

@@ -60,6 +60,11 @@ pub enum ActionError {
     /// A target exited.
     #[error("pid {0} exited before the apply; nothing was changed")]
     Gone(u32),
+    /// Revert of a pid that names no process now.
+    #[error(
+        "no such process: {0}; nothing to revert (a process that exited took its CPU masks with it)"
+    )]
+    NoProcess(u32),
     /// Kernel threads have no user affinity to manage.
     #[error("pid {0} is a kernel thread: affin-trace does not change kernel threads' CPUs")]
     KernelThread(u32),
@@ -107,7 +112,8 @@ impl ActionError {
             | ActionError::KernelThread(_)
             | ActionError::Init
             | ActionError::PidReused(_)
-            | ActionError::Gone(_) => crate::cli::EXIT_USAGE,
+            | ActionError::Gone(_)
+            | ActionError::NoProcess(_) => crate::cli::EXIT_USAGE,
             ActionError::State(StateError::Missing(_)) => crate::cli::EXIT_USAGE,
             ActionError::Declined => crate::cli::EXIT_FAILURE,
             _ => crate::cli::EXIT_FAILURE,
@@ -220,6 +226,7 @@ pub fn apply_cpus(dir: &Path, outcome: &Outcome, cpus: &[u32]) -> Result<Applied
                     .cloned()
                     .unwrap_or_default(),
                 threads: threads.clone(),
+                boot_id: None,
             };
             let f = state::save_merged(dir, &st).map_err(|e| e.to_string())?;
             files.insert(pid, f.display().to_string());
@@ -241,7 +248,7 @@ pub fn apply_cpus(dir: &Path, outcome: &Outcome, cpus: &[u32]) -> Result<Applied
 /// Restores `pid` from its state file and deletes the file. Returns the
 /// number of threads restored.
 pub fn revert(dir: &Path, pid: u32) -> Result<usize, ActionError> {
-    let start = procs::start_time(pid).map_err(|_| ActionError::Gone(pid))?;
+    let start = procs::start_time(pid).map_err(|_| ActionError::NoProcess(pid))?;
     let st = state::load(dir, pid, start)?;
     let (n, failed) = apply::revert(&mut System, pid, &st.threads, &st.process_mask);
     if !failed.is_empty() {

@@ -83,10 +83,7 @@ pub fn open(path: &Path) -> Result<Output, OutputError> {
     };
     if is_own_descriptor(path) {
         // Magic links to our own descriptors: written in place as given.
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io_err)?;
+        let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
         return Ok(Output {
             path: path.to_path_buf(),
             file,
@@ -136,10 +133,9 @@ pub fn open(path: &Path) -> Result<Output, OutputError> {
         }
     }
     // A new file beside the path: O_EXCL never opens something planted.
-    let name = path.file_name().map_or_else(
-        || "output".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = path
+        .file_name()
+        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
     let mut n = 0u32;
     let (tmp, file) = loop {
         let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));

@@ -22,11 +22,19 @@ pub mod cap {
 pub enum PreflightError {
     /// Missing privileges, with the list and the fix.
     #[error(
-        "missing privileges: {missing}; run as root (sudo affin-trace ...) or grant them: sudo setcap cap_bpf,cap_perfmon,cap_sys_nice+ep $(command -v affin-trace)"
+        "missing privileges: {missing}; run as root (sudo affin-trace ...), or, to trace without root, grant them: sudo setcap cap_bpf,cap_perfmon+ep $(command -v affin-trace) (then every user who can run that file can trace any process, pid 1 and root's included: keep it root-owned, mode 0750, executable only by a trusted group)"
     )]
     Privileges {
         /// Comma-separated capability names.
         missing: String,
+    },
+    /// --apply or revert without root.
+    #[error(
+        "changing CPU masks (--apply, revert) needs root, not only CAP_SYS_NICE: the revert records live in {dir}, which root owns and keeps closed to other users; run it with sudo (tracing alone works with CAP_BPF and CAP_PERFMON)"
+    )]
+    ApplyNeedsRoot {
+        /// The state directory.
+        dir: String,
     },
     /// Running setuid: refused, since the invoking user could steer root's writes.
     #[error(
@@ -136,6 +144,21 @@ pub fn check_apply() -> Result<(), PreflightError> {
             missing: "CAP_SYS_NICE".into(),
         });
     }
+    apply_as_root(euid)
+}
+
+/// The capability model of apply: root only. Capabilities let a user
+/// trace; changing masks also writes revert records that a later `revert`
+/// (another user, another invocation) trusts, so they live in a directory
+/// only root owns, and a capability-only user could neither create it nor
+/// be trusted to have written it.
+fn apply_as_root(euid: u32) -> Result<(), PreflightError> {
+    if euid != 0 {
+        return Err(PreflightError::ApplyNeedsRoot {
+            // apply::state::STATE_DIR (host/ does not reach into apply/).
+            dir: "/run/affin-trace".into(),
+        });
+    }
     Ok(())
 }
 
@@ -153,6 +176,9 @@ pub fn check(apply: bool) -> Result<(), PreflightError> {
         return Err(PreflightError::Privileges {
             missing: missing.join(", "),
         });
+    }
+    if apply {
+        apply_as_root(euid)?;
     }
     if let Some(ns) = foreign_pid_namespace() {
         return Err(PreflightError::PidNamespace { ns });
@@ -225,6 +251,19 @@ mod tests {
             ns: "pid:[4026532281]".into(),
         };
         assert!(e.to_string().contains("--pid=host"), "{e}");
+    }
+
+    #[test]
+    fn apply_needs_root_and_says_so_rather_than_blame_the_directory() {
+        assert!(apply_as_root(0).is_ok());
+        let e = apply_as_root(1000).unwrap_err().to_string();
+        assert!(e.contains("needs root") && e.contains("sudo"), "{e}");
+        assert!(!e.contains("remove"), "{e}");
+        let p = PreflightError::Privileges {
+            missing: "CAP_BPF".into(),
+        }
+        .to_string();
+        assert!(p.contains("pid 1") && p.contains("0750"), "{p}");
     }
 
     #[test]

@@ -230,7 +230,7 @@ fn thread_row(r: &ThreadRow) -> Row<'static> {
     };
     let row = Row::new(vec![
         right(r.tid.to_string()),
-        Cell::from(r.comm.clone()),
+        Cell::from(crate::report::escape::text(&r.comm).into_owned()),
         right(r.cpu_now.map_or_else(|| "-".to_string(), |c| c.to_string())),
         right(format!("{:.1}%", r.on_cpu_pct)),
         right(migr),
