@@ -13,6 +13,7 @@ use crate::{
     cli::output::Output,
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     collect::session::{self, Outcome},
+    host::Root,
     model::topology::Topology,
     report::{Report, TimelineJson},
 };
@@ -167,7 +168,7 @@ fn apply_and_verify(
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
-    actions::check(outcome, &cpus, args.force)?;
+    actions::check(&args.root, outcome, &cpus, args.force)?;
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
     actions::confirm(
@@ -203,7 +204,7 @@ fn apply_and_verify(
     );
     if !v.kept {
         for &pid in &outcome.trace.pids {
-            actions::revert(dir, pid)?;
+            actions::revert(&args.root, dir, pid)?;
         }
         applied.active = false;
         report.applied = Some(applied);
@@ -214,7 +215,8 @@ fn apply_and_verify(
 
 /// `affin-trace revert --pid P`.
 pub fn revert(pid: u32) -> i32 {
-    if let Err(e) = crate::host::preflight::check_apply() {
+    let root = Root::host();
+    if let Err(e) = crate::host::preflight::check_apply(&root) {
         return fail(e, EXIT_FAILURE);
     }
     let dir = Path::new(STATE_DIR);
@@ -222,7 +224,7 @@ pub fn revert(pid: u32) -> i32 {
         Ok(l) => l,
         Err(e) => return fail(&e, e.exit_code()),
     };
-    match actions::revert(dir, pid) {
+    match actions::revert(&root, dir, pid) {
         Ok(n) => {
             println!("affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}");
             0
@@ -233,7 +235,7 @@ pub fn revert(pid: u32) -> i32 {
 
 /// `affin-trace topology`.
 pub fn topology(format: Format) -> i32 {
-    match Topology::read(Path::new("/")) {
+    match Topology::read(&Root::host()) {
         Ok(t) => {
             match format {
                 Format::Text => print!("{}", crate::model::topology::render_text(&t)),
@@ -249,7 +251,7 @@ pub fn topology(format: Format) -> i32 {
 
 /// `affin-trace bench-floor`: the empty program, attached until a signal.
 pub fn bench_floor(seconds: f64) -> i32 {
-    if let Err(e) = crate::host::preflight::check(false) {
+    if let Err(e) = crate::host::preflight::check(&Root::host(), false) {
         return fail(e, EXIT_FAILURE);
     }
     let mut waiter = match crate::collect::wake::Waiter::new() {

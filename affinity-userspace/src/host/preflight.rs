@@ -1,7 +1,7 @@
 //! Checks made once, up front, before anything touches the system: privileges
 //! and kernel support. Each failure says what is missing and how to fix it.
 
-use std::path::Path;
+use crate::host::root::Root;
 
 use thiserror::Error;
 
@@ -74,10 +74,12 @@ pub const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
 /// nothing inside a namespace (pid 1 is the namespace's own init); the
 /// namespace inode does, and NSpid with more than one entry (seen when
 /// /proc is the host's) confirms it.
-pub fn foreign_pid_namespace() -> Option<String> {
+pub fn foreign_pid_namespace(root: &Root) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
-    let ino = std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino());
-    let status = std::fs::read("/proc/self/status").unwrap_or_default();
+    let ino = std::fs::metadata(root.join("proc/self/ns/pid"))
+        .ok()
+        .map(|m| m.ino());
+    let status = std::fs::read(root.join("proc/self/status")).unwrap_or_default();
     pid_namespace_of(ino, &String::from_utf8_lossy(&status))
 }
 
@@ -96,8 +98,8 @@ pub fn pid_namespace_of(ino: Option<u64>, status: &str) -> Option<String> {
 }
 
 /// Effective capability set of this process, from /proc/self/status `CapEff`.
-pub fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+pub fn effective_caps(root: &Root) -> u64 {
+    std::fs::read_to_string(root.join("proc/self/status"))
         .ok()
         .and_then(|s| parse_cap_eff(&s))
         .unwrap_or(0)
@@ -131,7 +133,7 @@ pub fn missing_caps(caps: u64, apply: bool) -> Vec<&'static str> {
 }
 
 /// Privileges for changing CPU masks only (revert): CAP_SYS_NICE.
-pub fn check_apply() -> Result<(), PreflightError> {
+pub fn check_apply(root: &Root) -> Result<(), PreflightError> {
     let (uid, euid) = (
         nix::unistd::getuid().as_raw(),
         nix::unistd::geteuid().as_raw(),
@@ -139,7 +141,7 @@ pub fn check_apply() -> Result<(), PreflightError> {
     if uid != euid {
         return Err(PreflightError::Setuid { uid, euid });
     }
-    if effective_caps() & (1u64 << cap::SYS_NICE) == 0 {
+    if effective_caps(root) & (1u64 << cap::SYS_NICE) == 0 {
         return Err(PreflightError::Privileges {
             missing: "CAP_SYS_NICE".into(),
         });
@@ -163,7 +165,7 @@ fn apply_as_root(euid: u32) -> Result<(), PreflightError> {
 }
 
 /// Everything checked before tracing. `apply` adds the affinity privilege.
-pub fn check(apply: bool) -> Result<(), PreflightError> {
+pub fn check(root: &Root, apply: bool) -> Result<(), PreflightError> {
     let (uid, euid) = (
         nix::unistd::getuid().as_raw(),
         nix::unistd::geteuid().as_raw(),
@@ -171,7 +173,7 @@ pub fn check(apply: bool) -> Result<(), PreflightError> {
     if uid != euid {
         return Err(PreflightError::Setuid { uid, euid });
     }
-    let missing = missing_caps(effective_caps(), apply);
+    let missing = missing_caps(effective_caps(root), apply);
     if !missing.is_empty() {
         return Err(PreflightError::Privileges {
             missing: missing.join(", "),
@@ -180,10 +182,10 @@ pub fn check(apply: bool) -> Result<(), PreflightError> {
     if apply {
         apply_as_root(euid)?;
     }
-    if let Some(ns) = foreign_pid_namespace() {
+    if let Some(ns) = foreign_pid_namespace(root) {
         return Err(PreflightError::PidNamespace { ns });
     }
-    if !Path::new(crate::kernel::btf::VMLINUX_BTF).exists() {
+    if !root.join(crate::kernel::btf::VMLINUX_BTF).exists() {
         return Err(PreflightError::NoBtf(
             crate::kernel::btf::VMLINUX_BTF.into(),
         ));
