@@ -374,6 +374,16 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_name_is_shown_escaped() {
+        let mut s = state();
+        s.rows[0].comm = "\u{202e}evil\x1b[2J".into();
+        let sc = screen(&s, 110, 30);
+        let row = line_with(&sc, "evil");
+        assert!(row.contains("\\u{202e}evil\\x1b[2J"), "{row}");
+        assert!(!sc.iter().any(|l| l.contains('\u{202e}') || l.contains('\x1b')));
+    }
+
+    #[test]
     fn shows_the_class_with_a_reason() {
         let s = state();
         let class = s.class.clone().expect("classified");
