@@ -27,17 +27,7 @@ fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
 pub fn trace(args: &TraceArgs) -> i32 {
     // Everything the user can get wrong is checked before anything runs:
     // the output path, the thresholds, and how an apply will be confirmed.
-    // Nothing is truncated here: each file is written aside and renamed
-    // over its path only once complete (cli::output).
-    let mut out = match create(args.output.as_deref(), "--output") {
-        Ok(f) => f,
-        Err(msg) => return fail(msg, EXIT_USAGE),
-    };
-    let mut svg = match create(args.plot.as_deref(), "--plot") {
-        Ok(f) => f,
-        Err(msg) => return fail(msg, EXIT_USAGE),
-    };
-    let mut timeline_file = match create(args.timeline.as_deref(), "--timeline") {
+    let mut files = match Outputs::open(args) {
         Ok(f) => f,
         Err(msg) => return fail(msg, EXIT_USAGE),
     };
@@ -48,58 +38,21 @@ pub fn trace(args: &TraceArgs) -> i32 {
     if args.apply && !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return fail(ActionError::NeedYes, EXIT_USAGE);
     }
-    // The live view is dropped at the end of this block, so the terminal
-    // is back to normal before an error or the report is printed.
-    let result = if args.watch {
-        let mut watch = match crate::report::watch::Watch::new(thresholds) {
-            Ok(w) => w,
-            Err(e) => return fail(e, EXIT_USAGE),
-        };
-        session::run_observed(args, Some(&mut watch))
-    } else {
-        session::run(args)
-    };
-    let outcome = match result {
+    let outcome = match observe(args, &thresholds) {
         Ok(o) => o,
-        Err(e) => return fail(&e, e.exit_code()),
+        Err(code) => return code,
     };
     // An output that could not be written makes the exit non-zero; the
     // report still follows.
     let mut write_failed = false;
-    if let Some(mut file) = svg.take() {
-        let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
-            .map_err(|e| e.to_string())
-            .and_then(|s| {
-                file.write_all(s.as_bytes())
-                    .and_then(|()| file.commit())
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = drawn {
-            let path = args.plot.as_deref().unwrap_or(Path::new("")).display();
-            fail(format!("writing the SVG to {path}: {e}"), EXIT_FAILURE);
-            write_failed = true;
-        }
+    if let Some(file) = files.svg.take() {
+        write_failed |= !write_svg(&outcome, file);
     }
-    let timeline = match (timeline_file.take(), &outcome.timeline) {
-        (Some(mut file), Some(cap)) => {
-            let path = file.path().to_path_buf();
-            let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
-            if let Err(e) = chrome.write(&mut file).and_then(|()| file.commit()) {
-                fail(
-                    format!("writing the timeline to {}: {e}", path.display()),
-                    EXIT_FAILURE,
-                );
-                write_failed = true;
-            }
-            let s = chrome.summary;
-            Some(TimelineJson {
-                file: path.display().to_string(),
-                events: s.events,
-                lost_events: s.lost_events,
-                ring_buffer_bytes: cap.ring_buffer_bytes,
-                migration_flows: s.migration_flows,
-                cpu_slices: s.cpu_slices,
-            })
+    let timeline = match (files.timeline.take(), &outcome.timeline) {
+        (Some(file), Some(cap)) => {
+            let (json, ok) = write_timeline(&outcome, cap, file);
+            write_failed |= !ok;
+            Some(json)
         }
         _ => None,
     };
@@ -126,7 +79,7 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",
     };
-    let written = match out.take() {
+    let written = match files.report.take() {
         Some(mut f) => f.write_all(text.as_bytes()).and_then(|()| f.commit()),
         None => {
             let mut stdout = std::io::stdout().lock();
@@ -141,7 +94,95 @@ pub fn trace(args: &TraceArgs) -> i32 {
     code
 }
 
-/// Opens an output file named by `flag` before anything runs, so that a
+/// The files a trace writes, all opened before anything runs. Nothing is
+/// truncated here: each regular file is written aside and renamed over its
+/// path only once complete (cli::output); dropped, it leaves the path as it
+/// was.
+struct Outputs {
+    /// `--output` (None: stdout).
+    report: Option<Output>,
+    /// `--plot`.
+    svg: Option<Output>,
+    /// `--timeline`.
+    timeline: Option<Output>,
+}
+
+impl Outputs {
+    fn open(args: &TraceArgs) -> Result<Self, String> {
+        Ok(Self {
+            report: create(args.output.as_deref(), "--output")?,
+            svg: create(args.plot.as_deref(), "--plot")?,
+            timeline: create(args.timeline.as_deref(), "--timeline")?,
+        })
+    }
+}
+
+/// Runs the session, with the live view under `--watch`; an error is printed
+/// and becomes the exit code.
+fn observe(args: &TraceArgs, thresholds: &Thresholds) -> Result<Outcome, i32> {
+    // The live view is dropped at the end of this block, so the terminal
+    // is back to normal before an error or the report is printed.
+    let result = if args.watch {
+        let mut watch = match crate::report::watch::Watch::new(*thresholds) {
+            Ok(w) => w,
+            Err(e) => return Err(fail(e, EXIT_USAGE)),
+        };
+        session::run_observed(args, Some(&mut watch))
+    } else {
+        session::run(args)
+    };
+    result.map_err(|e| fail(&e, e.exit_code()))
+}
+
+/// Draws the SVG; a picture that cannot be drawn is reported (false) and
+/// the report still follows.
+fn write_svg(outcome: &Outcome, mut file: Output) -> bool {
+    let path = file.path().to_path_buf();
+    let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            file.write_all(s.as_bytes())
+                .and_then(|()| file.commit())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = &drawn {
+        fail(
+            format!("writing the SVG to {}: {e}", path.display()),
+            EXIT_FAILURE,
+        );
+    }
+    drawn.is_ok()
+}
+
+/// Builds and writes the timeline; returns its summary for the report (a
+/// write error is reported, the report still follows).
+fn write_timeline(
+    outcome: &Outcome,
+    cap: &crate::report::timeline::Capture,
+    mut file: Output,
+) -> (TimelineJson, bool) {
+    let path = file.path().to_path_buf();
+    let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
+    let written = chrome.write(&mut file).and_then(|()| file.commit());
+    if let Err(e) = &written {
+        fail(
+            format!("writing the timeline to {}: {e}", path.display()),
+            EXIT_FAILURE,
+        );
+    }
+    let s = chrome.summary;
+    let json = TimelineJson {
+        file: path.display().to_string(),
+        events: s.events,
+        lost_events: s.lost_events,
+        ring_buffer_bytes: cap.ring_buffer_bytes,
+        migration_flows: s.migration_flows,
+        cpu_slices: s.cpu_slices,
+    };
+    (json, written.is_ok())
+}
+
+/// Creates an output file named by `flag` before anything runs, so that a
 /// bad path fails at once rather than after the trace.
 fn create(path: Option<&Path>, flag: &str) -> Result<Option<Output>, String> {
     let Some(path) = path else { return Ok(None) };
@@ -168,7 +209,7 @@ fn apply_and_verify(
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
-    actions::check(&args.root, outcome, &cpus, args.force)?;
+    let plan = actions::plan(&args.root, outcome, &cpus, args.force)?;
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
     actions::confirm(
@@ -179,7 +220,7 @@ fn apply_and_verify(
             outcome.trace.pids
         ),
     )?;
-    let mut applied = actions::apply_cpus(dir, outcome, &cpus)?;
+    let mut applied = actions::apply_cpus(dir, &plan)?;
     report.applied = Some(applied.clone());
     if !args.verify {
         return Ok(());

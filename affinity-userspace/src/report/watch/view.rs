@@ -380,7 +380,10 @@ mod tests {
         let sc = screen(&s, 110, 30);
         let row = line_with(&sc, "evil");
         assert!(row.contains("\\u{202e}evil\\x1b[2J"), "{row}");
-        assert!(!sc.iter().any(|l| l.contains('\u{202e}') || l.contains('\x1b')));
+        assert!(
+            !sc.iter()
+                .any(|l| l.contains('\u{202e}') || l.contains('\x1b'))
+        );
     }
 
     #[test]
