@@ -93,6 +93,11 @@ pub enum ActionError {
     /// The target of a revert is gone.
     #[error("pid {0} exited before the apply; nothing was changed")]
     Gone(u32),
+    /// Revert of a pid that names no process now.
+    #[error(
+        "no such process: {0}; nothing to revert (a process that exited took its CPU masks with it)"
+    )]
+    NoProcess(u32),
     /// The user said no.
     #[error("not applied (answered no)")]
     Declined,
@@ -129,9 +134,10 @@ impl ActionError {
     /// Exit code: 2 for input the user can fix before anything ran.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ActionError::Plan(_) | ActionError::NeedYes | ActionError::Gone(_) => {
-                crate::cli::EXIT_USAGE
-            }
+            ActionError::Plan(_)
+            | ActionError::NeedYes
+            | ActionError::Gone(_)
+            | ActionError::NoProcess(_) => crate::cli::EXIT_USAGE,
             ActionError::State(StateError::Missing(_)) => crate::cli::EXIT_USAGE,
             ActionError::Declined => crate::cli::EXIT_FAILURE,
             ActionError::Cancelled(sig) => crate::cli::cancel::exit_code(*sig),
@@ -225,8 +231,9 @@ pub fn apply_cpus(dir: &Path, plan: &Plan) -> Result<AppliedJson, ActionError> {
                     .cloned()
                     .unwrap_or_default(),
                 threads: threads.clone(),
+                boot_id: None,
             };
-            let f = state::save(dir, &st).map_err(|e| e.to_string())?;
+            let f = state::save_merged(dir, &st).map_err(|e| e.to_string())?;
             files.insert(pid, f.display().to_string());
         }
         Ok(())
@@ -246,7 +253,7 @@ pub fn apply_cpus(dir: &Path, plan: &Plan) -> Result<AppliedJson, ActionError> {
 /// Restores `pid` from its state file and deletes the file. Returns the
 /// number of threads restored.
 pub fn revert(root: &Root, dir: &Path, pid: u32) -> Result<usize, ActionError> {
-    let start = procs::start_time(root, pid).map_err(|_| ActionError::Gone(pid))?;
+    let start = procs::start_time(root, pid).map_err(|_| ActionError::NoProcess(pid))?;
     let st = state::load(dir, pid, start)?;
     let (n, failed) = apply::revert(&mut System, pid, &st.threads, &st.process_mask);
     if !failed.is_empty() {

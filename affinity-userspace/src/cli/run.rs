@@ -10,6 +10,7 @@ use crate::{
     analyze::verify::{self, Figures},
     apply::state::STATE_DIR,
     cli::actions::{self, ActionError},
+    cli::output::Output,
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     collect::session::{self, Outcome},
     host::Root,
@@ -55,11 +56,18 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Ok(o) => o,
         Err(code) => return code,
     };
-    if let Some((path, file)) = &mut files.svg {
-        write_svg(&outcome, path, file);
+    // An output that could not be written makes the exit non-zero; the
+    // report still follows.
+    let mut write_failed = false;
+    if let Some(file) = files.svg.take() {
+        write_failed |= !write_svg(&outcome, file);
     }
-    let timeline = match (&mut files.timeline, &outcome.timeline) {
-        (Some((path, file)), Some(cap)) => Some(write_timeline(&outcome, cap, path, file)),
+    let timeline = match (files.timeline.take(), &outcome.timeline) {
+        (Some(file), Some(cap)) => {
+            let (json, ok) = write_timeline(&outcome, cap, file);
+            write_failed |= !ok;
+            Some(json)
+        }
         _ => None,
     };
     let analysis = analyze(&outcome, &thresholds);
@@ -72,6 +80,9 @@ pub fn trace(args: &TraceArgs) -> i32 {
         ));
     report.timeline = timeline;
     let mut code = outcome.exit_status.unwrap_or(0);
+    if write_failed && code == 0 {
+        code = EXIT_FAILURE;
+    }
     if let Some(cancel) = &cancel {
         match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report, cancel) {
             Ok(()) => {}
@@ -82,31 +93,38 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",
     };
-    let out = &mut files.report;
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    let written = match files.report.take() {
+        Some(mut f) => f.write_all(text.as_bytes()).and_then(|()| f.commit()),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+        }
+    };
+    if let Err(e) = written {
         return fail(format!("writing the report: {e}"), EXIT_FAILURE);
     }
     code
 }
 
-/// The files a trace writes, all opened before anything runs.
-struct Outputs<'a> {
-    /// `--output`, or stdout.
-    report: Box<dyn std::io::Write>,
+/// The files a trace writes, all opened before anything runs. Nothing is
+/// truncated here: each regular file is written aside and renamed over its
+/// path only once complete (cli::output); dropped, it leaves the path as it
+/// was.
+struct Outputs {
+    /// `--output` (None: stdout).
+    report: Option<Output>,
     /// `--plot`.
-    svg: Option<(&'a Path, std::fs::File)>,
+    svg: Option<Output>,
     /// `--timeline`.
-    timeline: Option<(&'a Path, std::fs::File)>,
+    timeline: Option<Output>,
 }
 
-impl<'a> Outputs<'a> {
-    fn open(args: &'a TraceArgs) -> Result<Self, String> {
-        let report: Box<dyn std::io::Write> = match create(args.output.as_deref(), "--output")? {
-            Some((_, f)) => Box::new(f),
-            None => Box::new(std::io::stdout()),
-        };
+impl Outputs {
+    fn open(args: &TraceArgs) -> Result<Self, String> {
         Ok(Self {
-            report,
+            report: create(args.output.as_deref(), "--output")?,
             svg: create(args.plot.as_deref(), "--plot")?,
             timeline: create(args.timeline.as_deref(), "--timeline")?,
         })
@@ -130,18 +148,24 @@ fn observe(args: &TraceArgs, thresholds: &Thresholds) -> Result<Outcome, i32> {
     result.map_err(|e| fail(&e, e.exit_code()))
 }
 
-/// Draws the SVG; a picture that cannot be drawn is reported and the report
-/// still follows.
-fn write_svg(outcome: &Outcome, path: &Path, file: &mut std::fs::File) {
+/// Draws the SVG; a picture that cannot be drawn is reported (false) and
+/// the report still follows.
+fn write_svg(outcome: &Outcome, mut file: Output) -> bool {
+    let path = file.path().to_path_buf();
     let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
         .map_err(|e| e.to_string())
-        .and_then(|s| file.write_all(s.as_bytes()).map_err(|e| e.to_string()));
-    if let Err(e) = drawn {
+        .and_then(|s| {
+            file.write_all(s.as_bytes())
+                .and_then(|()| file.commit())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = &drawn {
         fail(
             format!("writing the SVG to {}: {e}", path.display()),
             EXIT_FAILURE,
         );
     }
+    drawn.is_ok()
 }
 
 /// Builds and writes the timeline; returns its summary for the report (a
@@ -149,41 +173,36 @@ fn write_svg(outcome: &Outcome, path: &Path, file: &mut std::fs::File) {
 fn write_timeline(
     outcome: &Outcome,
     cap: &crate::report::timeline::Capture,
-    path: &Path,
-    file: &mut std::fs::File,
-) -> TimelineJson {
+    mut file: Output,
+) -> (TimelineJson, bool) {
+    let path = file.path().to_path_buf();
     let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
-    if let Err(e) = chrome.write(file) {
+    let written = chrome.write(&mut file).and_then(|()| file.commit());
+    if let Err(e) = &written {
         fail(
             format!("writing the timeline to {}: {e}", path.display()),
             EXIT_FAILURE,
         );
     }
     let s = chrome.summary;
-    TimelineJson {
+    let json = TimelineJson {
         file: path.display().to_string(),
         events: s.events,
         lost_events: s.lost_events,
         ring_buffer_bytes: cap.ring_buffer_bytes,
         migration_flows: s.migration_flows,
         cpu_slices: s.cpu_slices,
-    }
+    };
+    (json, written.is_ok())
 }
 
 /// Creates an output file named by `flag` before anything runs, so that a
 /// bad path fails at once rather than after the trace.
-fn create<'a>(
-    path: Option<&'a Path>,
-    flag: &str,
-) -> Result<Option<(&'a Path, std::fs::File)>, String> {
+fn create(path: Option<&Path>, flag: &str) -> Result<Option<Output>, String> {
     let Some(path) = path else { return Ok(None) };
-    match std::fs::File::create(path) {
-        Ok(f) => Ok(Some((path, f))),
-        Err(e) => Err(format!(
-            "cannot write {}: {e}; choose a writable {flag} path",
-            path.display()
-        )),
-    }
+    crate::cli::output::open(path)
+        .map(Some)
+        .map_err(|e| format!("{e}; choose a writable {flag} path"))
 }
 
 fn analyze(outcome: &Outcome, thresholds: &Thresholds) -> Analysis {

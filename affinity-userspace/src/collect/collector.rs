@@ -220,6 +220,7 @@ impl Collector {
             if st.comm != acc.comm && st.comm[0] != 0 {
                 acc.comm = st.comm;
                 t.comm = procs::comm_str(&st.comm);
+                t.comm_bytes = procs::comm_hex(&st.comm);
             }
             // Per-CPU time: THREAD_CPU + cpu_acc + the running slice, set
             // afresh each interval (the values are cumulative); the map's

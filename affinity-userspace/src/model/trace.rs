@@ -136,8 +136,11 @@ pub struct ThreadTrace {
     pub tid: u32,
     /// Process (thread group) id.
     pub tgid: u32,
-    /// Thread name.
+    /// Thread name (U+FFFD where the kernel's bytes are not UTF-8).
     pub comm: String,
+    /// The name's raw bytes as hex, only when they are not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_bytes: Option<String>,
     /// On-CPU time in the window (ns).
     pub cpu_time_ns: u64,
     /// On-CPU time per CPU (ns), keyed by CPU number.

@@ -49,8 +49,11 @@ pub struct ThreadJson {
     pub tid: u32,
     /// Process id.
     pub tgid: u32,
-    /// Thread name.
+    /// Thread name (U+FFFD where the kernel's bytes are not UTF-8).
     pub comm: String,
+    /// The name's raw bytes as hex, only when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_bytes: Option<String>,
     /// On-CPU ns in the window.
     pub cpu_time_ns: u64,
     /// On-CPU share of one CPU over the window, in percent.
@@ -246,6 +249,7 @@ fn thread_json(t: &ThreadTrace, wall_ns: u64) -> ThreadJson {
         tid: t.tid,
         tgid: t.tgid,
         comm: t.comm.clone(),
+        comm_bytes: t.comm_bytes.clone(),
         cpu_time_ns: t.cpu_time_ns,
         on_cpu_pct: pct(t.cpu_time_ns, wall_ns),
         per_cpu_ns: keyed(&t.per_cpu_ns),
@@ -432,7 +436,7 @@ impl Report {
                 s,
                 "{:>8} {:<16} {:>6.1}% {:<22} {:>6} {:>17} {:>7} {:>7} {:>9} {:>9}{}",
                 t.tid,
-                truncate(&t.comm, 16),
+                crate::report::escape::text(&truncate(&t.comm, 16)),
                 t.on_cpu_pct,
                 truncate(&per_cpu, 22),
                 t.migrations,
@@ -494,7 +498,10 @@ impl Report {
             .threads
             .iter()
             .filter(|t| t.classification.class != c.process.class)
-            .map(|t| format!("{} {}: {}", t.tid, t.comm, t.classification.class))
+            .map(|t| {
+                let comm = crate::report::escape::text(&t.comm);
+                format!("{} {comm}: {}", t.tid, t.classification.class)
+            })
             .collect();
         if !mixed.is_empty() {
             let _ = writeln!(s, "threads of another class: {}", mixed.join(", "));

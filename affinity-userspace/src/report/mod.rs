@@ -4,6 +4,7 @@
 //! in, bytes out; the CLI decides where they go.
 
 pub mod document;
+pub mod escape;
 pub mod plot;
 pub mod series;
 pub mod timeline;

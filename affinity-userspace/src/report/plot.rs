@@ -146,7 +146,8 @@ fn rows(trace: &Trace) -> (Vec<&ThreadTrace>, usize) {
 
 fn row_label(t: &ThreadTrace) -> String {
     let exited = if t.exited { " (exited)" } else { "" };
-    format!("{} {}{exited}", t.tid, t.comm)
+    // Control characters are not allowed in XML, even as references.
+    format!("{} {}{exited}", t.tid, crate::report::escape::text(&t.comm))
 }
 
 /// "pid 4242", "pids 1, 2, 3, 4 and 2 more", plus a `--tid` selection.

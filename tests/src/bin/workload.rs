@@ -31,6 +31,9 @@
 //! - `yield N MS`: N threads named `yield-<i>`, all pinned to CPU 0, call
 //!   sched_yield() for MS ms of wall time: a context switch between them
 //!   every few microseconds, a storm of events.
+//! - `named HEX MS`: the main thread names itself with the raw bytes HEX
+//!   (prctl PR_SET_NAME: any bytes, not only UTF-8), prints `ready`, then
+//!   spins MS ms of wall time: a target with a hostile or non-UTF-8 name.
 
 use std::{
     io::BufRead as _,
@@ -296,6 +299,23 @@ fn main() {
                 .collect();
             for h in hs {
                 h.join().expect("join");
+            }
+        }
+        Some("named") => {
+            let hex = args.get(1).map(String::as_str).unwrap_or("");
+            let mut name: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex name"))
+                .collect();
+            name.push(0);
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel
+            // keeps the first 15 bytes).
+            let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+            assert_eq!(rc, 0, "prctl(PR_SET_NAME)");
+            let ms = arg(&args, 2);
+            println!("ready");
+            let until = Instant::now() + Duration::from_millis(ms);
+            while Instant::now() < until {
+                std::hint::spin_loop();
             }
         }
         _ => {

@@ -230,7 +230,7 @@ fn thread_row(r: &ThreadRow) -> Row<'static> {
     };
     let row = Row::new(vec![
         right(r.tid.to_string()),
-        Cell::from(r.comm.clone()),
+        Cell::from(crate::report::escape::text(&r.comm).into_owned()),
         right(r.cpu_now.map_or_else(|| "-".to_string(), |c| c.to_string())),
         right(format!("{:.1}%", r.on_cpu_pct)),
         right(migr),
@@ -371,6 +371,20 @@ mod tests {
         assert!(header.contains("ON-CPU▼"), "{header}");
         assert!(line_with(&sc, "affin-trace --watch").contains("pid 100"));
         assert!(line_with(&sc, "quit").contains("sorted by on-CPU"));
+    }
+
+    #[test]
+    fn a_hostile_name_is_shown_escaped() {
+        let mut s = state();
+        s.rows[0].comm = "\u{202e}evil\x1b[2J".into();
+        let sc = screen(&s, 110, 30);
+        // The column is 16 wide: the escaped name is cut there.
+        let row = line_with(&sc, "evil");
+        assert!(row.contains("\\u{202e}evil\\x1b"), "{row}");
+        assert!(
+            !sc.iter()
+                .any(|l| l.contains('\u{202e}') || l.contains('\x1b'))
+        );
     }
 
     #[test]
