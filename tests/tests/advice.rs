@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use affinity::host::cgroup::TestCgroup;
+use affinity_tests::cgroup::TestCgroup;
 use affinity_tests::*;
 
 /// Cpus_allowed_list of every thread of `pid`, by tid.
