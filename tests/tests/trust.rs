@@ -163,7 +163,8 @@ fn outputs_never_follow_a_link_planted_by_another_user() {
     let victim = scratch("victim");
     std::fs::write(&victim, "precious").unwrap();
     for flag in ["--output", "--plot", "--timeline"] {
-        let link = in_tmp(&format!("link{flag}"));
+        // .svg: --plot refuses other names before it looks at the path.
+        let link = in_tmp(&format!("link{flag}.svg"));
         let _ = std::fs::remove_file(&link);
         as_nobody(&["ln", "-s", victim.to_str().unwrap(), &link]);
         let o = affin(&["-p", &pid, "-d", "0.3", flag, &link]);

@@ -297,7 +297,11 @@ fn parse_id(s: &str, what: &str, by_name: &str) -> Result<u32, String> {
 /// holding SVG opens nowhere.
 pub fn parse_svg_path(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
+    // A device or FIFO (/dev/stdout, a pipe) has no name to fix: it is
+    // written in place (cli::output), so only files are held to .svg.
+    let special = std::fs::metadata(&p).is_ok_and(|m| !m.is_file() && !m.is_dir());
     match p.extension().and_then(|e| e.to_str()) {
+        _ if special => Ok(p),
         Some(e) if e.eq_ignore_ascii_case("svg") => Ok(p),
         _ => Err(format!(
             "--plot writes SVG: name the file with .svg (e.g. {})",

@@ -65,7 +65,9 @@ mod tests {
 
     #[test]
     fn a_device_a_fifo_and_a_huge_file_are_refused_at_once() {
-        let e = load_config(std::path::Path::new("/dev/zero")).unwrap_err().to_string();
+        let e = load_config(std::path::Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo.toml");
