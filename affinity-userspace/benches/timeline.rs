@@ -45,10 +45,14 @@ fn capture() -> Capture {
         events.push(event(ts, EV_WAKEUP, cpu, tid, 0, 0, 0));
         let i = (tid - 1000) as usize;
         sum[i] += 8_000;
-        let flags = if step % 2 == 0 { EVF_PREEMPTED } else { 0 };
+        let flags = if step.is_multiple_of(2) {
+            EVF_PREEMPTED
+        } else {
+            0
+        };
         events.push(event(ts + 1_000, EV_SWITCH, cpu, prev, tid, flags, sum[i]));
         on_cpu[cpu as usize] = tid;
-        if step % 16 == 0 {
+        if step.is_multiple_of(16) {
             let to = (cpu + 1) % CPUS;
             events.push(event(ts + 2_000, EV_MIGRATE, cpu, tid, to, 0, 0));
         }

@@ -57,7 +57,7 @@ fn a_pinned_hog_next_to_a_spinner_is_named_and_the_target_is_not_shrunk() {
         "split {running} + {runnable} + {sleeping} = {sum} vs lifetime {life}"
     );
     // It spun 1.5 s of CPU; the hog held CPU 1 for about as long.
-    assert!(running >= 1500 * MS && running < 1600 * MS, "{split:#}");
+    assert!((1500 * MS..1600 * MS).contains(&running), "{split:#}");
     assert!(hog_ns > 1000 * MS, "the hog barely ran: {hog_ns}");
     // Every wait is a CPU held by someone else: mostly the hog, plus what
     // other processes on this shared machine ran on CPU 1 meanwhile.
@@ -72,7 +72,7 @@ fn a_pinned_hog_next_to_a_spinner_is_named_and_the_target_is_not_shrunk() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|n| n["tgid"].to_string() == hog_pid)
+        .find(|n| n["tgid"].as_u64() == hog_pid.parse().ok())
         .unwrap_or_else(|| panic!("the hog is not among the neighbours: {c:#}"));
     assert_eq!(hog["comm"], "workload", "{c:#}");
     assert!(hog["cgroup"].as_str().unwrap().starts_with('/'), "{c:#}");
@@ -88,7 +88,7 @@ fn a_pinned_hog_next_to_a_spinner_is_named_and_the_target_is_not_shrunk() {
     );
     let finding = c["finding"].as_str().expect("a finding");
     assert!(finding.contains("waited"), "{finding}");
-    if c["neighbours"][0]["tgid"].to_string() == hog_pid {
+    if c["neighbours"][0]["tgid"].as_u64() == hog_pid.parse().ok() {
         assert!(
             finding.contains(&format!("workload pid {hog_pid}")),
             "{finding}"
