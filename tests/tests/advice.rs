@@ -4,7 +4,6 @@
 //! refused before tracing. Root only; one at a time.
 
 use std::{
-    collections::BTreeMap,
     io::BufRead as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -13,24 +12,6 @@ use std::{
 
 use affinity_tests::cgroup::TestCgroup;
 use affinity_tests::*;
-
-/// Cpus_allowed_list of every thread of `pid`, by tid.
-fn masks(pid: u32) -> BTreeMap<u32, String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            let list = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
-                .trim()
-                .to_string();
-            Some((tid, list))
-        })
-        .collect()
-}
 
 /// `workload idle N 20000` started as `exe`, once its threads run.
 fn idle_as(exe: &Path, n: u32) -> Child {
