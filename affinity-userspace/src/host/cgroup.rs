@@ -517,7 +517,7 @@ fn throttled(kv: &[(String, u64)]) -> Option<u64> {
 }
 
 /// Parses a `cpu.pressure` file.
-fn parse_pressure(path: &Path, text: &str) -> Result<Pressure, CgroupError> {
+pub(crate) fn parse_pressure(path: &Path, text: &str) -> Result<Pressure, CgroupError> {
     let what = "\"some avg10=.. avg60=.. avg300=.. total=..\" lines";
     let mut p = Pressure::default();
     let mut saw_some = false;
@@ -602,6 +602,12 @@ pub fn read_stat(limit: &CgroupLimit) -> Result<CpuStat, CgroupError> {
         None => None,
     };
     Ok(stat)
+}
+
+/// A PSI file's counters; `None` where the kernel has none (CONFIG_PSI
+/// off, `psi=0`, a v1 cgroup) or the file does not parse.
+pub fn read_pressure(path: &Path) -> Option<Pressure> {
+    parse_pressure(path, &std::fs::read_to_string(path).ok()?).ok()
 }
 
 /// Where a cgroup with a CPU quota can be created: the top of the v1 cpu

@@ -16,42 +16,16 @@ use crate::model::PressureDelta;
 /// The machine's CPU pressure file.
 pub const HOST_CPU_PRESSURE: &str = "/proc/pressure/cpu";
 
-/// Cumulative stall totals of one `cpu.pressure` file (µs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pressure {
-    /// `some ... total=`.
-    pub some_us: u64,
-    /// `full ... total=` (absent on kernels before 5.13 for cpu).
-    pub full_us: Option<u64>,
-}
-
-/// Parses a PSI file: lines "some avg10=0.00 avg60=0.00 avg300=0.00
-/// total=123" and "full ...". `None` without a "some" line.
-pub fn parse_pressure(text: &str) -> Option<Pressure> {
-    let total = |kind: &str| -> Option<u64> {
-        let line = text.lines().find(|l| l.starts_with(kind))?;
-        line.split_whitespace()
-            .find_map(|t| t.strip_prefix("total="))?
-            .parse()
-            .ok()
-    };
-    Some(Pressure {
-        some_us: total("some ")?,
-        full_us: total("full "),
-    })
-}
-
-/// Reads a PSI file; `None` where the kernel has none (CONFIG_PSI off,
-/// `psi=0`, a v1 cgroup).
-pub fn read_pressure(path: &Path) -> Option<Pressure> {
-    parse_pressure(&std::fs::read_to_string(path).ok()?)
-}
+// PSI is parsed where the throttling reads it too (host::cgroup): one
+// parser, one `Pressure`.
+pub use crate::host::cgroup::read_pressure;
+pub use crate::model::cgroup::Pressure;
 
 /// Growth between two reads.
 pub fn pressure_delta(before: &Pressure, after: &Pressure) -> PressureDelta {
     PressureDelta {
-        some_us: after.some_us.saturating_sub(before.some_us),
-        full_us: match (before.full_us, after.full_us) {
+        some_us: after.some_total_us.saturating_sub(before.some_total_us),
+        full_us: match (before.full_total_us, after.full_total_us) {
             (Some(b), Some(a)) => Some(a.saturating_sub(b)),
             _ => None,
         },
@@ -150,15 +124,17 @@ mod tests {
 
     #[test]
     fn pressure_totals_and_deltas() {
+        let parse_pressure =
+            |text: &str| crate::host::cgroup::parse_pressure(Path::new("cpu.pressure"), text).ok();
         let a = parse_pressure(
             "some avg10=1.00 avg60=0.50 avg300=0.10 total=1000\n\
              full avg10=0.00 avg60=0.00 avg300=0.00 total=200\n",
         )
         .unwrap();
-        assert_eq!(a.some_us, 1000);
-        assert_eq!(a.full_us, Some(200));
+        assert_eq!(a.some_total_us, 1000);
+        assert_eq!(a.full_total_us, Some(200));
         let b = parse_pressure("some avg10=9 avg60=9 avg300=9 total=8001000\n").unwrap();
-        assert_eq!(b.full_us, None);
+        assert_eq!(b.full_total_us, None);
         let d = pressure_delta(&a, &b);
         assert_eq!(d.some_us, 8_000_000);
         assert_eq!(d.full_us, None);
