@@ -639,6 +639,13 @@ pub fn cpu_hierarchy(root: &Root) -> Result<(CgroupVersion, PathBuf), CgroupErro
 mod tests {
     use super::*;
 
+    /// Writes `text` at `root/rel`, making the directories on the way.
+    fn put(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+
     fn fixture(name: &str) -> Root {
         Root::new(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -716,11 +723,7 @@ mod tests {
     fn a_cgroup_as_the_report_prints_it_is_found_under_the_cpu_mount() {
         let t = tempfile::tempdir().expect("tempdir");
         let r = t.path();
-        let w = |rel: &str, text: &str| {
-            let p = r.join(rel);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            std::fs::write(p, text).expect("write");
-        };
+        let w = |rel: &str, text: &str| put(r, rel, text);
         w(
             "proc/self/mountinfo",
             "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
@@ -780,11 +783,7 @@ mod tests {
         // Hybrid with no v1 cpu hierarchy: the v2 tree has no cpu controller.
         let t = tempfile::tempdir().expect("tempdir");
         let r = t.path();
-        let w = |rel: &str, text: &str| {
-            let p = r.join(rel);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            std::fs::write(p, text).expect("write");
-        };
+        let w = |rel: &str, text: &str| put(r, rel, text);
         w("proc/4242/cgroup", "3:memory:/svc\n0::/svc\n");
         w(
             "proc/self/mountinfo",
