@@ -7,7 +7,7 @@
 
 use crate::util::{cargo, workspace_root};
 use anyhow::{Context as _, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -15,6 +15,7 @@ use std::time::SystemTime;
 pub const COMMAND: &str = "cargo bench -p affinity-userspace --benches";
 
 /// One bench's figures (ns per iteration).
+#[derive(Serialize, Deserialize)]
 pub struct Figure {
     /// `group/bench`.
     pub name: String,

@@ -2,7 +2,7 @@
 //! JSON report, bpftool) and the small statistics the report uses.
 
 use anyhow::{Context as _, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 
@@ -81,7 +81,7 @@ pub fn min_max(v: &[f64]) -> (f64, f64) {
 }
 
 /// What the bench reads from an affin-trace JSON report.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TraceReport {
     pub pids: Vec<u64>,
     pub attach_mode: String,
@@ -119,7 +119,7 @@ pub fn read_report(path: &Path) -> Result<TraceReport> {
 }
 
 /// One program as `bpftool prog show --json` lists it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Prog {
     pub id: u64,
     #[serde(default)]
@@ -134,7 +134,7 @@ pub struct Prog {
 }
 
 /// One map as `bpftool map show --json` lists it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MapInfo {
     pub id: u64,
     #[serde(default = "unknown")]

@@ -3,7 +3,7 @@
 //! figures, and none may stay loaded after the bench.
 
 use super::parse::{MapInfo, Prog, is_ours, parse_maps, parse_progs};
-use super::sys::check_interrupted;
+use super::process::check_interrupted;
 use anyhow::{Context as _, Result, bail};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -10,10 +10,13 @@ use super::threads::ThreadsRun;
 use super::{Ctx, Phase, T_ADDED_RATIO};
 use crate::util::{which, workspace_root};
 use anyhow::{Context as _, Result};
+use procfs::Current as _;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Where and with what the bench ran.
+#[derive(Serialize, Deserialize)]
 pub struct Env {
     pub date: String,
     pub kernel: String,
@@ -28,7 +31,7 @@ pub struct Env {
 }
 
 /// Everything measured, filled phase by phase.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Results {
     /// The phases run (all, or those given to --only).
     pub phases: Vec<Phase>,
@@ -225,20 +228,11 @@ pub fn environment(ctx: &Ctx) -> Env {
         Some(c) => c,
         None => "?".into(),
     };
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+    let cpu_model = procfs::CpuInfo::current()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
+        .and_then(|c| c.model_name(0).map(str::to_string))
         .unwrap_or_else(|| "?".into());
-    let mut command = String::from("cargo xtask");
-    for a in std::env::args().skip(1) {
-        command.push(' ');
-        command.push_str(&a);
-    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
     Env {
         date: first_line_of(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
         kernel: read_trim("/proc/sys/kernel/osrelease"),
@@ -252,7 +246,7 @@ pub fn environment(ctx: &Ctx) -> Env {
             .as_ref()
             .map_or_else(|| "absent".into(), |b| first_line_of(b, &["--version"])),
         bpftool: first_line_of(&ctx.bpftool.argv[ctx.bpftool.argv.len() - 1], &["version"]),
-        command,
+        command: format!("cargo xtask {}", args.join(" ")),
     }
 }
 
@@ -261,25 +255,21 @@ pub fn find_bpftrace() -> Result<PathBuf, String> {
     if let Some(b) = which("bpftrace") {
         return Ok(b);
     }
-    let Some(apt) = which("apt-get") else {
-        return Err("bpftrace is not installed and there is no apt-get to install it".into());
-    };
-    println!("bench: bpftrace is missing: apt-get install -y bpftrace ...");
-    let status = Command::new(apt)
-        .args(["install", "-y", "bpftrace"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .status();
-    match status {
-        Ok(s) if s.success() => which("bpftrace")
-            .ok_or_else(|| "apt-get installed bpftrace but it is not on PATH".into()),
-        Ok(s) => Err(format!("`apt-get install -y bpftrace` failed ({s})")),
-        Err(e) => Err(format!("could not run apt-get: {e}")),
-    }
+    println!("bench: bpftrace is missing: apt-get install bpftrace ...");
+    crate::setup::apt_install(&["bpftrace"]).map_err(|e| format!("{e:#}"))?;
+    which("bpftrace").ok_or_else(|| "apt-get installed bpftrace but it is not on PATH".into())
 }
 
 pub fn tool(name: &str, package: &str) -> Result<PathBuf> {
     which(name).with_context(|| {
         format!("{name} is not installed: `apt-get install {package}` (or `cargo xtask setup`)")
     })
+}
+
+/// A run as saved next to its report, so that it can be rendered again.
+#[derive(Serialize, Deserialize)]
+pub struct Run {
+    pub env: Env,
+    pub took_s: f64,
+    pub results: Results,
 }
