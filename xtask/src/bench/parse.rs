@@ -152,14 +152,6 @@ fn unknown() -> String {
     "?".into()
 }
 
-pub fn parse_maps(text: &str) -> Result<Vec<MapInfo>> {
-    serde_json::from_str(text).context("bpftool: expected a JSON array of maps")
-}
-
-pub fn parse_progs(text: &str) -> Result<Vec<Prog>> {
-    serde_json::from_str(text).context("bpftool: expected a JSON array of programs")
-}
-
 pub fn is_ours(name: &str) -> bool {
     OUR_PREFIXES.iter().any(|p| name.starts_with(p))
 }
@@ -170,7 +162,7 @@ mod tests {
 
     #[test]
     fn bpftool_programs() {
-        let p = parse_progs(
+        let p: Vec<Prog> = serde_json::from_str(
             r#"[{"id":7,"type":"tracing","name":"btf_sched_switch","run_time_ns":900,"run_cnt":10,"map_ids":[3,4]},
                 {"id":8,"name":"other"}]"#,
         )
@@ -180,7 +172,7 @@ mod tests {
         assert!(is_ours(&p[0].name) && !is_ours(&p[1].name));
         assert_eq!(p[1].run_cnt, None);
         assert_eq!(p[0].map_ids, vec![3, 4]);
-        let m = parse_maps(
+        let m: Vec<MapInfo> = serde_json::from_str(
             r#"[{"id":3,"type":"array","name":"SLOTS","max_entries":16384,"bytes_memlock":135168}]"#,
         )
         .unwrap();

@@ -4,12 +4,13 @@
 
 use super::parse::{MapInfo, Prog, TraceReport, parse_usecs_per_op, read_report};
 use super::process::{Proc, Sysctl, interrupted, maxrss_kib};
-use super::programs::{StatsPoller, foreign_programs, programs_of, wait_no_foreign};
+use super::programs::{foreign_programs, poll_stats, programs_of, wait_no_foreign};
 use super::results::{Results, check};
 use super::{ATTACH_TIMEOUT, Ctx, RUN_TIMEOUT};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `affinity::kernel::probe::FLOOR_CLOCK_ENV` (xtask does not link the library).
 const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
@@ -126,11 +127,15 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
             let mut args = vec!["--".to_string()];
             args.extend(ctx.pipe_cmd(ctx.loops));
             let mut t = ctx.tracer("affin-trace -- perf bench", &out, args, &[])?;
-            let poller = stats.then(|| StatsPoller::start(&ctx.bpftool, t.pid()));
-            let result = t.wait_ok(RUN_TIMEOUT);
-            if let Some(p) = poller {
-                s.progs = p.finish();
-            }
+            // With the stats: read them while it runs (its programs go with it).
+            let (stop, pid) = (AtomicBool::new(!stats), t.pid());
+            let result = std::thread::scope(|scope| {
+                let poller = scope.spawn(|| poll_stats(&ctx.bpftool, pid, &stop));
+                let result = t.wait_ok(RUN_TIMEOUT);
+                stop.store(true, Ordering::SeqCst);
+                s.progs = poller.join().unwrap_or_default();
+                result
+            });
             // Ours are gone with the tracer: any held now are someone else's.
             s.foreign = foreign_programs(&ctx.bpftool, None)?;
             result?;
