@@ -48,7 +48,7 @@ mod startup;
 mod threads;
 
 use crate::binary;
-use crate::util::{is_root, release_bin, workspace_root};
+use crate::util::{is_root, release_bin, words, workspace_root};
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum as _;
 use serde::{Deserialize, Serialize};
@@ -150,11 +150,6 @@ impl Ctx {
         all.extend(args);
         Proc::spawn(name, &self.bin, &all, env)
     }
-}
-
-/// Whitespace-separated words as arguments.
-fn words(s: &str) -> Vec<String> {
-    s.split_whitespace().map(String::from).collect()
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -7,6 +7,7 @@ use super::process::{Proc, Sysctl, interrupted, maxrss_kib};
 use super::programs::{foreign_programs, poll_stats, programs_of, wait_no_foreign};
 use super::results::{Results, check};
 use super::{ATTACH_TIMEOUT, Ctx, RUN_TIMEOUT};
+use crate::util::words;
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -101,7 +102,7 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
                 t.wait_line(true, "floor attached", ATTACH_TIMEOUT)?;
                 t
             } else {
-                let args = super::words(&format!("--pid {} --duration 600", ctx.unrelated));
+                let args = words(&format!("--pid {} --duration 600", ctx.unrelated));
                 let mut t = ctx.tracer("affin-trace --pid <sleep>", &out, args, &[])?;
                 t.wait_line(true, "tracing at", ATTACH_TIMEOUT)?;
                 t
@@ -303,7 +304,7 @@ fn phase1_checks(r: &mut Results, unrelated: u32) {
 
 /// `perf stat -e context-switches` of one bench run: switches per op.
 fn perf_stat_switches(ctx: &Ctx) -> Result<f64> {
-    let mut args = super::words("stat -x , -e context-switches --");
+    let mut args = words("stat -x , -e context-switches --");
     args.extend(ctx.pipe_cmd(ctx.loops));
     let mut p = Proc::spawn("perf stat", &ctx.perf, &args, &[])?;
     p.wait_ok(RUN_TIMEOUT)?;

@@ -3,7 +3,8 @@
 
 use super::parse::{median, min_max, verbose_ms};
 use super::process::maxrss_kib;
-use super::{ATTACH_TIMEOUT, Ctx, RUN_TIMEOUT, words};
+use super::{ATTACH_TIMEOUT, Ctx, RUN_TIMEOUT};
+use crate::util::words;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 

@@ -3,9 +3,10 @@
 //! (`wait4` rusage, /proc/<pid>/stat and status samples), what it saw, and
 //! its per-interval map read time.
 
+use super::Ctx;
 use super::parse::{TraceReport, read_report, read_times, verbose_ms};
 use super::process::{Proc, Sysctl, check_interrupted, maxrss_kib};
-use super::{Ctx, words};
+use crate::util::words;
 use anyhow::{Context as _, Result, bail};
 use procfs::Current as _;
 use procfs::{LoadAverage, process::Process};
