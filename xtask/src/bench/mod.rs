@@ -1,41 +1,25 @@
 //! `cargo xtask bench` (issue #6): affin-trace's overhead, start-up time and
-//! scale, measured on this machine and written to BENCHMARKS.md.
-//!
-//! Phases (all as root; about 3 minutes), each selectable with `--only`:
-//! 1. `pipe`: `taskset -c 0 perf bench sched pipe -T -l LOOPS` under five
-//!    configurations, interleaved (a b c d e a b c d e ..., 15 rounds by
-//!    default), median and min-max of each: (a) nothing attached, (b)
-//!    `affin-trace bench-floor` (an empty tp_btf program), (c) affin-trace
-//!    tracing an unrelated `sleep`, (d) affin-trace tracing the benchmark
-//!    itself, (e) an equivalent bpftrace script (skipped, with the reason,
-//!    without bpftrace). LOOPS is calibrated so that one run takes ~1 s.
-//! 2. (with `pipe`) Added cost per context switch, with switches per op
-//!    measured by (d)'s report (and cross-checked with `perf stat -e
-//!    context-switches`).
-//! 3. `bpf-stats`: per-program run time from `kernel.bpf_stats_enabled`, in
-//!    separate runs of (b), (c) and (d) so that the stats do not distort
-//!    phase 1.
-//! 4. `startup`: one cold run (offsets cache deleted), then 10 warm runs.
-//! 5. `threads`: affin-trace's own CPU time, peak RSS and per-interval map
-//!    read time while tracing 1,000 threads.
-//! 6. `scale`: 10,000 threads for 5 s: dropped events, threads seen, map
-//!    read time.
-//! 7. `criterion`: the criterion benches of the pure hot paths
-//!    (affinity-userspace/benches/, no root needed on their own), their
-//!    figures read back into the same report.
+//! scale, measured on this machine and written to BENCHMARKS.md, whose
+//! text (templates/BENCHMARKS.md.j2) says what each phase does. The phases
+//! ([`Phase`], all as root, about 3 minutes; `--only` picks some):
+//! `perf bench sched pipe` on CPU 0 under (a) nothing, (b) `affin-trace
+//! bench-floor`, (c) affin-trace tracing an unrelated `sleep`, (d)
+//! affin-trace tracing the benchmark, (e) bpftrace (skipped, with the
+//! reason, without it), interleaved over rounds, loops calibrated to ~1 s a
+//! run; bpf_stats in separate runs of (b)-(d); start-up cold then warm;
+//! 1,000 and 10,000 traced threads (`bench-threads`, hidden, is their
+//! workload); the criterion benches of affinity-userspace/benches/.
 //!
 //! The run holds the root tests' machine-wide lock, so that neither
 //! distorts the other. Every path stops the processes it started, restores
 //! the sysctls it changed, and the end checks that no affin-trace program
 //! stays loaded. What a run gathered is saved in target/bench-run.json;
 //! `--render` writes the report from it again (no root, nothing measured).
-//! `bench-threads N SECS [PERIOD_MS]` (hidden) is the workload of 5 and 6.
 //!
-//! Files by role: `process` (child processes, sysctls, signals),
-//! `parse` (reading the tools' output), `programs` (which BPF programs are
-//! loaded and by whom), `pipe`, `startup`, `threads` and `criterion` (the
-//! phases), `results` (what a run gathered), `render` (BENCHMARKS.md, from
-//! xtask/templates/BENCHMARKS.md.in).
+//! Files by role: `process` (children, sysctls, signals), `parse` (the
+//! tools' output), `programs` (which BPF programs are loaded, by whom),
+//! `pipe`, `startup`, `threads`, `criterion` (the phases), `results` (what a
+//! run gathered), `render` (the figures the template shows).
 
 mod criterion;
 mod parse;
