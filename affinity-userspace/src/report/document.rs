@@ -154,6 +154,8 @@ pub struct Report {
     pub threads: Vec<ThreadJson>,
     /// Events the kernel side could not record.
     pub dropped_events: u64,
+    /// Rare conditions the kernel side logged (`--verbose` prints each).
+    pub kernel_warnings: u64,
     /// The event timeline, with `--timeline`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<TimelineJson>,
@@ -253,6 +255,7 @@ impl Report {
                 .map(|t| thread_json(t, wall))
                 .collect(),
             dropped_events: trace.dropped_events,
+            kernel_warnings: trace.kernel_warnings,
             timeline: None,
             command_exit_status: exit_status,
             topology: None,
@@ -455,6 +458,13 @@ impl Report {
                 self.dropped_events
             );
         }
+        if self.kernel_warnings > 0 {
+            let _ = writeln!(
+                s,
+                "warning: the kernel side logged {} warning(s) (a full thread table, an unreadable task or a switch-in without its switch-out): run with --verbose to see them",
+                self.kernel_warnings
+            );
+        }
         s
     }
 }
@@ -600,6 +610,24 @@ mod tests {
             Report::new(&t, &[], None)
                 .to_text()
                 .contains("7 events were not recorded")
+        );
+    }
+
+    #[test]
+    fn kernel_warnings_are_counted_in_the_json_and_told_in_the_text() {
+        let mut t = trace();
+        let quiet = Report::new(&t, &[], None);
+        let v: serde_json::Value = serde_json::from_str(&quiet.to_json()).unwrap();
+        assert_eq!(v["kernel_warnings"], 0);
+        assert!(!quiet.to_text().contains("logged"));
+        t.kernel_warnings = 2;
+        let r = Report::new(&t, &[], None);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["kernel_warnings"], 2);
+        assert!(
+            r.to_text().contains("logged 2 warning(s)"),
+            "{}",
+            r.to_text()
         );
     }
 
