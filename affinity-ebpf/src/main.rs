@@ -285,6 +285,26 @@ fn drop_event(kind: u32) -> u64 {
 // per-event paths are unchanged: the records go to aya-log's `AYA_LOGS`
 // ring, which userspace drains when it is readable. aya-log-ebpf 0.2 does
 // not use the context argument; `&()` stands for it where none is at hand.
+// Each record is a few hundred instructions (aya-log writes its header's
+// module and file names field by field), so each message is one short
+// function, not inlined: one copy per program, called from the cold branch
+// (a BPF-to-BPF call), and as few fields as will say it; userspace adds
+// the explanation (affinity-userspace kernel/log.rs).
+
+#[inline(never)]
+fn warn_threads_full(tid: u32) {
+    warn!(&(), "threads full: tid {}", tid);
+}
+
+#[inline(never)]
+fn warn_read_failed() {
+    warn!(&(), "task read failed");
+}
+
+#[inline(never)]
+fn warn_unmatched_switch_in(tid: u32) {
+    warn!(&(), "no switch-out: tid {}", tid);
+}
 
 /// Whether `tgid` is traced. The idle tasks (pid and tgid 0) never are:
 /// userspace does not mark 0.
@@ -380,7 +400,7 @@ impl Access for Raw {
             }
             Err(_) => {
                 if drop_event(DROP_READ_FAILED) == 1 {
-                    warn!(&(), "reading a task_struct failed: its events are dropped");
+                    warn_read_failed();
                 }
                 None
             }
@@ -484,10 +504,7 @@ fn create<A: Access>(task: *const u8, tid: u32, tgid: u32, base: u64) -> Option<
     };
     let Some(st) = STATS.get_ptr_mut(slot) else {
         if drop_event(DROP_THREADS_FULL) == 1 {
-            warn!(
-                &(),
-                "thread table full at tid {}: its events are dropped (raise --max-threads)", tid
-            );
+            warn_threads_full(tid);
         }
         return None;
     };
@@ -700,10 +717,7 @@ fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
     if was != 0 {
         // A target thread was still marked on this CPU: its switch-out was
         // not seen (its task read failed), so its slice is uncounted.
-        warn!(
-            &(),
-            "tid {} switched in on CPU {} while tid {} had not switched out", tid, cpu, was
-        );
+        warn_unmatched_switch_in(was);
     }
     let st = if have_run_delay() {
         // No entry yet: it gets one where it first needs one (threads that

@@ -35,7 +35,7 @@ impl QuotaWatch {
         let before = cgroup::read_stat(&limit).ok();
         Some(QuotaWatch {
             limit,
-            prev: before.clone(),
+            prev: before,
             before,
             mono_prev: mono_now,
             window: None,

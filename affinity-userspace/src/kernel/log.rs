@@ -29,11 +29,32 @@ impl log::Log for Forward {
     fn log(&self, record: &log::Record<'_>) {
         self.count.fetch_add(1, Ordering::Relaxed);
         if self.to_stderr {
-            eprintln!("affin-trace: kernel {}: {}", record.level(), record.args());
+            eprintln!(
+                "affin-trace: kernel {}: {}",
+                record.level(),
+                explain(&record.args().to_string())
+            );
         }
     }
 
     fn flush(&self) {}
+}
+
+/// A record's text with what it means: the programs keep theirs short
+/// (each field of a record costs instructions in every program using it).
+fn explain(msg: &str) -> String {
+    let tid = |prefix: &str| msg.strip_prefix(prefix).map(str::to_owned);
+    if let Some(t) = tid("threads full: tid ") {
+        format!(
+            "the thread table is full at tid {t}: threads past it are counted as dropped events; raise --max-threads"
+        )
+    } else if msg == "task read failed" {
+        "reading a task_struct failed: that task's events are counted as dropped".into()
+    } else if let Some(t) = tid("no switch-out: tid ") {
+        format!("tid {t} left its CPU unseen: its last slice is not counted")
+    } else {
+        msg.into()
+    }
 }
 
 /// The reader of the programs' log ring.
@@ -76,5 +97,24 @@ impl KernelLog {
     /// Records read so far.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kernel_message_is_explained_and_others_pass_through() {
+        assert_eq!(
+            explain("threads full: tid 4242"),
+            "the thread table is full at tid 4242: threads past it are counted as dropped events; raise --max-threads"
+        );
+        assert!(explain("task read failed").starts_with("reading a task_struct failed"));
+        assert_eq!(
+            explain("no switch-out: tid 7"),
+            "tid 7 left its CPU unseen: its last slice is not counted"
+        );
+        assert_eq!(explain("something new"), "something new");
     }
 }
