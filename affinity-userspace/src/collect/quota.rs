@@ -5,6 +5,7 @@
 //! the window's delta is computed once, from the last read.
 
 use crate::{
+    host::Root,
     host::cgroup::{self, CgroupLimit, CpuStat, CpuStatDelta},
     report::timeline::ThrottledSpan,
 };
@@ -24,8 +25,8 @@ pub struct QuotaWatch {
 impl QuotaWatch {
     /// The quota in force on `pid`'s cgroup path, if any, with its counters
     /// from now on; `mono_now` is CLOCK_MONOTONIC now.
-    pub fn start(pid: u32, mono_now: u64) -> Option<QuotaWatch> {
-        let limit = match cgroup::resolve(std::path::Path::new("/"), pid) {
+    pub fn start(root: &Root, pid: u32, mono_now: u64) -> Option<QuotaWatch> {
+        let limit = match cgroup::resolve(root, pid) {
             Ok(cg) => cg.limit().cloned()?,
             Err(e) => {
                 eprintln!("affin-trace: {e}; continuing without the cgroup quota check");

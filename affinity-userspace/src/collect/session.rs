@@ -22,6 +22,7 @@ use crate::{
     collect::targets::{self, Launch},
     collect::wake::{self, Signals},
     collect::window::{End, Sources, Timing, Window},
+    host::Root,
     host::cgroup::{CgroupLimit, CpuStatDelta},
     host::command::{CommandError, GatedChild, spawn_gated},
     host::preflight::PreflightError,
@@ -123,8 +124,8 @@ pub struct Outcome {
     pub timeline: Option<Capture>,
 }
 
-fn pid_max() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+fn pid_max(root: &Root) -> u32 {
+    std::fs::read_to_string(root.join("proc/sys/kernel/pid_max"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(4_194_304)
@@ -166,7 +167,12 @@ pub fn run_observed(
 /// `args`' timing: the same pids, not a new `--comm` or `--cgroup` lookup.
 pub fn run_again(args: &TraceArgs, first: &Outcome) -> Result<Outcome, SessionError> {
     let t0 = Instant::now();
-    let launch = targets::again(&first.trace.pids, &first.trace.tids, &first.start_times)?;
+    let launch = targets::again(
+        &args.root,
+        &first.trace.pids,
+        &first.trace.tids,
+        &first.start_times,
+    )?;
     run_launch(args, launch, None, t0)
 }
 
@@ -180,7 +186,8 @@ fn run_launch(
         on: args.verbose,
         t0,
     };
-    let start_times = targets::start_times(&launch);
+    let root = &args.root;
+    let start_times = targets::start_times(root, &launch);
     let rt = wake::runtime().map_err(SessionError::Signals)?;
     let _in = rt.enter();
     // Ctrl-C, kill or a closed terminal end the window; the report and the
@@ -201,14 +208,14 @@ fn run_launch(
         interval_ns: timing.interval.as_nanos() as u64,
         attach_mode: run.probe.mode(),
         nr_cpus: run.topology.cpus.len() as u32,
-        mem_total_bytes: procs::mem_total_bytes(),
+        mem_total_bytes: procs::mem_total_bytes(root),
     };
     let bar = progress_bar(timing.duration, run.child.is_none() && observer.is_none());
-    let busy_before = procs::cpu_busy_ns();
+    let busy_before = procs::cpu_busy_ns(root);
     let quota = run
         .tgids
         .first()
-        .and_then(|&p| QuotaWatch::start(p, monotonic_ns()));
+        .and_then(|&p| QuotaWatch::start(root, p, monotonic_ns()));
     let timeline = run.timeline.take().map(|mut tl| {
         tl.quota = quota.as_ref().map(QuotaWatch::describe);
         tl
@@ -220,6 +227,7 @@ fn run_launch(
         quota,
         observer.take(),
         &run.topology,
+        root,
         &run.tgids,
         timing,
         bar,
@@ -228,8 +236,8 @@ fn run_launch(
     let window_end = monotonic_ns();
     window.clear_bar();
     let wall = window.started().elapsed();
-    let facts = target_facts(run.tgids.first().copied(), &run.topology);
-    let busy_after = procs::cpu_busy_ns();
+    let facts = target_facts(root, run.tgids.first().copied(), &run.topology);
+    let busy_after = procs::cpu_busy_ns(root);
     let Window {
         collector,
         mut timeline,
@@ -245,7 +253,7 @@ fn run_launch(
         run.tgids
             .iter()
             .copied()
-            .filter(|&p| !procs::alive(p))
+            .filter(|&p| !procs::alive(root, p))
             .collect()
     };
     if let Some(tl) = timeline.as_mut() {
@@ -299,8 +307,8 @@ struct Attached {
 /// Reads the machine, loads and attaches the programs, and marks the
 /// targets (starting the command at its gate first, in command mode).
 fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attached, SessionError> {
-    let topology = Topology::read(std::path::Path::new("/"))
-        .map_err(|e| SessionError::Topology(e.to_string()))?;
+    let root = &args.root;
+    let topology = Topology::read(root).map_err(|e| SessionError::Topology(e.to_string()))?;
     verbose.say("topology read");
     let offsets = btf::task_offsets_cached(
         std::path::Path::new(btf::VMLINUX_BTF),
@@ -311,7 +319,7 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
         max_threads: args.max_threads,
         attach: args.attach,
         offsets,
-        pid_max: pid_max(),
+        pid_max: pid_max(root),
         timeline_bytes: args.timeline.as_ref().map(|_| args.timeline_buffer),
         log_to_stderr: args.verbose,
     };
@@ -325,14 +333,14 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
     let (child, tgids, tids) = match launch {
         Launch::Command(argv) => {
             let mut c = spawn_gated(&argv)?;
-            mark(&mut probe, c.pid())?;
+            mark(root, &mut probe, c.pid())?;
             c.release()?;
             let pid = c.pid();
             (Some(c), vec![pid], Vec::new())
         }
         Launch::Running(t) => {
             for &tgid in &t.tgids {
-                mark(&mut probe, tgid)?;
+                mark(root, &mut probe, tgid)?;
             }
             (None, t.tgids, t.tids)
         }
@@ -349,9 +357,9 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
 }
 
 /// Traces `tgid` from now on, with its threads seeded from /proc.
-fn mark(probe: &mut Probe, tgid: u32) -> Result<(), SessionError> {
+fn mark(root: &Root, probe: &mut Probe, tgid: u32) -> Result<(), SessionError> {
     probe.add_target(tgid)?;
-    for t in procs::threads(tgid) {
+    for t in procs::threads(root, tgid) {
         probe.seed_thread(t.tid, tgid, t.comm, t.sum_exec_ns);
     }
     Ok(())
@@ -403,16 +411,15 @@ fn read_summary(intervals: &[crate::model::Interval]) -> Option<String> {
 }
 
 /// The target's cpuset bound and NUMA memory, read while it may still live.
-fn target_facts(pid: Option<u32>, topology: &Topology) -> TargetFacts {
+fn target_facts(root: &Root, pid: Option<u32>, topology: &Topology) -> TargetFacts {
     let Some(pid) = pid else {
         return TargetFacts::default();
     };
-    let root = std::path::Path::new("/");
-    let allowed = crate::model::topology::allowed_cpus(root, pid)
+    let allowed = crate::host::topology::allowed_cpus(root, pid)
         .ok()
         .and_then(|a| a.cpuset)
         .or_else(|| Some(topology.online()));
-    let numa_memory = std::fs::read_to_string(format!("/proc/{pid}/numa_maps"))
+    let numa_memory = std::fs::read_to_string(root.join(format!("proc/{pid}/numa_maps")))
         .ok()
         .map(|t| crate::analyze::recommend::parse_numa_maps(&t))
         .filter(|m| !m.is_empty());

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use crate::{
     cli::TraceArgs,
     collect::session::SessionError,
+    host::Root,
     host::preflight,
     host::procs::{self, TargetError},
 };
@@ -37,7 +38,7 @@ pub fn validate(args: &TraceArgs) -> Result<Launch, SessionError> {
         Launch::Running(_) => Launch::Running(resolve(args)?),
         command => command,
     };
-    preflight::check(args.apply)?;
+    preflight::check(&args.root, args.apply)?;
     Ok(launch)
 }
 
@@ -74,9 +75,10 @@ fn check_args(args: &TraceArgs) -> Result<Launch, SessionError> {
 }
 
 fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
+    let root = &args.root;
     let mut tgids = Vec::new();
     for name in &args.comms {
-        let found = procs::pids_by_comm(name);
+        let found = procs::pids_by_comm(root, name);
         if found.is_empty() {
             return Err(TargetError::NoSuchComm(name.clone()).into());
         }
@@ -90,10 +92,10 @@ fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
         tgids.extend(found);
     }
     for &pid in &args.pids {
-        tgids.push(procs::check_target(pid)?);
+        tgids.push(procs::check_target(root, pid)?);
     }
     for &tid in &args.tids {
-        tgids.push(procs::tgid_of(tid)?);
+        tgids.push(procs::tgid_of(root, tid)?);
     }
     tgids.sort_unstable();
     tgids.dedup();
@@ -107,18 +109,19 @@ fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
 /// second window on the same processes: each must still be the process
 /// that started at `start_times[pid]` (a recycled pid is another process).
 pub fn again(
+    root: &Root,
     pids: &[u32],
     tids: &[u32],
     start_times: &BTreeMap<u32, u64>,
 ) -> Result<Launch, SessionError> {
     for &pid in pids {
-        let now = procs::start_time(pid)
+        let now = procs::start_time(root, pid)
             .ok()
-            .filter(|_| procs::alive(pid))
+            .filter(|_| procs::alive(root, pid))
             .ok_or(TargetError::NoSuchProcess(pid))?;
         check_same(pid, start_times.get(&pid).copied(), now)?;
     }
-    preflight::check(false)?;
+    preflight::check(root, false)?;
     Ok(Launch::Running(Targets {
         tgids: pids.to_vec(),
         tids: tids.to_vec(),
@@ -135,13 +138,13 @@ fn check_same(pid: u32, then: Option<u64>, now: u64) -> Result<(), SessionError>
 
 /// Start time of each target now: an apply later checks it to catch a
 /// recycled pid.
-pub fn start_times(launch: &Launch) -> BTreeMap<u32, u64> {
+pub fn start_times(root: &Root, launch: &Launch) -> BTreeMap<u32, u64> {
     match launch {
         Launch::Command(_) => BTreeMap::new(),
         Launch::Running(t) => t
             .tgids
             .iter()
-            .filter_map(|&p| procs::start_time(p).ok().map(|t| (p, t)))
+            .filter_map(|&p| procs::start_time(root, p).ok().map(|t| (p, t)))
             .collect(),
     }
 }

@@ -28,7 +28,7 @@ use crate::{
         quota::QuotaWatch,
         wake::{self, Exits, Signals},
     },
-    host::procs,
+    host::{Root, procs},
     kernel::probe::Probe,
     model::topology::Topology,
     report::timeline::Capture,
@@ -136,6 +136,7 @@ pub struct Window<'a, 'o> {
     pub(crate) quota: Option<QuotaWatch>,
     observer: Option<&'a mut (dyn Observer + 'o)>,
     topology: &'a Topology,
+    root: &'a Root,
     tgids: &'a [u32],
     interval: Duration,
     start: Instant,
@@ -164,6 +165,7 @@ impl<'a, 'o> Window<'a, 'o> {
         quota: Option<QuotaWatch>,
         observer: Option<&'a mut (dyn Observer + 'o)>,
         topology: &'a Topology,
+        root: &'a Root,
         tgids: &'a [u32],
         timing: Timing,
         bar: Option<indicatif::ProgressBar>,
@@ -175,12 +177,13 @@ impl<'a, 'o> Window<'a, 'o> {
             timeline,
             quota,
             busy_prev: if observer.is_some() {
-                procs::cpu_busy_ns()
+                procs::cpu_busy_ns(root)
             } else {
                 BTreeMap::new()
             },
             observer,
             topology,
+            root,
             tgids,
             interval: timing.interval,
             start,
@@ -252,7 +255,11 @@ impl<'a, 'o> Window<'a, 'o> {
     /// The interval's read: the maps, the timeline, the quota, then the
     /// live view; true when the view ends the window.
     fn read_interval(&mut self, now: Instant) -> bool {
-        let rss = self.tgids.iter().map(|&p| procs::rss_bytes(p)).sum();
+        let rss = self
+            .tgids
+            .iter()
+            .map(|&p| procs::rss_bytes(self.root, p))
+            .sum();
         let wall_ns = (now - self.last).as_nanos() as u64;
         self.collector.sample(self.probe, wall_ns, rss);
         self.last = now;
@@ -275,7 +282,7 @@ impl<'a, 'o> Window<'a, 'o> {
         let Some(o) = self.observer.as_mut() else {
             return false;
         };
-        let busy_now = procs::cpu_busy_ns();
+        let busy_now = procs::cpu_busy_ns(self.root);
         let interval_busy = procs::busy_delta(&self.busy_prev, &busy_now);
         self.busy_prev = busy_now;
         let snap = Snapshot {
