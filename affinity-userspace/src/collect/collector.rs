@@ -18,13 +18,21 @@
 //! The map access sits behind [`Source`], so this logic is tested without
 //! root on recorded values.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Instant,
+};
 
-use affinity_common::{CpuPair, FLAG_EXITING, ThreadCpuKey, ThreadStats};
+use affinity_common::{
+    CpuPair, FLAG_EXITING, FLAG_SEEDED, Neighbour, RUNNABLE_WAKEUP, ThreadCpuKey, ThreadStats,
+};
 
 use crate::{
     host::procs,
-    model::{Interval, MigrationPair, MigrationsByClass, RunqLatency, ThreadTrace, Trace},
+    model::{
+        Followed, Interval, MigrationPair, MigrationsByClass, NeighbourTrace, RunqLatency,
+        ThreadTrace, Trace,
+    },
 };
 
 /// Where the collector reads from: the kernel maps, or a recording.
@@ -43,6 +51,19 @@ pub trait Source {
     fn dropped(&self) -> u64;
     /// `se.sum_exec_runtime` of a thread that is on a CPU now.
     fn running_sum_exec(&self, tgid: u32, tid: u32) -> Option<u64>;
+    /// CLOCK_MONOTONIC now (the programs' clock), to close the sleeps and
+    /// waits in progress; 0: unknown (they are left open).
+    fn now_ns(&self) -> u64 {
+        0
+    }
+    /// Processes charged with the targets' waits, into `out` (cleared).
+    fn neighbours(&mut self, out: &mut Vec<(u32, Neighbour)>) {
+        out.clear();
+    }
+    /// New processes of the targets: (followed, missed, joined).
+    fn forks(&self) -> (u64, u64, u64) {
+        (0, 0, 0)
+    }
 }
 
 impl Source for crate::kernel::probe::Probe {
@@ -64,6 +85,15 @@ impl Source for crate::kernel::probe::Probe {
     fn running_sum_exec(&self, tgid: u32, tid: u32) -> Option<u64> {
         // A live probe's threads are the live system's.
         procs::thread_sum_exec(&crate::host::Root::host(), tgid, tid)
+    }
+    fn now_ns(&self) -> u64 {
+        crate::kernel::probe::monotonic_ns()
+    }
+    fn neighbours(&mut self, out: &mut Vec<(u32, Neighbour)>) {
+        crate::kernel::probe::Probe::neighbours(self, out)
+    }
+    fn forks(&self) -> (u64, u64, u64) {
+        crate::kernel::probe::Probe::forks(self)
     }
 }
 
@@ -87,6 +117,10 @@ struct ThreadAcc {
     prev_cpu_ns: u64,
     /// Migrations at the previous interval.
     prev_migrations: u64,
+    /// Context switches at the previous interval.
+    prev_switches: u64,
+    /// Runnable wait (preempted + wakeup) at the previous interval (ns).
+    prev_runnable_ns: u64,
     /// The kernel's comm bytes behind the trace's `comm` (converted on
     /// change only).
     comm: [u8; 16],
@@ -137,6 +171,10 @@ pub struct Collector {
     thread_buf: Vec<(u32, ThreadStats)>,
     cpu_buf: Vec<(ThreadCpuKey, u64)>,
     forget_buf: Vec<(u32, Vec<u32>)>,
+    neighbour_buf: Vec<(u32, Neighbour)>,
+    /// Every thread's on-CPU ns per CPU at the previous interval, summed:
+    /// the CPUs whose sum grew are the interval's CPUs.
+    prev_per_cpu: BTreeMap<u32, u64>,
     /// Print each interval's read time on stderr (`AFFIN_TRACE_READ_TIMES`
     /// set; for `cargo xtask bench`).
     log_reads: bool,
@@ -144,8 +182,21 @@ pub struct Collector {
 
 /// Environment variable that makes the collector print each interval's map
 /// read time on stderr: "affin-trace: interval N read in X ms, Y ms of CPU
-/// (T threads)".
+/// (T threads)". Read only with the `bench-hooks` feature.
+#[cfg(feature = "bench-hooks")]
 pub const READ_TIMES_ENV: &str = "AFFIN_TRACE_READ_TIMES";
+
+/// Whether the bench asked for per-read timings ([`READ_TIMES_ENV`]).
+#[cfg(feature = "bench-hooks")]
+fn read_times_hook() -> bool {
+    std::env::var_os(READ_TIMES_ENV).is_some()
+}
+
+/// Without the `bench-hooks` feature nothing asks for them.
+#[cfg(not(feature = "bench-hooks"))]
+fn read_times_hook() -> bool {
+    false
+}
 
 impl Collector {
     /// An empty collector for the window `info` describes.
@@ -160,7 +211,7 @@ impl Collector {
                 mem_total_bytes: info.mem_total_bytes,
                 ..Trace::default()
             },
-            log_reads: std::env::var_os(READ_TIMES_ENV).is_some(),
+            log_reads: read_times_hook(),
             ..Self::default()
         }
     }
@@ -174,6 +225,7 @@ impl Collector {
         let mut cpu_buf = std::mem::take(&mut self.cpu_buf);
         let mut thread_buf = std::mem::take(&mut self.thread_buf);
         read_maps(src, &mut cpu_buf, &mut thread_buf);
+        let now = src.now_ns();
         let mut interval = Interval {
             wall_ns,
             rss_bytes,
@@ -189,9 +241,11 @@ impl Collector {
             let from = cpu_buf.partition_point(|(k, _)| k.tid < *tid);
             let cpu_rows = cpu_buf[from..].iter().take_while(|(k, _)| k.tid == *tid);
             let running = running_slice(src, *tid, st);
-            let (d_cpu, d_mig) = self.update_thread(i, st, cpu_rows, running, n);
-            interval.cpu_ns += d_cpu;
-            interval.migrations += d_mig;
+            let d = self.update_thread(i, st, cpu_rows, running, now, n);
+            interval.cpu_ns += d.cpu_ns;
+            interval.migrations += d.migrations;
+            interval.switches += d.switches;
+            interval.runnable_ns += d.runnable_ns;
         }
         for (tid, cpus) in &self.forget_buf {
             src.forget(*tid, cpus);
@@ -200,6 +254,7 @@ impl Collector {
         for t in &mut self.trace.threads {
             t.cpu_ns_per_interval.resize(n + 1, 0);
         }
+        interval.cpus = self.cpus_used();
         self.read_totals(src);
         interval.read_ns = started.elapsed().as_nanos() as u64;
         interval.read_cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
@@ -234,20 +289,23 @@ impl Collector {
     }
 
     /// Sets thread `i` from its entry `st`, its `THREAD_CPU` rows and its
-    /// running slice; returns the interval's (on-CPU ns, migrations).
+    /// running slice, at `now` (CLOCK_MONOTONIC ns); returns its deltas
+    /// over the interval.
     fn update_thread<'a>(
         &mut self,
         i: usize,
         st: &ThreadStats,
         cpu_rows: impl Iterator<Item = &'a (ThreadCpuKey, u64)>,
         running: Option<(u32, u64)>,
+        now: u64,
         n: usize,
-    ) -> (u64, u64) {
+    ) -> Deltas {
         let (acc, t) = (&mut self.accs[i], &mut self.trace.threads[i]);
         t.tgid = st.tgid;
         if st.comm != acc.comm && st.comm[0] != 0 {
             acc.comm = st.comm;
             t.comm = procs::comm_str(&st.comm);
+            t.comm_bytes = procs::comm_hex(&st.comm);
         }
         set_per_cpu(t, st, cpu_rows, running);
         let pending = running.map_or(0, |(_, ns)| ns);
@@ -257,13 +315,22 @@ impl Collector {
         t.migrations = MigrationsByClass::from_array(st.migrations);
         set_runq(&mut t.runq, st);
         t.preempted_wait_ns = st.preempted_wait_ns;
-        let d_cpu = t.cpu_time_ns.saturating_sub(acc.prev_cpu_ns);
+        set_wait_split(t, st, now);
         let migs = t.migrations.total();
-        let d_mig = migs.saturating_sub(acc.prev_migrations);
+        let switches = t.voluntary_switches.saturating_add(t.involuntary_switches);
+        let runnable = t.preempted_wait_ns.saturating_add(t.runq.total_ns);
+        let d = Deltas {
+            cpu_ns: t.cpu_time_ns.saturating_sub(acc.prev_cpu_ns),
+            migrations: migs.saturating_sub(acc.prev_migrations),
+            switches: switches.saturating_sub(acc.prev_switches),
+            runnable_ns: runnable.saturating_sub(acc.prev_runnable_ns),
+        };
         acc.prev_cpu_ns = t.cpu_time_ns;
         acc.prev_migrations = migs;
+        acc.prev_switches = switches;
+        acc.prev_runnable_ns = runnable;
         t.cpu_ns_per_interval.resize(n, 0);
-        t.cpu_ns_per_interval.push(d_cpu);
+        t.cpu_ns_per_interval.push(d.cpu_ns);
         if st.flags & FLAG_EXITING != 0 {
             t.exited = true;
             acc.life = match acc.life {
@@ -275,7 +342,25 @@ impl Collector {
                 }
             };
         }
-        (d_cpu, d_mig)
+        d
+    }
+
+    /// The CPUs the threads ran on in the interval: those whose summed
+    /// on-CPU time grew.
+    fn cpus_used(&mut self) -> Vec<u32> {
+        let mut per_cpu: BTreeMap<u32, u64> = BTreeMap::new();
+        for t in &self.trace.threads {
+            for (&c, &ns) in &t.per_cpu_ns {
+                *per_cpu.entry(c).or_default() += ns;
+            }
+        }
+        let cpus = per_cpu
+            .iter()
+            .filter(|&(c, &ns)| ns > self.prev_per_cpu.get(c).copied().unwrap_or(0))
+            .map(|(&c, _)| c)
+            .collect();
+        self.prev_per_cpu = per_cpu;
+        cpus
     }
 
     /// The counters that are cumulative over all threads: the latest read
@@ -291,6 +376,29 @@ impl Collector {
             count: *n,
         }));
         pairs.sort_unstable();
+        src.neighbours(&mut self.neighbour_buf);
+        let neighbours = &mut self.trace.neighbours;
+        neighbours.clear();
+        neighbours.extend(
+            self.neighbour_buf
+                .iter()
+                .filter(|(_, n)| n.wait_ns > 0)
+                .map(|(tgid, n)| NeighbourTrace {
+                    tgid: *tgid,
+                    comm: procs::comm_str(&n.comm),
+                    cgroup: String::new(),
+                    wait_ns: n.wait_ns,
+                    waits: n.waits,
+                }),
+        );
+        neighbours.sort_unstable_by_key(|n| (std::cmp::Reverse(n.wait_ns), n.tgid));
+        let (followed, missed, joined) = src.forks();
+        self.trace.followed = Followed {
+            followed,
+            missed,
+            joined,
+            ..std::mem::take(&mut self.trace.followed)
+        };
     }
 
     /// Number of intervals read so far.
@@ -315,6 +423,14 @@ impl Collector {
         self.sort_by_tid();
         self.trace.duration_ns = duration_ns;
         &self.trace
+    }
+
+    /// `(tgid, cgroup id)` of each neighbour charged so far.
+    pub fn neighbour_cgroups(&self) -> Vec<(u32, u64)> {
+        self.neighbour_buf
+            .iter()
+            .map(|(t, n)| (*t, n.cgroup_id))
+            .collect()
     }
 
     /// The whole trace.
@@ -421,6 +537,48 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// One thread's counts over one interval.
+struct Deltas {
+    cpu_ns: u64,
+    migrations: u64,
+    switches: u64,
+    runnable_ns: u64,
+}
+
+/// Splits the thread's traced lifetime into running (`cpu_time_ns`, set
+/// already), runnable and sleeping, each from the kernel's events; what is
+/// in progress at `now` (CLOCK_MONOTONIC, 0: unknown) is closed at `now`.
+/// A preempted wait in progress is not (the kernel adds it to `run_delay`
+/// when it ends): at most one wait, a scheduler slice, short.
+fn set_wait_split(t: &mut ThreadTrace, st: &ThreadStats, now: u64) {
+    let dead = st.last_ns != 0;
+    let end = if dead { st.last_ns } else { now };
+    let open = |since: u64| {
+        if since != 0 && !dead && now > since {
+            now - since
+        } else {
+            0
+        }
+    };
+    let mut runnable = st.runq_wait_ns.saturating_add(st.preempted_wait_ns);
+    if st.runnable_kind == RUNNABLE_WAKEUP && st.running_on == 0 {
+        runnable = runnable.saturating_add(open(st.runnable_since_ns));
+    }
+    let mut sleep = st.sleep_ns.saturating_add(open(st.sleep_since_ns));
+    if st.flags & FLAG_SEEDED != 0 {
+        // No event since it was seeded: asleep all along (a runnable or
+        // running thread has a switch within a scheduler tick or two).
+        sleep = sleep.saturating_add(open(st.first_ns));
+    }
+    t.runnable_ns = runnable;
+    t.sleep_ns = sleep;
+    t.lifetime_ns = if st.first_ns != 0 && end > st.first_ns {
+        end - st.first_ns
+    } else {
+        0
+    };
+}
+
 /// The run-queue latency of `st`, in place (the histogram's buffer is kept).
 fn set_runq(r: &mut RunqLatency, st: &ThreadStats) {
     r.hist.clear();
@@ -502,6 +660,35 @@ mod tests {
         assert_eq!(th.per_cpu_ns, BTreeMap::from([(0, 100), (1, 900)]));
         assert_eq!(t.intervals[1].cpu_ns, 700);
         assert_eq!(t.dropped_events, 3);
+    }
+
+    #[test]
+    fn intervals_count_switches_runnable_wait_and_the_cpus_used() {
+        let mut src = Fake::default();
+        let mut c = Collector::new(WindowInfo::default());
+        let mut st = stats(300);
+        st.voluntary = 4;
+        st.involuntary = 1;
+        st.preempted_wait_ns = 50;
+        src.threads.insert(101, st);
+        src.cpu.insert(ThreadCpuKey { tid: 101, cpu: 0 }, 100);
+        src.cpu.insert(ThreadCpuKey { tid: 101, cpu: 1 }, 200);
+        c.sample(&mut src, 1_000, 0);
+        st.cpu_time_ns = 1_000;
+        st.voluntary = 10;
+        st.involuntary = 2;
+        st.preempted_wait_ns = 80;
+        src.threads.insert(101, st);
+        src.cpu.insert(ThreadCpuKey { tid: 101, cpu: 1 }, 900);
+        c.sample(&mut src, 1_000, 0);
+        let t = c.finish(WindowEnd::default());
+        assert_eq!(t.intervals[0].switches, 5);
+        assert_eq!(t.intervals[1].switches, 7);
+        assert_eq!(t.intervals[0].cpus, vec![0, 1]);
+        assert_eq!(t.intervals[1].cpus, vec![1], "only CPU 1 grew");
+        let wake = t.threads[0].runq.total_ns;
+        assert_eq!(t.intervals[0].runnable_ns, 50 + wake);
+        assert_eq!(t.intervals[1].runnable_ns, 30);
     }
 
     #[test]

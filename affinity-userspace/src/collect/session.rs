@@ -25,12 +25,13 @@ use crate::{
     host::Root,
     host::cgroup::{CgroupLimit, CpuStatDelta},
     host::command::{CommandError, GatedChild, spawn_gated},
+    host::contention,
     host::preflight::PreflightError,
     host::procs::{self, TargetError},
     kernel::btf,
     kernel::probe::{Probe, ProbeConfig, ProbeError},
-    model::Trace,
     model::topology::Topology,
+    model::{PressureDelta, Trace},
     report::timeline::Capture,
 };
 
@@ -124,6 +125,44 @@ pub struct Outcome {
     pub timeline: Option<Capture>,
 }
 
+/// Whether new processes of the targets are traced: always for a command,
+/// `--cgroup` and `--comm` (what they name grows during the run), on
+/// request (`--follow`) for `--pid` and `--tid`.
+fn follows(args: &TraceArgs) -> bool {
+    args.follow || !args.command.is_empty() || args.cgroup.is_some() || !args.comms.is_empty()
+}
+
+/// CPU pressure (PSI) at the window's start: the machine's, and the
+/// `--cgroup` directory's own where it is a v2 one.
+struct Pressures {
+    host: Option<contention::Pressure>,
+    cgroup: Option<(std::path::PathBuf, contention::Pressure)>,
+}
+
+impl Pressures {
+    fn before(cgroup: Option<&std::path::Path>) -> Self {
+        Self {
+            host: contention::read_pressure(std::path::Path::new(contention::HOST_CPU_PRESSURE)),
+            cgroup: cgroup
+                .and_then(contention::cgroup_pressure_file)
+                .and_then(|f| contention::read_pressure(&f).map(|p| (f, p))),
+        }
+    }
+
+    /// Growth since [`Pressures::before`]: (machine, cgroup).
+    fn after(&self) -> (Option<PressureDelta>, Option<PressureDelta>) {
+        let delta = |f: &std::path::Path, b: &contention::Pressure| {
+            contention::read_pressure(f).map(|a| contention::pressure_delta(b, &a))
+        };
+        (
+            self.host
+                .as_ref()
+                .and_then(|b| delta(std::path::Path::new(contention::HOST_CPU_PRESSURE), b)),
+            self.cgroup.as_ref().and_then(|(f, b)| delta(f, b)),
+        )
+    }
+}
+
 fn pid_max(root: &Root) -> u32 {
     std::fs::read_to_string(root.join("proc/sys/kernel/pid_max"))
         .ok()
@@ -212,6 +251,7 @@ fn run_launch(
     };
     let bar = progress_bar(timing.duration, run.child.is_none() && observer.is_none());
     let busy_before = procs::cpu_busy_ns(root);
+    let pressure = Pressures::before(args.cgroup.as_deref());
     let quota = run
         .tgids
         .first()
@@ -231,7 +271,8 @@ fn run_launch(
         &run.tgids,
         timing,
         bar,
-    );
+    )
+    .rescanning(&args.comms);
     let end = rt.block_on(window.run(&mut src));
     let window_end = monotonic_ns();
     window.clear_bar();
@@ -242,6 +283,7 @@ fn run_launch(
         collector,
         mut timeline,
         quota,
+        rescanned,
         ..
     } = window;
     // The command may still run (the window ended first): wait for it, so
@@ -260,12 +302,21 @@ fn run_launch(
         last_drain(&mut run.probe, tl, window_end);
     }
     run.probe.drain_log();
+    let cgroups = contention::neighbour_cgroups(&collector.neighbour_cgroups());
     let mut trace = collector.finish(WindowEnd {
         duration_ns: wall.as_nanos() as u64,
         system_busy_ns: procs::busy_delta(&busy_before, &busy_after),
         exited_pids,
     });
     trace.kernel_warnings = run.probe.kernel_warnings();
+    trace.followed.enabled = follows(args);
+    trace.followed.rescanned = rescanned;
+    (trace.pressure_host, trace.pressure_cgroup) = pressure.after();
+    for n in &mut trace.neighbours {
+        if let Some(path) = cgroups.get(&n.tgid) {
+            n.cgroup = path.clone();
+        }
+    }
     drop(src);
     drop(run.probe); // detach before reporting
     if let Some(line) = args
@@ -322,6 +373,8 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
         pid_max: pid_max(root),
         timeline_bytes: args.timeline.as_ref().map(|_| args.timeline_buffer),
         log_to_stderr: args.verbose,
+        follow: follows(args),
+        join_cgroup: args.cgroup.as_deref().map_or(0, procs::dir_inode),
     };
     let mut probe = Probe::load(&cfg, &topology)?;
     verbose.say(&format!("programs attached ({:?})", probe.mode()));
@@ -359,9 +412,7 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
 /// Traces `tgid` from now on, with its threads seeded from /proc.
 fn mark(root: &Root, probe: &mut Probe, tgid: u32) -> Result<(), SessionError> {
     probe.add_target(tgid)?;
-    for t in procs::threads(root, tgid) {
-        probe.seed_thread(t.tid, tgid, t.comm, t.sum_exec_ns);
-    }
+    targets::seed(root, probe, tgid);
     Ok(())
 }
 

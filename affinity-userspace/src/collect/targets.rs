@@ -11,6 +11,7 @@ use crate::{
     host::Root,
     host::preflight,
     host::procs::{self, TargetError},
+    kernel::probe::Probe,
 };
 
 /// Resolved running targets.
@@ -146,6 +147,31 @@ pub fn start_times(root: &Root, launch: &Launch) -> BTreeMap<u32, u64> {
             .iter()
             .filter_map(|&p| procs::start_time(root, p).ok().map(|t| (p, t)))
             .collect(),
+    }
+}
+
+/// Marks and seeds the processes named by `--comm` that appeared since the
+/// last look and are not traced yet (those the targets started are, by the
+/// programs); returns how many. They are traced from now on: what they ran
+/// before is not counted, and the report says how many there were.
+pub fn rescan_comms(root: &Root, probe: &mut Probe, comms: &[String]) -> u64 {
+    let mut n = 0;
+    for name in comms {
+        for pid in procs::pids_by_comm(root, name) {
+            if !probe.is_target(pid) && probe.add_target(pid).is_ok() {
+                seed(root, probe, pid);
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Seeds `tgid`'s threads from /proc: what they ran before the trace, so
+/// the first interval's deltas start from there.
+pub fn seed(root: &Root, probe: &mut Probe, tgid: u32) {
+    for t in procs::threads(root, tgid) {
+        probe.seed_thread_at(t.tid, tgid, t.comm, t.sum_exec_ns, t.run_delay_ns);
     }
 }
 

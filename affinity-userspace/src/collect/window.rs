@@ -26,6 +26,7 @@ use crate::{
         collector::Collector,
         observer::{Observer, Snapshot},
         quota::QuotaWatch,
+        targets,
         wake::{self, Exits, Signals},
     },
     host::{Root, procs},
@@ -145,6 +146,11 @@ pub struct Window<'a, 'o> {
     /// /proc/stat busy ns per CPU at the previous read, for the live view.
     busy_prev: BTreeMap<u32, u64>,
     bar: Option<indicatif::ProgressBar>,
+    /// `--comm` names looked up again after each read (new processes of
+    /// that name become targets).
+    comms: &'a [String],
+    /// How many processes those lookups added.
+    pub(crate) rescanned: u64,
 }
 
 /// The timing of a window.
@@ -190,7 +196,15 @@ impl<'a, 'o> Window<'a, 'o> {
             deadline: timing.duration.map(|d| start + d),
             last: start,
             bar,
+            comms: &[],
+            rescanned: 0,
         }
+    }
+
+    /// Looks `comms` up again after each read.
+    pub fn rescanning(mut self, comms: &'a [String]) -> Self {
+        self.comms = comms;
+        self
     }
 
     /// When the window started.
@@ -262,6 +276,7 @@ impl<'a, 'o> Window<'a, 'o> {
             .sum();
         let wall_ns = (now - self.last).as_nanos() as u64;
         self.collector.sample(self.probe, wall_ns, rss);
+        self.rescanned += targets::rescan_comms(self.root, self.probe, self.comms);
         self.last = now;
         self.drain_timeline();
         let mono = monotonic_ns();

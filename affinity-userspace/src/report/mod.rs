@@ -4,7 +4,9 @@
 //! in, bytes out; the CLI decides where they go.
 
 pub mod document;
+pub mod escape;
 pub mod plot;
+pub mod series;
 pub mod timeline;
 pub mod watch;
 
