@@ -102,7 +102,9 @@
 //! that code, so the programs without `--timeline` are the ones above.
 //! Events are submitted without waking the reader (userspace drains the
 //! ring on a timer): a wakeup per event would cost the target's CPUs an
-//! inter-processor interrupt and a switch to affin-trace each time.
+//! inter-processor interrupt and a switch to affin-trace each time. The
+//! one exception is the event that takes the ring past half full
+//! (`TIMELINE_WAKE_BYTES`): a burst is drained then, not lost.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -124,7 +126,10 @@ use affinity_common::{
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
@@ -133,6 +138,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
+use aya_log_ebpf::warn;
 
 /// Bitmap of target thread-group ids: bit `tgid % 64` of word `tgid / 64`.
 /// An array lookup is inlined by the verifier, so an untargeted task costs one
@@ -266,13 +272,30 @@ fn timeline_on() -> bool {
     unsafe { core::ptr::read_volatile(&TIMELINE_ON) != 0 }
 }
 
+/// Bytes of `TIMELINE` data past which the reader is woken (half the
+/// ring; set by userspace at load time).
+#[unsafe(no_mangle)]
+static TIMELINE_WAKE_BYTES: u64 = u64::MAX;
+
 /// Writes one timeline event, or counts it lost when the ring is full.
+///
+/// Without waking the reader (it drains on a timer), except the once the
+/// ring crosses half full: a burst is drained then, before it overflows.
 #[inline(always)]
 fn emit(ev: TimelineEvent) {
+    // SAFETY: a plain read of a static; volatile, as for `offset!`.
+    let wake_at = unsafe { core::ptr::read_volatile(&TIMELINE_WAKE_BYTES) };
+    let held = TIMELINE.query(BPF_RB_AVAIL_DATA as u64);
+    let crossing = held < wake_at && held + 2 * size_of::<TimelineEvent>() as u64 >= wake_at;
+    let flags = if crossing {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     match TIMELINE.reserve::<TimelineEvent>(0) {
         Some(mut slot) => {
             slot.write(ev);
-            slot.submit(BPF_RB_NO_WAKEUP as u64);
+            slot.submit(flags as u64);
             if let Some(p) = TIMELINE_LOST.get_ptr_mut(1) {
                 // SAFETY: per-CPU slot, no other writer on this CPU.
                 unsafe { *p += 1 };
@@ -287,12 +310,45 @@ fn emit(ev: TimelineEvent) {
     }
 }
 
+/// Counts a dropped event; returns this CPU's count of that kind so far
+/// (a log record is written at the first only: drops repeat per event).
 #[inline(always)]
-fn drop_event(kind: u32) {
-    if let Some(p) = DROPS.get_ptr_mut(kind) {
+fn drop_event(kind: u32) -> u64 {
+    match DROPS.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, no other writer on this CPU.
-        unsafe { *p += 1 };
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
     }
+}
+
+// ---- the log (aya-log) ----------------------------------------------------------
+//
+// Rare conditions only, each behind the branch that detects it, so the
+// per-event paths are unchanged: the records go to aya-log's `AYA_LOGS`
+// ring, which userspace drains when it is readable. aya-log-ebpf 0.2 does
+// not use the context argument; `&()` stands for it where none is at hand.
+// Each record is a few hundred instructions (aya-log writes its header's
+// module and file names field by field), so each message is one short
+// function, not inlined: one copy per program, called from the cold branch
+// (a BPF-to-BPF call), and as few fields as will say it; userspace adds
+// the explanation (affinity-userspace kernel/log.rs).
+
+#[inline(never)]
+fn warn_threads_full(tid: u32) {
+    warn!(&(), "threads full: tid {}", tid);
+}
+
+#[inline(never)]
+fn warn_read_failed() {
+    warn!(&(), "task read failed");
+}
+
+#[inline(never)]
+fn warn_unmatched_switch_in(tid: u32) {
+    warn!(&(), "no switch-out: tid {}", tid);
 }
 
 /// Whether `tgid` is traced. The idle tasks (pid and tgid 0) never are:
@@ -388,7 +444,9 @@ impl Access for Raw {
                 is_target(tgid).then_some((pid, tgid))
             }
             Err(_) => {
-                drop_event(DROP_READ_FAILED);
+                if drop_event(DROP_READ_FAILED) == 1 {
+                    warn_read_failed();
+                }
                 None
             }
         }
@@ -432,12 +490,14 @@ fn slot_cell(tid: u32) -> Option<*mut u32> {
     Some(unsafe { (entry as *mut u32).add((tid & 1) as usize) })
 }
 
-/// Records which target thread runs on `cpu` (0: none).
+/// Records which target thread runs on `cpu` (0: none); returns the one
+/// recorded before.
 #[inline(always)]
-fn set_current(cpu: u32, tid: u32) {
-    if let Some(p) = CURRENT.get_ptr_mut(cpu) {
+fn set_current(cpu: u32, tid: u32) -> u32 {
+    match CURRENT.get_ptr_mut(cpu) {
         // SAFETY: a live map value; only this CPU writes its entry.
-        unsafe { *p = tid };
+        Some(p) => unsafe { core::ptr::replace(p, tid) },
+        None => 0,
     }
 }
 
@@ -488,7 +548,9 @@ fn create<A: Access>(task: *const u8, tid: u32, tgid: u32, base: u64) -> Option<
         }
     };
     let Some(st) = STATS.get_ptr_mut(slot) else {
-        drop_event(DROP_THREADS_FULL);
+        if drop_event(DROP_THREADS_FULL) == 1 {
+            warn_threads_full(tid);
+        }
         return None;
     };
     // SAFETY: a live map value nobody else uses: the slot is unpublished.
@@ -634,7 +696,7 @@ fn switch_out<A: Access>(
     let Some((tid, tgid)) = A::current_target(prev) else {
         return;
     };
-    set_current(cpu, 0);
+    let _ = set_current(cpu, 0);
     let sum = A::u64_at(prev, offset!(sum_exec_runtime));
     let st = match lookup(tid) {
         Some(p) => p,
@@ -705,7 +767,12 @@ fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
     let Some((tid, tgid)) = A::target(next) else {
         return;
     };
-    set_current(cpu, tid);
+    let was = set_current(cpu, tid);
+    if was != 0 {
+        // A target thread was still marked on this CPU: its switch-out was
+        // not seen (its task read failed), so its slice is uncounted.
+        warn_unmatched_switch_in(was);
+    }
     let st = if have_run_delay() {
         // No entry yet: it gets one where it first needs one (threads that
         // existed before tracing are seeded by userspace, new ones at
@@ -914,7 +981,9 @@ fn count_pair(from: u32, to: u32) {
     // Another CPU inserted the pair first, or the map is full.
     match MIGRATION_PAIRS.get_ptr_mut(key) {
         Some(p) => add(p),
-        None => drop_event(DROP_PAIRS_FULL),
+        None => {
+            drop_event(DROP_PAIRS_FULL);
+        }
     }
 }
 

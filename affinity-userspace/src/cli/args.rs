@@ -208,7 +208,8 @@ pub struct TraceArgs {
     /// avg_cpu below this (% of one CPU) is I/O-bound [default: 20].
     #[arg(long, value_name = "PCT")]
     pub io_bound_pct: Option<f64>,
-    /// Print start-up timings and attach details on stderr.
+    /// Print start-up timings, attach details and the BPF programs' warnings
+    /// on stderr.
     #[arg(short, long)]
     pub verbose: bool,
     /// Show a live view while tracing: per-CPU busy bars, a row per thread,

@@ -262,7 +262,8 @@ fn apply_and_verify(
         timeline: None,
         ..args.clone()
     };
-    let after = session::run(&again).map_err(|e| ActionError::Verify(e.to_string()))?;
+    let after =
+        session::run_again(&again, outcome).map_err(|e| ActionError::Verify(e.to_string()))?;
     let after_analysis = analyze(&after, thresholds);
     let class = analysis.classification.process.class;
     let figure = verify::target_figure(class);
@@ -355,7 +356,7 @@ pub fn bench_floor(seconds: f64) -> i32 {
     if let Err(e) = crate::host::preflight::check(&Root::host(), false) {
         return fail(e, EXIT_FAILURE);
     }
-    let mut waiter = match crate::collect::wake::Waiter::new() {
+    let sleeper = match crate::collect::wake::Sleeper::new() {
         Ok(w) => w,
         Err(e) => return fail(e, EXIT_FAILURE),
     };
@@ -364,6 +365,6 @@ pub fn bench_floor(seconds: f64) -> i32 {
         Err(e) => return fail(e, EXIT_FAILURE),
     };
     eprintln!("affin-trace: floor attached");
-    let _ = waiter.wait(std::time::Duration::from_secs_f64(seconds));
+    sleeper.sleep(std::time::Duration::from_secs_f64(seconds));
     0
 }

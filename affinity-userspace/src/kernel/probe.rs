@@ -40,7 +40,7 @@ use aya::{
 };
 use thiserror::Error;
 
-use crate::{kernel::btf, model::AttachMode, model::topology::Topology};
+use crate::{kernel::btf, kernel::log::KernelLog, model::AttachMode, model::topology::Topology};
 
 /// The BPF object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/affinity"));
@@ -84,6 +84,9 @@ pub struct ProbeConfig {
     /// Bytes of the timeline ring buffer (a power of two, at least a page),
     /// `None` without a timeline.
     pub timeline_bytes: Option<u32>,
+    /// Print the programs' log records on stderr (`--verbose`); they are
+    /// counted either way.
+    pub log_to_stderr: bool,
     /// New processes of a target become targets (command mode, `--follow`,
     /// `--cgroup`, `--comm`).
     pub follow: bool,
@@ -295,6 +298,7 @@ pub struct Probe {
     forks: PerCpuArray<MapData, u64>,
     timeline_bytes: u32,
     batch: Batch,
+    log: Option<KernelLog>,
     ebpf: Ebpf,
     mode: AttachMode,
     max_threads: u32,
@@ -343,9 +347,12 @@ impl Probe {
         let timeline_on = u32::from(cfg.timeline_bytes.is_some());
         let timeline_bytes = cfg.timeline_bytes.unwrap_or(page).max(page);
         let pairs = (nr_possible as u32).saturating_mul(nr_possible as u32);
+        // The programs wake the reader once as the ring crosses half full.
+        let wake_bytes = u64::from(timeline_bytes / 2);
         let mut ebpf = loader(&kernel_btf)
             .override_global("OFFSETS", &cfg.offsets, true)
             .override_global("TIMELINE_ON", &timeline_on, true)
+            .override_global("TIMELINE_WAKE_BYTES", &wake_bytes, true)
             .override_global("FOLLOW", &u32::from(cfg.follow), true)
             .override_global("JOIN_CGROUP", &cfg.join_cgroup, true)
             .map_max_entries("TIMELINE", timeline_bytes)
@@ -399,7 +406,9 @@ impl Probe {
                 AttachMode::RawTp => attach_raw(&mut ebpf, tp)?,
             }
         }
+        let log = KernelLog::init(&mut ebpf, cfg.log_to_stderr);
         Ok(Probe {
+            log,
             slots,
             targets: take(&mut ebpf, "TARGETS")?,
             free_slots: take(&mut ebpf, "FREE_SLOTS")?,
@@ -638,6 +647,30 @@ impl Probe {
             }
         }
         out.len() - before
+    }
+
+    /// The timeline ring's fd (readable while events wait), with a
+    /// timeline.
+    pub fn timeline_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.timeline.as_ref().map(|r| r.as_fd())
+    }
+
+    /// The programs' log ring's fd (readable while records wait).
+    pub fn log_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.log.as_ref().map(KernelLog::fd)
+    }
+
+    /// Reads the programs' waiting log records (counted, and printed under
+    /// `--verbose`).
+    pub fn drain_log(&mut self) {
+        if let Some(l) = self.log.as_mut() {
+            l.drain();
+        }
+    }
+
+    /// Log records the programs wrote and were read so far.
+    pub fn kernel_warnings(&self) -> u64 {
+        self.log.as_ref().map_or(0, KernelLog::count)
     }
 
     /// Timeline events the programs could not write (ring full), all CPUs.

@@ -289,6 +289,11 @@ pub struct Trace {
     pub migration_pairs: Vec<MigrationPair>,
     /// Events the kernel side could not record (maps full, failed reads).
     pub dropped_events: u64,
+    /// Rare conditions the kernel side reported through its log (thread
+    /// table full, a failed task_struct read, a switch-in without its
+    /// switch-out). 0 in traces recorded before the log existed.
+    #[serde(default)]
+    pub kernel_warnings: u64,
     /// Targets that exited before the window ended.
     pub exited_pids: Vec<u32>,
     /// How the programs were attached.

@@ -193,6 +193,8 @@ pub struct Report {
     pub threads: Vec<ThreadJson>,
     /// Events the kernel side could not record.
     pub dropped_events: u64,
+    /// Rare conditions the kernel side logged (`--verbose` prints each).
+    pub kernel_warnings: u64,
     /// Per-interval series (the seed's monitor action's lists).
     pub series: crate::report::series::Series,
     /// The event timeline, with `--timeline`.
@@ -324,6 +326,7 @@ impl Report {
                 .map(|t| thread_json(t, wall))
                 .collect(),
             dropped_events: trace.dropped_events,
+            kernel_warnings: trace.kernel_warnings,
             series: trace.into(),
             timeline: None,
             command_exit_status: exit_status,
@@ -613,6 +616,13 @@ impl Report {
                 self.dropped_events
             );
         }
+        if self.kernel_warnings > 0 {
+            let _ = writeln!(
+                s,
+                "warning: the kernel side logged {} warning(s) (a full thread table, an unreadable task or a switch-in without its switch-out): run with --verbose to see them",
+                self.kernel_warnings
+            );
+        }
     }
 }
 
@@ -819,6 +829,24 @@ mod tests {
             Report::new(&t, &[], None)
                 .to_text()
                 .contains("7 events were not recorded")
+        );
+    }
+
+    #[test]
+    fn kernel_warnings_are_counted_in_the_json_and_told_in_the_text() {
+        let mut t = trace();
+        let quiet = Report::new(&t, &[], None);
+        let v: serde_json::Value = serde_json::from_str(&quiet.to_json()).unwrap();
+        assert_eq!(v["kernel_warnings"], 0);
+        assert!(!quiet.to_text().contains("logged"));
+        t.kernel_warnings = 2;
+        let r = Report::new(&t, &[], None);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["kernel_warnings"], 2);
+        assert!(
+            r.to_text().contains("logged 2 warning(s)"),
+            "{}",
+            r.to_text()
         );
     }
 
