@@ -156,22 +156,15 @@ impl Results {
     }
 
     pub fn stat(&self, cfg: Cfg, name: &str) -> Option<&Prog> {
-        match &self.stats {
-            Some(Ok(s)) => s
-                .progs
-                .iter()
-                .find(|(c, p)| *c == cfg && p.name == name)
-                .map(|(_, p)| p),
-            _ => None,
-        }
+        let s = self.stats.as_ref()?.as_ref().ok()?;
+        let (_, p) = s.progs.iter().find(|(c, p)| *c == cfg && p.name == name)?;
+        Some(p)
     }
 
     /// Wakeup-to-run waits in (d)'s report of the bpf_stats run.
     pub fn stats_d_runq(&self) -> Option<u64> {
-        match &self.stats {
-            Some(Ok(s)) => s.d_report.as_ref().map(|d| d.runq_waits),
-            _ => None,
-        }
+        let s = self.stats.as_ref()?.as_ref().ok()?;
+        Some(s.d_report.as_ref()?.runq_waits)
     }
 
     pub fn ns_per_event(&self, cfg: Cfg, name: &str) -> Option<f64> {
@@ -192,34 +185,29 @@ pub fn read_trim(path: &str) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-pub fn first_line_of(program: &Path, args: &[&str]) -> String {
-    Command::new(program)
+/// The stdout of `program args` when it exits 0.
+fn stdout_of(program: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn first_line_of(program: &Path, args: &[&str]) -> String {
+    let out = stdout_of(program, args);
+    out.and_then(|o| Some(o.lines().next()?.to_string()))
         .unwrap_or_else(|| "?".into())
 }
 
 pub fn environment(ctx: &Ctx) -> Env {
-    let root = workspace_root();
+    let root = workspace_root().display().to_string();
     let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        let args = [&["-C", root.as_str()], args].concat();
+        Some(stdout_of(Path::new("git"), &args)?.trim().to_string())
     };
     let commit = match git(&["rev-parse", "--short", "HEAD"]) {
         Some(c) if git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) => {
@@ -245,7 +233,7 @@ pub fn environment(ctx: &Ctx) -> Env {
             .bpftrace
             .as_ref()
             .map_or_else(|| "absent".into(), |b| first_line_of(b, &["--version"])),
-        bpftool: first_line_of(&ctx.bpftool.argv[ctx.bpftool.argv.len() - 1], &["version"]),
+        bpftool: first_line_of(ctx.bpftool.argv.last().expect("bpftool"), &["version"]),
         command: format!("cargo xtask {}", args.join(" ")),
     }
 }
