@@ -48,17 +48,7 @@ pub fn read_times(lines: &[String]) -> Vec<(f64, f64)> {
 }
 
 pub fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
+    quantile(v, 0.5)
 }
 
 /// Linear-interpolated quantile (0..=1) of `v`.
