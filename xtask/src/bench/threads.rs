@@ -49,7 +49,8 @@ pub struct ThreadsRun {
     pub secs: f64,
     pub period_ms: u64,
     pub helper_tasks: usize,
-    pub tracing_ms: f64,
+    /// affin-trace's `tracing at` (ms), where it printed one.
+    pub tracing_ms: Option<f64>,
     pub wall_s: f64,
     pub cpu_s: f64,
     pub steady_pct: Option<f64>,
@@ -155,7 +156,7 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         secs,
         period_ms,
         helper_tasks,
-        tracing_ms: verbose_ms(&t.stderr, "tracing at").unwrap_or(f64::NAN),
+        tracing_ms: verbose_ms(&t.stderr, "tracing at"),
         wall_s,
         cpu_s,
         steady_pct,
