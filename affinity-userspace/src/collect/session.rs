@@ -375,6 +375,7 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
         log_to_stderr: args.verbose,
         follow: follows(args),
         join_cgroup: args.cgroup.as_deref().map_or(0, procs::dir_inode),
+        cgroup_set: false,
     };
     let mut probe = Probe::load(&cfg, &topology)?;
     verbose.say(&format!("programs attached ({:?})", probe.mode()));
