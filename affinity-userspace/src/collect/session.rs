@@ -163,7 +163,8 @@ impl Pressures {
     }
 }
 
-fn pid_max(root: &Root) -> u32 {
+/// `kernel.pid_max`, sizing the per-pid maps.
+pub fn pid_max(root: &Root) -> u32 {
     std::fs::read_to_string(root.join("proc/sys/kernel/pid_max"))
         .ok()
         .and_then(|s| s.trim().parse().ok())

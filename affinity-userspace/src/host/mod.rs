@@ -10,6 +10,7 @@ pub mod contention;
 pub mod oci;
 pub mod preflight;
 pub mod procs;
+pub mod quotas;
 pub mod root;
 pub mod topology;
 
