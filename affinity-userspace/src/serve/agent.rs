@@ -149,13 +149,13 @@ impl Agent {
                 });
             }
             if let Some(s) = &stat {
-                self.last_stat.insert(*key, s.clone());
+                self.last_stat.insert(*key, *s);
             }
             let info = CgroupInfo {
                 cgroup: t.cgroup.clone(),
                 dir: t.dir.clone(),
                 version: self.version,
-                quota: t.quota.clone(),
+                quota: t.quota,
             };
             let f = findings::analyze(&info, w, &self.thresholds);
             let c = self.agg.counters(*key);

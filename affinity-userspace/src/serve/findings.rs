@@ -184,7 +184,7 @@ pub fn analyze(info: &CgroupInfo, w: &Window, th: &Thresholds) -> CgroupFindings
             version: info.version,
             cgroup: info.cgroup.clone(),
             dir: info.dir.clone(),
-            quota: quota.clone(),
+            quota: *quota,
             target_cgroup: info.cgroup.clone(),
             target_dir: info.dir.clone(),
             pressure_dir: None,

@@ -345,7 +345,7 @@ pub fn runq_buckets(log2: &[u64], sum_ns: u64) -> Buckets {
     let mut acc = 0;
     for (b, &n) in log2.iter().enumerate() {
         acc += n;
-        if b >= FIRST && b <= LAST {
+        if (FIRST..=LAST).contains(&b) {
             buckets.push(((1u64 << (b + 1)) as f64 / 1e9, acc));
             acc = 0;
         }
