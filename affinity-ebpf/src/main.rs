@@ -1277,7 +1277,7 @@ fn mark_target(tgid: u32) -> bool {
 fn on_fork<A: Access>(args: *const u64) {
     let (parent, child) = unsafe { (*args as *const u8, *args.add(1) as *const u8) };
     let Some((_, ptgid)) = A::target(parent) else {
-        cgroup_set_fork::<A>(child);
+        let _ = cgroup_set_fork::<A>(child);
         return;
     };
     let ctgid = A::u32_at(child, offset!(tgid));
@@ -1288,7 +1288,7 @@ fn on_fork<A: Access>(args: *const u64) {
     let follow = unsafe { core::ptr::read_volatile(&FOLLOW) } != 0;
     if follow && mark_target(ctgid) {
         count_fork(FORK_FOLLOWED);
-    } else {
+    } else if !cgroup_set_fork::<A>(child) {
         count_fork(FORK_MISSED);
     }
 }
@@ -1372,21 +1372,25 @@ fn cgroup_set_mark<A: Access>(task: *const u8, tgid: u32, id: u64) {
     });
 }
 
-/// A fork by an untargeted task: the child is a target when its cpu
-/// cgroup (inherited, set before `sched_process_fork` fires) is in the set.
+/// A new process (or a thread of an untargeted one): a target when its
+/// cpu cgroup (inherited, set before `sched_process_fork` fires) is in the
+/// set, whoever its parent is (the agent does not follow children out of
+/// their cgroup). Returns whether it was marked.
 #[inline(always)]
-fn cgroup_set_fork<A: Access>(child: *const u8) {
+fn cgroup_set_fork<A: Access>(child: *const u8) -> bool {
     if !cgroup_set_on() {
-        return;
+        return false;
     }
     let id = cgroup_id(child);
     if id == 0 || CGROUP_TARGETS.get_ptr(id).is_none() {
-        return;
+        return false;
     }
     let tgid = A::u32_at(child, offset!(tgid));
-    if tgid != 0 {
-        cgroup_set_mark::<A>(child, tgid, id);
+    if tgid == 0 {
+        return false;
     }
+    cgroup_set_mark::<A>(child, tgid, id);
+    true
 }
 
 /// `cgroup_attach_task`: a task moved into a cgroup of the set. Fires once

@@ -358,6 +358,29 @@ fn prometheus_sees_the_throttled_over_threaded_container_and_not_the_idle_one() 
     assert_eq!(first["recommended_threads"], 1);
     assert_eq!(first["throttling"]["quota_cores"], 0.5);
 
+    // The one-shot tool finds the same container by an id prefix.
+    let one = run(&["--container", &BUSY_ID[..12], "--duration", "2"]);
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    let spinners = one.json["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .filter(|t| {
+            t["comm"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("spinner-"))
+        })
+        .count();
+    assert_eq!(spinners, 4, "{:#}", one.json["threads"]);
+    assert_eq!(one.json["throttling"]["quota_cores"], 0.5);
+    let miss = run(&["--container", "ffffffffffff", "--duration", "1"]);
+    assert_eq!(miss.code, 2, "{}", miss.stderr);
+    assert!(
+        miss.stderr.contains("no container ffffffffffff"),
+        "{}",
+        miss.stderr
+    );
+
     // The idle container goes away while the agent runs: its series go,
     // none are added, the agent carries on without an error.
     let samples = |body: &str| body.lines().filter(|l| !l.starts_with('#')).count();

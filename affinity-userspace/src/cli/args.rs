@@ -18,6 +18,8 @@ EXAMPLES:
   affin-trace --pid 1234 -d 10s -f json -o r.json
   affin-trace --comm nginx                     every process named nginx
   affin-trace --cgroup /mypod                  a cgroup, as the report prints it
+  affin-trace --pod shop/encoder-0             a Kubernetes pod's containers on this node
+  affin-trace serve                            the node agent: /metrics on 127.0.0.1:9464
   affin-trace -- stress-ng --cpu 2             a command, from its first instruction
   affin-trace --pid 1234 --apply --verify      apply the advice, check it, undo if worse
   affin-trace revert --comm nginx              put back what --apply changed
@@ -187,6 +189,14 @@ pub struct TraceArgs {
     /// and the processes that join it or that they start during the run.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// Trace every container of this Kubernetes pod on this node (names
+    /// from the container runtime's OCI bundles); repeatable.
+    #[arg(long = "pod", value_name = "NAMESPACE/NAME")]
+    pub pods: Vec<String>,
+    /// Trace the processes of this container (its id, or a prefix that
+    /// names one container); repeatable.
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
     /// With --pid/--tid: also trace the processes the targets start during
     /// the run, from their first instruction (always on with a command,
     /// --cgroup and --comm).

@@ -46,7 +46,7 @@ pub enum SessionError {
     ApplyToCommand,
     /// Nothing to trace was given.
     #[error(
-        "nothing to trace: give --pid PID, --tid TID, --comm NAME, --cgroup PATH or -- COMMAND (see --help)"
+        "nothing to trace: give --pid PID, --tid TID, --comm NAME, --cgroup PATH, --pod NAMESPACE/NAME, --container ID or -- COMMAND (see --help)"
     )]
     NoTarget,
     /// A command and pids at once.

@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod command;
 pub mod contention;
+pub mod kube;
 pub mod oci;
 pub mod preflight;
 pub mod procs;

@@ -129,7 +129,9 @@ fn run_inner(args: &ServeArgs) -> Result<(), ServeError> {
             pid_max: crate::collect::session::pid_max(&root),
             timeline_bytes: None,
             log_to_stderr: false,
-            follow: true,
+            // Not the children of targets wherever they go: the programs
+            // mark processes forked in, or moved into, a traced cgroup.
+            follow: false,
             join_cgroup: 0,
             cgroup_set: true,
         };
@@ -178,17 +180,20 @@ async fn serve_loop(
                 *state.findings.lock().unwrap_or_else(|e| e.into_inner()) = json;
                 state.ready.store(true, Ordering::Release);
             }
-            conn = listener.accept() => {
-                if let Ok((sock, _)) = conn
-                    && let Ok(permit) = slots.clone().try_acquire_owned()
-                {
-                    let st = state.clone();
-                    tokio::spawn(async move {
-                        http::serve(sock, st).await;
-                        drop(permit);
-                    });
+            conn = listener.accept() => match conn {
+                // Past MAX_CONNECTIONS the socket is closed at once.
+                Ok((sock, _)) => {
+                    if let Ok(permit) = slots.clone().try_acquire_owned() {
+                        let st = state.clone();
+                        tokio::spawn(async move {
+                            http::serve(sock, st).await;
+                            drop(permit);
+                        });
+                    }
                 }
-            }
+                // EMFILE and the like persist: do not spin on them.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
