@@ -73,10 +73,11 @@ awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
   'BEGIN { printf "agent CPU: %.3f%% of one CPU over %.0f s (interval 15 s, scrape 15 s, churn 1 container / 15 s)\n", 100*(c1-c0)/hz/(t1-t0), t1-t0 }'
 echo "agent RSS: ${r0} kB after warm-up, ${r1} kB at the end"
 bpftool prog show --json | python3 -c '
-import json,sys
+import json, sys
 for p in json.load(sys.stdin):
-    n=p.get("name","")
-    if (n.startswith("btf_sched") or n.startswith("raw_sched") or n.startswith("btf_cgroup")) and p.get("run_cnt"):
-        print(f"{n}: {p[\"run_time_ns\"]/p[\"run_cnt\"]:.0f} ns per event over {p[\"run_cnt\"]} events")
+    n = p.get("name", "")
+    cnt, ns = p.get("run_cnt", 0), p.get("run_time_ns", 0)
+    if n.startswith(("btf_sched", "raw_sched", "btf_cgroup", "raw_cgroup")) and cnt:
+        print("%s: %.0f ns per event over %d events" % (n, ns / cnt, cnt))
 '
 grep -i error /tmp/affin-bench-agent.err || true
