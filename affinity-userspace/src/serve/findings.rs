@@ -11,9 +11,10 @@
 //! per interval than its quota fits; its recommended thread count is what
 //! the fix says (the quota's whole CPUs), and 0 for every other cgroup (no
 //! change to make). Two more kinds are reported without a fix of their
-//! own: *CPU-starved* (runnable more than it ran, not throttled) and
-//! *migration-heavy* (more than the classifier's migration rate per
-//! running thread).
+//! own, pointing at the one-shot trace that has one: *CPU-starved*
+//! (runnable more than it ran, not throttled; the neighbours are not
+//! attributed per cgroup here) and *migration-heavy* (more than the
+//! classifier's migration rate per running thread).
 //!
 //! Pure: values in, values out.
 
@@ -210,8 +211,9 @@ pub fn analyze(info: &CgroupInfo, w: &Window, th: &Thresholds) -> CgroupFindings
             kind: "cpu_starved",
             finding: format!(
                 "runnable {:.0}% of the time it wanted a CPU, not throttled: other work \
-                 holds its CPUs (see /findings neighbours)",
-                share * 100.0
+                 holds its CPUs; `affin-trace --cgroup {}` names the neighbours",
+                share * 100.0,
+                info.cgroup
             ),
         });
     }
