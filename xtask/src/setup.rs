@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// llvm-22-dev, libpolly-22-dev, libzstd-dev build bpf-linker; linux-perf and
-/// bpftool are test oracles; ffmpeg is a test workload.
+/// bpftool are test oracles; ffmpeg is a test workload; prometheus scrapes
+/// `affin-trace serve` in its root test; python3-venv holds the manifests'
+/// validator (see [`K8S_VENV`]).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -15,6 +17,8 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",
     "bpftool",
     "ffmpeg",
+    "prometheus",
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -59,8 +63,24 @@ pub fn run() -> Result<()> {
         &format!("bpf-linker {BPF_LINKER_VERSION} (llvm-22)"),
         linker,
         install_bpf_linker,
-    )
+    )?;
+    let venv = crate::util::workspace_root().join(K8S_VENV);
+    let have = || Ok(venv.join("bin/kubernetes-validate").is_file());
+    step("pip kubernetes-validate", have, || {
+        let fix = "needs python3-venv (apt step) and PyPI reachable";
+        let mut venv_cmd = Command::new("python3");
+        venv_cmd.args(["-m", "venv"]).arg(&venv);
+        run_checked(&mut venv_cmd, "python3 -m venv", fix)?;
+        let mut pip = Command::new(venv.join("bin/pip"));
+        pip.args(["install", "--quiet", "kubernetes-validate==1.37.0"]);
+        run_checked(&mut pip, "pip install kubernetes-validate", fix)
+    })
 }
+
+/// Where `kubernetes-validate` (PyPI) lives: the deploy/ tests run it to
+/// validate the DaemonSet and Service against the Kubernetes schemas it
+/// ships (offline).
+pub const K8S_VENV: &str = "target/venv-k8s";
 
 /// Says `present` when `have` holds; else installs, then checks again.
 fn step(
