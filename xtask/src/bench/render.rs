@@ -342,23 +342,34 @@ fn stats_section(w: &mut String, r: &Results) {
              before the tracer stops ((d): the last of reads every 200 ms during the run). \
              Counts cover events on every CPU, not only the benchmark's.\n"
         );
-        md!(w, "| run | program | run_cnt | run_time_ns | ns/event |");
-        md!(w, "|---|---|---|---|---|");
+        md!(
+            w,
+            "| run | program | run_cnt | run_time_ns | ns/event | vs empty | verified insns \
+             | xlated insns | jited bytes |"
+        );
+        md!(w, "|---|---|---|---|---|---|---|---|---|");
+        let n = |x: Option<u64>| x.map_or("n/a".into(), |x| x.to_string());
         for cfg in [Cfg::B, Cfg::C, Cfg::D] {
             for name in PROGRAMS {
                 if let Some(p) = r.stat(cfg, name) {
+                    let ns = r.ns_per_event(cfg, name);
                     md!(
                         w,
-                        "| {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         cfg.tag(),
                         p.name,
-                        p.run_cnt.map_or("n/a".into(), |x| x.to_string()),
-                        p.run_time_ns.map_or("n/a".into(), |x| x.to_string()),
-                        opt(r.ns_per_event(cfg, name), 1)
+                        n(p.run_cnt),
+                        n(p.run_time_ns),
+                        opt(ns, 1),
+                        opt(ns.zip(floor_ns).map(|(a, b)| a / b), 2),
+                        n(p.verified_insns.map(u64::from)),
+                        n(p.bytes_xlated.map(|b| b / 8)),
+                        n(p.bytes_jited)
                     );
                 }
             }
         }
+        floor_ratios(w, r, floor_ns);
         md!(
             w,
             "\nTarget: btf_sched_switch <= {T_SWITCH_NS} ns/event during (d): {} ({} ns).",
@@ -390,10 +401,13 @@ fn stats_section(w: &mut String, r: &Results) {
             w,
             "\nThe clock: in this run (b) also attached `floor_clock_sched_switch`, the empty \
              program plus one `bpf_ktime_get_ns()`: {} ns/event, so one clock read costs {} ns \
-             here. btf_sched_switch reads the clock only where a wakeup-to-run wait ends (a \
-             wait after a preemption comes from the kernel's `sched_info.run_delay`, no clock \
-             read): in (d) that is {} per sched_switch event ({} wakeup waits / {} runs), \
-             about {} ns of its {} ns. Timing wakeup waits from run_delay instead would drop \
+             here. btf_sched_switch reads the clock at most once per event: where a \
+             wakeup-to-run wait ends (a wait after a preemption comes from the kernel's \
+             `sched_info.run_delay`, no clock read), where a target thread's sleep begins (a \
+             voluntary switch-out), and where a slice of an untargeted process begins or \
+             ends while target threads wait for its CPU. The wakeup waits alone are {} per \
+             sched_switch event in (d) ({} wakeup waits / {} runs), at least {} ns of its {} \
+             ns; sleeps that begin where no wait ends add more. Timing wakeup waits from run_delay instead would drop \
              that, but the kernel's figure misses the wakeup-to-switch latency whenever the \
              scheduler skips its back-to-back clock update (not from this run: when \
              affin-trace was tried that way, its run-queue p50 on this workload read 1 ns \
@@ -410,6 +424,29 @@ fn stats_section(w: &mut String, r: &Results) {
         );
         maps_table(w, r);
     }
+}
+
+/// Issue 17's targets, as ratios to the empty program of the same run.
+fn floor_ratios(w: &mut String, r: &Results, floor_ns: Option<f64>) {
+    let ratio = |x: Option<f64>| x.zip(floor_ns).map(|(a, b)| a / b);
+    let line = |w: &mut String, what: &str, x: Option<f64>, target: f64| {
+        md!(
+            w,
+            "- {what}: {}x the empty program (target <= {target}x: {})",
+            opt(x, 2),
+            x.map_or("n/a", |x| met(x <= target))
+        );
+    };
+    md!(
+        w,
+        "\nRatios to the empty program (`floor_sched_switch`) of this run:\n"
+    );
+    let sw = ratio(r.ns_per_event(Cfg::D, "btf_sched_switch"));
+    line(w, "btf_sched_switch in (d)", sw, 2.0);
+    let all = ratio(per_switch(r, Cfg::D, "btf_sched_switch"));
+    line(w, "all programs per sched_switch event in (d)", all, 3.0);
+    let filter = ratio(r.ns_per_event(Cfg::C, "btf_sched_switch"));
+    line(w, "btf_sched_switch on the filter path (c)", filter, 1.3);
 }
 
 /// Kernel memory of (c)'s maps, from bpftool.
