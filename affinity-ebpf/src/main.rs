@@ -24,7 +24,9 @@
 //! moved by migrations); every switch loads it (the one cost this adds to
 //! the untargeted path), and while it is not 0 the slice that ends is
 //! charged, times the number waiting, to the process that ran it, in
-//! `NEIGHBOURS` (a clock read and a hash lookup, only then).
+//! `NEIGHBOURS` (a clock read and a hash lookup, only then, and only for
+//! a slice of an untargeted process: target threads waiting behind each
+//! other cost no clock read).
 //!
 //! Each tracepoint has a `tp_btf` entry (preferred: cheapest, no tracefs) and a
 //! `raw_tp` entry (fallback where tp_btf cannot attach). Both receive the same
@@ -823,7 +825,7 @@ fn on_switch<A: Access>(args: *const u64) {
     let mut clock = Clock(0);
     // Before switch_out/switch_in: prev's slice is charged with the count
     // of target threads that waited on this CPU during it.
-    neighbour_switch::<A>(prev as *const u8, cpu, &mut clock);
+    neighbour_switch::<A>(prev as *const u8, next as *const u8, cpu, &mut clock);
     switch_out::<A>(
         prev as *const u8,
         preempt,
@@ -1146,11 +1148,15 @@ fn wait_move(st: &mut ThreadStats, dest: u32) {
 
 /// On every switch, the one untargeted-path cost of neighbour accounting:
 /// one load of this CPU's waiting count. Only while target threads wait
-/// here: the slice that ends now (since the last switch or the first
-/// wait) times the number waiting is charged to `prev`'s process, unless
-/// `prev` is the idle task or a target thread.
+/// here: the slice that ends now (since the switch that began it, or the
+/// first wait) times the number waiting is charged to `prev`'s process,
+/// unless `prev` is the idle task or a target thread. The clock is read
+/// only where such a chargeable slice ends or begins: a slice of a target
+/// thread or of the idle task starts with `since_ns` 0 (never charged),
+/// so a switch between target threads (the traced workload's own, the
+/// common case) adds no clock read.
 #[inline(always)]
-fn neighbour_switch<A: Access>(prev: *const u8, cpu: u32, clock: &mut Clock) {
+fn neighbour_switch<A: Access>(prev: *const u8, next: *const u8, cpu: u32, clock: &mut Clock) {
     let Some(q) = WAITQ.get_ptr_mut(cpu) else {
         return;
     };
@@ -1159,16 +1165,30 @@ fn neighbour_switch<A: Access>(prev: *const u8, cpu: u32, clock: &mut Clock) {
     if waiting == 0 {
         return;
     }
-    let now = clock.now();
     // SAFETY: a live map value; only switches on this CPU (and the first
     // waiter) write it.
     let since = unsafe { (*q).since_ns };
-    unsafe { (*q).since_ns = now };
-    let tgid = A::u32_at(prev, offset!(tgid));
-    if tgid == 0 || is_target(tgid) || since == 0 {
-        return;
+    if since != 0 {
+        let tgid = A::u32_at(prev, offset!(tgid));
+        if is_neighbour(tgid) {
+            let now = clock.now();
+            charge_neighbour::<A>(prev, tgid, now.saturating_sub(since) * u64::from(waiting));
+        }
     }
-    charge_neighbour::<A>(prev, tgid, now.saturating_sub(since) * u64::from(waiting));
+    let start = if is_neighbour(A::u32_at(next, offset!(tgid))) {
+        clock.now()
+    } else {
+        0
+    };
+    // SAFETY: as above.
+    unsafe { (*q).since_ns = start };
+}
+
+/// Whether a slice of process `tgid` is charged to it as a neighbour:
+/// not the idle task, not a target.
+#[inline(always)]
+fn is_neighbour(tgid: u32) -> bool {
+    tgid != 0 && !is_target(tgid)
 }
 
 /// Adds `ns` of target wait to `tgid`'s `NEIGHBOURS` entry, made on first

@@ -121,6 +121,16 @@ pub struct Prog {
     /// The maps the program uses.
     #[serde(default)]
     pub map_ids: Vec<u64>,
+    /// Size after the verifier's rewrites (8 bytes an instruction).
+    #[serde(default)]
+    pub bytes_xlated: Option<u64>,
+    /// Machine code size.
+    #[serde(default)]
+    pub bytes_jited: Option<u64>,
+    /// Instructions the verifier processed (not in bpftool 7.1's JSON:
+    /// filled in by `programs::verified_insns`).
+    #[serde(skip)]
+    pub verified_insns: Option<u32>,
 }
 
 /// One map as `bpftool map show --json` lists it.

@@ -7,6 +7,7 @@ use super::process::check_interrupted;
 use anyhow::{Context as _, Result, bail};
 use procfs::process::{FDTarget, all_processes};
 use serde::de::DeserializeOwned;
+use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,7 +110,73 @@ pub fn programs_of(bpftool: &Bpftool, pid: u32) -> Result<Vec<Prog>> {
         .collect();
     let mut ours = bpftool.ours()?;
     ours.retain(|p| ids.contains(&p.id));
+    for p in &mut ours {
+        p.verified_insns = verified_insns(p.id);
+    }
     Ok(ours)
+}
+
+/// The verifier's count of instructions processed to load program `id`
+/// (`bpf_prog_info.verified_insns`, Linux 5.16+), which bpftool 7.1 does
+/// not print: BPF_PROG_GET_FD_BY_ID, then BPF_OBJ_GET_INFO_BY_FD
+/// (include/uapi/linux/bpf.h). None where the kernel refuses either.
+pub fn verified_insns(id: u64) -> Option<u32> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `union bpf_attr` for BPF_PROG_GET_FD_BY_ID (the rest zero).
+    #[repr(C)]
+    struct IdAttr {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+        _rest: [u32; 29],
+    }
+    /// `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD (the rest zero).
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+        _rest: [u64; 14],
+    }
+    // `struct bpf_prog_info` is 232 bytes on 6.x; `verified_insns` is the
+    // u32 at byte 216 (checked against /sys/kernel/btf/vmlinux).
+    let mut info = [0u32; 58];
+    let mut id_attr = IdAttr {
+        prog_id: u32::try_from(id).ok()?,
+        next_id: 0,
+        open_flags: 0,
+        _rest: [0; 29],
+    };
+    // SAFETY: bpf(2) with a zeroed attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            &raw mut id_attr,
+            size_of::<IdAttr>(),
+        )
+    };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+        _rest: [0; 14],
+    };
+    // SAFETY: the kernel writes at most info_len bytes to `info`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    (r == 0 && attr.info_len as usize >= 220).then_some(info[54])
 }
 
 /// Waits (up to a minute) until no other process holds affin-trace

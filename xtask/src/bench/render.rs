@@ -212,7 +212,18 @@ fn bpf(r: &Results) -> Value {
         .filter(|n| *n > 0)
         .map(|n| r.stats_d_runq().unwrap_or(0) as f64 / n as f64);
     let count = |x: Option<u64>| x.map_or("n/a".into(), |x| x.to_string());
+    // Issue 17's targets, as ratios to the empty program of the same run.
+    let ratio = |x: Option<f64>, target: f64| {
+        let x = x.zip(floor_ns).map(|(a, b)| a / b);
+        context! { x, target, status => x.map_or("n/a", |x| met(x <= target)) }
+    };
+    let floor_ratios = vec![
+        ("btf_sched_switch in (d)", ratio(switch_ns, 2.0)),
+        ("all programs per sched_switch event in (d)", ratio(per_switch(r, Cfg::D), 3.0)),
+        ("btf_sched_switch on the filter path (c)", ratio(filter_ns, 1.3)),
+    ];
     context! {
+        floor_ratios,
         floor_ns,
         switch_ns,
         filter_ns,
@@ -233,16 +244,22 @@ fn bpf(r: &Results) -> Value {
 /// Section 3's tables: each run's programs, (c)'s maps.
 fn stats(r: &Results) -> Value {
     let mut rows = Vec::new();
+    let floor_ns = r.ns_per_event(Cfg::B, "floor_sched_switch");
     for cfg in [Cfg::B, Cfg::C, Cfg::D] {
         for name in PROGRAMS {
             if let Some(p) = r.stat(cfg, name) {
                 let n = |x: Option<u64>| x.map_or("n/a".into(), |x| x.to_string());
+                let ns = r.ns_per_event(cfg, name);
                 rows.push(context! {
                     tag => cfg.tag(),
                     name => p.name,
                     run_cnt => n(p.run_cnt),
                     run_time_ns => n(p.run_time_ns),
-                    ns => r.ns_per_event(cfg, name),
+                    ns,
+                    vs_empty => ns.zip(floor_ns).map(|(a, b)| a / b),
+                    verified => n(p.verified_insns.map(u64::from)),
+                    xlated => n(p.bytes_xlated.map(|b| b / 8)),
+                    jited => n(p.bytes_jited),
                 });
             }
         }
