@@ -13,7 +13,8 @@ use crate::{
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     collect::session::{self, Outcome},
     model::topology::Topology,
-    report::{Report, TimelineJson},
+    report::perfetto::{self, Format as TimelineFormat},
+    report::{PerfettoCounts, Report, TimelineJson},
 };
 
 fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
@@ -48,6 +49,16 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Ok(f) => f,
         Err(msg) => return fail(msg, EXIT_USAGE),
     };
+    let format = (args.timeline.as_deref()).map(|p| TimelineFormat::pick(args.timeline_format, p));
+    // Perfetto's file is written as the events are drained: memory stays
+    // bounded. Chrome JSON is built at the end (its slices and arrows need
+    // the whole window).
+    let mut stream = match format {
+        Some(TimelineFormat::Perfetto) => {
+            (timeline_file.take()).map(|(_, f)| perfetto::Writer::new(std::io::BufWriter::new(f)))
+        }
+        _ => None,
+    };
     let thresholds = match args.thresholds() {
         Ok(t) => t,
         Err(e) => return fail(e, EXIT_USAGE),
@@ -62,9 +73,9 @@ pub fn trace(args: &TraceArgs) -> i32 {
             Ok(w) => w,
             Err(e) => return fail(e, EXIT_USAGE),
         };
-        session::run_observed(args, Some(&mut watch))
+        session::run_streamed(args, Some(&mut watch), sink(&mut stream))
     } else {
-        session::run(args)
+        session::run_streamed(args, None, sink(&mut stream))
     };
     let outcome = match result {
         Ok(o) => o,
@@ -82,7 +93,12 @@ pub fn trace(args: &TraceArgs) -> i32 {
             );
         }
     }
+    let timeline = match (stream.take(), &args.timeline, &outcome.timeline) {
+        (Some(w), Some(path), Some(cap)) => finish_perfetto(w, path, cap, &outcome),
+        _ => None,
+    };
     let timeline = match (&mut timeline_file, &outcome.timeline) {
+        _ if timeline.is_some() => timeline,
         (Some((path, file)), Some(cap)) => {
             let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
             if let Err(e) = chrome.write(file) {
@@ -99,6 +115,8 @@ pub fn trace(args: &TraceArgs) -> i32 {
                 ring_buffer_bytes: cap.ring_buffer_bytes,
                 migration_flows: s.migration_flows,
                 cpu_slices: s.cpu_slices,
+                format: "chrome",
+                perfetto: None,
             })
         }
         _ => None,
@@ -131,6 +149,63 @@ pub fn trace(args: &TraceArgs) -> i32 {
 
 /// Creates an output file named by `flag` before anything runs, so that a
 /// bad path fails at once rather than after the trace.
+/// The streaming writer as the session's sink.
+fn sink<W: std::io::Write>(
+    w: &mut Option<perfetto::Writer<W>>,
+) -> Option<&mut dyn perfetto::EventSink> {
+    w.as_mut().map(|w| w as &mut dyn perfetto::EventSink)
+}
+
+/// Ends the Perfetto file: descriptors, throttling, the lost-event marker.
+fn finish_perfetto<W: std::io::Write>(
+    w: perfetto::Writer<W>,
+    path: &Path,
+    cap: &crate::report::timeline::Capture,
+    outcome: &Outcome,
+) -> Option<TimelineJson> {
+    let threads = (outcome.trace.threads.iter())
+        .map(|t| perfetto::ThreadName {
+            tid: t.tid,
+            tgid: t.tgid,
+            comm: t.comm.clone(),
+        })
+        .collect();
+    let end = perfetto::Ending {
+        threads,
+        start_ns: cap.start_ns,
+        end_ns: cap.end_ns,
+        lost_events: cap.lost_events,
+        throttled: cap.throttled.clone(),
+        quota: cap.quota.clone(),
+    };
+    let n = match w.finish(&end) {
+        Ok(n) => n,
+        Err(e) => {
+            fail(
+                format!("writing the timeline to {}: {e}", path.display()),
+                EXIT_FAILURE,
+            );
+            return None;
+        }
+    };
+    Some(TimelineJson {
+        file: path.display().to_string(),
+        events: n.events,
+        lost_events: n.lost_events,
+        ring_buffer_bytes: cap.ring_buffer_bytes,
+        migration_flows: 0,
+        cpu_slices: 0,
+        format: "perfetto",
+        perfetto: Some(PerfettoCounts {
+            sched_switch: n.switches,
+            sched_wakeup: n.wakeups,
+            sched_migrate_task: n.migrations,
+            sched_process_exit: n.exits,
+            bytes: n.bytes,
+        }),
+    })
+}
+
 fn create<'a>(
     path: Option<&'a Path>,
     flag: &str,

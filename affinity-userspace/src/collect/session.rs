@@ -31,6 +31,7 @@ use crate::{
     kernel::probe::{Probe, ProbeConfig, ProbeError},
     model::Trace,
     model::topology::Topology,
+    report::perfetto::EventSink,
     report::timeline::{Capture, ThrottledSpan},
 };
 
@@ -251,7 +252,18 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
 /// Runs one trace window, showing each interval to `observer`.
 pub fn run_observed(
     args: &TraceArgs,
+    observer: Option<&mut dyn Observer>,
+) -> Result<Outcome, SessionError> {
+    run_streamed(args, observer, None)
+}
+
+/// Runs one trace window, showing each interval to `observer`; with a
+/// `sink`, timeline events go to it as they are drained (the outcome's
+/// capture then holds none of them).
+pub fn run_streamed(
+    args: &TraceArgs,
     mut observer: Option<&mut dyn Observer>,
+    mut sink: Option<&mut dyn EventSink>,
 ) -> Result<Outcome, SessionError> {
     let t0 = Instant::now();
     let targets = validate(args)?;
@@ -369,7 +381,7 @@ pub fn run_observed(
             let input = observer.as_ref().and_then(|o| o.input_fd());
             let wake = waiter.wait_with((next - now).min(drain_every), input);
             if let Some(tl) = timeline.as_mut() {
-                probe.drain_timeline(&mut tl.events);
+                drain(&mut probe, tl, &mut sink);
             }
             match wake {
                 Wake::Input => {
@@ -394,7 +406,7 @@ pub fn run_observed(
         collector.sample(&mut probe, wall_ns, rss);
         last = now;
         if let Some(tl) = timeline.as_mut() {
-            probe.drain_timeline(&mut tl.events);
+            drain(&mut probe, tl, &mut sink);
             let mono = monotonic_ns();
             if let (Some(l), Some(prev)) = (&cgroup_limit, &stat_prev)
                 && let Ok(stat) = crate::host::cgroup::read_stat(l)
@@ -499,9 +511,9 @@ pub fn run_observed(
         // (counted before this last drain) but not received would be a bug
         // in the reader: counted as lost rather than let pass.
         let written = probe.timeline_written();
-        probe.drain_timeline(&mut tl.events);
+        drain(&mut probe, tl, &mut sink);
         tl.end_ns = window_end;
-        let unread = written.saturating_sub(tl.events.len() as u64);
+        let unread = written.saturating_sub(tl.drained);
         tl.lost_events = probe.timeline_lost() + unread;
     }
     drop(probe); // detach before reporting
@@ -522,6 +534,17 @@ pub fn run_observed(
         start_times,
         timeline,
     })
+}
+
+/// Empties the timeline ring into `sink` when there is one (bounded
+/// memory), else into the capture.
+fn drain(probe: &mut Probe, tl: &mut Capture, sink: &mut Option<&mut dyn EventSink>) {
+    let n = probe.drain_timeline(&mut tl.events);
+    tl.drained += n as u64;
+    if let Some(sink) = sink {
+        sink.push(&tl.events);
+        tl.events.clear();
+    }
 }
 
 /// `--verbose`'s account of the per-interval reads (maps and /proc): wall
