@@ -13,7 +13,7 @@ use crate::{
     apply::state::{self, ApplyState, StateError},
     apply::{self, ApplyError, System},
     collect::session::Outcome,
-    host::procs,
+    host::{Root, procs},
 };
 
 /// What the apply did (JSON `applied`).
@@ -117,7 +117,7 @@ impl ActionError {
 
 /// Checks that `cpus` can be given to every target of `outcome`, and that
 /// every target is still the process that was traced.
-pub fn check(outcome: &Outcome, cpus: &[u32], force: bool) -> Result<(), ActionError> {
+pub fn check(root: &Root, outcome: &Outcome, cpus: &[u32], force: bool) -> Result<(), ActionError> {
     if cpus.is_empty() {
         return Err(ActionError::NoCpus);
     }
@@ -130,12 +130,14 @@ pub fn check(outcome: &Outcome, cpus: &[u32], force: bool) -> Result<(), ActionE
             pid,
             outcome.start_times.get(&pid).copied(),
             // A zombie is gone too: nothing of it runs any more.
-            procs::start_time(pid).ok().filter(|_| procs::alive(pid)),
+            procs::start_time(root, pid)
+                .ok()
+                .filter(|_| procs::alive(root, pid)),
         )?;
-        if procs::is_kernel_thread(pid) {
+        if procs::is_kernel_thread(root, pid) {
             return Err(ActionError::KernelThread(pid));
         }
-        let allowed: Vec<u32> = crate::model::topology::allowed_cpus(Path::new("/"), pid)
+        let allowed: Vec<u32> = crate::host::topology::allowed_cpus(root, pid)
             .ok()
             .and_then(|a| a.cpuset)
             .unwrap_or_else(|| online.clone())
@@ -240,8 +242,8 @@ pub fn apply_cpus(dir: &Path, outcome: &Outcome, cpus: &[u32]) -> Result<Applied
 
 /// Restores `pid` from its state file and deletes the file. Returns the
 /// number of threads restored.
-pub fn revert(dir: &Path, pid: u32) -> Result<usize, ActionError> {
-    let start = procs::start_time(pid).map_err(|_| ActionError::Gone(pid))?;
+pub fn revert(root: &Root, dir: &Path, pid: u32) -> Result<usize, ActionError> {
+    let start = procs::start_time(root, pid).map_err(|_| ActionError::Gone(pid))?;
     let st = state::load(dir, pid, start)?;
     let (n, failed) = apply::revert(&mut System, pid, &st.threads, &st.process_mask);
     if !failed.is_empty() {

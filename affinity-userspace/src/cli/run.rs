@@ -12,6 +12,7 @@ use crate::{
     cli::actions::{self, ActionError},
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     collect::session::{self, Outcome},
+    host::Root,
     model::topology::Topology,
     report::perfetto::{self, Format as TimelineFormat},
     report::{PerfettoCounts, Report, TimelineJson},
@@ -238,7 +239,7 @@ fn apply_and_verify(
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
-    actions::check(outcome, &cpus, args.force)?;
+    actions::check(&args.root, outcome, &cpus, args.force)?;
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
     actions::confirm(
@@ -274,7 +275,7 @@ fn apply_and_verify(
     );
     if !v.kept {
         for &pid in &outcome.trace.pids {
-            actions::revert(dir, pid)?;
+            actions::revert(&args.root, dir, pid)?;
         }
         applied.active = false;
         report.applied = Some(applied);
@@ -285,7 +286,8 @@ fn apply_and_verify(
 
 /// `affin-trace revert --pid P`.
 pub fn revert(pid: u32) -> i32 {
-    if let Err(e) = crate::host::preflight::check_apply() {
+    let root = Root::host();
+    if let Err(e) = crate::host::preflight::check_apply(&root) {
         return fail(e, EXIT_FAILURE);
     }
     let dir = Path::new(STATE_DIR);
@@ -293,7 +295,7 @@ pub fn revert(pid: u32) -> i32 {
         Ok(l) => l,
         Err(e) => return fail(&e, e.exit_code()),
     };
-    match actions::revert(dir, pid) {
+    match actions::revert(&root, dir, pid) {
         Ok(n) => {
             println!("affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}");
             0
@@ -304,7 +306,7 @@ pub fn revert(pid: u32) -> i32 {
 
 /// `affin-trace topology`.
 pub fn topology(format: Format) -> i32 {
-    match Topology::read(Path::new("/")) {
+    match Topology::read(&Root::host()) {
         Ok(t) => {
             match format {
                 Format::Text => print!("{}", crate::model::topology::render_text(&t)),
@@ -320,7 +322,7 @@ pub fn topology(format: Format) -> i32 {
 
 /// `affin-trace bench-floor`: the empty program, attached until a signal.
 pub fn bench_floor(seconds: f64) -> i32 {
-    if let Err(e) = crate::host::preflight::check(false) {
+    if let Err(e) = crate::host::preflight::check(&Root::host(), false) {
         return fail(e, EXIT_FAILURE);
     }
     let mut waiter = match crate::collect::wake::Waiter::new() {

@@ -8,3 +8,7 @@ pub mod cgroup;
 pub mod command;
 pub mod preflight;
 pub mod procs;
+pub mod root;
+pub mod topology;
+
+pub use root::Root;

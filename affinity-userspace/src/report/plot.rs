@@ -981,7 +981,7 @@ mod tests {
     }
 
     fn topology(name: &str) -> Topology {
-        Topology::read(&fixtures().join("sysfs").join(name)).unwrap()
+        Topology::read(&crate::host::Root::new(fixtures().join("sysfs").join(name))).unwrap()
     }
 
     #[derive(Debug)]
