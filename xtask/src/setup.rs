@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// llvm-22-dev, libpolly-22-dev, libzstd-dev build bpf-linker; linux-perf and
-/// bpftool are test oracles; ffmpeg is a test workload.
+/// bpftool are test oracles; ffmpeg is a test workload; python3-venv holds
+/// the Perfetto schema the timeline tests decode with.
 const APT_PACKAGES: &[&str] = &[
+    "python3-venv",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -18,12 +20,18 @@ const APT_PACKAGES: &[&str] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The venv with PyPI's `perfetto` package, whose compiled
+/// `perfetto_trace_pb2` is the official schema the root tests decode
+/// `--timeline` files with (tests/tests/perfetto.rs).
+pub const PERFETTO_VENV: &str = "/opt/affin-trace-venv";
+const PERFETTO_PYPI: &str = "perfetto==0.59.1";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
     nightly()?;
     rust_src()?;
     bpf_linker()?;
+    perfetto_venv()?;
     Ok(())
 }
 
@@ -221,6 +229,48 @@ fn bpf_linker() -> Result<()> {
             "cargo install bpf-linker succeeded but no bpf-linker {BPF_LINKER_VERSION} \
              is on PATH or in ~/.cargo/bin"
         );
+    }
+    installed(&step);
+    Ok(())
+}
+
+/// Whether the venv imports the Perfetto schema.
+fn has_perfetto_venv() -> bool {
+    Command::new(format!("{PERFETTO_VENV}/bin/python"))
+        .args([
+            "-c",
+            "import perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn perfetto_venv() -> Result<()> {
+    let step = format!("Python venv {PERFETTO_VENV} with {PERFETTO_PYPI}");
+    if has_perfetto_venv() {
+        present(&step);
+        return Ok(());
+    }
+    installing(&step);
+    run_checked(
+        Command::new("python3")
+            .args(["-m", "venv", PERFETTO_VENV])
+            .stdin(Stdio::null()),
+        "python3 -m venv",
+        "it needs python3-venv (installed by the apt step)",
+    )?;
+    run_checked(
+        Command::new(format!("{PERFETTO_VENV}/bin/pip"))
+            .args(["install", "--quiet", PERFETTO_PYPI])
+            .stdin(Stdio::null()),
+        "pip install perfetto",
+        "it needs access to PyPI",
+    )?;
+    if !has_perfetto_venv() {
+        bail!("{PERFETTO_VENV} was made but does not import perfetto_trace_pb2");
     }
     installed(&step);
     Ok(())

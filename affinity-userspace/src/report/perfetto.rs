@@ -596,6 +596,11 @@ fn track_event(at: u64, track: u64, kind: i32, name: Option<String>) -> pb::Trac
     }
 }
 
+/// Decodes a whole file written by [`Writer`] (for tests and tools).
+pub fn decode(file: &[u8]) -> Result<pb::Trace, prost::DecodeError> {
+    pb::Trace::decode(file)
+}
+
 /// Which format `--timeline FILE` is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
