@@ -2,7 +2,14 @@
 //! report (with --apply / --verify), revert, topology, the benchmark floor.
 //! Errors are printed here, once, as one line each.
 
-use std::{io::Write as _, path::Path};
+use std::{
+    io::Write as _,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use crate::{
     analyze::classify::Thresholds,
@@ -54,10 +61,14 @@ pub fn trace(args: &TraceArgs) -> i32 {
     // Perfetto's file is written as the events are drained: memory stays
     // bounded. Chrome JSON is built at the end (its slices and arrows need
     // the whole window).
+    // Set by a second SIGINT/SIGTERM/SIGHUP, once the window (which the
+    // first one ends) is over: the timeline's writing stops there.
+    let stop = Arc::new(AtomicBool::new(false));
     let mut stream = match format {
-        Some(TimelineFormat::Perfetto) => {
-            (timeline_file.take()).map(|(_, f)| perfetto::Writer::new(std::io::BufWriter::new(f)))
-        }
+        Some(TimelineFormat::Perfetto) => (timeline_file.take()).map(|(_, f)| {
+            let w = Interruptible::new(f, &stop);
+            perfetto::Writer::new(std::io::BufWriter::new(w))
+        }),
         _ => None,
     };
     let thresholds = match args.thresholds() {
@@ -82,6 +93,10 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return fail(&e, e.exit_code()),
     };
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // Without it a second signal is ignored until the file is written.
+        let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
+    }
     if let Some((path, file)) = &mut svg {
         // A picture that cannot be drawn is reported; the report still follows.
         let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
@@ -102,11 +117,8 @@ pub fn trace(args: &TraceArgs) -> i32 {
         _ if timeline.is_some() => timeline,
         (Some((path, file)), Some(cap)) => {
             let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
-            if let Err(e) = chrome.write(file) {
-                fail(
-                    format!("writing the timeline to {}: {e}", path.display()),
-                    EXIT_FAILURE,
-                );
+            if let Err(e) = chrome.write(&mut Interruptible::new(file, &stop)) {
+                timeline_failed(path, &e);
             }
             let s = chrome.summary;
             Some(TimelineJson {
@@ -118,6 +130,12 @@ pub fn trace(args: &TraceArgs) -> i32 {
                 cpu_slices: s.cpu_slices,
                 format: "chrome",
                 perfetto: None,
+                latency: Some({
+                    let mut l = crate::report::latency::Latencies::default();
+                    l.push(&cap.events);
+                    let tgids = tgids(&outcome);
+                    l.report(|tid| tgids.get(&tid).copied())
+                }),
             })
         }
         _ => None,
@@ -148,8 +166,64 @@ pub fn trace(args: &TraceArgs) -> i32 {
     code
 }
 
-/// Creates an output file named by `flag` before anything runs, so that a
-/// bad path fails at once rather than after the trace.
+/// A write that a second signal stops.
+struct Interruptible<W> {
+    w: W,
+    stop: Arc<AtomicBool>,
+}
+
+impl<W> Interruptible<W> {
+    fn new(w: W, stop: &Arc<AtomicBool>) -> Interruptible<W> {
+        Interruptible {
+            w,
+            stop: Arc::clone(stop),
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Interruptible<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            // Not `Interrupted`: write_all would retry that.
+            return Err(std::io::Error::other(SECOND_SIGNAL));
+        }
+        self.w.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+const SECOND_SIGNAL: &str = "stopped by a second signal";
+
+/// Says why the timeline is not there; a file cut short by a second
+/// signal is removed rather than left half-written.
+fn timeline_failed(path: &Path, e: &std::io::Error) {
+    if e.to_string() == SECOND_SIGNAL {
+        let _ = std::fs::remove_file(path);
+        fail(
+            format!(
+                "the timeline was {SECOND_SIGNAL}: {} removed",
+                path.display()
+            ),
+            EXIT_FAILURE,
+        );
+    } else {
+        fail(
+            format!("writing the timeline to {}: {e}", path.display()),
+            EXIT_FAILURE,
+        );
+    }
+}
+
+/// The process of each traced thread.
+fn tgids(outcome: &Outcome) -> std::collections::HashMap<u32, u32> {
+    (outcome.trace.threads.iter())
+        .map(|t| (t.tid, t.tgid))
+        .collect()
+}
+
 /// The streaming writer as the session's sink.
 fn sink<W: std::io::Write>(
     w: &mut Option<perfetto::Writer<W>>,
@@ -179,13 +253,10 @@ fn finish_perfetto<W: std::io::Write>(
         throttled: cap.throttled.clone(),
         quota: cap.quota.clone(),
     };
-    let n = match w.finish(&end) {
+    let (n, latency) = match w.finish(&end) {
         Ok(n) => n,
         Err(e) => {
-            fail(
-                format!("writing the timeline to {}: {e}", path.display()),
-                EXIT_FAILURE,
-            );
+            timeline_failed(path, &e);
             return None;
         }
     };
@@ -204,9 +275,15 @@ fn finish_perfetto<W: std::io::Write>(
             sched_process_exit: n.exits,
             bytes: n.bytes,
         }),
+        latency: Some({
+            let tgids = tgids(outcome);
+            latency.report(|tid| tgids.get(&tid).copied())
+        }),
     })
 }
 
+/// Creates an output file named by `flag` before anything runs, so that a
+/// bad path fails at once rather than after the trace.
 fn create<'a>(
     path: Option<&'a Path>,
     flag: &str,

@@ -136,6 +136,10 @@ pub struct TimelineJson {
     /// What the Perfetto file holds (`perfetto` format only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub perfetto: Option<PerfettoCounts>,
+    /// Exact wakeup-to-run and preempted-wait distributions from the
+    /// recorded events, per thread and for the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<crate::report::latency::LatencyJson>,
 }
 
 /// Records in a Perfetto timeline file.
@@ -721,6 +725,7 @@ mod tests {
             cpu_slices: 50,
             format: "chrome",
             perfetto: None,
+            latency: None,
         });
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["timeline"]["lost_events"], 42);

@@ -9,7 +9,8 @@
 //! for one:
 //! - per CPU, `FtraceEventBundle`s: `sched_switch` in the compact encoding
 //!   (`CompactSched`: delta-encoded timestamps, interned comms),
-//!   `sched_wakeup` / `sched_wakeup_new` (the wakee's CPU),
+//!   `sched_wakeup` / `sched_wakeup_new` (in the bundle of the CPU it fired
+//!   on, under the thread running there, the waker: the wakee's chain),
 //!   `sched_migrate_task` and `sched_process_exit` (a target's last switch);
 //! - at the end, one `ProcessTree` with a descriptor for every target
 //!   process and thread (names win over the switches' comms there), a
@@ -37,7 +38,7 @@ use affinity_common::{
 };
 use prost::Message;
 
-use super::timeline::ThrottledSpan;
+use super::{latency::Latencies, timeline::ThrottledSpan};
 
 /// Where drained timeline events go: the session calls [`EventSink::push`]
 /// each time it empties the ring. A write error is kept by the sink and
@@ -331,6 +332,7 @@ pub struct Writer<W: Write> {
     written: Written,
     error: Option<std::io::Error>,
     buf: Vec<u8>,
+    latency: Latencies,
 }
 
 impl<W: Write> Writer<W> {
@@ -343,6 +345,7 @@ impl<W: Write> Writer<W> {
             written: Written::default(),
             error: None,
             buf: Vec::with_capacity(64 << 10),
+            latency: Latencies::default(),
         }
     }
 
@@ -398,12 +401,9 @@ impl<W: Write> Writer<W> {
                 } else {
                     pb::Event::SchedWakeup(w)
                 };
-                // The waker is not known here: pid 0.
-                self.cpus
-                    .entry(e.cpu)
-                    .or_default()
-                    .events
-                    .push(ftrace(0, ev));
+                // Filed where it fired, under the thread running there
+                // (ftrace's common_pid): Perfetto's "woken by".
+                (self.cpus.entry(e.b).or_default().events).push(ftrace(e.waker, ev));
                 self.written.wakeups += 1;
             }
             EV_MIGRATE => {
@@ -478,8 +478,8 @@ impl<W: Write> Writer<W> {
 
     /// Writes what is held, the descriptors, the throttling track and the
     /// lost-event marker, and flushes: the file is complete. Returns the
-    /// counts, or the first write error.
-    pub fn finish(mut self, end: &Ending) -> std::io::Result<Written> {
+    /// counts and the waits seen, or the first write error.
+    pub fn finish(mut self, end: &Ending) -> std::io::Result<(Written, Latencies)> {
         self.flush_bundles();
         self.written.lost_events = end.lost_events;
         self.packet(&process_tree(&end.threads, end.end_ns));
@@ -535,13 +535,14 @@ impl<W: Write> Writer<W> {
             return Err(e);
         }
         self.w.flush()?;
-        Ok(self.written)
+        Ok((self.written, self.latency))
     }
 }
 
 impl<W: Write> EventSink for Writer<W> {
     fn push(&mut self, events: &[TimelineEvent]) {
         self.written.events += events.len() as u64;
+        self.latency.push(events);
         for e in events {
             self.add(e);
             if self.held >= FLUSH_EVENTS {
@@ -637,7 +638,7 @@ mod tests {
             a,
             b,
             flags,
-            _pad: 0,
+            waker: 0,
             sum_exec_ns: 0,
         }
     }
@@ -649,7 +650,7 @@ mod tests {
         for b in batches {
             w.push(b);
         }
-        let n = w.finish(end).unwrap();
+        let (n, _) = w.finish(end).unwrap();
         assert_eq!(n.bytes, buf.len() as u64);
         (pb::Trace::decode(buf.as_slice()).unwrap(), n)
     }
@@ -742,8 +743,11 @@ mod tests {
     fn wakeups_and_migrations_keep_the_kernel_fields() {
         let (t, n) = roundtrip(
             &[vec![
-                ev(1_000, EV_WAKEUP, 1, 101, 0, 0),
-                ev(1_100, EV_WAKEUP, 0, 102, 0, EVF_NEW),
+                TimelineEvent {
+                    waker: 555,
+                    ..ev(1_000, EV_WAKEUP, 1, 101, 0, 0)
+                },
+                ev(1_100, EV_WAKEUP, 0, 102, 1, EVF_NEW),
                 ev(2_000, EV_MIGRATE, 0, 101, 1, 0),
             ]],
             &ending(),
@@ -754,11 +758,15 @@ mod tests {
             let Some(b) = &p.ftrace_events else { continue };
             for e in &b.event {
                 match &e.event {
-                    Some(pb::Event::SchedWakeup(w)) => {
-                        seen.push(("wakeup", b.cpu, w.pid, w.target_cpu, None))
-                    }
+                    Some(pb::Event::SchedWakeup(w)) => seen.push((
+                        "wakeup",
+                        b.cpu,
+                        w.pid,
+                        w.target_cpu,
+                        e.pid.map(|p| p as i32),
+                    )),
                     Some(pb::Event::SchedWakeupNew(w)) => {
-                        seen.push(("new", b.cpu, w.pid, w.target_cpu, None))
+                        seen.push(("new", b.cpu, w.pid, w.target_cpu, e.pid.map(|p| p as i32)))
                     }
                     Some(pb::Event::SchedMigrateTask(m)) => {
                         seen.push(("migrate", b.cpu, m.pid, m.orig_cpu, m.dest_cpu))
@@ -772,8 +780,9 @@ mod tests {
             seen,
             vec![
                 ("migrate", Some(0), Some(101), Some(0), Some(1)),
-                ("new", Some(0), Some(102), Some(0), None),
-                ("wakeup", Some(1), Some(101), Some(1), None),
+                // Woken from CPU 1 by an idle CPU's wake list, from CPU 0 by 555.
+                ("new", Some(1), Some(102), Some(0), Some(0)),
+                ("wakeup", Some(0), Some(101), Some(1), Some(555)),
             ]
         );
     }

@@ -826,7 +826,7 @@ mod tests {
             a: out,
             b: inn,
             flags,
-            _pad: 0,
+            waker: 0,
             sum_exec_ns: 0,
         }
     }
@@ -847,7 +847,7 @@ mod tests {
             a: tid,
             b: to,
             flags: 0,
-            _pad: 0,
+            waker: 0,
             sum_exec_ns: 0,
         }
     }
@@ -860,7 +860,7 @@ mod tests {
             a: tid,
             b: 0,
             flags: 0,
-            _pad: 0,
+            waker: 0,
             sum_exec_ns: 0,
         }
     }
