@@ -34,42 +34,9 @@ fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
 pub fn trace(args: &TraceArgs) -> i32 {
     // Everything the user can get wrong is checked before anything runs:
     // the output path, the thresholds, and how an apply will be confirmed.
-    let mut out: Box<dyn std::io::Write> = match &args.output {
-        Some(path) => match std::fs::File::create(path) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                return fail(
-                    format!(
-                        "cannot write {}: {e}; choose a writable --output path",
-                        path.display()
-                    ),
-                    EXIT_USAGE,
-                );
-            }
-        },
-        None => Box::new(std::io::stdout()),
-    };
-    let mut svg = match create(args.plot.as_deref(), "--plot") {
+    let mut files = match Outputs::open(args) {
         Ok(f) => f,
         Err(msg) => return fail(msg, EXIT_USAGE),
-    };
-    let mut timeline_file = match create(args.timeline.as_deref(), "--timeline") {
-        Ok(f) => f,
-        Err(msg) => return fail(msg, EXIT_USAGE),
-    };
-    let format = (args.timeline.as_deref()).map(|p| TimelineFormat::pick(args.timeline_format, p));
-    // Perfetto's file is written as the events are drained: memory stays
-    // bounded. Chrome JSON is built at the end (its slices and arrows need
-    // the whole window).
-    // Set by a second SIGINT/SIGTERM/SIGHUP, once the window (which the
-    // first one ends) is over: the timeline's writing stops there.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut stream = match format {
-        Some(TimelineFormat::Perfetto) => (timeline_file.take()).map(|(_, f)| {
-            let w = Interruptible::new(f, &stop);
-            perfetto::Writer::new(std::io::BufWriter::new(w))
-        }),
-        _ => None,
     };
     let thresholds = match args.thresholds() {
         Ok(t) => t,
@@ -78,67 +45,39 @@ pub fn trace(args: &TraceArgs) -> i32 {
     if args.apply && !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return fail(ActionError::NeedYes, EXIT_USAGE);
     }
-    // The live view is dropped at the end of this block, so the terminal
-    // is back to normal before an error or the report is printed.
-    let result = if args.watch {
-        let mut watch = match crate::report::watch::Watch::new(thresholds) {
-            Ok(w) => w,
-            Err(e) => return fail(e, EXIT_USAGE),
-        };
-        session::run_streamed(args, Some(&mut watch), sink(&mut stream))
-    } else {
-        session::run_streamed(args, None, sink(&mut stream))
+    let format = (args.timeline.as_deref()).map(|p| TimelineFormat::pick(args.timeline_format, p));
+    // Perfetto's file is written as the events are drained: memory stays
+    // bounded. Chrome JSON is built at the end (its slices and arrows need
+    // the whole window).
+    // Set by a second SIGINT/SIGTERM/SIGHUP, once the window (which the
+    // first one ends) is over: the timeline's writing stops there.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stream = match format {
+        Some(TimelineFormat::Perfetto) => (files.timeline.take()).map(|(_, f)| {
+            let w = Interruptible::new(f, &stop);
+            perfetto::Writer::new(std::io::BufWriter::new(w))
+        }),
+        _ => None,
     };
-    let outcome = match result {
+    let outcome = match observe(args, &thresholds, sink(&mut stream)) {
         Ok(o) => o,
-        Err(e) => return fail(&e, e.exit_code()),
+        Err(code) => return code,
     };
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // Without it a second signal is ignored until the file is written.
         let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
     }
-    if let Some((path, file)) = &mut svg {
-        // A picture that cannot be drawn is reported; the report still follows.
-        let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
-            .map_err(|e| e.to_string())
-            .and_then(|s| file.write_all(s.as_bytes()).map_err(|e| e.to_string()));
-        if let Err(e) = drawn {
-            fail(
-                format!("writing the SVG to {}: {e}", path.display()),
-                EXIT_FAILURE,
-            );
-        }
+    if let Some((path, file)) = &mut files.svg {
+        write_svg(&outcome, path, file);
     }
     let timeline = match (stream.take(), &args.timeline, &outcome.timeline) {
         (Some(w), Some(path), Some(cap)) => finish_perfetto(w, path, cap, &outcome),
-        _ => None,
-    };
-    let timeline = match (&mut timeline_file, &outcome.timeline) {
-        _ if timeline.is_some() => timeline,
-        (Some((path, file)), Some(cap)) => {
-            let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
-            if let Err(e) = chrome.write(&mut Interruptible::new(file, &stop)) {
-                timeline_failed(path, &e);
+        _ => match (&mut files.timeline, &outcome.timeline) {
+            (Some((path, file)), Some(cap)) => {
+                Some(write_timeline(&outcome, cap, path, file, &stop))
             }
-            let s = chrome.summary;
-            Some(TimelineJson {
-                file: path.display().to_string(),
-                events: s.events,
-                lost_events: s.lost_events,
-                ring_buffer_bytes: cap.ring_buffer_bytes,
-                migration_flows: s.migration_flows,
-                cpu_slices: s.cpu_slices,
-                format: "chrome",
-                perfetto: None,
-                latency: Some({
-                    let mut l = crate::report::latency::Latencies::default();
-                    l.push(&cap.events);
-                    let tgids = tgids(&outcome);
-                    l.report(|tid| tgids.get(&tid).copied())
-                }),
-            })
-        }
-        _ => None,
+            _ => None,
+        },
     };
     let analysis = analyze(&outcome, &thresholds);
     let mut report = Report::new(&outcome.trace, &args.command, outcome.exit_status)
@@ -160,10 +99,100 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",
     };
+    let out = &mut files.report;
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         return fail(format!("writing the report: {e}"), EXIT_FAILURE);
     }
     code
+}
+
+/// The files a trace writes, all opened before anything runs.
+struct Outputs<'a> {
+    /// `--output`, or stdout.
+    report: Box<dyn std::io::Write>,
+    /// `--plot`.
+    svg: Option<(&'a Path, std::fs::File)>,
+    /// `--timeline`.
+    timeline: Option<(&'a Path, std::fs::File)>,
+}
+
+impl<'a> Outputs<'a> {
+    fn open(args: &'a TraceArgs) -> Result<Self, String> {
+        let report: Box<dyn std::io::Write> = match create(args.output.as_deref(), "--output")? {
+            Some((_, f)) => Box::new(f),
+            None => Box::new(std::io::stdout()),
+        };
+        Ok(Self {
+            report,
+            svg: create(args.plot.as_deref(), "--plot")?,
+            timeline: create(args.timeline.as_deref(), "--timeline")?,
+        })
+    }
+}
+
+/// Runs the session, with the live view under `--watch`; an error is printed
+/// and becomes the exit code.
+fn observe(
+    args: &TraceArgs,
+    thresholds: &Thresholds,
+    sink: Option<&mut dyn perfetto::EventSink>,
+) -> Result<Outcome, i32> {
+    // The live view is dropped at the end of this block, so the terminal
+    // is back to normal before an error or the report is printed.
+    let result = if args.watch {
+        let mut watch = match crate::report::watch::Watch::new(*thresholds) {
+            Ok(w) => w,
+            Err(e) => return Err(fail(e, EXIT_USAGE)),
+        };
+        session::run_streamed(args, Some(&mut watch), sink)
+    } else {
+        session::run_streamed(args, None, sink)
+    };
+    result.map_err(|e| fail(&e, e.exit_code()))
+}
+
+/// Draws the SVG; a picture that cannot be drawn is reported and the report
+/// still follows.
+fn write_svg(outcome: &Outcome, path: &Path, file: &mut std::fs::File) {
+    let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
+        .map_err(|e| e.to_string())
+        .and_then(|s| file.write_all(s.as_bytes()).map_err(|e| e.to_string()));
+    if let Err(e) = drawn {
+        fail(
+            format!("writing the SVG to {}: {e}", path.display()),
+            EXIT_FAILURE,
+        );
+    }
+}
+
+/// Builds and writes the timeline; returns its summary for the report (a
+/// write error is reported, the report still follows).
+fn write_timeline(
+    outcome: &Outcome,
+    cap: &crate::report::timeline::Capture,
+    path: &Path,
+    file: &mut std::fs::File,
+    stop: &Arc<AtomicBool>,
+) -> TimelineJson {
+    let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
+    if let Err(e) = chrome.write(&mut Interruptible::new(file, stop)) {
+        timeline_failed(path, &e);
+    }
+    let mut latency = crate::report::latency::Latencies::default();
+    latency.push(&cap.events);
+    let tgids = tgids(outcome);
+    let s = chrome.summary;
+    TimelineJson {
+        file: path.display().to_string(),
+        events: s.events,
+        lost_events: s.lost_events,
+        ring_buffer_bytes: cap.ring_buffer_bytes,
+        migration_flows: s.migration_flows,
+        cpu_slices: s.cpu_slices,
+        format: "chrome",
+        perfetto: None,
+        latency: Some(latency.report(|tid| tgids.get(&tid).copied())),
+    }
 }
 
 /// A write that a second signal stops.
@@ -316,7 +345,7 @@ fn apply_and_verify(
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
-    actions::check(&args.root, outcome, &cpus, args.force)?;
+    let plan = actions::plan(&args.root, outcome, &cpus, args.force)?;
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
     actions::confirm(
@@ -327,7 +356,7 @@ fn apply_and_verify(
             outcome.trace.pids
         ),
     )?;
-    let mut applied = actions::apply_cpus(dir, outcome, &cpus)?;
+    let mut applied = actions::apply_cpus(dir, &plan)?;
     report.applied = Some(applied.clone());
     if !args.verify {
         return Ok(());
