@@ -163,13 +163,14 @@ fn perfetto_timeline_of_hop_matches_the_reports_counters() {
     assert_eq!(official_tids, d.tids);
     println!(
         "hop {N}: {} bytes, {} events ({:.1} bytes/event), {} switch-ins vs {switches} switches, \
-         {} migrations, {} wakeups vs {waits} waits",
+         {} migrations, {} wakeups vs {waits} waits, {} preempted switch-outs",
         bytes.len(),
         u(&tl["events"]),
         bytes.len() as f64 / u(&tl["events"]).max(1) as f64,
         d.switch_in,
         d.migrations,
-        d.wakeups
+        d.wakeups,
+        d.preempted_out
     );
 }
 
