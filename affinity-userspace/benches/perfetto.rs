@@ -45,7 +45,7 @@ fn writer(c: &mut Criterion) {
     for k in 0..500 {
         w.push(&batch(k * N * 10_000, N));
     }
-    let (n, _) = w.finish(&Ending::default()).expect("in memory");
+    let (n, _, _) = w.finish(&Ending::default()).expect("in memory");
     println!(
         "perfetto writer: {} events, {} bytes, {:.2} bytes/event",
         n.events,

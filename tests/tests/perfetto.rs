@@ -1,47 +1,60 @@
-//! `--timeline` in Perfetto's protobuf (issue 16): the file decoded twice,
-//! with the official schema (PyPI `perfetto`'s compiled `perfetto_trace_pb2`,
-//! in the venv `cargo xtask setup` makes) and with the writer's own prost
-//! messages, and checked against the same run's counters. Root only; one
-//! at a time.
+//! `--timeline` in Perfetto's protobuf (issue 16): the file decoded with the
+//! official schema (PyPI `perfetto`'s compiled `perfetto_trace_pb2`, in the
+//! venv `cargo xtask setup` makes; no network, no trace processor) and
+//! checked against the same run's counters; the writer's memory under a
+//! minute-long yield storm. Root only; one at a time.
 
-use std::{collections::BTreeSet, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use affinity::report::perfetto::{self, STATE_PREEMPTED, pb};
+use affinity::report::perfetto::{STATE_DEAD, STATE_PREEMPTED};
 use affinity_tests::*;
+use hdrhistogram::Histogram;
 use serde_json::Value;
 
 /// Where `cargo xtask setup` puts the Perfetto schema.
 const VENV_PYTHON: &str = "/opt/affin-trace-venv/bin/python";
 
-/// Counts of one file, through the official schema: switches into each
-/// tid, migrations and wakeups per tid, the descriptors' tids.
-const COUNT_PY: &str = r#"
-import collections, json, sys
+/// Every scheduling record of one file, through the official schema, as
+/// JSON: switches `[cpu, ts, prev (-1: implied), prev_state, next]` (compact
+/// and full), wakeups `[ts, pid]`, migrations `[ts, pid, orig, dest]`, the
+/// descriptors' tids.
+const DECODE_PY: &str = r#"
+import json, sys
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 t = pb.Trace()
 t.ParseFromString(open(sys.argv[1], "rb").read())
-switch_in = collections.Counter(); mig = collections.Counter(); wake = collections.Counter()
-tids = []
+sw, wake, mig, tids = [], [], [], []
 for p in t.packet:
     if p.HasField("ftrace_events"):
         b = p.ftrace_events
-        for pid in b.compact_sched.switch_next_pid:
-            switch_in[pid] += 1
+        cs = b.compact_sched
+        ts = 0
+        for i in range(len(cs.switch_timestamp)):
+            ts += cs.switch_timestamp[i]
+            sw.append([b.cpu, ts, -1, cs.switch_prev_state[i], cs.switch_next_pid[i]])
         for e in b.event:
             k = e.WhichOneof("event")
-            if k == "sched_migrate_task":
-                mig[e.sched_migrate_task.pid] += 1
+            if k == "sched_switch":
+                s = e.sched_switch
+                sw.append([b.cpu, e.timestamp, s.prev_pid, s.prev_state, s.next_pid])
             elif k in ("sched_wakeup", "sched_wakeup_new"):
-                wake[getattr(e, k).pid] += 1
+                wake.append([e.timestamp, getattr(e, k).pid])
+            elif k == "sched_migrate_task":
+                m = e.sched_migrate_task
+                mig.append([e.timestamp, m.pid, m.orig_cpu, m.dest_cpu])
     if p.HasField("process_tree"):
         tids += [th.tid for th in p.process_tree.threads]
-print(json.dumps({"switch_in": switch_in, "migrations": mig, "wakeups": wake, "tids": tids}))
+print(json.dumps({"switches": sw, "wakeups": wake, "migrations": mig, "tids": tids}))
 "#;
 
 /// The file through the official schema.
-fn official_counts(file: &std::path::Path) -> Value {
+fn official(file: &std::path::Path) -> Value {
     let out = Command::new(VENV_PYTHON)
-        .args(["-c", COUNT_PY])
+        .args(["-c", DECODE_PY])
         .arg(file)
         .output()
         .unwrap_or_else(|e| panic!("{VENV_PYTHON}: {e}; run `cargo xtask setup`"));
@@ -50,59 +63,126 @@ fn official_counts(file: &std::path::Path) -> Value {
         "the official schema did not read the file: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("counts as JSON")
+    serde_json::from_slice(&out.stdout).expect("records as JSON")
 }
 
-/// What the writer's own messages read back, per target thread.
-#[derive(Default, Debug)]
-struct Decoded {
-    switch_in: u64,
-    preempted_out: u64,
-    migrations: u64,
-    wakeups: u64,
-    tids: BTreeSet<u64>,
+/// One switch with its previous task resolved.
+#[derive(Clone, Copy, Debug)]
+struct Switch {
+    ts: u64,
+    prev: u64,
+    state: i64,
+    next: u64,
 }
 
-fn decoded(trace: &pb::Trace, targets: &BTreeSet<u64>) -> Decoded {
-    let mut d = Decoded::default();
-    for p in &trace.packet {
-        if let Some(b) = &p.ftrace_events {
-            let cs = b.compact_sched.clone().unwrap_or_default();
-            for (i, next) in cs.switch_next_pid.iter().enumerate() {
-                d.switch_in += u64::from(targets.contains(&(*next as u64)));
-                d.preempted_out += u64::from(cs.switch_prev_state[i] == STATE_PREEMPTED);
+/// The switches per CPU in time order, each compact one's previous task
+/// taken from the CPU's last switch (as Perfetto reads them).
+fn switches(v: &Value) -> Vec<Switch> {
+    let mut per_cpu: BTreeMap<u64, Vec<(u64, i64, i64, u64)>> = BTreeMap::new();
+    for s in v["switches"].as_array().unwrap() {
+        let s = s.as_array().unwrap();
+        per_cpu.entry(u(&s[0])).or_default().push((
+            u(&s[1]),
+            s[2].as_i64().unwrap(),
+            s[3].as_i64().unwrap(),
+            u(&s[4]),
+        ));
+    }
+    let mut out = Vec::new();
+    for (cpu, mut list) in per_cpu {
+        list.sort_by_key(|s| s.0);
+        let mut on_cpu = None;
+        for (ts, prev, state, next) in list {
+            let prev = if prev >= 0 {
+                prev as u64
+            } else {
+                on_cpu.unwrap_or_else(|| panic!("CPU {cpu}: a compact switch first at {ts}"))
+            };
+            on_cpu = Some(next);
+            out.push(Switch {
+                ts,
+                prev,
+                state,
+                next,
+            });
+        }
+    }
+    out
+}
+
+/// The two wait distributions of each target thread, recomputed from the
+/// decoded records with the rules of the report's key (README, "Timeline"):
+/// a wakeup of a thread that is off a CPU starts a wakeup wait, a
+/// preempted switch-out a preempted wait, the next switch-in ends it.
+fn waits(sw: &[Switch], wakeups: &[(u64, u64)]) -> BTreeMap<u64, [Histogram<u64>; 2]> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum St {
+        Running,
+        Woken(u64),
+        Preempted(u64),
+        Off,
+    }
+    // Switch-outs before wakeups before switch-ins at one instant never
+    // happen to one thread; order by time only.
+    let mut all: Vec<(u64, Option<Switch>, u64)> = sw.iter().map(|s| (s.ts, Some(*s), 0)).collect();
+    all.extend(wakeups.iter().map(|&(ts, pid)| (ts, None, pid)));
+    all.sort_by_key(|e| e.0);
+    let hist = || Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
+    let mut st: BTreeMap<u64, St> = BTreeMap::new();
+    let mut out: BTreeMap<u64, [Histogram<u64>; 2]> = BTreeMap::new();
+    for (ts, s, woken) in all {
+        match s {
+            Some(s) => {
+                if s.prev != 0 {
+                    let next = if s.state == STATE_PREEMPTED {
+                        St::Preempted(ts)
+                    } else {
+                        St::Off
+                    };
+                    st.insert(s.prev, next);
+                }
+                if s.next != 0 {
+                    let h = out.entry(s.next).or_insert_with(|| [hist(), hist()]);
+                    match st.get(&s.next) {
+                        Some(St::Woken(t)) => h[0].saturating_record((ts - t).max(1)),
+                        Some(St::Preempted(t)) => h[1].saturating_record((ts - t).max(1)),
+                        _ => {}
+                    }
+                    st.insert(s.next, St::Running);
+                }
             }
-            for e in &b.event {
-                match &e.event {
-                    Some(pb::Event::SchedMigrateTask(m)) => {
-                        d.migrations += u64::from(targets.contains(&(m.pid.unwrap() as u64)))
-                    }
-                    Some(pb::Event::SchedWakeup(w) | pb::Event::SchedWakeupNew(w)) => {
-                        d.wakeups += u64::from(targets.contains(&(w.pid.unwrap() as u64)))
-                    }
-                    _ => {}
+            None => {
+                if matches!(st.get(&woken), None | Some(St::Off)) {
+                    st.insert(woken, St::Woken(ts));
                 }
             }
         }
-        if let Some(tree) = &p.process_tree {
-            d.tids
-                .extend(tree.threads.iter().map(|t| t.tid.unwrap() as u64));
-        }
     }
-    d
+    out
 }
 
-fn sum_of(v: &Value, tids: &BTreeSet<u64>) -> u64 {
-    (v.as_object().expect("a count map").iter())
-        .filter(|(k, _)| tids.contains(&k.parse::<u64>().unwrap()))
-        .map(|(_, n)| u(n))
-        .sum()
+/// `h`'s figures as the report's latency keys give them.
+fn figures(h: &Histogram<u64>) -> Value {
+    let q = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q));
+    serde_json::json!({
+        "count": h.len(),
+        "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999),
+        "max": (!h.is_empty()).then(|| h.max()),
+    })
 }
 
-/// 200 forced pins alternating CPUs 0 and 1, streamed to a Perfetto file:
-/// migrate records equal the report's migrations (exact), switch-ins of the
-/// target equal its switches within the window's edges, every target
-/// thread has a descriptor, and both decoders agree.
+/// The report's figures without the encoded histogram.
+fn reported(v: &Value) -> Value {
+    let mut v = v.clone();
+    v.as_object_mut().unwrap().remove("hdr_base64");
+    v
+}
+
+/// 200 forced pins alternating CPUs 0 and 1, streamed to a Perfetto file and
+/// decoded with the official schema: migrate records equal the report's
+/// migrations and target switch-outs its switches (exact), every record the
+/// kernel wrote is in the file, every target thread has a descriptor, and
+/// the exact latency figures equal those recomputed from the records.
 #[test]
 fn perfetto_timeline_of_hop_matches_the_reports_counters() {
     require_root();
@@ -123,53 +203,175 @@ fn perfetto_timeline_of_hop_matches_the_reports_counters() {
     w.finish();
     let (code, json) = tracer.finish();
     assert_eq!(code, 0, "{json}");
-    let bytes = std::fs::read(&file).expect("the timeline file");
-    let official = official_counts(&file);
+    let bytes = std::fs::metadata(&file).expect("the timeline file").len();
+    let v = official(&file);
     let _ = std::fs::remove_file(&file);
-    let trace = perfetto::decode(&bytes).expect("the file decodes as a Trace");
 
     let tl = &json["timeline"];
     assert_eq!(tl["format"], "perfetto", "{tl:#}");
     assert_eq!(u(&tl["lost_events"]), 0, "{tl:#}");
-    assert_eq!(u(&tl["perfetto"]["bytes"]), bytes.len() as u64);
+    assert_eq!(u(&tl["perfetto"]["bytes"]), bytes);
     let targets: BTreeSet<u64> = (json["threads"].as_array().unwrap().iter())
         .map(|t| u(&t["tid"]))
         .collect();
-    let d = decoded(&trace, &targets);
+    let sw = switches(&v);
+    let wakeups: Vec<(u64, u64)> = (v["wakeups"].as_array().unwrap().iter())
+        .map(|w| (u(&w[0]), u(&w[1])))
+        .collect();
+    let migrations = v["migrations"].as_array().unwrap();
+    // Every event drained is a record (the writer drops nothing).
+    let records = (sw.len() + wakeups.len() + migrations.len()) as u64;
+    assert_eq!(records, u(&tl["events"]), "{tl:#}");
+
     let p = &json["process"];
     assert_eq!(u(&p["migrations"]), N, "{p:#}");
-    assert_eq!(d.migrations, N, "migrate records vs the migration count");
-    assert_eq!(sum_of(&official["migrations"], &targets), N);
+    let mig = (migrations.iter())
+        .filter(|m| targets.contains(&u(&m[1])))
+        .count() as u64;
+    assert_eq!(mig, N, "migrate records vs the migration count");
+    // Each switch-out of a target thread is one the kernel side counted
+    // (voluntary or not), and each is in the file with its thread.
     let switches = u(&p["voluntary_switches"]) + u(&p["involuntary_switches"]);
-    // Each switch-out has its switch-in in the window, but for a thread
-    // already running at the start (one per thread).
+    let out = sw.iter().filter(|s| targets.contains(&s.prev)).count() as u64;
+    let into = sw.iter().filter(|s| targets.contains(&s.next)).count() as u64;
+    assert_eq!(
+        out, switches,
+        "switch-outs in the file vs the switches counted"
+    );
+    // A switch-in for every switch-out, but for threads running at the
+    // window's edges (one each at most).
     let edge = targets.len() as u64;
     assert!(
-        d.switch_in <= switches + edge && switches <= d.switch_in + edge,
-        "{} switch-ins in the file vs {switches} switches counted",
-        d.switch_in
+        into <= out + edge && out <= into + edge,
+        "{into} in, {out} out"
     );
-    assert_eq!(sum_of(&official["switch_in"], &targets), d.switch_in);
-    // Every run-queue wait after a wakeup had its sched_wakeup.
-    let waits = u(&p["runq_latency_ns"]["count"]);
-    assert!(d.wakeups >= waits, "{} wakeups, {waits} waits", d.wakeups);
-    assert_eq!(sum_of(&official["wakeups"], &targets), d.wakeups);
+    let preempted = sw.iter().filter(|s| s.state == STATE_PREEMPTED).count() as u64;
+    assert_eq!(preempted, u(&p["involuntary_switches"]), "R+ switch-outs");
+    let dead = sw.iter().filter(|s| s.state == STATE_DEAD).count() as u64;
+    let woken = wakeups.iter().filter(|w| targets.contains(&w.1)).count() as u64;
+    assert_eq!(woken, u(&tl["perfetto"]["sched_wakeup"]), "{tl:#}");
+    // Every run-queue wait the kernel side timed began with a wakeup.
+    let runq_waits = u(&p["runq_latency_ns"]["count"]);
+    assert!(woken >= runq_waits, "{woken} wakeups, {runq_waits} waits");
+
+    let descriptors: BTreeSet<u64> = v["tids"].as_array().unwrap().iter().map(u).collect();
     for tid in &targets {
-        assert!(d.tids.contains(tid), "no descriptor for thread {tid}");
+        assert!(descriptors.contains(tid), "no descriptor for thread {tid}");
     }
-    let official_tids: BTreeSet<u64> = (official["tids"].as_array().unwrap().iter())
-        .map(u)
-        .collect();
-    assert_eq!(official_tids, d.tids);
+
+    // The exact percentiles, per thread and for the process.
+    let recomputed = waits(&sw, &wakeups);
+    let lat = &tl["latency"];
+    let mut process =
+        [0, 1].map(|_| Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).unwrap());
+    for t in lat["threads"].as_array().unwrap() {
+        let h = &recomputed[&u(&t["tid"])];
+        assert_eq!(reported(&t["wakeup_to_run_ns"]), figures(&h[0]), "{t:#}");
+        assert_eq!(reported(&t["preempted_wait_ns"]), figures(&h[1]), "{t:#}");
+        process[0].add(&h[0]).unwrap();
+        process[1].add(&h[1]).unwrap();
+    }
+    assert_eq!(reported(&lat["wakeup_to_run_ns"]), figures(&process[0]));
+    assert_eq!(reported(&lat["preempted_wait_ns"]), figures(&process[1]));
+    assert!(!process[0].is_empty(), "no wakeup waits: {lat:#}");
     println!(
-        "hop {N}: {} bytes, {} events ({:.1} bytes/event), {} switch-ins vs {switches} switches, \
-         {} migrations, {} wakeups vs {waits} waits, {} preempted switch-outs",
-        bytes.len(),
+        "hop {N}: {bytes} bytes, {} events ({:.1} bytes/event), {out} switch-outs \
+         ({preempted} preempted, {dead} dead) vs {switches} counted, {into} switch-ins, \
+         {mig} migrations, {woken} wakeups vs {runq_waits} runq waits; wakeup p50/p99/max {}/{}/{} ns \
+         over {} waits",
         u(&tl["events"]),
-        bytes.len() as f64 / u(&tl["events"]).max(1) as f64,
-        d.switch_in,
-        d.migrations,
-        d.wakeups,
-        d.preempted_out
+        bytes as f64 / u(&tl["events"]).max(1) as f64,
+        lat["wakeup_to_run_ns"]["p50"],
+        lat["wakeup_to_run_ns"]["p99"],
+        lat["wakeup_to_run_ns"]["max"],
+        process[0].len(),
+    );
+}
+
+/// affin-trace's resident peak (VmHWM, kB) and CPU ticks (utime + stime),
+/// or `None` once it has exited (a zombie has no memory lines).
+fn peak_and_cpu(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the comm's closing parenthesis: utime and stime are the
+    // 12th and 13th.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    Some((hwm, ticks))
+}
+
+/// Resident peak allowed (kB). Measured (README, "Timeline"): about 30 MB
+/// for a minute of this storm, most of it the ring buffer mapped twice and
+/// the maps; a window that held its events would pass this within seconds
+/// (48 bytes an event at the rates below is over 10 MB/s).
+const PEAK_LIMIT_KB: u64 = 100 * 1024;
+
+/// A 60 s sched_yield storm (two threads on CPU 0, released at a gate once
+/// the tracer is attached) streamed to a Perfetto file: affin-trace's
+/// resident peak stays under the bound while millions of events go to the
+/// file, and the loss is counted, not hidden.
+#[test]
+fn a_minute_of_yield_storm_streams_in_bounded_memory() {
+    require_root();
+    const SECS: u64 = 60;
+    let file = scratch("storm.perfetto-trace");
+    let mut w = Gated::start(&["storm", "2", &(SECS * 1000).to_string()]);
+    let tracer = Tracer::start(&[
+        "--pid",
+        &w.pid().to_string(),
+        "--duration",
+        "300",
+        "--interval",
+        "1",
+        "--timeline",
+        file.to_str().unwrap(),
+    ]);
+    let pid = tracer.child.id();
+    let (start_hwm, _) = peak_and_cpu(pid).expect("affin-trace's status");
+    w.go();
+    let t0 = Instant::now();
+    let mut last = (start_hwm, 0);
+    while let Some(now) = peak_and_cpu(pid) {
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    w.finish();
+    let (code, json) = tracer.finish();
+    assert_eq!(code, 0, "{json}");
+    let bytes = std::fs::metadata(&file).expect("the timeline file").len();
+    let _ = std::fs::remove_file(&file);
+    let tl = &json["timeline"];
+    let events = u(&tl["events"]);
+    let lost = u(&tl["lost_events"]);
+    assert_eq!(u(&tl["perfetto"]["bytes"]), bytes);
+    let (hwm, ticks) = last;
+    let cpu_s = ticks as f64
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+    println!(
+        "storm {SECS} s: {events} events ({:.0}/s over {wall:.1} s), {lost} lost, {bytes} bytes \
+         ({:.2} bytes/event), affin-trace VmHWM {hwm} kB (at start {start_hwm} kB), \
+         {cpu_s:.1} s CPU ({:.0} events per CPU second)",
+        events as f64 / wall,
+        bytes as f64 / events.max(1) as f64,
+        events as f64 / cpu_s.max(0.01),
+    );
+    // A storm: at least 20,000 events a second reached the file (measured
+    // several times that on a shared 2-CPU machine).
+    assert!(events >= 20_000 * SECS, "only {events} events: no storm");
+    assert!(
+        hwm < PEAK_LIMIT_KB,
+        "affin-trace's resident peak {hwm} kB over {PEAK_LIMIT_KB} kB"
     );
 }

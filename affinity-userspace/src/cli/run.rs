@@ -2,14 +2,7 @@
 //! report (with --apply / --verify), revert, topology, the benchmark floor.
 //! Errors are printed here, once, as one line each.
 
-use std::{
-    io::Write as _,
-    path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{io::Write as _, path::Path};
 
 use crate::{
     analyze::classify::Thresholds,
@@ -17,6 +10,8 @@ use crate::{
     analyze::verify::{self, Figures},
     apply::state::STATE_DIR,
     cli::actions::{self, ActionError},
+    cli::cancel::SecondSignal,
+    cli::output::Output,
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     collect::session::{self, Outcome},
     host::Root,
@@ -33,7 +28,12 @@ fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
 /// Traces, reports, and applies/verifies when asked.
 pub fn trace(args: &TraceArgs) -> i32 {
     // Everything the user can get wrong is checked before anything runs:
-    // the output path, the thresholds, and how an apply will be confirmed.
+    // CPUs and cgroup paths, the output path, the thresholds, and how an
+    // apply will be confirmed.
+    let args = &match crate::cli::check::early(args) {
+        Ok(a) => a,
+        Err(e) => return fail(e, EXIT_USAGE),
+    };
     let mut files = match Outputs::open(args) {
         Ok(f) => f,
         Err(msg) => return fail(msg, EXIT_USAGE),
@@ -45,17 +45,29 @@ pub fn trace(args: &TraceArgs) -> i32 {
     if args.apply && !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return fail(ActionError::NeedYes, EXIT_USAGE);
     }
-    let format = (args.timeline.as_deref()).map(|p| TimelineFormat::pick(args.timeline_format, p));
+    // From here until the apply starts, Ctrl-C, SIGTERM or SIGHUP cancel it.
+    let cancel = if args.apply {
+        match crate::cli::cancel::Cancel::new() {
+            Ok(c) => Some(c),
+            Err(e) => return fail(format!("installing signal handlers: {e}"), EXIT_FAILURE),
+        }
+    } else {
+        None
+    };
+    // A signal after the one that ends the window stops the timeline's
+    // writing (the file is then removed, not left cut short).
+    let stop = match SecondSignal::new() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("installing signal handlers: {e}"), EXIT_FAILURE),
+    };
     // Perfetto's file is written as the events are drained: memory stays
     // bounded. Chrome JSON is built at the end (its slices and arrows need
     // the whole window).
-    // Set by a second SIGINT/SIGTERM/SIGHUP, once the window (which the
-    // first one ends) is over: the timeline's writing stops there.
-    let stop = Arc::new(AtomicBool::new(false));
+    let format = (args.timeline.as_deref()).map(|p| TimelineFormat::pick(args.timeline_format, p));
     let mut stream = match format {
-        Some(TimelineFormat::Perfetto) => (files.timeline.take()).map(|(_, f)| {
+        Some(TimelineFormat::Perfetto) => files.timeline.take().map(|f| {
             let w = Interruptible::new(f, &stop);
-            perfetto::Writer::new(std::io::BufWriter::new(w))
+            perfetto::Writer::new(std::io::BufWriter::with_capacity(1 << 20, w))
         }),
         _ => None,
     };
@@ -63,22 +75,22 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Ok(o) => o,
         Err(code) => return code,
     };
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // Without it a second signal is ignored until the file is written.
-        let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
+    stop.window_over();
+    // An output that could not be written makes the exit non-zero; the
+    // report still follows.
+    let mut write_failed = false;
+    if let Some(file) = files.svg.take() {
+        write_failed |= !write_svg(&outcome, file);
     }
-    if let Some((path, file)) = &mut files.svg {
-        write_svg(&outcome, path, file);
-    }
-    let timeline = match (stream.take(), &args.timeline, &outcome.timeline) {
-        (Some(w), Some(path), Some(cap)) => finish_perfetto(w, path, cap, &outcome),
-        _ => match (&mut files.timeline, &outcome.timeline) {
-            (Some((path, file)), Some(cap)) => {
-                Some(write_timeline(&outcome, cap, path, file, &stop))
-            }
-            _ => None,
-        },
+    let written = match (stream.take(), files.timeline.take(), &outcome.timeline) {
+        (Some(w), _, Some(cap)) => finish_perfetto(w, cap, &outcome),
+        (None, Some(file), Some(cap)) => write_timeline(&outcome, cap, file, &stop),
+        _ => None,
     };
+    let timeline = written.map(|(json, ok)| {
+        write_failed |= !ok;
+        json
+    });
     let analysis = analyze(&outcome, &thresholds);
     let mut report = Report::new(&outcome.trace, &args.command, outcome.exit_status)
         .with_analysis(&outcome.topology, &analysis)
@@ -89,8 +101,11 @@ pub fn trace(args: &TraceArgs) -> i32 {
         ));
     report.timeline = timeline;
     let mut code = outcome.exit_status.unwrap_or(0);
-    if args.apply {
-        match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report) {
+    if write_failed && code == 0 {
+        code = EXIT_FAILURE;
+    }
+    if let Some(cancel) = &cancel {
+        match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report, cancel) {
             Ok(()) => {}
             Err(e) => code = fail(&e, e.exit_code()),
         }
@@ -99,31 +114,38 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",
     };
-    let out = &mut files.report;
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    let written = match files.report.take() {
+        Some(mut f) => f.write_all(text.as_bytes()).and_then(|()| f.commit()),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+        }
+    };
+    if let Err(e) = written {
         return fail(format!("writing the report: {e}"), EXIT_FAILURE);
     }
     code
 }
 
-/// The files a trace writes, all opened before anything runs.
-struct Outputs<'a> {
-    /// `--output`, or stdout.
-    report: Box<dyn std::io::Write>,
+/// The files a trace writes, all opened before anything runs. Nothing is
+/// truncated here: each regular file is written aside and renamed over its
+/// path only once complete (cli::output); dropped, it leaves the path as it
+/// was.
+struct Outputs {
+    /// `--output` (None: stdout).
+    report: Option<Output>,
     /// `--plot`.
-    svg: Option<(&'a Path, std::fs::File)>,
+    svg: Option<Output>,
     /// `--timeline`.
-    timeline: Option<(&'a Path, std::fs::File)>,
+    timeline: Option<Output>,
 }
 
-impl<'a> Outputs<'a> {
-    fn open(args: &'a TraceArgs) -> Result<Self, String> {
-        let report: Box<dyn std::io::Write> = match create(args.output.as_deref(), "--output")? {
-            Some((_, f)) => Box::new(f),
-            None => Box::new(std::io::stdout()),
-        };
+impl Outputs {
+    fn open(args: &TraceArgs) -> Result<Self, String> {
         Ok(Self {
-            report,
+            report: create(args.output.as_deref(), "--output")?,
             svg: create(args.plot.as_deref(), "--plot")?,
             timeline: create(args.timeline.as_deref(), "--timeline")?,
         })
@@ -151,38 +173,47 @@ fn observe(
     result.map_err(|e| fail(&e, e.exit_code()))
 }
 
-/// Draws the SVG; a picture that cannot be drawn is reported and the report
-/// still follows.
-fn write_svg(outcome: &Outcome, path: &Path, file: &mut std::fs::File) {
+/// Draws the SVG; a picture that cannot be drawn is reported (false) and
+/// the report still follows.
+fn write_svg(outcome: &Outcome, mut file: Output) -> bool {
+    let path = file.path().to_path_buf();
     let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
         .map_err(|e| e.to_string())
-        .and_then(|s| file.write_all(s.as_bytes()).map_err(|e| e.to_string()));
-    if let Err(e) = drawn {
+        .and_then(|s| {
+            file.write_all(s.as_bytes())
+                .and_then(|()| file.commit())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = &drawn {
         fail(
             format!("writing the SVG to {}: {e}", path.display()),
             EXIT_FAILURE,
         );
     }
+    drawn.is_ok()
 }
 
-/// Builds and writes the timeline; returns its summary for the report (a
-/// write error is reported, the report still follows).
+/// Builds and writes the Chrome JSON timeline; returns its summary for the
+/// report and whether it was written (an error is reported, the report
+/// still follows).
 fn write_timeline(
     outcome: &Outcome,
     cap: &crate::report::timeline::Capture,
-    path: &Path,
-    file: &mut std::fs::File,
-    stop: &Arc<AtomicBool>,
-) -> TimelineJson {
+    file: Output,
+    stop: &SecondSignal,
+) -> Option<(TimelineJson, bool)> {
+    let path = file.path().to_path_buf();
     let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
-    if let Err(e) = chrome.write(&mut Interruptible::new(file, stop)) {
-        timeline_failed(path, &e);
+    let mut w = Interruptible::new(file, stop);
+    let written = chrome.write(&mut w).and_then(|()| w.into_inner().commit());
+    if let Err(e) = &written {
+        timeline_failed(&path, e);
     }
     let mut latency = crate::report::latency::Latencies::default();
     latency.push(&cap.events);
     let tgids = tgids(outcome);
     let s = chrome.summary;
-    TimelineJson {
+    let json = TimelineJson {
         file: path.display().to_string(),
         events: s.events,
         lost_events: s.lost_events,
@@ -192,27 +223,32 @@ fn write_timeline(
         format: "chrome",
         perfetto: None,
         latency: Some(latency.report(|tid| tgids.get(&tid).copied())),
-    }
+    };
+    Some((json, written.is_ok()))
 }
 
-/// A write that a second signal stops.
+/// A write that a [`SecondSignal`] stops.
 struct Interruptible<W> {
     w: W,
-    stop: Arc<AtomicBool>,
+    stop: SecondSignal,
 }
 
 impl<W> Interruptible<W> {
-    fn new(w: W, stop: &Arc<AtomicBool>) -> Interruptible<W> {
+    fn new(w: W, stop: &SecondSignal) -> Interruptible<W> {
         Interruptible {
             w,
-            stop: Arc::clone(stop),
+            stop: stop.clone(),
         }
+    }
+
+    fn into_inner(self) -> W {
+        self.w
     }
 }
 
 impl<W: std::io::Write> std::io::Write for Interruptible<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.stopped() {
             // Not `Interrupted`: write_all would retry that.
             return Err(std::io::Error::other(SECOND_SIGNAL));
         }
@@ -226,14 +262,14 @@ impl<W: std::io::Write> std::io::Write for Interruptible<W> {
 
 const SECOND_SIGNAL: &str = "stopped by a second signal";
 
-/// Says why the timeline is not there; a file cut short by a second
-/// signal is removed rather than left half-written.
+/// Says why the timeline is not there. Its file was written aside
+/// (cli::output) and is only renamed over the path once complete, so a
+/// write cut short by a second signal leaves no half-written file.
 fn timeline_failed(path: &Path, e: &std::io::Error) {
     if e.to_string() == SECOND_SIGNAL {
-        let _ = std::fs::remove_file(path);
         fail(
             format!(
-                "the timeline was {SECOND_SIGNAL}: {} removed",
+                "the timeline was {SECOND_SIGNAL}: {} not written",
                 path.display()
             ),
             EXIT_FAILURE,
@@ -260,13 +296,17 @@ fn sink<W: std::io::Write>(
     w.as_mut().map(|w| w as &mut dyn perfetto::EventSink)
 }
 
-/// Ends the Perfetto file: descriptors, throttling, the lost-event marker.
-fn finish_perfetto<W: std::io::Write>(
-    w: perfetto::Writer<W>,
-    path: &Path,
+/// The streamed Perfetto file's output.
+type Stream = std::io::BufWriter<Interruptible<Output>>;
+
+/// Ends the Perfetto file (descriptors, throttling, the lost-event marker)
+/// and renames it over its path; its summary for the report and whether it
+/// was written.
+fn finish_perfetto(
+    w: perfetto::Writer<Stream>,
     cap: &crate::report::timeline::Capture,
     outcome: &Outcome,
-) -> Option<TimelineJson> {
+) -> Option<(TimelineJson, bool)> {
     let threads = (outcome.trace.threads.iter())
         .map(|t| perfetto::ThreadName {
             tid: t.tid,
@@ -282,14 +322,24 @@ fn finish_perfetto<W: std::io::Write>(
         throttled: cap.throttled.clone(),
         quota: cap.quota.clone(),
     };
-    let (n, latency) = match w.finish(&end) {
-        Ok(n) => n,
+    let path = w.get_ref().get_ref().w.path().to_path_buf();
+    let (n, latency, out) = match w.finish(&end) {
+        Ok(done) => done,
         Err(e) => {
-            timeline_failed(path, &e);
+            // The file went with the writer: its temporary file is removed.
+            timeline_failed(&path, &e);
             return None;
         }
     };
-    Some(TimelineJson {
+    let committed = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|w| w.into_inner().commit());
+    if let Err(e) = &committed {
+        timeline_failed(&path, e);
+    }
+    let tgids = tgids(outcome);
+    let json = TimelineJson {
         file: path.display().to_string(),
         events: n.events,
         lost_events: n.lost_events,
@@ -304,27 +354,18 @@ fn finish_perfetto<W: std::io::Write>(
             sched_process_exit: n.exits,
             bytes: n.bytes,
         }),
-        latency: Some({
-            let tgids = tgids(outcome);
-            latency.report(|tid| tgids.get(&tid).copied())
-        }),
-    })
+        latency: Some(latency.report(|tid| tgids.get(&tid).copied())),
+    };
+    Some((json, committed.is_ok()))
 }
 
 /// Creates an output file named by `flag` before anything runs, so that a
 /// bad path fails at once rather than after the trace.
-fn create<'a>(
-    path: Option<&'a Path>,
-    flag: &str,
-) -> Result<Option<(&'a Path, std::fs::File)>, String> {
+fn create(path: Option<&Path>, flag: &str) -> Result<Option<Output>, String> {
     let Some(path) = path else { return Ok(None) };
-    match std::fs::File::create(path) {
-        Ok(f) => Ok(Some((path, f))),
-        Err(e) => Err(format!(
-            "cannot write {}: {e}; choose a writable {flag} path",
-            path.display()
-        )),
-    }
+    crate::cli::output::open(path)
+        .map(Some)
+        .map_err(|e| format!("{e}; choose a writable {flag} path"))
 }
 
 fn analyze(outcome: &Outcome, thresholds: &Thresholds) -> Analysis {
@@ -342,20 +383,37 @@ fn apply_and_verify(
     outcome: &Outcome,
     analysis: &Analysis,
     report: &mut Report,
+    cancel: &crate::cli::cancel::Cancel,
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
+    // A signal during the window: its report stands, the apply does not
+    // (it would rest on a truncated window).
+    if let Some(sig) = cancel.signal() {
+        report.not_applied = Some(actions::NotApplied::cancelled(&cpus, sig));
+        return Err(ActionError::Cancelled(sig));
+    }
     let plan = actions::plan(&args.root, outcome, &cpus, args.force)?;
+    if let Some(n) = crate::apply::already_set(&crate::apply::System, &outcome.trace.pids, &cpus) {
+        report.not_applied = Some(actions::NotApplied::nothing_to_change(&cpus, n));
+        return Ok(());
+    }
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
-    actions::confirm(
+    if let Err(e) = actions::confirm(
         args.yes,
         &format!(
             "affin-trace: set CPUs {} on the {threads} thread(s) of pid {:?}?",
             crate::model::cpulist::format(&cpus),
             outcome.trace.pids
         ),
-    )?;
+        cancel,
+    ) {
+        if let ActionError::Cancelled(sig) = e {
+            report.not_applied = Some(actions::NotApplied::cancelled(&cpus, sig));
+        }
+        return Err(e);
+    }
     let mut applied = actions::apply_cpus(dir, &plan)?;
     report.applied = Some(applied.clone());
     if !args.verify {
@@ -367,16 +425,20 @@ fn apply_and_verify(
         timeline: None,
         ..args.clone()
     };
-    let after = session::run(&again).map_err(|e| ActionError::Verify(e.to_string()))?;
+    let after =
+        session::run_again(&again, outcome).map_err(|e| ActionError::Verify(e.to_string()))?;
     let after_analysis = analyze(&after, thresholds);
     let class = analysis.classification.process.class;
-    let v = verify::judge(
+    let figure = verify::target_figure(class);
+    let v = verify::judge_with_samples(
         class,
         Figures::new(&analysis.features.process, class),
         Figures::new(
             &after_analysis.features.process,
             after_analysis.classification.process.class,
         ),
+        &verify::samples(&outcome.trace, figure),
+        &verify::samples(&after.trace, figure),
         args.keep,
     );
     if !v.kept {
@@ -390,24 +452,49 @@ fn apply_and_verify(
     Ok(())
 }
 
-/// `affin-trace revert --pid P`.
-pub fn revert(pid: u32) -> i32 {
+/// What `affin-trace revert` was asked to restore.
+#[derive(Clone, Debug, Default)]
+pub struct RevertTargets {
+    /// `--pid`: each must have a record.
+    pub pids: Vec<u32>,
+    /// `--comm`: the processes of these names that have a record.
+    pub comms: Vec<String>,
+    /// `--cgroup`: the processes in it that have a record.
+    pub cgroup: Option<std::path::PathBuf>,
+    /// `--all`: every live process with a record.
+    pub all: bool,
+}
+
+/// `affin-trace revert --pid P[,P] | --comm NAME | --cgroup PATH | --all`.
+pub fn revert(t: &RevertTargets) -> i32 {
     let root = Root::host();
     if let Err(e) = crate::host::preflight::check_apply(&root) {
         return fail(e, EXIT_FAILURE);
     }
     let dir = Path::new(STATE_DIR);
-    let _lock = match actions::lock_all(dir, &[pid]) {
+    let pids = match actions::revert_selection(&root, dir, t) {
+        Ok(p) => p,
+        Err(e) => return fail(e, EXIT_USAGE),
+    };
+    let _lock = match actions::lock_all(dir, &pids) {
         Ok(l) => l,
         Err(e) => return fail(&e, e.exit_code()),
     };
-    match actions::revert(&root, dir, pid) {
-        Ok(n) => {
-            println!("affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}");
-            0
+    let mut code = 0;
+    for pid in pids {
+        match actions::revert(&root, dir, pid) {
+            Ok(n) => println!(
+                "affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}"
+            ),
+            Err(e) => {
+                let c = fail(&e, e.exit_code());
+                if code == 0 {
+                    code = c;
+                }
+            }
         }
-        Err(e) => fail(&e, e.exit_code()),
     }
+    code
 }
 
 /// `affin-trace topology`.
@@ -427,11 +514,12 @@ pub fn topology(format: Format) -> i32 {
 }
 
 /// `affin-trace bench-floor`: the empty program, attached until a signal.
+#[cfg(feature = "bench-hooks")]
 pub fn bench_floor(seconds: f64) -> i32 {
     if let Err(e) = crate::host::preflight::check(&Root::host(), false) {
         return fail(e, EXIT_FAILURE);
     }
-    let mut waiter = match crate::collect::wake::Waiter::new() {
+    let sleeper = match crate::collect::wake::Sleeper::new() {
         Ok(w) => w,
         Err(e) => return fail(e, EXIT_FAILURE),
     };
@@ -440,6 +528,6 @@ pub fn bench_floor(seconds: f64) -> i32 {
         Err(e) => return fail(e, EXIT_FAILURE),
     };
     eprintln!("affin-trace: floor attached");
-    let _ = waiter.wait(std::time::Duration::from_secs_f64(seconds));
+    sleeper.sleep(std::time::Duration::from_secs_f64(seconds));
     0
 }

@@ -6,9 +6,11 @@
 //! in, bytes out; the CLI decides where they go.
 
 pub mod document;
+pub mod escape;
 pub mod latency;
 pub mod perfetto;
 pub mod plot;
+pub mod series;
 pub mod timeline;
 pub mod watch;
 

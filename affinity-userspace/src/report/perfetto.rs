@@ -8,7 +8,10 @@
 //! Perfetto's CPU scheduling tracks and thread-state bars show as they do
 //! for one:
 //! - per CPU, `FtraceEventBundle`s: `sched_switch` in the compact encoding
-//!   (`CompactSched`: delta-encoded timestamps, interned comms),
+//!   (`CompactSched`: delta-encoded timestamps, interned comms; a switch
+//!   whose previous task is not the one the CPU's last switch brought in,
+//!   such as each CPU's first, is written in full, since the compact form
+//!   leaves it implied),
 //!   `sched_wakeup` / `sched_wakeup_new` (in the bundle of the CPU it fired
 //!   on, under the thread running there, the waker: the wakee's chain),
 //!   `sched_migrate_task` and `sched_process_exit` (a target's last switch);
@@ -132,18 +135,24 @@ pub mod pb {
         SchedMigrateTask(SchedMigrateTask),
     }
 
-    /// `SchedSwitchFtraceEvent` (sched.proto): decoded only (switches are
-    /// written compact).
+    /// `SchedSwitchFtraceEvent` (sched.proto): written where the compact
+    /// encoding's implied previous task would be wrong (see `Writer::add`).
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct SchedSwitch {
         #[prost(string, optional, tag = "1")]
         pub prev_comm: Option<String>,
         #[prost(int32, optional, tag = "2")]
         pub prev_pid: Option<i32>,
+        #[prost(int32, optional, tag = "3")]
+        pub prev_prio: Option<i32>,
         #[prost(int64, optional, tag = "4")]
         pub prev_state: Option<i64>,
+        #[prost(string, optional, tag = "5")]
+        pub next_comm: Option<String>,
         #[prost(int32, optional, tag = "6")]
         pub next_pid: Option<i32>,
+        #[prost(int32, optional, tag = "7")]
+        pub next_prio: Option<i32>,
     }
 
     /// `SchedWakeupFtraceEvent` / `SchedWakeupNewFtraceEvent` (same fields).
@@ -328,6 +337,9 @@ struct Pending {
 pub struct Writer<W: Write> {
     w: W,
     cpus: HashMap<u32, Pending>,
+    /// Per CPU, the task the last switch written put there (0: not a
+    /// target): the previous task a compact switch implies.
+    on_cpu: HashMap<u32, u32>,
     held: usize,
     written: Written,
     error: Option<std::io::Error>,
@@ -341,12 +353,18 @@ impl<W: Write> Writer<W> {
         Writer {
             w,
             cpus: HashMap::new(),
+            on_cpu: HashMap::new(),
             held: 0,
             written: Written::default(),
             error: None,
             buf: Vec::with_capacity(64 << 10),
             latency: Latencies::default(),
         }
+    }
+
+    /// The output.
+    pub fn get_ref(&self) -> &W {
+        &self.w
     }
 
     /// Counts so far (bytes: flushed bundles).
@@ -375,7 +393,24 @@ impl<W: Write> Writer<W> {
                     STATE_SLEEPING
                 };
                 let p = self.cpus.entry(e.cpu).or_default();
-                p.switches.push((e.ts_ns, state, e.b as i32));
+                // A compact switch names no previous task: readers take the
+                // one the CPU's last switch put there. Where that is not
+                // `a` (the CPU's first switch, a thread marked while it
+                // ran), the switch is written in full.
+                if self.on_cpu.insert(e.cpu, e.b) == Some(e.a) {
+                    p.switches.push((e.ts_ns, state, e.b as i32));
+                } else {
+                    let full = pb::SchedSwitch {
+                        prev_comm: comm(),
+                        prev_pid: Some(e.a as i32),
+                        prev_prio: Some(PRIO),
+                        prev_state: Some(state),
+                        next_comm: comm(),
+                        next_pid: Some(e.b as i32),
+                        next_prio: Some(PRIO),
+                    };
+                    p.events.push(ftrace(e.a, pb::Event::SchedSwitch(full)));
+                }
                 self.written.switches += 1;
                 if e.a != 0 && e.flags & EVF_DEAD != 0 {
                     let exit = pb::SchedProcessExit {
@@ -478,8 +513,8 @@ impl<W: Write> Writer<W> {
 
     /// Writes what is held, the descriptors, the throttling track and the
     /// lost-event marker, and flushes: the file is complete. Returns the
-    /// counts and the waits seen, or the first write error.
-    pub fn finish(mut self, end: &Ending) -> std::io::Result<(Written, Latencies)> {
+    /// counts, the waits seen and the output, or the first write error.
+    pub fn finish(mut self, end: &Ending) -> std::io::Result<(Written, Latencies, W)> {
         self.flush_bundles();
         self.written.lost_events = end.lost_events;
         self.packet(&process_tree(&end.threads, end.end_ns));
@@ -535,7 +570,7 @@ impl<W: Write> Writer<W> {
             return Err(e);
         }
         self.w.flush()?;
-        Ok((self.written, self.latency))
+        Ok((self.written, self.latency, self.w))
     }
 }
 
@@ -650,7 +685,7 @@ mod tests {
         for b in batches {
             w.push(b);
         }
-        let (n, _) = w.finish(end).unwrap();
+        let (n, _, _) = w.finish(end).unwrap();
         assert_eq!(n.bytes, buf.len() as u64);
         (pb::Trace::decode(buf.as_slice()).unwrap(), n)
     }
@@ -680,6 +715,16 @@ mod tests {
         let mut out = Vec::new();
         for p in &t.packet {
             let Some(b) = &p.ftrace_events else { continue };
+            for e in &b.event {
+                if let Some(pb::Event::SchedSwitch(s)) = &e.event {
+                    out.push((
+                        b.cpu.unwrap(),
+                        e.timestamp.unwrap(),
+                        s.prev_state.unwrap(),
+                        s.next_pid.unwrap(),
+                    ));
+                }
+            }
             let cs = b.compact_sched.clone().unwrap_or_default();
             let mut ts = 0;
             for i in 0..cs.switch_timestamp.len() {
@@ -737,6 +782,42 @@ mod tests {
             })
             .collect();
         assert_eq!(exits, vec![(Some(8_000), Some(101))]);
+    }
+
+    #[test]
+    fn a_switch_whose_previous_task_is_not_implied_is_written_in_full() {
+        let (t, _) = roundtrip(
+            &[vec![
+                ev(1_000, EV_SWITCH, 0, 0, 101, 0),
+                ev(2_000, EV_SWITCH, 0, 101, 0, 0),
+                // 100 was marked while it ran: the CPU's last switch put 0.
+                ev(3_000, EV_SWITCH, 0, 100, 101, EVF_PREEMPTED),
+                ev(4_000, EV_SWITCH, 0, 101, 0, 0),
+            ]],
+            &ending(),
+        );
+        let mut full = Vec::new();
+        let mut compact = 0;
+        for b in t.packet.iter().filter_map(|p| p.ftrace_events.as_ref()) {
+            compact += b
+                .compact_sched
+                .as_ref()
+                .map_or(0, |c| c.switch_next_pid.len());
+            for e in &b.event {
+                if let Some(pb::Event::SchedSwitch(s)) = &e.event {
+                    full.push((e.timestamp, s.prev_pid, s.next_pid));
+                }
+            }
+        }
+        full.sort();
+        assert_eq!(
+            full,
+            vec![
+                (Some(1_000), Some(0), Some(101)),
+                (Some(3_000), Some(100), Some(101)),
+            ]
+        );
+        assert_eq!(compact, 2);
     }
 
     #[test]
