@@ -238,13 +238,14 @@ fn perfetto_timeline_of_hop_matches_the_reports_counters() {
         out, switches,
         "switch-outs in the file vs the switches counted"
     );
-    // A switch-in for every switch-out, but for threads running at the
-    // window's edges (one each at most).
+    // A switch-out for every switch-in, but for threads running at the
+    // window's start (one each at most). Fewer switch-ins than switch-outs
+    // (7 of 276 in one run, none in the next): now and then the kernel
+    // resumes a task with no sched_switch naming it (README, "A switch-in
+    // the kernel does not report"); the writer then writes the next
+    // switch-out in full, so its thread is still right.
     let edge = targets.len() as u64;
-    assert!(
-        into <= out + edge && out <= into + edge,
-        "{into} in, {out} out"
-    );
+    assert!(into <= out + edge, "{into} in, {out} out");
     let preempted = sw.iter().filter(|s| s.state == STATE_PREEMPTED).count() as u64;
     assert_eq!(preempted, u(&p["involuntary_switches"]), "R+ switch-outs");
     let dead = sw.iter().filter(|s| s.state == STATE_DEAD).count() as u64;
@@ -308,11 +309,15 @@ fn peak_and_cpu(pid: u32) -> Option<(u64, u64)> {
     Some((hwm, ticks))
 }
 
-/// Resident peak allowed (kB). Measured (README, "Timeline"): about 30 MB
-/// for a minute of this storm, most of it the ring buffer mapped twice and
-/// the maps; a window that held its events would pass this within seconds
-/// (48 bytes an event at the rates below is over 10 MB/s).
+/// Resident peak allowed (kB), the issue's bound. Measured: 33 MB after a
+/// minute of this storm (18.1 million events, none lost), 31 MB of it
+/// already there when tracing started (the maps, the ring mapped twice):
+/// 3x margin. A window that held its events (40 bytes each, 300,000 a
+/// second) would pass it in under 6 s.
 const PEAK_LIMIT_KB: u64 = 100 * 1024;
+/// Growth allowed over the window (kB): measured 1.9 MB; 10x margin, and
+/// under 2 s of held events.
+const GROWTH_LIMIT_KB: u64 = 20 * 1024;
 
 /// A 60 s sched_yield storm (two threads on CPU 0, released at a gate once
 /// the tracer is attached) streamed to a Perfetto file: affin-trace's
@@ -374,4 +379,68 @@ fn a_minute_of_yield_storm_streams_in_bounded_memory() {
         hwm < PEAK_LIMIT_KB,
         "affin-trace's resident peak {hwm} kB over {PEAK_LIMIT_KB} kB"
     );
+    assert!(
+        hwm - start_hwm < GROWTH_LIMIT_KB,
+        "affin-trace grew {} kB over the window",
+        hwm - start_hwm
+    );
+}
+
+/// Issue 18 item 7: a second SIGINT after the one that ends the window
+/// stops the timeline's writing. A yield storm fills a big capture; two
+/// SIGINTs 50 ms apart: the Chrome JSON file (built and written after the
+/// window, seconds for this many events) is not written, nor left
+/// half-written or as a temporary file, the exit is 1 and the report still
+/// comes. The Perfetto file, written as the window runs, is either complete
+/// (it was finished before the second signal) or absent.
+#[test]
+fn a_second_signal_stops_the_timeline_writing_leaving_it_valid_or_absent() {
+    require_root();
+    for name in ["t.json", "t.perfetto-trace"] {
+        let dir = scratch("second-signal");
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join(name);
+        let mut w = Gated::start(&["storm", "2", "3000"]);
+        let tracer = Tracer::start(&[
+            "--pid",
+            &w.pid().to_string(),
+            "--duration",
+            "60",
+            "--timeline",
+            file.to_str().unwrap(),
+        ]);
+        let pid = nix::unistd::Pid::from_raw(tracer.child.id() as i32);
+        w.go();
+        std::thread::sleep(Duration::from_millis(2500));
+        let t = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let (code, json) = tracer.finish();
+        let took = t.elapsed();
+        drop(w);
+        let events = u(&json["timeline"]["events"]);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        println!(
+            "{name}: {events} events, exit {code} {took:.2?} after the first SIGINT, left {left:?}"
+        );
+        assert!(events > 300_000, "a small capture ({events} events)");
+        if name.ends_with(".json") {
+            assert_eq!(code, 1, "{json}");
+            assert!(left.is_empty(), "left behind: {left:?}");
+        } else if left.is_empty() {
+            assert_eq!(code, 1, "{json}");
+        } else {
+            assert_eq!(code, 0, "{json}");
+            let v = official(&file);
+            let records = v["switches"].as_array().unwrap().len()
+                + v["wakeups"].as_array().unwrap().len()
+                + v["migrations"].as_array().unwrap().len();
+            assert_eq!(records as u64, events, "a complete file");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
