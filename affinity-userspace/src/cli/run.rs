@@ -203,6 +203,22 @@ fn write_timeline(
     stop: &SecondSignal,
 ) -> Option<(TimelineJson, bool)> {
     let path = file.path().to_path_buf();
+    if stop.stopped() {
+        // Before the build, which takes seconds for a million events.
+        timeline_failed(&path, &std::io::Error::other(SECOND_SIGNAL));
+        let json = TimelineJson {
+            file: path.display().to_string(),
+            events: cap.drained,
+            lost_events: cap.lost_events,
+            ring_buffer_bytes: cap.ring_buffer_bytes,
+            migration_flows: 0,
+            cpu_slices: 0,
+            format: "chrome",
+            perfetto: None,
+            latency: None,
+        };
+        return Some((json, false));
+    }
     let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
     let mut w = Interruptible::new(file, stop);
     let written = chrome.write(&mut w).and_then(|()| w.into_inner().commit());
