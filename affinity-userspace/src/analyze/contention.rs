@@ -74,6 +74,50 @@ fn secs(ns: u64) -> f64 {
 /// The contention picture of `trace`. `recommended` is the CPU set the
 /// recommendation chose (the neighbours' way out is the other CPUs).
 pub fn assess(trace: &Trace, recommended: &[u32], online: &[u32]) -> Contention {
+    let mut c = shares(trace);
+    if c.runnable_share < WAIT_SHARE_FINDING || c.runnable_ns == 0 {
+        return c;
+    }
+    let who = target_name(trace);
+    let lifetime = if c.lifetime_ns > 0 {
+        c.lifetime_ns
+    } else {
+        trace.duration_ns
+    };
+    let mut f = format!(
+        "{who} waited {:.1} s of {:.1} s runnable ({:.0}% of its CPU demand)",
+        secs(c.runnable_ns),
+        secs(lifetime),
+        c.runnable_share * 100.0
+    );
+    let top: Vec<&NeighbourShare> = c
+        .neighbours
+        .iter()
+        .filter(|n| n.wait_share >= 0.05)
+        .take(3)
+        .collect();
+    let advice = if top.is_empty() {
+        f.push_str("; no other process held the CPUs when it got them back (its own threads did)");
+        vec![format!(
+            "{who}'s threads outnumber the CPUs they may use: give it more CPUs, or run fewer \
+             threads"
+        )]
+    } else {
+        let list: Vec<String> = top
+            .iter()
+            .map(|n| format!("{} pid {}, {:.0}%", n.comm, n.tgid, n.wait_share * 100.0))
+            .collect();
+        f.push_str(&format!("; the CPUs went to {}", list.join("; ")));
+        neighbour_advice(&who, &top, recommended, online)
+    };
+    c.advice = advice;
+    c.finding = Some(f);
+    c
+}
+
+/// The target's runnable wait and how it splits over the neighbours that
+/// held its CPUs (the finding and advice left empty).
+fn shares(trace: &Trace) -> Contention {
     let totals = trace.totals();
     let runnable = totals.runnable_ns;
     let demand = totals.cpu_time_ns.saturating_add(runnable);
@@ -103,7 +147,7 @@ pub fn assess(trace: &Trace, recommended: &[u32], online: &[u32]) -> Contention 
     } else {
         runnable as f64 / demand as f64
     };
-    let mut c = Contention {
+    Contention {
         runnable_ns: runnable,
         demand_ns: demand,
         lifetime_ns: totals.lifetime_ns,
@@ -117,77 +161,56 @@ pub fn assess(trace: &Trace, recommended: &[u32], online: &[u32]) -> Contention 
         followed: trace.followed,
         finding: None,
         advice: Vec::new(),
-    };
-    if runnable_share < WAIT_SHARE_FINDING || runnable == 0 {
-        return c;
     }
-    let who = target_name(trace);
-    let lifetime = if totals.lifetime_ns > 0 {
-        totals.lifetime_ns
-    } else {
-        trace.duration_ns
-    };
-    let mut f = format!(
-        "{who} waited {:.1} s of {:.1} s runnable ({:.0}% of its CPU demand)",
-        secs(runnable),
-        secs(lifetime),
-        runnable_share * 100.0
-    );
-    let top: Vec<&NeighbourShare> = c
-        .neighbours
+}
+
+/// What to do about the neighbours in `top`: move each off the target's
+/// CPUs (or off the machine, when the target needs every CPU), or give
+/// the target cores of its own.
+fn neighbour_advice(
+    who: &str,
+    top: &[&NeighbourShare],
+    recommended: &[u32],
+    online: &[u32],
+) -> Vec<String> {
+    let others: Vec<u32> = online
         .iter()
-        .filter(|n| n.wait_share >= 0.05)
-        .take(3)
+        .copied()
+        .filter(|c| !recommended.contains(c))
         .collect();
-    if top.is_empty() {
-        f.push_str("; no other process held the CPUs when it got them back (its own threads did)");
-        c.advice.push(format!(
-            "{who}'s threads outnumber the CPUs they may use: give it more CPUs, or run fewer \
-             threads"
-        ));
-    } else {
-        let list: Vec<String> = top
-            .iter()
-            .map(|n| format!("{} pid {}, {:.0}%", n.comm, n.tgid, n.wait_share * 100.0))
-            .collect();
-        f.push_str(&format!("; the CPUs went to {}", list.join("; ")));
-        let others: Vec<u32> = online
-            .iter()
-            .copied()
-            .filter(|c| !recommended.contains(c))
-            .collect();
-        for n in &top {
+    let mut advice: Vec<String> = top
+        .iter()
+        .map(|n| {
             let cg = if n.cgroup.is_empty() {
                 String::new()
             } else {
                 format!(", cgroup {}", n.cgroup)
             };
             if others.is_empty() {
-                c.advice.push(format!(
+                format!(
                     "move {} (pid {}{cg}) to another machine or lower its share \
                      (renice, cpu.weight/cpu.shares): every CPU is needed here",
                     n.comm, n.tgid
-                ));
+                )
             } else {
-                c.advice.push(format!(
+                format!(
                     "move {} (pid {}{cg}) off the target's CPUs: taskset -a -c -p {} {}",
                     n.comm,
                     n.tgid,
                     cpulist::format(&others),
                     n.tgid
-                ));
+                )
             }
-        }
-        if !recommended.is_empty() {
-            c.advice.push(format!(
-                "or give {who} its own cores: CPUs {} with the neighbours kept off them \
-                 (a cpuset); its size follows its demand, not the CPU time it got",
-                cpulist::format(recommended)
-            ));
-        }
+        })
+        .collect();
+    if !recommended.is_empty() {
+        advice.push(format!(
+            "or give {who} its own cores: CPUs {} with the neighbours kept off them \
+             (a cpuset); its size follows its demand, not the CPU time it got",
+            cpulist::format(recommended)
+        ));
     }
-    c.finding = Some(f);
-    c
+    advice
 }
 
 /// The name the finding gives the targets: the commonest thread name.

@@ -6,9 +6,9 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use serde::Serialize;
 use thiserror::Error;
 
+pub use crate::report::applied::{AppliedJson, NotApplied};
 use crate::{
     analyze::decision::Analysis,
     apply::plan::{self, Plan, PlanError},
@@ -17,71 +17,6 @@ use crate::{
     collect::session::Outcome,
     host::{Root, procs},
 };
-
-/// What the apply did (JSON `applied`).
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct AppliedJson {
-    /// CPUs set on every thread.
-    pub cpus: Vec<u32>,
-    /// Same, as a list string.
-    pub cpulist: String,
-    /// Threads changed.
-    pub threads_changed: usize,
-    /// The state file of the first target (revert reads it).
-    pub state_file: String,
-    /// State files of all targets.
-    pub state_files: Vec<String>,
-    /// Still applied after verification (false: reverted).
-    pub active: bool,
-}
-
-/// Why an apply changed nothing although it was asked for (JSON
-/// `not_applied`).
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct NotApplied {
-    /// "nothing_to_change" (every thread already had the CPUs) or
-    /// "cancelled" (a signal came before the apply started).
-    pub reason: &'static str,
-    /// The CPUs that would have been set.
-    pub cpulist: String,
-    /// Threads looked at (nothing_to_change).
-    pub threads: usize,
-    /// The signal's name (cancelled).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
-    /// One line saying what happened.
-    pub message: String,
-}
-
-impl NotApplied {
-    /// Every thread already runs on `cpus`.
-    pub fn nothing_to_change(cpus: &[u32], threads: usize) -> Self {
-        let cpulist = crate::model::cpulist::format(cpus);
-        Self {
-            reason: "nothing_to_change",
-            message: format!(
-                "nothing to change: all {threads} thread(s) already run on CPUs {cpulist}; nothing was applied (nothing to revert)"
-            ),
-            cpulist,
-            threads,
-            signal: None,
-        }
-    }
-
-    /// `sig` came before the apply started.
-    pub fn cancelled(cpus: &[u32], sig: i32) -> Self {
-        let name = crate::cli::cancel::name(sig);
-        Self {
-            reason: "cancelled",
-            message: format!(
-                "apply cancelled by {name} before it started: the report above is of the window so far; nothing was changed"
-            ),
-            cpulist: crate::model::cpulist::format(cpus),
-            threads: 0,
-            signal: Some(name),
-        }
-    }
-}
 
 /// Why an apply or revert did not happen. Nothing was changed unless the
 /// variant says otherwise.

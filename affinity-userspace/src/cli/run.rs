@@ -406,7 +406,10 @@ fn apply_and_verify(
     // A signal during the window: its report stands, the apply does not
     // (it would rest on a truncated window).
     if let Some(sig) = cancel.signal() {
-        report.not_applied = Some(actions::NotApplied::cancelled(&cpus, sig));
+        report.not_applied = Some(actions::NotApplied::cancelled(
+            &cpus,
+            crate::cli::cancel::name(sig),
+        ));
         return Err(ActionError::Cancelled(sig));
     }
     let plan = actions::plan(&args.root, outcome, &cpus, args.force)?;
@@ -426,7 +429,10 @@ fn apply_and_verify(
         cancel,
     ) {
         if let ActionError::Cancelled(sig) = e {
-            report.not_applied = Some(actions::NotApplied::cancelled(&cpus, sig));
+            report.not_applied = Some(actions::NotApplied::cancelled(
+                &cpus,
+                crate::cli::cancel::name(sig),
+            ));
         }
         return Err(e);
     }

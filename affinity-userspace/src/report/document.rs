@@ -245,14 +245,14 @@ pub struct Report {
     pub throttling: Option<Throttling>,
     /// What --apply changed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub applied: Option<crate::cli::actions::AppliedJson>,
+    pub applied: Option<crate::report::applied::AppliedJson>,
     /// Before/after comparison of --verify.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::analyze::verify::Verification>,
     /// Why --apply changed nothing: nothing to change, or cancelled by a
     /// signal before it started.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_applied: Option<crate::cli::actions::NotApplied>,
+    pub not_applied: Option<crate::report::applied::NotApplied>,
     /// Who held the CPUs while the targets waited, PSI, followed processes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contention: Option<crate::analyze::contention::Contention>,

@@ -5,6 +5,7 @@
 //! view ([`watch`], whose terminal handling is the one exception). Values
 //! in, bytes out; the CLI decides where they go.
 
+pub mod applied;
 pub mod document;
 pub mod escape;
 pub mod latency;
