@@ -203,8 +203,12 @@ fn write_timeline(
     stop: &SecondSignal,
 ) -> Option<(TimelineJson, bool)> {
     let path = file.path().to_path_buf();
-    if stop.stopped() {
-        // Before the build, which takes seconds for a million events.
+    let chrome =
+        crate::report::timeline::build_unless(cap, &outcome.trace, &outcome.topology, || {
+            stop.stopped()
+        });
+    let Some(chrome) = chrome else {
+        // The build takes seconds for a million events: given up.
         timeline_failed(&path, &std::io::Error::other(SECOND_SIGNAL));
         let json = TimelineJson {
             file: path.display().to_string(),
@@ -218,8 +222,7 @@ fn write_timeline(
             latency: None,
         };
         return Some((json, false));
-    }
-    let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
+    };
     let mut w = Interruptible::new(file, stop);
     let written = chrome.write(&mut w).and_then(|()| w.into_inner().commit());
     if let Err(e) = &written {

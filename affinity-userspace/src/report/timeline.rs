@@ -459,16 +459,34 @@ impl<'n> Rebuild<'n> {
 /// Builds the Chrome trace of `cap`, naming threads from `trace` and CPUs
 /// from `topo`.
 pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
+    build_unless(cap, trace, topo, || false).expect("never stopped")
+}
+
+/// [`build`], given up (`None`) as soon as `stop` says so: a million events
+/// take seconds, and a second signal must not wait for them. Checked every
+/// few thousand events and between the steps.
+pub fn build_unless(
+    cap: &Capture,
+    trace: &Trace,
+    topo: &Topology,
+    stop: impl Fn() -> bool,
+) -> Option<Chrome> {
     let names = Names::from_trace(trace);
     let end = cap.end_ns.saturating_sub(cap.start_ns);
     let rel = |ts: u64| ts.saturating_sub(cap.start_ns).min(end);
     let mut sorted: Vec<&TimelineEvent> = cap.events.iter().collect();
     sorted.sort_by_key(|e| e.ts_ns);
     let mut rb = Rebuild::new(&names);
-    for e in sorted {
+    for (i, e) in sorted.into_iter().enumerate() {
+        if i % 4096 == 0 && stop() {
+            return None;
+        }
         rb.event(e, rel(e.ts_ns));
     }
     rb.finish(end);
+    if stop() {
+        return None;
+    }
     let mut summary = Summary {
         events: cap.events.len() as u64,
         lost_events: cap.lost_events,
@@ -478,19 +496,25 @@ pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
     };
     let mut out = std::mem::take(&mut rb.waits);
     summary.cpu_slices = cpu_slice_events(&rb.slices, &names, &mut out);
+    if stop() {
+        return None;
+    }
     summary.migration_flows = migration_events(&rb, end, &mut out);
     summary.throttled_intervals = throttle_events(cap, rel, &mut out);
     if cap.lost_events > 0 {
         out.push(lost_event(cap.lost_events));
     }
     out.sort_by_key(|e| e.at_ns);
+    if stop() {
+        return None;
+    }
     let mut events = metadata(&rb.slices, &names, topo, cap);
     events.append(&mut out);
-    Chrome {
+    Some(Chrome {
         events,
         other: other_data(cap, trace, end, &summary),
         summary,
-    }
+    })
 }
 
 /// Each slice on its CPU's track and on its thread's; returns how many.
@@ -912,6 +936,13 @@ mod tests {
 
     fn on_cpu_track(e: &Value, cpu: u32) -> bool {
         e["pid"] == CPU_PID && e["tid"] == cpu_tid(cpu)
+    }
+
+    #[test]
+    fn a_build_told_to_stop_gives_up() {
+        let cap = capture(vec![switch(300_000, 0, 101, 0, EVF_PREEMPTED)]);
+        assert!(build_unless(&cap, &trace(), &topo(), || true).is_none());
+        assert!(build_unless(&cap, &trace(), &topo(), || false).is_some());
     }
 
     #[test]
