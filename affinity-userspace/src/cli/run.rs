@@ -342,18 +342,18 @@ fn finish_perfetto(
         quota: cap.quota.clone(),
     };
     let path = w.get_ref().get_ref().w.path().to_path_buf();
-    let (n, latency, out) = match w.finish(&end) {
-        Ok(done) => done,
-        Err(e) => {
-            // The file went with the writer: its temporary file is removed.
-            timeline_failed(&path, &e);
-            return None;
+    let so_far = w.written();
+    let (n, latency, committed) = match w.finish(&end) {
+        Ok((n, latency, out)) => {
+            let committed = out
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|w| w.into_inner().commit());
+            (n, Some(latency), committed)
         }
+        // The file went with the writer: a temporary file is removed.
+        Err(e) => (so_far, None, Err(e)),
     };
-    let committed = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|w| w.into_inner().commit());
     if let Err(e) = &committed {
         timeline_failed(&path, e);
     }
@@ -361,7 +361,7 @@ fn finish_perfetto(
     let json = TimelineJson {
         file: path.display().to_string(),
         events: n.events,
-        lost_events: n.lost_events,
+        lost_events: cap.lost_events,
         ring_buffer_bytes: cap.ring_buffer_bytes,
         migration_flows: 0,
         cpu_slices: 0,
@@ -373,7 +373,7 @@ fn finish_perfetto(
             sched_process_exit: n.exits,
             bytes: n.bytes,
         }),
-        latency: Some(latency.report(|tid| tgids.get(&tid).copied())),
+        latency: latency.map(|l| l.report(|tid| tgids.get(&tid).copied())),
     };
     Some((json, committed.is_ok()))
 }
