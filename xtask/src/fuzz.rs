@@ -25,7 +25,7 @@
 //! The run fails (exit 1) when any target leaves a crash, oom or timeout.
 
 use crate::setup;
-use crate::util::{child_path, run_checked, which, workspace_root};
+use crate::util::{child_path, run_checked, which, words, workspace_root};
 use anyhow::{Context as _, Result, bail};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -55,9 +55,7 @@ pub struct Args {
 /// What one target's run produced.
 struct Outcome {
     target: String,
-    runs: u64,
-    cov: (u64, u64),
-    new_units: u64,
+    stats: Stats,
     corpus: (usize, usize),
     failures: Vec<PathBuf>,
     slow: Vec<PathBuf>,
@@ -91,31 +89,22 @@ pub fn run(args: Args) -> Result<()> {
     println!();
     let mut failed = false;
     for o in &outcomes {
+        let (t, (kept, extra), crashes) = (&o.target, o.corpus, o.failures.len());
+        let Stats {
+            runs,
+            cov_start: c0,
+            cov_end: c1,
+            new_units: new,
+        } = o.stats;
+        let problem = (o.problem.as_ref()).map_or(String::new(), |p| format!("  (FAILED: {p})"));
         println!(
-            "{:<15} {:>9} runs  cov {} -> {} (+{})  {} new units  corpus {} committed + {} extra  {} crashes{}",
-            o.target,
-            o.runs,
-            o.cov.0,
-            o.cov.1,
-            o.cov.1.saturating_sub(o.cov.0),
-            o.new_units,
-            o.corpus.0,
-            o.corpus.1,
-            o.failures.len(),
-            o.problem
-                .as_ref()
-                .map(|p| format!("  (FAILED: {p})"))
-                .unwrap_or_default()
+            "{t:<15} {runs:>9} runs  cov {c0} -> {c1} (+{})  {new} new units  corpus {kept} \
+             committed + {extra} extra  {crashes} crashes{problem}",
+            c1.saturating_sub(c0)
         );
-        for a in &o.failures {
-            println!(
-                "    {}\n      reproduce: cargo +nightly fuzz run -a {} {}\n      minimize:  cargo +nightly fuzz tmin -a {} {}",
-                a.display(),
-                o.target,
-                a.display(),
-                o.target,
-                a.display()
-            );
+        for a in o.failures.iter().map(|a| a.display()) {
+            println!("    {a}\n      reproduce: cargo +nightly fuzz run -a {t} {a}");
+            println!("      minimize:  cargo +nightly fuzz tmin -a {t} {a}");
         }
         for a in &o.slow {
             println!("    slow (not a failure): {}", a.display());
@@ -228,15 +217,9 @@ fn run_target(t: &str, args: &Args) -> Result<Outcome> {
         format!("-dict={}", dir.join("kernel.dict").display()),
     ];
     if args.keep_going {
-        lib_args.extend(
-            [
-                "-fork=1",
-                "-ignore_crashes=1",
-                "-ignore_ooms=1",
-                "-ignore_timeouts=1",
-            ]
-            .map(String::from),
-        );
+        lib_args.extend(words(
+            "-fork=1 -ignore_crashes=1 -ignore_ooms=1 -ignore_timeouts=1",
+        ));
     }
     let bin = binary(t)?;
     println!(
@@ -251,8 +234,7 @@ fn run_target(t: &str, args: &Args) -> Result<Outcome> {
         .stderr(log)
         .status()
         .with_context(|| format!("could not start {}", bin.display()))?;
-    let text = fs::read_to_string(&log_path).unwrap_or_default();
-    let stats = Stats::parse(&text);
+    let stats = Stats::parse(&fs::read_to_string(&log_path).unwrap_or_default());
     let new: Vec<PathBuf> = files(&artifacts)
         .into_iter()
         .filter(|p| {
@@ -261,10 +243,8 @@ fn run_target(t: &str, args: &Args) -> Result<Outcome> {
                 .is_ok_and(|m| m >= start)
         })
         .collect();
-    let (slow, failures): (Vec<PathBuf>, Vec<PathBuf>) = new.into_iter().partition(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("slow-unit-"))
-    });
+    let (slow, failures): (Vec<PathBuf>, Vec<PathBuf>) =
+        new.into_iter().partition(|p| name_starts(p, "slow-unit-"));
     let problem = (!status.success() && failures.is_empty())
         .then(|| format!("libFuzzer exited with {status}; see fuzz/logs/{t}.log"));
     let kept = merge(&bin, t, &corpus, &extra).unwrap_or_else(|e| {
@@ -273,9 +253,7 @@ fn run_target(t: &str, args: &Args) -> Result<Outcome> {
     });
     Ok(Outcome {
         target: t.to_string(),
-        runs: stats.runs,
-        cov: (stats.cov_start, stats.cov_end),
-        new_units: stats.new_units,
+        stats,
         corpus: kept,
         failures,
         slow,
@@ -387,25 +365,24 @@ fn merge(bin: &Path, t: &str, corpus: &Path, extra: &Path) -> Result<(usize, usi
 }
 
 fn is_seed(p: &Path) -> bool {
-    p.file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+    name_starts(p, "seed-")
 }
 
-/// Entries of `dir` that pass `keep`, sorted (none if it is unreadable).
-fn entries(dir: &Path, keep: fn(&Path) -> bool) -> Vec<PathBuf> {
+fn name_starts(p: &Path, prefix: &str) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+}
+
+/// The files in `dir`, sorted (none if it is unreadable).
+fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .into_iter()
         .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| keep(p))
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.is_file())
         .collect();
     v.sort();
     v
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    entries(dir, Path::is_file)
 }
 
 fn count(dir: &Path) -> usize {

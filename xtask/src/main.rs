@@ -1,22 +1,12 @@
-//! Developer tasks for affin-trace, run as `cargo xtask <command>`.
-//!
-//! - `setup`: installs, idempotently, what a fresh Debian bookworm machine
-//!   lacks to build and test (apt packages, nightly + rust-src, bpf-linker).
-//! - `build [--release]`: setup, then builds `affinity-userspace` (its
-//!   build.rs builds the eBPF crate with aya-build).
-//! - `run [-- ARGS...]`: setup, release build, then runs `affin-trace ARGS`
-//!   (`demo` when no ARGS), through sudo when not root and sudo exists.
-//! - `test [--unit|--root] [FILTER]`: setup, the purity check, unit tests, then the root
-//!   integration tests (one at a time), then a pass/fail summary.
-//! - `purity`: model/, analyze/ and report/ import nothing that touches the
-//!   system (also the first step of `test`).
-//! - `install`: release build, copied to /usr/local/bin/affin-trace.
+//! Developer tasks for affin-trace, run as `cargo xtask <command>`
+//! (`cargo xtask --help` lists them): setup, build, run, test, purity,
+//! install, docs, bench, fuzz. Most start with `setup`, which installs,
+//! idempotently, what a fresh Debian bookworm machine lacks.
 //!
 //! A new command is a new `Cmd` variant plus a file holding its `run`.
 
 mod bench;
 mod binary;
-mod docs;
 mod fuzz;
 mod purity;
 mod setup;
@@ -90,7 +80,7 @@ fn main() {
         Cmd::Test(args) => test::run(args),
         Cmd::Purity { src } => purity::run(src.as_deref()),
         Cmd::Install => binary::install(),
-        Cmd::Docs => docs::run(),
+        Cmd::Docs => binary::docs(),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::BenchThreads {

@@ -5,14 +5,17 @@
 //! `std::process`, `libc`, `nix`, `aya` or `procfs`. report/watch/term.rs,
 //! the live view's terminal handling, is the one exemption.
 //!
-//! The files are lexed (proc-macro2), so comments and string literals never
+//! The files are parsed (syn), so comments and string literals never
 //! count, and paths are seen wherever they are: `use` trees with their
-//! `{..}` groups, fully qualified paths in code and inside macro calls,
-//! `extern crate`, and `super::` climbing out of the folder.
+//! `{..}` groups, fully qualified paths in code, types and patterns, inside
+//! macro calls and attributes, `extern crate`, and `super::` climbing out
+//! of the folder.
 
 use anyhow::{Context as _, Result, bail};
-use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
+use proc_macro2::{Spacing, Span, TokenStream, TokenTree};
 use std::path::{Path, PathBuf};
+use syn::UseTree;
+use syn::visit::{self, Visit};
 
 /// The folders that must stay pure, under affinity-userspace/src.
 const PURE: &[&str] = &["model", "analyze", "report"];
@@ -127,12 +130,14 @@ fn module_of(rel: &str) -> Vec<String> {
 
 /// The violations in one file's text; `rel` is its path under src.
 pub fn check_file(rel: &str, text: &str) -> Result<Vec<Violation>> {
-    let tokens: TokenStream = text
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{rel}: does not lex as Rust: {e}"))?;
-    let mut paths = Vec::new();
-    walk(tokens, &module_of(rel), &mut paths);
+    let file = syn::parse_file(text).map_err(|e| anyhow::anyhow!("{rel}: does not parse: {e}"))?;
+    let mut paths = Paths {
+        module: module_of(rel),
+        found: Vec::new(),
+    };
+    paths.visit_file(&file);
     Ok(paths
+        .found
         .into_iter()
         .filter_map(|(segs, line)| {
             rule_broken(&segs).map(|rule| Violation {
@@ -162,27 +167,6 @@ fn rule_broken(segs: &[String]) -> Option<String> {
         .map(|f| format!("no {} in the pure core", f.join("::")))
 }
 
-/// A path being read: its segments (resolved against `module`) and the
-/// line it starts on.
-type Found = (Vec<String>, usize);
-
-fn is_punct(t: &TokenTree, c: char) -> bool {
-    matches!(t, TokenTree::Punct(p) if p.as_char() == c)
-}
-
-/// `::` at `i` (two joint colons).
-fn is_path_sep(toks: &[TokenTree], i: usize) -> bool {
-    matches!(toks.get(i), Some(TokenTree::Punct(p)) if p.as_char() == ':' && p.spacing() == Spacing::Joint)
-        && toks.get(i + 1).is_some_and(|t| is_punct(t, ':'))
-}
-
-fn ident(t: Option<&TokenTree>) -> Option<String> {
-    match t {
-        Some(TokenTree::Ident(i)) => Some(i.to_string().trim_start_matches("r#").to_string()),
-        _ => None,
-    }
-}
-
 /// Resolves a path's leading `self`/`super` against the module it is in.
 fn resolve(module: &[String], segs: Vec<String>) -> Vec<String> {
     let mut base: Vec<String> = module.to_vec();
@@ -208,126 +192,115 @@ fn resolve(module: &[String], segs: Vec<String>) -> Vec<String> {
     out
 }
 
-/// Collects every path in `ts` (recursing into groups and inline modules).
-fn walk(ts: TokenStream, module: &[String], out: &mut Vec<Found>) {
-    let toks: Vec<TokenTree> = ts.into_iter().collect();
-    let mut i = 0;
-    while i < toks.len() {
-        // `mod name { .. }`: the body is one module deeper.
-        if ident(toks.get(i)).as_deref() == Some("mod")
-            && let (Some(name), Some(TokenTree::Group(g))) =
-                (ident(toks.get(i + 1)), toks.get(i + 2))
-            && g.delimiter() == Delimiter::Brace
-        {
-            let mut inner = module.to_vec();
-            inner.push(name);
-            walk(g.stream(), &inner, out);
-            i += 3;
-            continue;
-        }
-        // `extern crate name`.
-        if ident(toks.get(i)).as_deref() == Some("extern")
-            && ident(toks.get(i + 1)).as_deref() == Some("crate")
-            && let Some(name) = ident(toks.get(i + 2))
-        {
-            out.push((vec![name], line_of(&toks[i])));
-            i += 3;
-            continue;
-        }
-        // `use tree;`
-        if ident(toks.get(i)).as_deref() == Some("use") {
-            let end = (i + 1..toks.len())
-                .find(|&j| is_punct(&toks[j], ';'))
-                .unwrap_or(toks.len());
-            use_tree(&toks[i + 1..end], &[], module, out);
-            i = end + 1;
-            continue;
-        }
-        match &toks[i] {
-            TokenTree::Group(g) => {
-                walk(g.stream(), module, out);
-                i += 1;
-            }
-            TokenTree::Ident(_) => {
-                let (segs, next) = read_path(&toks, i);
-                // A one-segment name is a crate only in `use`/`extern crate`.
-                if segs.len() > 1 {
-                    out.push((resolve(module, segs), line_of(&toks[i])));
-                }
-                i = next;
-            }
-            t if is_path_sep(&toks, i) && matches!(toks.get(i + 2), Some(TokenTree::Ident(_))) => {
-                // `::std::fs`: a leading `::` names a crate.
-                let line = line_of(t);
-                let (segs, next) = read_path(&toks, i + 2);
-                out.push((segs, line));
-                i = next;
-            }
-            _ => i += 1,
-        }
-    }
+/// Every path of a file, resolved against the module it is in, with the
+/// line it starts on.
+struct Paths {
+    module: Vec<String>,
+    found: Vec<(Vec<String>, usize)>,
 }
 
-/// Reads `a::b::c` from `i` (an ident); returns the segments and the index
-/// after the path. Generic arguments (`Vec::<u8>::new`) end it.
-fn read_path(toks: &[TokenTree], i: usize) -> (Vec<String>, usize) {
-    let mut segs = vec![ident(toks.get(i)).unwrap_or_default()];
-    let mut j = i + 1;
-    while is_path_sep(toks, j) {
-        match ident(toks.get(j + 2)) {
-            Some(s) => {
+impl Paths {
+    fn push(&mut self, segs: Vec<String>, span: Span) {
+        let segs = resolve(&self.module, segs);
+        self.found.push((segs, span.start().line));
+    }
+
+    /// `a::b`, `a::{b, c::d}`, `a::*`, `a as b`.
+    fn use_tree(&mut self, tree: &UseTree, prefix: &mut Vec<String>, span: Span) {
+        let leaf = |me: &mut Self, ident: &syn::Ident| {
+            let mut segs = prefix.clone();
+            segs.push(ident.to_string());
+            me.push(segs, ident.span());
+        };
+        match tree {
+            UseTree::Path(p) => {
+                prefix.push(p.ident.to_string());
+                self.use_tree(&p.tree, prefix, p.ident.span());
+                prefix.pop();
+            }
+            UseTree::Name(n) => leaf(self, &n.ident),
+            UseTree::Rename(r) => leaf(self, &r.ident),
+            UseTree::Glob(_) => self.push(prefix.clone(), span),
+            UseTree::Group(g) => g.items.iter().for_each(|t| self.use_tree(t, prefix, span)),
+        }
+    }
+
+    /// Paths in the tokens of a macro or attribute (`a::b`, `::a::b`), which
+    /// syn does not parse.
+    fn tokens(&mut self, ts: TokenStream) {
+        let toks: Vec<TokenTree> = ts.into_iter().collect();
+        let mut i = 0;
+        while i < toks.len() {
+            let sep = |j: usize| {
+                matches!(toks.get(j), Some(TokenTree::Punct(p)) if p.as_char() == ':' && p.spacing() == Spacing::Joint)
+                    && matches!(toks.get(j + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':')
+            };
+            let ident = |j: usize| match toks.get(j) {
+                Some(TokenTree::Ident(id)) => Some(id.to_string()),
+                _ => None,
+            };
+            let start = if sep(i) && ident(i + 2).is_some() {
+                i + 2
+            } else {
+                i
+            };
+            if let TokenTree::Group(g) = &toks[i] {
+                self.tokens(g.stream());
+            }
+            let Some(first) = ident(start) else {
+                i += 1;
+                continue;
+            };
+            let mut segs = vec![first];
+            let mut j = start + 1;
+            while sep(j)
+                && let Some(s) = ident(j + 2)
+            {
                 segs.push(s);
                 j += 3;
             }
-            None => break,
-        }
-    }
-    (segs, j)
-}
-
-/// Collects the paths of a `use` tree (`toks` without `use` and `;`):
-/// `a::b`, `a::{b, c::d}`, `a::*`, `a as b`.
-fn use_tree(toks: &[TokenTree], prefix: &[String], module: &[String], out: &mut Vec<Found>) {
-    // Split the tree at top-level commas.
-    for item in toks.split(|t| is_punct(t, ',')) {
-        let mut segs = prefix.to_vec();
-        let mut j = 0;
-        if is_path_sep(item, 0) {
-            j = 2;
-        }
-        let line = item.first().map(line_of).unwrap_or(0);
-        loop {
-            match item.get(j) {
-                Some(TokenTree::Ident(_)) => {
-                    let name = ident(item.get(j)).unwrap_or_default();
-                    if name == "as" {
-                        break;
-                    }
-                    segs.push(name);
-                    j += 1;
-                }
-                Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Brace => {
-                    let inner: Vec<TokenTree> = g.stream().into_iter().collect();
-                    use_tree(&inner, &segs, module, out);
-                    segs.clear();
-                    break;
-                }
-                _ => break,
+            // A one-segment name in code is not a crate.
+            if segs.len() > 1 || start > i {
+                self.push(segs, toks[i].span());
             }
-            if is_path_sep(item, j) {
-                j += 2;
-            } else {
-                break;
-            }
-        }
-        if !segs.is_empty() {
-            out.push((resolve(module, segs), line));
+            i = j;
         }
     }
 }
 
-fn line_of(t: &TokenTree) -> usize {
-    t.span().start().line
+impl<'ast> Visit<'ast> for Paths {
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        self.module.push(m.ident.to_string());
+        visit::visit_item_mod(self, m);
+        self.module.pop();
+    }
+
+    fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
+        self.use_tree(&u.tree, &mut Vec::new(), u.use_token.span);
+    }
+
+    fn visit_item_extern_crate(&mut self, e: &'ast syn::ItemExternCrate) {
+        self.push(vec![e.ident.to_string()], e.ident.span());
+    }
+
+    fn visit_path(&mut self, p: &'ast syn::Path) {
+        if p.segments.len() > 1 || p.leading_colon.is_some() {
+            let segs = p.segments.iter().map(|s| s.ident.to_string()).collect();
+            self.push(segs, p.segments[0].ident.span());
+        }
+        visit::visit_path(self, p);
+    }
+
+    fn visit_macro(&mut self, m: &'ast syn::Macro) {
+        self.tokens(m.tokens.clone());
+        visit::visit_macro(self, m);
+    }
+
+    /// `#[derive(aya::Pod)]` and the like.
+    fn visit_meta_list(&mut self, m: &'ast syn::MetaList) {
+        self.tokens(m.tokens.clone());
+        visit::visit_meta_list(self, m);
+    }
 }
 
 #[cfg(test)]

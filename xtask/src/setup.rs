@@ -7,44 +7,142 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// llvm-22-dev, libpolly-22-dev, libzstd-dev build bpf-linker; linux-perf and
-/// bpftool are test oracles; ffmpeg is a test workload; python3-venv holds
-/// the Perfetto schema the timeline tests decode with.
+/// bpftool are test oracles; ffmpeg is a test workload; prometheus scrapes
+/// `affin-trace serve` in its root test; python3-venv holds the manifests'
+/// validator (see [`K8S_VENV`]) and the Perfetto schema (see
+/// [`PERFETTO_VENV`]).
 const APT_PACKAGES: &[&str] = &[
-    "python3-venv",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "linux-perf",
     "bpftool",
     "ffmpeg",
+    "prometheus",
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const RUSTUP_FIX: &str = "install rustup (https://rustup.rs) and put ~/.cargo/bin on PATH";
+
+pub fn run() -> Result<()> {
+    let missing = missing_apt_packages(APT_PACKAGES)?;
+    for pkg in APT_PACKAGES.iter().filter(|p| !missing.contains(p)) {
+        println!("setup: apt {pkg}: present");
+    }
+    if !missing.is_empty() {
+        let name = format!("apt {}", missing.join(" "));
+        let have = || Ok(missing_apt_packages(&missing)?.is_empty());
+        step(&name, have, || apt_install(&missing))?;
+    }
+    let nightly = || {
+        stdout_has("rustup", &["toolchain", "list"], |l| {
+            l.starts_with("nightly")
+        })
+    };
+    step("rust nightly toolchain", nightly, || {
+        run_checked(
+            &mut rustup(&["toolchain", "install", "nightly", "--profile", "minimal"]),
+            "rustup toolchain install nightly",
+            "no nightly toolchain could be fetched from here (the eBPF crate needs one for \
+             -Z build-std); install one by other means, e.g. from a machine image that has it",
+        )
+    })?;
+    let rust_src = || {
+        let args = ["component", "list", "--toolchain", "nightly", "--installed"];
+        stdout_has("rustup", &args, |l| l.trim().starts_with("rust-src"))
+    };
+    step("rust-src (nightly)", rust_src, || {
+        run_checked(
+            &mut rustup(&["component", "add", "rust-src", "--toolchain", "nightly"]),
+            "rustup component add rust-src --toolchain nightly",
+            "check network access to the rustup dist server",
+        )
+    })?;
+    let linker = || Ok(find_bpf_linker().is_some());
+    step(
+        &format!("bpf-linker {BPF_LINKER_VERSION} (llvm-22)"),
+        linker,
+        install_bpf_linker,
+    )?;
+    let venv = crate::util::workspace_root().join(K8S_VENV);
+    let have = || Ok(venv.join("bin/kubernetes-validate").is_file());
+    step("pip kubernetes-validate", have, || {
+        let fix = "needs python3-venv (apt step) and PyPI reachable";
+        let mut venv_cmd = Command::new("python3");
+        venv_cmd.args(["-m", "venv"]).arg(&venv);
+        run_checked(&mut venv_cmd, "python3 -m venv", fix)?;
+        let mut pip = Command::new(venv.join("bin/pip"));
+        pip.args(["install", "--quiet", "kubernetes-validate==1.37.0"]);
+        run_checked(&mut pip, "pip install kubernetes-validate", fix)
+    })?;
+    let venv = std::path::Path::new(PERFETTO_VENV);
+    let have = || Ok(venv.join("bin/python").is_file() && perfetto_schema_loads(venv));
+    step(&format!("pip {PERFETTO_PYPI}"), have, || {
+        let fix = "needs python3-venv (apt step) and PyPI reachable";
+        let mut venv_cmd = Command::new("python3");
+        venv_cmd.args(["-m", "venv"]).arg(venv);
+        run_checked(&mut venv_cmd, "python3 -m venv", fix)?;
+        let mut pip = Command::new(venv.join("bin/pip"));
+        pip.args(["install", "--quiet", PERFETTO_PYPI]);
+        run_checked(&mut pip, "pip install perfetto", fix)
+    })
+}
+
 /// The venv with PyPI's `perfetto` package, whose compiled
 /// `perfetto_trace_pb2` is the official schema the root tests decode
-/// `--timeline` files with (tests/tests/perfetto.rs).
+/// `--timeline` files with (tests/tests/perfetto.rs), offline.
 pub const PERFETTO_VENV: &str = "/opt/affin-trace-venv";
 const PERFETTO_PYPI: &str = "perfetto==0.59.1";
 
-pub fn run() -> Result<()> {
-    apt_packages()?;
-    nightly()?;
-    rust_src()?;
-    bpf_linker()?;
-    perfetto_venv()?;
+/// Whether the venv's python imports the compiled schema.
+fn perfetto_schema_loads(venv: &std::path::Path) -> bool {
+    Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "from perfetto.protos.perfetto.trace import perfetto_trace_pb2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Where `kubernetes-validate` (PyPI) lives: the deploy/ tests run it to
+/// validate the DaemonSet and Service against the Kubernetes schemas it
+/// ships (offline).
+pub const K8S_VENV: &str = "target/venv-k8s";
+
+/// Says `present` when `have` holds; else installs, then checks again.
+fn step(
+    name: &str,
+    have: impl Fn() -> Result<bool>,
+    install: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    if have()? {
+        println!("setup: {name}: present");
+        return Ok(());
+    }
+    println!("setup: {name}: installing ...");
+    install()?;
+    if !have()? {
+        bail!("{name}: the install reported success, but it is still missing");
+    }
+    println!("setup: {name}: installed");
     Ok(())
 }
 
-fn present(step: &str) {
-    println!("setup: {step}: present");
+fn rustup(args: &[&str]) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(args).stdin(Stdio::null());
+    cmd
 }
 
-fn installing(step: &str) {
-    println!("setup: {step}: installing ...");
-}
-
-fn installed(step: &str) {
-    println!("setup: {step}: installed");
+/// Whether a line of `program args`'s stdout passes `pred`.
+fn stdout_has(program: &str, args: &[&str], pred: fn(&str) -> bool) -> Result<bool> {
+    let out = output(program, args, RUSTUP_FIX)?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().any(pred))
 }
 
 /// Output of a command that must exist; stdout only, stdin closed.
@@ -56,132 +154,45 @@ fn output(program: &str, args: &[&str], fix: &str) -> Result<std::process::Outpu
         .with_context(|| format!("could not run `{program}`; {fix}"))
 }
 
-/// Packages of `APT_PACKAGES` that dpkg does not report as installed.
-fn missing_apt_packages() -> Result<Vec<&'static str>> {
+/// Packages of `pkgs` that dpkg does not report as installed.
+fn missing_apt_packages<'a>(pkgs: &[&'a str]) -> Result<Vec<&'a str>> {
     let mut args = vec!["-W", "-f=${Package} ${Status}\\n"];
-    args.extend(APT_PACKAGES);
+    args.extend(pkgs);
     // dpkg-query exits 1 when some package is unknown: read stdout anyway.
     let out = output("dpkg-query", &args, "this needs a Debian-based system")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| {
-            !text.lines().any(|l| {
-                l.strip_prefix(pkg)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .is_some_and(|status| status == "install ok installed")
-            })
+    let installed = |pkg: &str| {
+        text.lines().any(|l| {
+            l.strip_prefix(pkg).and_then(|r| r.strip_prefix(' ')) == Some("install ok installed")
         })
-        .collect())
+    };
+    Ok(pkgs.iter().copied().filter(|p| !installed(p)).collect())
 }
 
-fn apt_packages() -> Result<()> {
-    let missing = missing_apt_packages()?;
-    for pkg in APT_PACKAGES.iter().filter(|p| !missing.contains(p)) {
-        present(&format!("apt {pkg}"));
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let step = format!("apt {}", missing.join(" "));
+/// `apt-get update`, then `apt-get install` of `pkgs` (as root).
+pub fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !is_root() {
         bail!(
             "apt packages missing ({}): run as root: `sudo cargo xtask setup`",
-            missing.join(" ")
+            pkgs.join(" ")
         );
     }
-    installing(&step);
     let fix = "check the apt sources (llvm-22-dev comes from bookworm-security) and the network";
-    run_checked(
-        Command::new("apt-get")
-            .arg("update")
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null()),
-        "apt-get update",
+            .stdin(Stdio::null());
+        cmd
+    };
+    run_checked(&mut apt(&["update"]), "apt-get update", fix)?;
+    let mut install = apt(&["install", "-y", "--no-install-recommends"]);
+    install.args(pkgs);
+    run_checked(
+        &mut install,
+        &format!("apt-get install {}", pkgs.join(" ")),
         fix,
-    )?;
-    run_checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null()),
-        &format!("apt-get install {}", missing.join(" ")),
-        fix,
-    )?;
-    let still = missing_apt_packages()?;
-    if !still.is_empty() {
-        bail!(
-            "apt-get install finished but {} still not installed; {fix}",
-            still.join(" ")
-        );
-    }
-    installed(&step);
-    Ok(())
-}
-
-const RUSTUP_FIX: &str = "install rustup (https://rustup.rs) and put ~/.cargo/bin on PATH";
-
-fn has_nightly() -> Result<bool> {
-    let out = output("rustup", &["toolchain", "list"], RUSTUP_FIX)?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("nightly")))
-}
-
-fn nightly() -> Result<()> {
-    let step = "rust nightly toolchain";
-    if has_nightly()? {
-        present(step);
-        return Ok(());
-    }
-    installing(step);
-    run_checked(
-        Command::new("rustup")
-            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
-            .stdin(Stdio::null()),
-        "rustup toolchain install nightly",
-        "no nightly toolchain could be fetched from here (the eBPF crate needs one for \
-         -Z build-std); install one by other means, e.g. from a machine image that has it",
-    )?;
-    if !has_nightly()? {
-        bail!("rustup reported success but lists no nightly toolchain");
-    }
-    installed(step);
-    Ok(())
-}
-
-fn has_rust_src() -> Result<bool> {
-    let out = output(
-        "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
-        RUSTUP_FIX,
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim().starts_with("rust-src")))
-}
-
-fn rust_src() -> Result<()> {
-    let step = "rust-src (nightly)";
-    if has_rust_src()? {
-        present(step);
-        return Ok(());
-    }
-    installing(step);
-    run_checked(
-        Command::new("rustup")
-            .args(["component", "add", "rust-src", "--toolchain", "nightly"])
-            .stdin(Stdio::null()),
-        "rustup component add rust-src --toolchain nightly",
-        "check network access to the rustup dist server",
-    )?;
-    if !has_rust_src()? {
-        bail!("rustup reported success but nightly still lacks rust-src");
-    }
-    installed(step);
-    Ok(())
+    )
 }
 
 /// The bpf-linker that prints the wanted version, on PATH or in ~/.cargo/bin.
@@ -202,13 +213,7 @@ fn find_bpf_linker() -> Option<PathBuf> {
     })
 }
 
-fn bpf_linker() -> Result<()> {
-    let step = format!("bpf-linker {BPF_LINKER_VERSION} (llvm-22)");
-    if find_bpf_linker().is_some() {
-        present(&step);
-        return Ok(());
-    }
-    installing(&step);
+fn install_bpf_linker() -> Result<()> {
     // bpf-linker's build uses the first llvm-config on PATH, and
     // /usr/bin/llvm-config is LLVM 14: put LLVM 22 first.
     let mut path = std::ffi::OsString::from(format!("{LLVM_PREFIX}/bin:"));
@@ -223,55 +228,5 @@ fn bpf_linker() -> Result<()> {
         "cargo install bpf-linker",
         "it needs llvm-22-dev, libpolly-22-dev and libzstd-dev (installed by the apt step) \
          and access to crates.io",
-    )?;
-    if find_bpf_linker().is_none() {
-        bail!(
-            "cargo install bpf-linker succeeded but no bpf-linker {BPF_LINKER_VERSION} \
-             is on PATH or in ~/.cargo/bin"
-        );
-    }
-    installed(&step);
-    Ok(())
-}
-
-/// Whether the venv imports the Perfetto schema.
-fn has_perfetto_venv() -> bool {
-    Command::new(format!("{PERFETTO_VENV}/bin/python"))
-        .args([
-            "-c",
-            "import perfetto.protos.perfetto.trace.perfetto_trace_pb2",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn perfetto_venv() -> Result<()> {
-    let step = format!("Python venv {PERFETTO_VENV} with {PERFETTO_PYPI}");
-    if has_perfetto_venv() {
-        present(&step);
-        return Ok(());
-    }
-    installing(&step);
-    run_checked(
-        Command::new("python3")
-            .args(["-m", "venv", PERFETTO_VENV])
-            .stdin(Stdio::null()),
-        "python3 -m venv",
-        "it needs python3-venv (installed by the apt step)",
-    )?;
-    run_checked(
-        Command::new(format!("{PERFETTO_VENV}/bin/pip"))
-            .args(["install", "--quiet", PERFETTO_PYPI])
-            .stdin(Stdio::null()),
-        "pip install perfetto",
-        "it needs access to PyPI",
-    )?;
-    if !has_perfetto_venv() {
-        bail!("{PERFETTO_VENV} was made but does not import perfetto_trace_pb2");
-    }
-    installed(&step);
-    Ok(())
+    )
 }

@@ -126,7 +126,6 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
 /// Takes /run/affin-trace-root-tests.lock (flock, exclusive, blocking);
 /// the bench takes it too.
 pub fn machine_lock() -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd as _;
     let path = "/run/affin-trace-root-tests.lock";
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -134,13 +133,10 @@ pub fn machine_lock() -> Result<std::fs::File> {
         .write(true)
         .open(path)
         .with_context(|| format!("opening {path}"))?;
-    // SAFETY: flock on an fd we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // std's File::lock is flock(2), as the `flock` command takes it.
+    if file.try_lock().is_err() {
         println!("xtask: another root test run holds {path}; waiting for it");
-        // SAFETY: as above.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            anyhow::bail!("flock {path}: {}", std::io::Error::last_os_error());
-        }
+        file.lock().with_context(|| format!("flock {path}"))?;
     }
     Ok(file)
 }

@@ -27,16 +27,10 @@ pub fn release_bin() -> PathBuf {
     target.join("release/affin-trace")
 }
 
-/// Whether the effective uid is 0 (read from /proc, no libc needed).
+/// Whether the effective uid is 0.
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// `$CARGO_HOME/bin`, where `cargo install` puts bpf-linker.
@@ -84,4 +78,9 @@ pub fn run_checked(cmd: &mut Command, what: &str, fix: &str) -> Result<()> {
         bail!("{what} failed ({status}); {fix}");
     }
     Ok(())
+}
+
+/// Whitespace-separated words as arguments.
+pub fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
 }

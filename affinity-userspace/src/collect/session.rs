@@ -47,7 +47,7 @@ pub enum SessionError {
     ApplyToCommand,
     /// Nothing to trace was given.
     #[error(
-        "nothing to trace: give --pid PID, --tid TID, --comm NAME, --cgroup PATH or -- COMMAND (see --help)"
+        "nothing to trace: give --pid PID, --tid TID, --comm NAME, --cgroup PATH, --pod NAMESPACE/NAME, --container ID or -- COMMAND (see --help)"
     )]
     NoTarget,
     /// A command and pids at once.
@@ -164,7 +164,8 @@ impl Pressures {
     }
 }
 
-fn pid_max(root: &Root) -> u32 {
+/// `kernel.pid_max`, sizing the per-pid maps.
+pub fn pid_max(root: &Root) -> u32 {
     std::fs::read_to_string(root.join("proc/sys/kernel/pid_max"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -388,6 +389,7 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
         log_to_stderr: args.verbose,
         follow: follows(args),
         join_cgroup: args.cgroup.as_deref().map_or(0, procs::dir_inode),
+        cgroup_set: false,
     };
     let mut probe = Probe::load(&cfg, &topology)?;
     verbose.say(&format!("programs attached ({:?})", probe.mode()));

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod cpulist;
+pub mod kube;
 pub mod snapshot;
 pub mod topology;
 pub mod trace;

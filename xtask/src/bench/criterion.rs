@@ -7,7 +7,7 @@
 
 use crate::util::{cargo, workspace_root};
 use anyhow::{Context as _, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -15,6 +15,7 @@ use std::time::SystemTime;
 pub const COMMAND: &str = "cargo bench -p affinity-userspace --benches";
 
 /// One bench's figures (ns per iteration).
+#[derive(Serialize, Deserialize)]
 pub struct Figure {
     /// `group/bench`.
     pub name: String,
@@ -134,48 +135,19 @@ pub fn duration(ns: f64) -> String {
 mod tests {
     use super::*;
 
+    /// fixtures/criterion: one bench's estimates, and criterion's `report/`.
     #[test]
     fn reads_the_estimates_of_this_run() {
-        let dir = std::env::temp_dir().join(format!("xtask-criterion.{}", std::process::id()));
-        let bench = dir.join("timeline/build/new");
-        std::fs::create_dir_all(&bench).unwrap();
-        std::fs::create_dir_all(dir.join("report")).unwrap();
-        let est = |p: f64| {
-            format!(
-                r#"{{"point_estimate":{p},"confidence_interval":{{"confidence_level":0.95,"lower_bound":{},"upper_bound":{}}},"standard_error":1.0}}"#,
-                p - 1.0,
-                p + 1.0
-            )
-        };
-        let text = format!(
-            r#"{{"mean":{},"median":{},"std_dev":{}}}"#,
-            est(2.5e6),
-            est(2.4e6),
-            est(1.0)
-        );
-        std::fs::write(bench.join("estimates.json"), text).unwrap();
-        std::fs::write(
-            bench.join("benchmark.json"),
-            r#"{"throughput":{"Elements":1000}}"#,
-        )
-        .unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/criterion");
         let f = read(&dir, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(f.len(), 1);
-        assert_eq!(
-            (f[0].name.as_str(), f[0].elements),
-            ("timeline/build", Some(1000))
-        );
-        assert_eq!(
-            (f[0].median_ns, f[0].mean_ci_ns),
-            (2.4e6, (2.5e6 - 1.0, 2.5e6 + 1.0))
-        );
+        let (name, elements) = (f[0].name.as_str(), f[0].elements);
+        assert_eq!((name, elements), ("timeline/build", Some(1000)));
+        let ci = (2.5e6 - 1.0, 2.5e6 + 1.0);
+        assert_eq!((f[0].median_ns, f[0].mean_ci_ns), (2.4e6, ci));
         assert_eq!(duration(f[0].median_ns), "2.40 ms");
         // Estimates older than the run are another run's.
-        assert!(
-            read(&dir, SystemTime::now() + std::time::Duration::from_secs(60))
-                .unwrap()
-                .is_empty()
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(60);
+        assert!(read(&dir, later).unwrap().is_empty());
     }
 }

@@ -1,40 +1,25 @@
 //! `cargo xtask bench` (issue #6): affin-trace's overhead, start-up time and
-//! scale, measured on this machine and written to BENCHMARKS.md.
-//!
-//! Phases (all as root; about 3 minutes), each selectable with `--only`:
-//! 1. `pipe`: `taskset -c 0 perf bench sched pipe -T -l LOOPS` under five
-//!    configurations, interleaved (a b c d e a b c d e ..., 15 rounds by
-//!    default), median and min-max of each: (a) nothing attached, (b)
-//!    `affin-trace bench-floor` (an empty tp_btf program), (c) affin-trace
-//!    tracing an unrelated `sleep`, (d) affin-trace tracing the benchmark
-//!    itself, (e) an equivalent bpftrace script (skipped, with the reason,
-//!    without bpftrace). LOOPS is calibrated so that one run takes ~1 s.
-//! 2. (with `pipe`) Added cost per context switch, with switches per op
-//!    measured by (d)'s report (and cross-checked with `perf stat -e
-//!    context-switches`).
-//! 3. `bpf-stats`: per-program run time from `kernel.bpf_stats_enabled`, in
-//!    separate runs of (b), (c) and (d) so that the stats do not distort
-//!    phase 1.
-//! 4. `startup`: one cold run (offsets cache deleted), then 10 warm runs.
-//! 5. `threads`: affin-trace's own CPU time, peak RSS and per-interval map
-//!    read time while tracing 1,000 threads.
-//! 6. `scale`: 10,000 threads for 5 s: dropped events, threads seen, map
-//!    read time.
-//! 7. `criterion`: the criterion benches of the pure hot paths
-//!    (affinity-userspace/benches/, no root needed on their own), their
-//!    figures read back into the same report.
+//! scale, measured on this machine and written to BENCHMARKS.md, whose
+//! text (templates/BENCHMARKS.md.j2) says what each phase does. The phases
+//! ([`Phase`], all as root, about 3 minutes; `--only` picks some):
+//! `perf bench sched pipe` on CPU 0 under (a) nothing, (b) `affin-trace
+//! bench-floor`, (c) affin-trace tracing an unrelated `sleep`, (d)
+//! affin-trace tracing the benchmark, (e) bpftrace (skipped, with the
+//! reason, without it), interleaved over rounds, loops calibrated to ~1 s a
+//! run; bpf_stats in separate runs of (b)-(d); start-up cold then warm;
+//! 1,000 and 10,000 traced threads (`bench-threads`, hidden, is their
+//! workload); the criterion benches of affinity-userspace/benches/.
 //!
 //! The run holds the root tests' machine-wide lock, so that neither
 //! distorts the other. Every path stops the processes it started, restores
 //! the sysctls it changed, and the end checks that no affin-trace program
-//! stays loaded.
-//! `bench-threads N SECS [PERIOD_MS]` (hidden) is the workload of 5 and 6.
+//! stays loaded. What a run gathered is saved in target/bench-run.json;
+//! `--render` writes the report from it again (no root, nothing measured).
 //!
-//! Files by role: `sys` (libc calls, the interrupt flag), `process` (child
-//! processes, sysctls, the temp dir), `parse` (reading the tools'
-//! output), `programs` (which BPF programs are loaded and by whom), `pipe`,
-//! `startup`, `threads` and `criterion` (the phases), `results` (what a run gathered),
-//! `render` (BENCHMARKS.md).
+//! Files by role: `process` (children, sysctls, signals), `parse` (the
+//! tools' output), `programs` (which BPF programs are loaded, by whom),
+//! `pipe`, `startup`, `threads`, `criterion` (the phases), `results` (what a
+//! run gathered), `render` (the figures the template shows).
 
 mod criterion;
 mod parse;
@@ -44,24 +29,24 @@ mod programs;
 mod render;
 mod results;
 mod startup;
-mod sys;
 mod threads;
 
 use crate::binary;
-use crate::util::{is_root, release_bin, workspace_root};
+use crate::util::{is_root, release_bin, words, workspace_root};
 use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum as _;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use process::{Proc, Sysctl, TempDir};
+use process::{Proc, Sysctl, TempDir, check_interrupted};
 use programs::{Bpftool, leftover_check, wait_no_foreign};
-use results::{Results, environment, find_bpftrace, tool};
-use sys::{check_interrupted, on_signal};
+use results::{Results, Run, environment, find_bpftrace, tool};
 
 pub use threads::threads_helper;
 
 /// A part of the bench that `--only` can select.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, Serialize, Deserialize)]
 pub enum Phase {
     /// Sections 1 and 2: the interleaved pipe benchmark (a)-(e).
     Pipe,
@@ -77,15 +62,6 @@ pub enum Phase {
     Criterion,
 }
 
-const ALL_PHASES: [Phase; 6] = [
-    Phase::Pipe,
-    Phase::BpfStats,
-    Phase::Startup,
-    Phase::Threads,
-    Phase::Scale,
-    Phase::Criterion,
-];
-
 #[derive(clap::Args)]
 pub struct Args {
     /// Interleaved rounds of the pipe benchmark (each runs every configuration).
@@ -98,6 +74,10 @@ pub struct Args {
     /// target/bench-partial.md; only a full run rewrites BENCHMARKS.md.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Phase>,
+    /// Measure nothing: write the report again from a run saved by an
+    /// earlier bench (target/bench-run.json), e.g. after a template change.
+    #[arg(long, value_name = "RUN_JSON", conflicts_with_all = ["rounds", "loops", "only"])]
+    render: Option<PathBuf>,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -129,31 +109,45 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// `taskset -c 0 perf bench sched pipe -T -l LOOPS`.
     fn pipe_cmd(&self, loops: u64) -> Vec<String> {
-        vec![
-            self.taskset.display().to_string(),
-            "-c".into(),
-            "0".into(),
-            self.perf.display().to_string(),
-            "bench".into(),
-            "sched".into(),
-            "pipe".into(),
-            "-T".into(),
-            "-l".into(),
-            loops.to_string(),
-        ]
+        let (taskset, perf) = (self.taskset.display(), self.perf.display());
+        words(&format!(
+            "{taskset} -c 0 {perf} bench sched pipe -T -l {loops}"
+        ))
     }
 
     fn file(&self, name: &str) -> PathBuf {
         self.tmp.join(name)
     }
+
+    /// `affin-trace --verbose --format json --output OUT ARGS`, started.
+    fn tracer(
+        &self,
+        name: &str,
+        out: &Path,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Result<Proc> {
+        let mut all = words("--verbose --format json --output");
+        all.push(out.display().to_string());
+        all.extend(args);
+        Proc::spawn(name, &self.bin, &all, env)
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(saved) = &args.render {
+        let text = std::fs::read_to_string(saved)
+            .with_context(|| format!("reading {}; a bench run writes it", saved.display()))?;
+        let run: Run =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", saved.display()))?;
+        return write_report(&run);
+    }
     if !is_root() {
         bail!("the benchmark loads eBPF programs and changes sysctls: run it as root");
     }
-    sys::on_stop_signals(on_signal);
+    process::on_stop_signals()?;
     crate::setup::run()?;
     // Kernel state and CPU time are machine-wide: wait for a root test run
     // (any checkout) to end, and keep it out until this one is done.
@@ -162,10 +156,9 @@ pub fn run(args: Args) -> Result<()> {
     let bpftool = tool("bpftool", "bpftool")?;
     let result = bench(&args, &bpftool);
     // Programs are freed a moment after their last fd closes: allow that.
-    let bpftool = Bpftool {
+    if let Err(e) = leftover_check(&Bpftool {
         argv: vec![bpftool],
-    };
-    if let Err(e) = leftover_check(&bpftool) {
+    }) {
         eprintln!("bench: ERROR: {e:#}");
         return Err(e);
     }
@@ -174,30 +167,19 @@ pub fn run(args: Args) -> Result<()> {
 
 fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
     let t_start = Instant::now();
-    let phases: Vec<Phase> = if args.only.is_empty() {
-        ALL_PHASES.to_vec()
-    } else {
-        ALL_PHASES
-            .into_iter()
-            .filter(|p| args.only.contains(p))
-            .collect()
-    };
+    let phases: Vec<Phase> = (Phase::value_variants().iter().copied())
+        .filter(|p| args.only.is_empty() || args.only.contains(p))
+        .collect();
     let wants = |p: Phase| phases.contains(&p);
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let taskset = tool("taskset", "util-linux")?;
     let perf = tool("perf", "linux-perf")?;
-    let bpftool = Bpftool {
-        argv: if ncpu > 1 {
-            vec![
-                taskset.clone(),
-                "-c".into(),
-                "1".into(),
-                bpftool_path.into(),
-            ]
-        } else {
-            vec![bpftool_path.into()]
-        },
-    };
+    let mut argv = vec![bpftool_path.to_path_buf()];
+    if ncpu > 1 {
+        // Away from CPU 0, the benchmark's.
+        argv.splice(0..0, [taskset.clone(), "-c".into(), "1".into()]);
+    }
+    let bpftool = Bpftool { argv };
     wait_no_foreign(&bpftool)?;
     let bpftrace = if wants(Phase::Pipe) {
         find_bpftrace()
@@ -216,7 +198,7 @@ fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
     if stats_sysctl.original != "0" {
         stats_sysctl.set("0")?;
     }
-    let mut sleeper = Proc::spawn("sleep 1000", Path::new("sleep"), &["1000"])?;
+    let mut sleeper = Proc::spawn("sleep 1000", Path::new("sleep"), &["1000"], &[])?;
     let mut ctx = Ctx {
         bin: release_bin(),
         xtask: std::env::current_exe().context("finding xtask's own executable")?,
@@ -278,34 +260,22 @@ fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
     drop(sleeper);
     stats_sysctl.restore()?;
 
-    let md = render::render(&env, &r, t_start.elapsed());
-    println!("\n{md}");
-    let path = if phases.len() == ALL_PHASES.len() {
-        workspace_root().join("BENCHMARKS.md")
-    } else {
-        workspace_root().join("target/bench-partial.md")
+    let run = Run {
+        env,
+        took_s: t_start.elapsed().as_secs_f64(),
+        results: r,
     };
-    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
-    println!(
-        "bench: wrote {} ({:.0} s in all)",
-        path.display(),
-        t_start.elapsed().as_secs_f64()
-    );
+    let saved = workspace_root().join("target/bench-run.json");
+    std::fs::write(&saved, serde_json::to_string_pretty(&run)?)
+        .with_context(|| format!("writing {}", saved.display()))?;
+    write_report(&run)?;
+    let r = &run.results;
     let failed: Vec<&str> = [
-        ("bpf_stats", r.stats.as_ref().is_some_and(|x| x.is_err())),
-        ("start-up", r.startup.as_ref().is_some_and(|x| x.is_err())),
-        (
-            "1,000 threads",
-            r.small.as_ref().is_some_and(|x| x.is_err()),
-        ),
-        (
-            "10,000 threads",
-            r.large.as_ref().is_some_and(|x| x.is_err()),
-        ),
-        (
-            "criterion",
-            r.criterion.as_ref().is_some_and(|x| x.is_err()),
-        ),
+        ("bpf_stats", is_err(&r.stats)),
+        ("start-up", is_err(&r.startup)),
+        ("1,000 threads", is_err(&r.small)),
+        ("10,000 threads", is_err(&r.large)),
+        ("criterion", is_err(&r.criterion)),
     ]
     .into_iter()
     .filter_map(|(n, f)| f.then_some(n))
@@ -315,6 +285,29 @@ fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
         bail!("some measurements failed: {}", failed.join("; "));
     }
     Ok(())
+}
+
+/// BENCHMARKS.md for a full run, target/bench-partial.md for `--only`.
+fn write_report(run: &Run) -> Result<()> {
+    let md = render::render(&run.env, &run.results, Duration::from_secs_f64(run.took_s));
+    println!("\n{md}");
+    let full = run.results.phases.len() == Phase::value_variants().len();
+    let path = workspace_root().join(if full {
+        "BENCHMARKS.md"
+    } else {
+        "target/bench-partial.md"
+    });
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "bench: wrote {} (the run took {:.0} s)",
+        path.display(),
+        run.took_s
+    );
+    Ok(())
+}
+
+fn is_err<T>(x: &Option<Result<T, String>>) -> bool {
+    matches!(x, Some(Err(_)))
 }
 
 /// A phase's error is kept for the report, unless the run was interrupted.

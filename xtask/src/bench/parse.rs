@@ -2,7 +2,7 @@
 //! JSON report, bpftool) and the small statistics the report uses.
 
 use anyhow::{Context as _, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 
@@ -48,17 +48,7 @@ pub fn read_times(lines: &[String]) -> Vec<(f64, f64)> {
 }
 
 pub fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
+    quantile(v, 0.5)
 }
 
 /// Linear-interpolated quantile (0..=1) of `v`.
@@ -81,7 +71,7 @@ pub fn min_max(v: &[f64]) -> (f64, f64) {
 }
 
 /// What the bench reads from an affin-trace JSON report.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TraceReport {
     pub pids: Vec<u64>,
     pub attach_mode: String,
@@ -119,7 +109,7 @@ pub fn read_report(path: &Path) -> Result<TraceReport> {
 }
 
 /// One program as `bpftool prog show --json` lists it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Prog {
     pub id: u64,
     #[serde(default)]
@@ -134,7 +124,7 @@ pub struct Prog {
 }
 
 /// One map as `bpftool map show --json` lists it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MapInfo {
     pub id: u64,
     #[serde(default = "unknown")]
@@ -152,14 +142,6 @@ fn unknown() -> String {
     "?".into()
 }
 
-pub fn parse_maps(text: &str) -> Result<Vec<MapInfo>> {
-    serde_json::from_str(text).context("bpftool: expected a JSON array of maps")
-}
-
-pub fn parse_progs(text: &str) -> Result<Vec<Prog>> {
-    serde_json::from_str(text).context("bpftool: expected a JSON array of programs")
-}
-
 pub fn is_ours(name: &str) -> bool {
     OUR_PREFIXES.iter().any(|p| name.starts_with(p))
 }
@@ -170,7 +152,7 @@ mod tests {
 
     #[test]
     fn bpftool_programs() {
-        let p = parse_progs(
+        let p: Vec<Prog> = serde_json::from_str(
             r#"[{"id":7,"type":"tracing","name":"btf_sched_switch","run_time_ns":900,"run_cnt":10,"map_ids":[3,4]},
                 {"id":8,"name":"other"}]"#,
         )
@@ -180,7 +162,7 @@ mod tests {
         assert!(is_ours(&p[0].name) && !is_ours(&p[1].name));
         assert_eq!(p[1].run_cnt, None);
         assert_eq!(p[0].map_ids, vec![3, 4]);
-        let m = parse_maps(
+        let m: Vec<MapInfo> = serde_json::from_str(
             r#"[{"id":3,"type":"array","name":"SLOTS","max_entries":16384,"bytes_memlock":135168}]"#,
         )
         .unwrap();

@@ -3,48 +3,23 @@
 //! `kernel.bpf_stats_enabled` for the per-program run time.
 
 use super::parse::{MapInfo, Prog, TraceReport, parse_usecs_per_op, read_report};
-use super::process::{Proc, Sysctl};
-use super::programs::{StatsPoller, foreign_programs, programs_of, wait_no_foreign};
+use super::process::{Proc, Sysctl, interrupted, maxrss_kib};
+use super::programs::{foreign_programs, poll_stats, programs_of, wait_no_foreign};
 use super::results::{Results, check};
-use super::sys::INTERRUPTED;
 use super::{ATTACH_TIMEOUT, Ctx, RUN_TIMEOUT};
+use crate::util::words;
 use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
-use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `affinity::kernel::probe::FLOOR_CLOCK_ENV` (xtask does not link the library).
 const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
 
-/// The equivalent of (d) in bpftrace: on-CPU time per thread of the target
-/// (start times keyed by tid, deltas summed for tids of the target process)
-/// and migrations per thread. Threads are learned when they first switch
-/// out, as bpftrace's sched_switch args carry no tgid for `next`.
-const BPFTRACE_SCRIPT: &str = r#"
-tracepoint:sched:sched_switch
-{
-  if (pid == cpid) {
-    @target[tid] = 1;
-    $start = @start[tid];
-    if ($start) {
-      @oncpu_ns[tid] = sum(nsecs - $start);
-      delete(@start[tid]);
-    }
-  }
-  if (@target[args->next_pid]) {
-    @start[args->next_pid] = nsecs;
-  }
-}
-tracepoint:sched:sched_migrate_task
-{
-  if (@target[args->pid]) {
-    @migrations[args->pid] = count();
-  }
-}
-END { clear(@start); clear(@target); }
-"#;
+/// (e): the equivalent of (d) in bpftrace (what it counts is said in the file).
+const BPFTRACE_SCRIPT: &str = include_str!("../../templates/bench.bt");
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Cfg {
     A,
     B,
@@ -56,14 +31,9 @@ pub enum Cfg {
 pub const CFGS: [Cfg; 5] = [Cfg::A, Cfg::B, Cfg::C, Cfg::D, Cfg::E];
 
 impl Cfg {
-    pub fn tag(self) -> &'static str {
-        match self {
-            Cfg::A => "(a)",
-            Cfg::B => "(b)",
-            Cfg::C => "(c)",
-            Cfg::D => "(d)",
-            Cfg::E => "(e)",
-        }
+    /// "(a)" to "(e)".
+    pub fn tag(self) -> String {
+        format!("({})", (b'a' + self as u8) as char)
     }
 
     pub fn short(self) -> &'static str {
@@ -84,14 +54,18 @@ impl Cfg {
 /// One perf run with nothing else started: us/op.
 pub fn run_perf(ctx: &Ctx, loops: u64) -> Result<f64> {
     let cmd = ctx.pipe_cmd(loops);
-    let mut p = Proc::spawn("perf bench sched pipe", Path::new(&cmd[0]), &cmd[1..])?;
-    let status = p.wait(RUN_TIMEOUT)?;
-    p.ok(status)?;
+    let mut p = Proc::spawn("perf bench sched pipe", cmd[0].as_ref(), &cmd[1..], &[])?;
+    p.wait_ok(RUN_TIMEOUT)?;
+    usecs_per_op(&p)
+}
+
+fn usecs_per_op(p: &Proc) -> Result<f64> {
     parse_usecs_per_op(&p.stdout)
-        .with_context(|| format!("no usecs/op in perf's output: {}", p.output_tail()))
+        .with_context(|| format!("no usecs/op in {}'s output: {}", p.name, p.output_tail()))
 }
 
 /// A result of one configuration run.
+#[derive(Default)]
 struct Sample {
     us: f64,
     report: Option<TraceReport>,
@@ -106,114 +80,77 @@ struct Sample {
 
 /// Runs one configuration once; with `stats`, also reads bpf_stats.
 fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
-    let bin = &ctx.bin;
     wait_no_foreign(&ctx.bpftool)?;
-    let mut sample = Sample {
-        us: 0.0,
-        report: None,
-        progs: Vec::new(),
-        maxrss_kib: None,
-        foreign: Vec::new(),
-        maps: Vec::new(),
-    };
+    let mut s = Sample::default();
     match cfg {
         Cfg::A => {
-            sample.us = run_perf(ctx, ctx.loops)?;
-            sample.foreign = foreign_programs(&ctx.bpftool, None)?;
+            s.us = run_perf(ctx, ctx.loops)?;
+            s.foreign = foreign_programs(&ctx.bpftool, None)?;
         }
-        Cfg::B => {
-            // With the stats on, also the empty program + one clock read
-            // (probe::FLOOR_CLOCK_ENV): what a bpf_ktime_get_ns() costs.
-            let env: &[(&str, &str)] = if stats {
-                &[(FLOOR_CLOCK_ENV, "1")]
-            } else {
-                &[]
-            };
-            let mut t = Proc::spawn_env(
-                "affin-trace bench-floor",
-                bin,
-                &["bench-floor", "--seconds", "600"],
-                env,
-            )?;
-            t.wait_line(true, "floor attached", ATTACH_TIMEOUT)?;
-            sample.us = run_perf(ctx, ctx.loops)?;
-            sample.foreign = foreign_programs(&ctx.bpftool, Some(t.pid()))?;
-            if stats {
-                sample.progs = programs_of(&ctx.bpftool, t.pid())?;
-            }
-            let (status, ru) = t.stop_rusage()?;
-            t.ok(status)?;
-            sample.maxrss_kib = Some(ru.ru_maxrss.max(0) as u64);
-        }
-        Cfg::C => {
+        Cfg::B | Cfg::C => {
             let out = ctx.file("c.json");
-            let pid = ctx.unrelated.to_string();
-            let args = [
-                "--verbose",
-                "--pid",
-                &pid,
-                "--duration",
-                "600",
-                "--format",
-                "json",
-                "--output",
-                &out.display().to_string(),
-            ]
-            .map(String::from);
-            let mut t = Proc::spawn("affin-trace --pid <sleep>", bin, &args)?;
-            t.wait_line(true, "tracing at", ATTACH_TIMEOUT)?;
-            sample.us = run_perf(ctx, ctx.loops)?;
-            sample.foreign = foreign_programs(&ctx.bpftool, Some(t.pid()))?;
+            let mut t = if cfg == Cfg::B {
+                // With the stats on, also the empty program + one clock read
+                // (probe::FLOOR_CLOCK_ENV): what a bpf_ktime_get_ns() costs.
+                let env: &[_] = if stats {
+                    &[(FLOOR_CLOCK_ENV, "1")]
+                } else {
+                    &[]
+                };
+                let args = ["bench-floor", "--seconds", "600"];
+                let mut t = Proc::spawn("affin-trace bench-floor", &ctx.bin, &args, env)?;
+                t.wait_line(true, "floor attached", ATTACH_TIMEOUT)?;
+                t
+            } else {
+                let args = words(&format!("--pid {} --duration 600", ctx.unrelated));
+                let mut t = ctx.tracer("affin-trace --pid <sleep>", &out, args, &[])?;
+                t.wait_line(true, "tracing at", ATTACH_TIMEOUT)?;
+                t
+            };
+            s.us = run_perf(ctx, ctx.loops)?;
+            s.foreign = foreign_programs(&ctx.bpftool, Some(t.pid()))?;
             if stats {
-                sample.progs = programs_of(&ctx.bpftool, t.pid())?;
-                let ids: Vec<u64> = sample
-                    .progs
-                    .iter()
-                    .flat_map(|p| p.map_ids.clone())
-                    .collect();
-                sample.maps = ctx.bpftool.maps()?;
-                sample.maps.retain(|m| ids.contains(&m.id));
-                sample.maps.sort_by_key(|m| std::cmp::Reverse(m.bytes));
+                s.progs = programs_of(&ctx.bpftool, t.pid())?;
             }
-            let (status, ru) = t.stop_rusage()?;
-            t.ok(status)?;
-            sample.maxrss_kib = Some(ru.ru_maxrss.max(0) as u64);
-            sample.report = Some(read_report(&out)?);
+            if stats && cfg == Cfg::C {
+                let ids: Vec<u64> = s.progs.iter().flat_map(|p| p.map_ids.clone()).collect();
+                s.maps = ctx.bpftool.maps()?;
+                s.maps.retain(|m| ids.contains(&m.id));
+                s.maps.sort_by_key(|m| std::cmp::Reverse(m.bytes));
+            }
+            s.maxrss_kib = Some(maxrss_kib(&t.stop_ok()?));
+            if cfg == Cfg::C {
+                s.report = Some(read_report(&out)?);
+            }
         }
         Cfg::D => {
             let out = ctx.file("d.json");
-            let mut args: Vec<String> = [
-                "--verbose",
-                "--format",
-                "json",
-                "--output",
-                &out.display().to_string(),
-                "--",
-            ]
-            .map(String::from)
-            .to_vec();
+            let mut args = vec!["--".to_string()];
             args.extend(ctx.pipe_cmd(ctx.loops));
-            let mut t = Proc::spawn("affin-trace -- perf bench", bin, &args)?;
-            let poller = stats.then(|| StatsPoller::start(&ctx.bpftool, t.pid()));
-            let status = t.wait(RUN_TIMEOUT)?;
-            if let Some(p) = poller {
-                sample.progs = p.finish();
-            }
+            let mut t = ctx.tracer("affin-trace -- perf bench", &out, args, &[])?;
+            // With the stats: read them while it runs (its programs go with it).
+            let (stop, pid) = (AtomicBool::new(!stats), t.pid());
+            let result = std::thread::scope(|scope| {
+                let poller = scope.spawn(|| poll_stats(&ctx.bpftool, pid, &stop));
+                let result = t.wait_ok(RUN_TIMEOUT);
+                stop.store(true, Ordering::SeqCst);
+                s.progs = poller.join().unwrap_or_default();
+                result
+            });
             // Ours are gone with the tracer: any held now are someone else's.
-            sample.foreign = foreign_programs(&ctx.bpftool, None)?;
-            t.ok(status)?;
-            sample.us = parse_usecs_per_op(&t.stdout)
-                .with_context(|| format!("no usecs/op in the output: {}", t.output_tail()))?;
-            sample.report = Some(read_report(&out)?);
+            s.foreign = foreign_programs(&ctx.bpftool, None)?;
+            result?;
+            s.us = usecs_per_op(&t)?;
+            s.report = Some(read_report(&out)?);
         }
         Cfg::E => {
             let bpftrace = ctx.bpftrace.as_ref().context("bpftrace is not available")?;
             let cmd = ctx.pipe_cmd(ctx.loops).join(" ");
             let args = ["-c", &cmd, "-e", BPFTRACE_SCRIPT];
-            let mut t = Proc::spawn("bpftrace -c perf bench", bpftrace, &args)?;
-            let status = t.wait(RUN_TIMEOUT)?;
-            sample.foreign = foreign_programs(&ctx.bpftool, None)?;
-            t.ok(status)?;
+            let mut t = Proc::spawn("bpftrace -c perf bench", bpftrace, &args, &[])?;
+            let result = t.wait_ok(RUN_TIMEOUT);
+            s.foreign = foreign_programs(&ctx.bpftool, None)?;
+            result?;
             if !t.stdout.iter().any(|l| l.starts_with("Attaching")) {
                 bail!("bpftrace did not attach: {}", t.output_tail());
             }
@@ -228,11 +165,28 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
                     t.output_tail()
                 );
             }
-            sample.us = parse_usecs_per_op(&t.stdout)
-                .with_context(|| format!("no usecs/op in the output: {}", t.output_tail()))?;
+            s.us = usecs_per_op(&t)?;
         }
     }
-    Ok(sample)
+    Ok(s)
+}
+
+/// One configuration's run, redone (up to 3 tries) while another
+/// affin-trace appeared during it.
+fn run_clean(ctx: &Ctx, cfg: Cfg, r: &mut Results) -> Result<Sample> {
+    for _ in 1..3 {
+        let s = run_cfg(ctx, cfg, false)?;
+        if s.foreign.is_empty() {
+            return Ok(s);
+        }
+        let foreign = s.foreign.join("; ");
+        println!(
+            "bench: {} redone: another affin-trace ran meanwhile: {foreign}",
+            cfg.tag()
+        );
+        r.redone += 1;
+    }
+    run_cfg(ctx, cfg, false)
 }
 
 /// Phase 1: the interleaved rounds, then the checks on what (c) and (d)
@@ -246,26 +200,10 @@ pub fn phase(ctx: &Ctx, r: &mut Results) -> Result<()> {
     for round in 1..=r.rounds {
         let mut line = format!("bench: round {round}/{}:", r.rounds);
         for cfg in cfgs.clone() {
-            let mut attempt = 0;
-            let run = loop {
-                attempt += 1;
-                match run_cfg(ctx, cfg, false) {
-                    // Another affin-trace appeared during the run: redo it.
-                    Ok(s) if !s.foreign.is_empty() && attempt < 3 => {
-                        println!(
-                            "bench: {} redone: another affin-trace ran meanwhile: {}",
-                            cfg.tag(),
-                            s.foreign.join("; ")
-                        );
-                        r.redone += 1;
-                    }
-                    other => break other,
-                }
-            };
-            let s = match run {
+            let s = match run_clean(ctx, cfg, r) {
                 Ok(s) => s,
                 // bpftrace is only a comparison: when it fails, go on without it.
-                Err(e) if cfg == Cfg::E && !INTERRUPTED.load(Ordering::SeqCst) => {
+                Err(e) if cfg == Cfg::E && !interrupted() => {
                     println!("bench: (e) failed, skipping it from now on: {e:#}");
                     r.e_skipped = Some(format!("bpftrace failed: {e:#}"));
                     r.samples[Cfg::E.index()].clear();
@@ -297,6 +235,7 @@ pub fn phase(ctx: &Ctx, r: &mut Results) -> Result<()> {
 }
 
 /// What phase 3 measured.
+#[derive(Default, Serialize, Deserialize)]
 pub struct Stats {
     /// Each run's programs with their run time and count.
     pub progs: Vec<(Cfg, Prog)>,
@@ -310,11 +249,7 @@ pub struct Stats {
 /// restores the sysctl on every path.
 pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Stats> {
     stats_sysctl.set("1")?;
-    let mut all = Stats {
-        progs: Vec::new(),
-        d_report: None,
-        maps: Vec::new(),
-    };
+    let mut all = Stats::default();
     for cfg in [Cfg::B, Cfg::C, Cfg::D] {
         let s = run_cfg(ctx, cfg, true).with_context(|| format!("{} with bpf_stats", cfg.tag()))?;
         if s.progs.is_empty() {
@@ -336,34 +271,25 @@ pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Stats> {
 /// Checks that the runs of phase 1 measured what they claim to.
 fn phase1_checks(r: &mut Results, unrelated: u32) {
     let n = r.contaminated.len();
-    check(
-        r,
-        format!(
-            "no other affin-trace held programs at the end of a kept run ({n} kept with one; \
-             {} runs redone because of one)",
-            r.redone
-        ),
-        n == 0,
+    let what = format!(
+        "no other affin-trace held programs at the end of a kept run ({n} kept with one; {} \
+         runs redone because of one)",
+        r.redone
     );
+    check(r, what, n == 0);
     let min_threads = r.d_reports.iter().map(|d| d.threads).min().unwrap_or(0);
-    check(
-        r,
-        format!("(d) traced >= 2 threads of the bench in every run (fewest: {min_threads})"),
-        min_threads >= 2,
-    );
+    let what = format!("(d) traced >= 2 threads of the bench in every run (fewest: {min_threads})");
+    check(r, what, min_threads >= 2);
     if let Some(spo) = r.switches_per_op() {
-        check(
-            r,
-            format!("(d) counted ~2 context switches per round trip (median {spo:.3})"),
-            (1.8..=2.2).contains(&spo),
-        );
+        let what = format!("(d) counted ~2 context switches per round trip (median {spo:.3})");
+        check(r, what, (1.8..=2.2).contains(&spo));
     }
-    let tp_btf = r.d_reports.iter().all(|d| d.attach_mode == "tp_btf");
-    let modes: Vec<String> = r.d_reports.iter().map(|d| d.attach_mode.clone()).collect();
+    let modes: Vec<&str> = r.d_reports.iter().map(|d| d.attach_mode.as_str()).collect();
+    let tp_btf = !modes.is_empty() && modes.iter().all(|m| *m == "tp_btf");
     check(
         r,
         format!("(d) attached with tp_btf ({})", modes.join(", ")),
-        tp_btf && !modes.is_empty(),
+        tp_btf,
     );
     let dropped: u64 = r.d_reports.iter().map(|d| d.dropped).sum();
     check(
@@ -371,32 +297,20 @@ fn phase1_checks(r: &mut Results, unrelated: u32) {
         format!("(d) dropped no events (total {dropped})"),
         dropped == 0,
     );
-    let c_ok = r
-        .c_reports
-        .iter()
-        .all(|c| c.pids == [unrelated as u64] && c.threads <= 1);
-    check(
-        r,
-        format!("(c) traced only the unrelated sleep (pid {unrelated})"),
-        c_ok && !r.c_reports.is_empty(),
-    );
+    let c_ok = (r.c_reports.iter()).all(|c| c.pids == [unrelated as u64] && c.threads <= 1);
+    let what = format!("(c) traced only the unrelated sleep (pid {unrelated})");
+    check(r, what, c_ok && !r.c_reports.is_empty());
 }
 
 /// `perf stat -e context-switches` of one bench run: switches per op.
 fn perf_stat_switches(ctx: &Ctx) -> Result<f64> {
-    let mut args: Vec<String> = ["stat", "-x", ",", "-e", "context-switches", "--"]
-        .map(String::from)
-        .to_vec();
+    let mut args = words("stat -x , -e context-switches --");
     args.extend(ctx.pipe_cmd(ctx.loops));
-    let mut p = Proc::spawn("perf stat", &ctx.perf, &args)?;
-    let status = p.wait(RUN_TIMEOUT)?;
-    p.ok(status)?;
-    let n: f64 = p
-        .stderr
-        .iter()
+    let mut p = Proc::spawn("perf stat", &ctx.perf, &args, &[])?;
+    p.wait_ok(RUN_TIMEOUT)?;
+    let n: f64 = (p.stderr.iter())
         .find(|l| l.contains("context-switches"))
-        .and_then(|l| l.split(',').next())
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|l| l.split(',').next()?.trim().parse().ok())
         .with_context(|| format!("no context-switches count: {}", p.output_tail()))?;
     let spo = n / ctx.loops as f64;
     println!("bench: perf stat: {n} context switches, {spo:.3} per round trip");

@@ -1,15 +1,70 @@
 //! Child processes (output collected line by line, stopped on every path),
-//! sysctls changed during the run (restored on every path) and the scratch
-//! directory.
+//! sysctls changed during the run (restored on every path), the scratch
+//! directory, and the flag SIGINT/SIGTERM set so that every phase stops
+//! cleanly.
 
-use super::sys::{self, check_interrupted};
 use anyhow::{Context as _, Result, bail};
 use std::io::{BufRead as _, BufReader, Read};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
+
+pub use libc::rusage as Rusage;
+
+static INTERRUPTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
+
+/// SIGINT and SIGTERM set the flag [`check_interrupted`] reads.
+pub fn on_stop_signals() -> Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook::flag::register(sig, INTERRUPTED.clone()).context("signal handler")?;
+    }
+    Ok(())
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+pub fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn sigint(pid: u32) {
+    // SAFETY: kill(2) has no memory effects; callers only signal children
+    // they have not reaped, so the pid is theirs.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGINT);
+    }
+}
+
+/// Blocks until `pid` (a child) exits; its raw status and rusage.
+fn wait4(pid: u32) -> std::io::Result<(i32, Rusage)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain integers; all-zero is a valid value.
+    let mut ru: Rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: both pointers are valid for writes for the call.
+        if unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) } == pid as i32 {
+            return Ok((status, ru));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Peak RSS of a reaped child, KiB.
+pub fn maxrss_kib(ru: &Rusage) -> u64 {
+    ru.ru_maxrss.max(0) as u64
+}
 
 pub struct Proc {
     pub name: String,
@@ -18,62 +73,44 @@ pub struct Proc {
     pub stdout: Vec<String>,
     pub stderr: Vec<String>,
     pub started: Instant,
-    pub reaped: bool,
+    reaped: bool,
 }
 
 fn spawn_reader(r: impl Read + Send + 'static, is_err: bool, tx: mpsc::Sender<(bool, String)>) {
     std::thread::spawn(move || {
         let mut r = BufReader::new(r);
         let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                    if tx.send((is_err, line)).is_err() {
-                        break;
-                    }
-                }
+        while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+            if tx.send((is_err, line)).is_err() {
+                break;
             }
+            buf.clear();
         }
     });
 }
 
 impl Proc {
+    /// Starts `program args` with `env` added, stdin closed, output read.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(
-        name: &str,
-        program: &Path,
-        args: &[S],
-    ) -> Result<Proc> {
-        Self::spawn_env(name, program, args, &[])
-    }
-
-    /// [`Proc::spawn`] with extra environment variables.
-    pub fn spawn_env<S: AsRef<std::ffi::OsStr>>(
         name: &str,
         program: &Path,
         args: &[S],
         env: &[(&str, &str)],
     ) -> Result<Proc> {
         check_interrupted()?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
+        let started = Instant::now();
+        let mut child = Command::new(program)
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let started = Instant::now();
-        let mut child = cmd
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("could not start {name} ({})", program.display()))?;
         let (tx, rx) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            spawn_reader(out, false, tx.clone());
-        }
-        if let Some(err) = child.stderr.take() {
-            spawn_reader(err, true, tx);
-        }
+        spawn_reader(child.stdout.take().expect("piped"), false, tx.clone());
+        spawn_reader(child.stderr.take().expect("piped"), true, tx);
         Ok(Proc {
             name: name.to_string(),
             child,
@@ -97,41 +134,40 @@ impl Proc {
         }
     }
 
-    pub fn drain(&mut self) {
-        while let Ok(l) = self.lines.try_recv() {
-            self.push(l);
-        }
-    }
-
-    /// After exit: collects the rest of the output (bounded: a grandchild
-    /// may hold the pipes open).
-    fn drain_to_eof(&mut self) {
-        let end = Instant::now() + Duration::from_secs(2);
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.push(l),
-                Err(_) => break,
+    /// Collects output until `end`, or none left now (without `end`).
+    fn drain(&mut self, end: Option<Instant>) {
+        loop {
+            let line = match end {
+                None => self.lines.try_recv().ok(),
+                Some(end) => end
+                    .checked_duration_since(Instant::now())
+                    .and_then(|left| self.lines.recv_timeout(left).ok()),
+            };
+            match line {
+                Some(l) => self.push(l),
+                None => return,
             }
         }
     }
 
     pub fn output_tail(&self) -> String {
-        let all: Vec<&String> = self.stdout.iter().chain(&self.stderr).collect();
-        let tail = &all[all.len().saturating_sub(8)..];
-        tail.iter()
+        let all: Vec<&str> = self
+            .stdout
+            .iter()
+            .chain(&self.stderr)
             .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" | ")
+            .collect();
+        all[all.len().saturating_sub(8)..].join(" | ")
     }
 
-    /// Waits for a line containing `needle` (on stderr or stdout); returns
-    /// it and when it arrived, counted from the spawn.
+    /// Waits for a line containing `needle` (on stderr or stdout); when it
+    /// arrived, counted from the spawn.
     pub fn wait_line(
         &mut self,
         on_stderr: bool,
         needle: &str,
         timeout: Duration,
-    ) -> Result<(String, Duration)> {
+    ) -> Result<Duration> {
         let end = Instant::now() + timeout;
         loop {
             check_interrupted()?;
@@ -149,14 +185,14 @@ impl Proc {
                 Ok((is_err, line)) => {
                     let at = self.started.elapsed();
                     let hit = is_err == on_stderr && line.contains(needle);
-                    self.push((is_err, line.clone()));
+                    self.push((is_err, line));
                     if hit {
-                        return Ok((line, at));
+                        return Ok(at);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.wait(Duration::from_secs(5))?;
+                    let (status, _) = self.wait(Duration::from_secs(5))?;
                     bail!(
                         "{} exited ({status}) before printing {needle:?}; output: {}",
                         self.name,
@@ -167,65 +203,51 @@ impl Proc {
         }
     }
 
-    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let end = Instant::now() + timeout;
-        loop {
-            self.drain();
-            if let Some(status) = self.child.try_wait()? {
-                self.reaped = true;
-                self.drain_to_eof();
-                return Ok(status);
-            }
-            check_interrupted()?;
-            if Instant::now() >= end {
-                bail!("{} still running after {timeout:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     /// Waits (up to `timeout`) for the exit, then reaps with `wait4`: the
     /// exit status and the child's own rusage.
-    pub fn wait_rusage(&mut self, timeout: Duration) -> Result<(ExitStatus, sys::Rusage)> {
+    pub fn wait(&mut self, timeout: Duration) -> Result<(ExitStatus, Rusage)> {
         let end = Instant::now() + timeout;
         // A zombie keeps its /proc entry until reaped: poll for it, so that
         // the blocking wait4 below returns at once.
-        while !matches!(proc_state(self.pid()), Some('Z') | None) {
-            self.drain();
+        while proc_state(self.pid()).is_some_and(|s| s != 'Z') {
+            self.drain(None);
             check_interrupted()?;
             if Instant::now() >= end {
                 bail!("{} still running after {timeout:?}", self.name);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let (raw, ru) =
-            sys::wait_rusage(self.pid()).with_context(|| format!("wait4 on {}", self.name))?;
+        let (raw, ru) = wait4(self.pid()).with_context(|| format!("wait4 on {}", self.name))?;
         self.reaped = true;
-        self.drain_to_eof();
+        // The rest of the output (bounded: a grandchild may hold the pipes).
+        self.drain(Some(Instant::now() + Duration::from_secs(2)));
         Ok((ExitStatus::from_raw(raw), ru))
     }
 
-    /// SIGINT, then the exit status and rusage.
-    pub fn stop_rusage(&mut self) -> Result<(ExitStatus, sys::Rusage)> {
-        sys::send(self.pid(), sys::SIGINT);
-        self.wait_rusage(Duration::from_secs(20))
-    }
-
-    /// SIGINT (the tracers' normal stop), then waits for the exit.
-    pub fn stop(&mut self) -> Result<ExitStatus> {
-        if !self.reaped {
-            sys::send(self.pid(), sys::SIGINT);
-        }
-        self.wait(Duration::from_secs(20))
-    }
-
-    pub fn ok(&self, status: ExitStatus) -> Result<()> {
+    /// [`Proc::wait`], failing unless it exits 0.
+    pub fn wait_ok(&mut self, timeout: Duration) -> Result<Rusage> {
+        let (status, ru) = self.wait(timeout)?;
         if !status.success() {
             bail!(
                 "{} failed ({status}); output: {}",
                 self.name,
                 self.output_tail()
             );
+        }
+        Ok(ru)
+    }
+
+    /// SIGINT (the tracers' normal stop), then [`Proc::wait_ok`].
+    pub fn stop_ok(&mut self) -> Result<Rusage> {
+        sigint(self.pid());
+        self.wait_ok(Duration::from_secs(20))
+    }
+
+    /// SIGINT, then waits for the exit, whatever its status.
+    pub fn stop(&mut self) -> Result<()> {
+        if !self.reaped {
+            sigint(self.pid());
+            self.wait(Duration::from_secs(20))?;
         }
         Ok(())
     }
@@ -236,7 +258,7 @@ impl Drop for Proc {
         if self.reaped || matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        sys::send(self.pid(), sys::SIGINT);
+        sigint(self.pid());
         let end = Instant::now() + Duration::from_secs(5);
         while Instant::now() < end {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -254,8 +276,18 @@ impl Drop for Proc {
     }
 }
 
-// Sysctls changed during the run, restored on every path.
+/// The state letter of /proc/<pid>/stat (None: no such process).
+fn proc_state(pid: u32) -> Option<char> {
+    Some(
+        procfs::process::Process::new(pid as i32)
+            .ok()?
+            .stat()
+            .ok()?
+            .state,
+    )
+}
 
+/// A sysctl changed during the run, restored on every path.
 pub struct Sysctl {
     path: &'static str,
     pub original: String,
@@ -264,10 +296,8 @@ pub struct Sysctl {
 
 impl Sysctl {
     pub fn new(path: &'static str) -> Result<Sysctl> {
-        let original = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {path}"))?
-            .trim()
-            .to_string();
+        let original = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        let original = original.trim().to_string();
         Ok(Sysctl {
             path,
             original,
@@ -305,10 +335,4 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The state letter of /proc/<pid>/stat (None: no such process).
-pub fn proc_state(pid: u32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.trim_start().chars().next()
 }

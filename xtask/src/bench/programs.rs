@@ -2,24 +2,24 @@
 //! another affin-trace running (e.g. the root tests) would distort the
 //! figures, and none may stay loaded after the bench.
 
-use super::parse::{MapInfo, Prog, is_ours, parse_maps, parse_progs};
-use super::sys::check_interrupted;
+use super::parse::{MapInfo, Prog, is_ours};
+use super::process::check_interrupted;
 use anyhow::{Context as _, Result, bail};
+use procfs::process::{FDTarget, all_processes};
+use serde::de::DeserializeOwned;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// bpftool, pinned away from CPU 0 (the benchmark's CPU) when possible.
-#[derive(Clone)]
 pub struct Bpftool {
     pub argv: Vec<PathBuf>,
 }
 
 impl Bpftool {
-    /// `bpftool <object> show --json`'s output.
-    fn show(&self, object: &str) -> Result<String> {
+    /// `bpftool <object> show --json`, parsed.
+    fn show<T: DeserializeOwned>(&self, object: &str) -> Result<Vec<T>> {
         let out = Command::new(&self.argv[0])
             .args(&self.argv[1..])
             .args([object, "show", "--json"])
@@ -30,103 +30,51 @@ impl Bpftool {
         if !out.status.success() {
             bail!("bpftool {object} show failed ({})", out.status);
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    pub fn progs(&self) -> Result<Vec<Prog>> {
-        parse_progs(&self.show("prog")?)
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("bpftool {object} show: expected a JSON array"))
     }
 
     /// Every map, with the kernel memory charged for it.
     pub fn maps(&self) -> Result<Vec<MapInfo>> {
-        parse_maps(&self.show("map")?)
+        self.show("map")
     }
 
+    /// affin-trace's programs (btf_sched_*, floor_*), whoever holds them.
     pub fn ours(&self) -> Result<Vec<Prog>> {
-        Ok(self
-            .progs()?
-            .into_iter()
-            .filter(|p| is_ours(&p.name))
-            .collect())
+        let progs: Vec<Prog> = self.show("prog")?;
+        Ok(progs.into_iter().filter(|p| is_ours(&p.name)).collect())
     }
 }
 
-/// Polls bpftool while a run goes on; keeps the last figures per program.
-pub struct StatsPoller {
-    stop: Arc<AtomicBool>,
-    last: Arc<Mutex<Vec<Prog>>>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StatsPoller {
-    /// Polls the programs that process `pid` holds.
-    pub fn start(bpftool: &Bpftool, pid: u32) -> StatsPoller {
-        let stop = Arc::new(AtomicBool::new(false));
-        let last: Arc<Mutex<Vec<Prog>>> = Arc::default();
-        let (s, l, b) = (stop.clone(), last.clone(), bpftool.clone());
-        let handle = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                if let Ok(progs) = programs_of(&b, pid) {
-                    let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
-                    for p in progs {
-                        l.retain(|q| q.id != p.id);
-                        l.push(p);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        StatsPoller {
-            stop,
-            last,
-            handle: Some(handle),
+/// Polls, every 200 ms until `stop`, the programs `pid` holds; the last
+/// figures of each.
+pub fn poll_stats(bpftool: &Bpftool, pid: u32, stop: &AtomicBool) -> Vec<Prog> {
+    let mut last: Vec<Prog> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        for p in programs_of(bpftool, pid).unwrap_or_default() {
+            last.retain(|q| q.id != p.id);
+            last.push(p);
         }
+        std::thread::sleep(Duration::from_millis(200));
     }
-
-    pub fn finish(mut self) -> Vec<Prog> {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for StatsPoller {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+    last
 }
 
 /// Who holds BPF programs open: (pid, prog id) for every program or link fd
 /// of every process (from /proc/<pid>/fdinfo).
 pub fn prog_holders() -> Vec<(u32, u64)> {
     let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let is_bpf = std::fs::read_link(fd.path())
-                .is_ok_and(|t| t.to_string_lossy().starts_with("anon_inode:bpf"));
-            if !is_bpf {
+    for p in all_processes().into_iter().flatten().flatten() {
+        for fd in p.fd().into_iter().flatten().flatten() {
+            if !matches!(&fd.target, FDTarget::AnonInode(k) if k.starts_with("bpf")) {
                 continue;
             }
-            let info = p.path().join("fdinfo").join(fd.file_name());
-            let id = std::fs::read_to_string(info).ok().and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("prog_id:"))
-                    .and_then(|v| v.trim().parse().ok())
+            let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", p.pid, fd.fd));
+            let id = info.ok().and_then(|s| {
+                let v = s.lines().find_map(|l| l.strip_prefix("prog_id:"))?;
+                v.trim().parse().ok()
             });
-            if let Some(id) = id {
-                out.push((pid, id));
-            }
+            out.extend(id.map(|id| (p.pid as u32, id)));
         }
     }
     out
@@ -144,14 +92,8 @@ pub fn foreign_programs(bpftool: &Bpftool, except: Option<u32>) -> Result<Vec<St
         .filter(|(pid, _)| Some(*pid) != except)
         .filter_map(|(pid, id)| {
             let p = ours.iter().find(|p| p.id == id)?;
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .trim()
-                        .to_string()
-                })
-                .unwrap_or_default();
+            let cmd = procfs::process::Process::new(pid as i32).and_then(|p| p.cmdline());
+            let cmd = cmd.unwrap_or_default().join(" ");
             Some(format!("{} (id {id}) held by pid {pid} `{cmd}`", p.name))
         })
         .collect();
@@ -162,45 +104,36 @@ pub fn foreign_programs(bpftool: &Bpftool, except: Option<u32>) -> Result<Vec<St
 
 /// The programs `pid` holds, with their current bpf_stats.
 pub fn programs_of(bpftool: &Bpftool, pid: u32) -> Result<Vec<Prog>> {
-    let ids: Vec<u64> = prog_holders()
-        .into_iter()
-        .filter(|(p, _)| *p == pid)
-        .map(|(_, id)| id)
+    let ids: Vec<u64> = (prog_holders().into_iter())
+        .filter_map(|(p, id)| (p == pid).then_some(id))
         .collect();
-    Ok(bpftool
-        .ours()?
-        .into_iter()
-        .filter(|p| ids.contains(&p.id))
-        .collect())
+    let mut ours = bpftool.ours()?;
+    ours.retain(|p| ids.contains(&p.id));
+    Ok(ours)
 }
 
 /// Waits (up to a minute) until no other process holds affin-trace
 /// programs: another affin-trace running would distort the figures.
 pub fn wait_no_foreign(bpftool: &Bpftool) -> Result<()> {
     let end = Instant::now() + Duration::from_secs(60);
-    let mut said = false;
-    loop {
-        let foreign = foreign_programs(bpftool, None)?;
+    for round in 0.. {
+        let foreign = foreign_programs(bpftool, None)?.join("; ");
         if foreign.is_empty() {
-            return Ok(());
+            break;
         }
         check_interrupted()?;
         if Instant::now() >= end {
             bail!(
-                "another affin-trace kept its programs loaded for a minute: {}; stop it (or \
-                 its tests) and rerun",
-                foreign.join("; ")
+                "another affin-trace kept its programs loaded for a minute: {foreign}; stop it \
+                 (or its tests) and rerun"
             );
         }
-        if !said {
-            println!(
-                "bench: waiting for another affin-trace to finish: {}",
-                foreign.join("; ")
-            );
-            said = true;
+        if round == 0 {
+            println!("bench: waiting for another affin-trace to finish: {foreign}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    Ok(())
 }
 
 /// Fails unless every btf_sched_*/floor_* program is gone, or held by a
@@ -213,19 +146,18 @@ pub fn leftover_check(bpftool: &Bpftool) -> Result<()> {
             .ours()
             .context("could not check for leftover programs")?;
         let holders = prog_holders();
-        let (foreign, orphan): (Vec<Prog>, Vec<Prog>) = left
-            .into_iter()
-            .partition(|p| holders.iter().any(|(_, id)| *id == p.id));
+        let (foreign, orphan): (Vec<Prog>, Vec<Prog>) =
+            (left.into_iter()).partition(|p| holders.iter().any(|(_, id)| *id == p.id));
+        if orphan.is_empty() && foreign.is_empty() {
+            println!("bench: no btf_sched_*/floor_* program left loaded");
+            return Ok(());
+        }
         if orphan.is_empty() {
-            if foreign.is_empty() {
-                println!("bench: no btf_sched_*/floor_* program left loaded");
-            } else {
-                println!(
-                    "bench: WARNING: btf_sched_*/floor_* programs of another process are \
-                     loaded (not the bench's): {}",
-                    foreign_programs(bpftool, None)?.join("; ")
-                );
-            }
+            println!(
+                "bench: WARNING: btf_sched_*/floor_* programs of another process are loaded \
+                 (not the bench's): {}",
+                foreign_programs(bpftool, None)?.join("; ")
+            );
             return Ok(());
         }
         // Programs are freed a moment after their last fd closes.

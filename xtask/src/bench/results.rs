@@ -10,10 +10,13 @@ use super::threads::ThreadsRun;
 use super::{Ctx, Phase, T_ADDED_RATIO};
 use crate::util::{which, workspace_root};
 use anyhow::{Context as _, Result};
+use procfs::Current as _;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Where and with what the bench ran.
+#[derive(Serialize, Deserialize)]
 pub struct Env {
     pub date: String,
     pub kernel: String,
@@ -28,7 +31,7 @@ pub struct Env {
 }
 
 /// Everything measured, filled phase by phase.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Results {
     /// The phases run (all, or those given to --only).
     pub phases: Vec<Phase>,
@@ -153,22 +156,15 @@ impl Results {
     }
 
     pub fn stat(&self, cfg: Cfg, name: &str) -> Option<&Prog> {
-        match &self.stats {
-            Some(Ok(s)) => s
-                .progs
-                .iter()
-                .find(|(c, p)| *c == cfg && p.name == name)
-                .map(|(_, p)| p),
-            _ => None,
-        }
+        let s = self.stats.as_ref()?.as_ref().ok()?;
+        let (_, p) = s.progs.iter().find(|(c, p)| *c == cfg && p.name == name)?;
+        Some(p)
     }
 
     /// Wakeup-to-run waits in (d)'s report of the bpf_stats run.
     pub fn stats_d_runq(&self) -> Option<u64> {
-        match &self.stats {
-            Some(Ok(s)) => s.d_report.as_ref().map(|d| d.runq_waits),
-            _ => None,
-        }
+        let s = self.stats.as_ref()?.as_ref().ok()?;
+        Some(s.d_report.as_ref()?.runq_waits)
     }
 
     pub fn ns_per_event(&self, cfg: Cfg, name: &str) -> Option<f64> {
@@ -189,34 +185,29 @@ pub fn read_trim(path: &str) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-pub fn first_line_of(program: &Path, args: &[&str]) -> String {
-    Command::new(program)
+/// The stdout of `program args` when it exits 0.
+fn stdout_of(program: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn first_line_of(program: &Path, args: &[&str]) -> String {
+    let out = stdout_of(program, args);
+    out.and_then(|o| Some(o.lines().next()?.to_string()))
         .unwrap_or_else(|| "?".into())
 }
 
 pub fn environment(ctx: &Ctx) -> Env {
-    let root = workspace_root();
+    let root = workspace_root().display().to_string();
     let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        let args = [&["-C", root.as_str()], args].concat();
+        Some(stdout_of(Path::new("git"), &args)?.trim().to_string())
     };
     let commit = match git(&["rev-parse", "--short", "HEAD"]) {
         Some(c) if git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) => {
@@ -225,20 +216,11 @@ pub fn environment(ctx: &Ctx) -> Env {
         Some(c) => c,
         None => "?".into(),
     };
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+    let cpu_model = procfs::CpuInfo::current()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
+        .and_then(|c| c.model_name(0).map(str::to_string))
         .unwrap_or_else(|| "?".into());
-    let mut command = String::from("cargo xtask");
-    for a in std::env::args().skip(1) {
-        command.push(' ');
-        command.push_str(&a);
-    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
     Env {
         date: first_line_of(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
         kernel: read_trim("/proc/sys/kernel/osrelease"),
@@ -251,8 +233,8 @@ pub fn environment(ctx: &Ctx) -> Env {
             .bpftrace
             .as_ref()
             .map_or_else(|| "absent".into(), |b| first_line_of(b, &["--version"])),
-        bpftool: first_line_of(&ctx.bpftool.argv[ctx.bpftool.argv.len() - 1], &["version"]),
-        command,
+        bpftool: first_line_of(ctx.bpftool.argv.last().expect("bpftool"), &["version"]),
+        command: format!("cargo xtask {}", args.join(" ")),
     }
 }
 
@@ -261,25 +243,21 @@ pub fn find_bpftrace() -> Result<PathBuf, String> {
     if let Some(b) = which("bpftrace") {
         return Ok(b);
     }
-    let Some(apt) = which("apt-get") else {
-        return Err("bpftrace is not installed and there is no apt-get to install it".into());
-    };
-    println!("bench: bpftrace is missing: apt-get install -y bpftrace ...");
-    let status = Command::new(apt)
-        .args(["install", "-y", "bpftrace"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .status();
-    match status {
-        Ok(s) if s.success() => which("bpftrace")
-            .ok_or_else(|| "apt-get installed bpftrace but it is not on PATH".into()),
-        Ok(s) => Err(format!("`apt-get install -y bpftrace` failed ({s})")),
-        Err(e) => Err(format!("could not run apt-get: {e}")),
-    }
+    println!("bench: bpftrace is missing: apt-get install bpftrace ...");
+    crate::setup::apt_install(&["bpftrace"]).map_err(|e| format!("{e:#}"))?;
+    which("bpftrace").ok_or_else(|| "apt-get installed bpftrace but it is not on PATH".into())
 }
 
 pub fn tool(name: &str, package: &str) -> Result<PathBuf> {
     which(name).with_context(|| {
         format!("{name} is not installed: `apt-get install {package}` (or `cargo xtask setup`)")
     })
+}
+
+/// A run as saved next to its report, so that it can be rendered again.
+#[derive(Serialize, Deserialize)]
+pub struct Run {
+    pub env: Env,
+    pub took_s: f64,
+    pub results: Results,
 }

@@ -2,15 +2,18 @@
 //! affin-trace's own `--verbose` times and from outside, with peak RSS.
 
 use super::parse::{median, min_max, verbose_ms};
-use super::process::Proc;
+use super::process::maxrss_kib;
 use super::{ATTACH_TIMEOUT, Ctx, RUN_TIMEOUT};
+use crate::util::words;
 use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
 
 const OFFSETS_CACHE: &str = "/run/affin-trace/btf-offsets";
 pub const START_RUNS: usize = 10;
 
 /// One start: affin-trace's `--verbose` times (ms from the start of its
 /// session), the time to its `tracing at` line seen from outside, peak RSS.
+#[derive(Serialize, Deserialize)]
 pub struct StartRun {
     pub maxrss_kib: u64,
     pub offsets_ms: f64,
@@ -19,38 +22,24 @@ pub struct StartRun {
     pub external_ms: f64,
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct Startup {
     pub cold: StartRun,
     pub warm: Vec<StartRun>,
 }
 
 fn start_once(ctx: &Ctx) -> Result<StartRun> {
+    let args = format!("--pid {} --duration 0.2 --interval 0.2", ctx.unrelated);
     let out = ctx.file("start.json");
-    let pid = ctx.unrelated.to_string();
-    let args = [
-        "--verbose",
-        "--pid",
-        &pid,
-        "--duration",
-        "0.2",
-        "--interval",
-        "0.2",
-        "--format",
-        "json",
-        "--output",
-        &out.display().to_string(),
-    ]
-    .map(String::from);
-    let mut t = Proc::spawn("affin-trace (start-up)", &ctx.bin, &args)?;
-    let (_, external) = t.wait_line(true, "tracing at", ATTACH_TIMEOUT)?;
+    let mut t = ctx.tracer("affin-trace (start-up)", &out, words(&args), &[])?;
+    let external = t.wait_line(true, "tracing at", ATTACH_TIMEOUT)?;
     // It ends by itself after 0.2 s.
-    let (status, ru) = t.wait_rusage(RUN_TIMEOUT)?;
-    t.ok(status)?;
+    let ru = t.wait_ok(RUN_TIMEOUT)?;
     let get = |what: &str| {
         verbose_ms(&t.stderr, what).with_context(|| format!("no {what:?} in: {}", t.output_tail()))
     };
     Ok(StartRun {
-        maxrss_kib: ru.ru_maxrss.max(0) as u64,
+        maxrss_kib: maxrss_kib(&ru),
         offsets_ms: get("offsets resolved")?,
         attached_ms: get("programs attached")?,
         tracing_ms: get("tracing at")?,

@@ -5,10 +5,12 @@
 
 use super::Ctx;
 use super::parse::{TraceReport, read_report, read_times, verbose_ms};
-use super::process::{Proc, Sysctl};
-use super::results::read_trim;
-use super::sys::{self, check_interrupted};
+use super::process::{Proc, Sysctl, check_interrupted, maxrss_kib};
+use crate::util::words;
 use anyhow::{Context as _, Result, bail};
+use procfs::Current as _;
+use procfs::{LoadAverage, process::Process};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
@@ -41,12 +43,14 @@ pub fn large(ctx: &Ctx) -> Result<ThreadsRun> {
 }
 
 /// One traced helper run, as the report shows it.
+#[derive(Serialize, Deserialize)]
 pub struct ThreadsRun {
     pub n: usize,
     pub secs: f64,
     pub period_ms: u64,
     pub helper_tasks: usize,
-    pub tracing_ms: f64,
+    /// affin-trace's `tracing at` (ms), where it printed one.
+    pub tracing_ms: Option<f64>,
     pub wall_s: f64,
     pub cpu_s: f64,
     pub steady_pct: Option<f64>,
@@ -64,46 +68,20 @@ pub struct ThreadsRun {
     pub read_cpu_ms: Vec<f64>,
 }
 
-fn total_tasks() -> Option<u64> {
-    // /proc/loadavg: "0.1 0.2 0.3 running/total lastpid"
-    read_trim("/proc/loadavg")
-        .split_whitespace()
-        .nth(3)?
-        .split_once('/')?
-        .1
-        .parse()
-        .ok()
+/// CPU time (utime + stime) of a process so far, s.
+fn proc_cpu_s(pid: u32) -> Option<f64> {
+    let stat = Process::new(pid as i32).ok()?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
-fn proc_cpu_s(pid: u32, ticks: f64) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = s.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After "comm)": state is field 3, utime 14, stime 15.
-    let ut: f64 = f.get(11)?.parse().ok()?;
-    let st: f64 = f.get(12)?.parse().ok()?;
-    Some((ut + st) / ticks)
-}
-
-/// A "Vm...:  123 kB" field of /proc/<pid>/status.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Traces a helper process of `n` threads (each sleeping 10 ms in a loop)
-/// for `secs` with the default interval; the tracer's CPU time and RSS.
+/// Traces a helper process of `n` threads (each sleeping `period_ms` in a
+/// loop) for `secs` with the default interval; the tracer's CPU time and RSS.
 fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<ThreadsRun> {
     // Room for the helper's threads: raise the limits when short.
     let mut raised = Vec::new();
     let mut guards = Vec::new();
-    let need = total_tasks().unwrap_or(0) + n as u64 + 1_000;
+    let tasks = LoadAverage::current().map_or(0, |l| l.max as u64);
+    let need = tasks + n as u64 + 1_000;
     for path in [THREADS_MAX, PID_MAX] {
         let mut s = Sysctl::new(path)?;
         let cur: u64 = s.original.parse().unwrap_or(u64::MAX);
@@ -114,54 +92,29 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         guards.push(s);
     }
     let limits = if raised.is_empty() {
+        let (threads_max, pid_max) = (&guards[0].original, &guards[1].original);
         format!(
-            "no limit raised (threads-max {}, pid_max {}, {} tasks needed)",
-            guards[0].original, guards[1].original, need
+            "no limit raised (threads-max {threads_max}, pid_max {pid_max}, {need} tasks needed)"
         )
     } else {
         raised.join("; ")
     };
-    let secs_s = format!("{}", secs + 60.0);
-    let mut helper = Proc::spawn(
-        "bench-threads",
-        &ctx.xtask,
-        &[
-            "bench-threads".to_string(),
-            n.to_string(),
-            secs_s,
-            period_ms.to_string(),
-        ],
-    )?;
+    let helper_args = words(&format!("bench-threads {n} {} {period_ms}", secs + 60.0));
+    let mut helper = Proc::spawn("bench-threads", &ctx.xtask, &helper_args, &[])?;
     helper.wait_line(false, "threads running", Duration::from_secs(120))?;
-    let helper_tasks = std::fs::read_dir(format!("/proc/{}/task", helper.pid()))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let helper_tasks =
+        std::fs::read_dir(format!("/proc/{}/task", helper.pid())).map_or(0, |d| d.count());
 
     let out = ctx.file(&format!("threads-{n}.json"));
-    let args = [
-        "--verbose".to_string(),
-        "--pid".into(),
-        helper.pid().to_string(),
-        "--duration".into(),
-        secs.to_string(),
-        "--format".into(),
-        "json".into(),
-        "--output".into(),
-        out.display().to_string(),
-    ];
-    let ticks = sys::clock_ticks();
+    let args = words(&format!("--pid {} --duration {secs}", helper.pid()));
     // READ_TIMES_ENV: affin-trace prints each interval's map read time.
-    let mut t = Proc::spawn_env(
-        &format!("affin-trace --pid <{n} threads>"),
-        &ctx.bin,
-        &args,
-        &[(READ_TIMES_ENV, "1")],
-    )?;
+    let name = format!("affin-trace --pid <{n} threads>");
+    let mut t = ctx.tracer(&name, &out, args, &[(READ_TIMES_ENV, "1")])?;
     let pid = t.pid();
+    // CPU time (and when) at `tracing at`, and at the last sample.
     let mut at_tracing: Option<(Instant, f64)> = None;
-    let mut last: Option<(Instant, f64)> = None;
-    let mut vmhwm = None;
-    let mut vmrss = None;
+    let mut last = None;
+    let (mut vmhwm, mut vmrss) = (None, None);
     let deadline = Instant::now() + Duration::from_secs_f64(secs + 120.0);
     loop {
         check_interrupted()?;
@@ -171,28 +124,25 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         match t.lines.recv_timeout(Duration::from_millis(100)) {
             Ok((is_err, line)) => {
                 if is_err && line.contains("tracing at") {
-                    at_tracing = proc_cpu_s(pid, ticks).map(|c| (Instant::now(), c));
+                    at_tracing = proc_cpu_s(pid).map(|c| (Instant::now(), c));
                 }
                 t.push((is_err, line));
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if let Some(h) = status_kib(pid, "VmHWM:") {
-            vmhwm = Some(h);
+        if let Ok(status) = Process::new(pid as i32).and_then(|p| p.status()) {
+            vmhwm = status.vmhwm.or(vmhwm);
+            vmrss = status.vmrss.or(vmrss);
         }
-        if let Some(h) = status_kib(pid, "VmRSS:") {
-            vmrss = Some(h);
-        }
-        if let Some(c) = proc_cpu_s(pid, ticks) {
+        if let Some(c) = proc_cpu_s(pid) {
             last = Some((Instant::now(), c));
         }
     }
-    let (status, ru) = t.wait_rusage(Duration::from_secs(60))?;
+    let ru = t.wait_ok(Duration::from_secs(60))?;
     let wall_s = t.started.elapsed().as_secs_f64();
-    t.ok(status)?;
     helper.stop()?;
-    let tv = |v: sys::Timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    let tv = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
     let cpu_s = tv(ru.ru_utime) + tv(ru.ru_stime);
     let steady_pct = match (at_tracing, last) {
         (Some((t0, c0)), Some((t1, c1))) if t1 > t0 => {
@@ -200,22 +150,21 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         }
         _ => None,
     };
-    let report = read_report(&out)?;
     let reads = read_times(&t.stderr);
     let run = ThreadsRun {
         n,
         secs,
         period_ms,
         helper_tasks,
-        tracing_ms: verbose_ms(&t.stderr, "tracing at").unwrap_or(f64::NAN),
+        tracing_ms: verbose_ms(&t.stderr, "tracing at"),
         wall_s,
         cpu_s,
         steady_pct,
-        maxrss_kib: ru.ru_maxrss.max(0) as u64,
+        maxrss_kib: maxrss_kib(&ru),
         vmhwm_kib: vmhwm,
         vmrss_kib: vmrss,
         startup_cpu_s: at_tracing.map(|(_, c)| c),
-        report,
+        report: read_report(&out)?,
         limits,
         read_ms: reads.iter().map(|r| r.0).collect(),
         read_cpu_ms: reads
