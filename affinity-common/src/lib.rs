@@ -300,7 +300,11 @@ pub const EVF_NEW: u32 = 4;
 /// |---|---|---|---|
 /// | [`EV_SWITCH`] | the CPU | tid switched out (0: not a target) | tid switched in (0: not a target) |
 /// | [`EV_MIGRATE`] | source CPU | tid | destination CPU |
-/// | [`EV_WAKEUP`] | CPU it will run on | tid | 0 |
+/// | [`EV_WAKEUP`] | CPU it will run on | tid | CPU the waker runs on |
+///
+/// `waker`: of a wakeup, the thread running where `sched_wakeup` fired (as
+/// ftrace's `common_pid`), 0 for the idle task: a wakeup queued to an idle
+/// CPU's wake list fires there, after the waker has moved on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimelineEvent {
@@ -316,8 +320,8 @@ pub struct TimelineEvent {
     pub b: u32,
     /// `EVF_*` bits.
     pub flags: u32,
-    /// Padding (explicit, so that both sides agree on it).
-    pub _pad: u32,
+    /// [`EV_WAKEUP`]: the waker's tid (see the table); 0 for other kinds.
+    pub waker: u32,
     /// [`EV_SWITCH`]: `se.sum_exec_runtime` (on-CPU time, without steal
     /// and interrupts) of `a` as it leaves the CPU, or without `a`, of `b`
     /// as it arrives. The difference from the thread's previous value is

@@ -885,7 +885,7 @@ fn timeline_switch<A: Access>(
         a: out,
         b: inn,
         flags,
-        _pad: 0,
+        waker: 0,
         sum_exec_ns,
     });
 }
@@ -897,14 +897,15 @@ fn on_wakeup<A: Access>(args: *const u64, new_task: bool) {
         return;
     };
     if timeline_on() {
+        // The waker, where it runs: the wakee's chain for the trace.
         emit(TimelineEvent {
             ts_ns: unsafe { bpf_ktime_get_ns() },
             kind: EV_WAKEUP,
             cpu: A::u32_at(p, offset!(cpu)),
             a: tid,
-            b: 0,
+            b: unsafe { bpf_get_smp_processor_id() },
             flags: if new_task { EVF_NEW } else { 0 },
-            _pad: 0,
+            waker: bpf_get_current_pid_tgid() as u32,
             sum_exec_ns: 0,
         });
     }
@@ -1005,7 +1006,7 @@ fn on_migrate<A: Access>(args: *const u64) {
             a: tid,
             b: dest,
             flags: 0,
-            _pad: 0,
+            waker: 0,
             sum_exec_ns: 0,
         });
     }

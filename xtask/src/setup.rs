@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 /// llvm-22-dev, libpolly-22-dev, libzstd-dev build bpf-linker; linux-perf and
 /// bpftool are test oracles; ffmpeg is a test workload; prometheus scrapes
 /// `affin-trace serve` in its root test; python3-venv holds the manifests'
-/// validator (see [`K8S_VENV`]).
+/// validator (see [`K8S_VENV`]) and the Perfetto schema (see
+/// [`PERFETTO_VENV`]).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -74,7 +75,38 @@ pub fn run() -> Result<()> {
         let mut pip = Command::new(venv.join("bin/pip"));
         pip.args(["install", "--quiet", "kubernetes-validate==1.37.0"]);
         run_checked(&mut pip, "pip install kubernetes-validate", fix)
+    })?;
+    let venv = std::path::Path::new(PERFETTO_VENV);
+    let have = || Ok(venv.join("bin/python").is_file() && perfetto_schema_loads(venv));
+    step(&format!("pip {PERFETTO_PYPI}"), have, || {
+        let fix = "needs python3-venv (apt step) and PyPI reachable";
+        let mut venv_cmd = Command::new("python3");
+        venv_cmd.args(["-m", "venv"]).arg(venv);
+        run_checked(&mut venv_cmd, "python3 -m venv", fix)?;
+        let mut pip = Command::new(venv.join("bin/pip"));
+        pip.args(["install", "--quiet", PERFETTO_PYPI]);
+        run_checked(&mut pip, "pip install perfetto", fix)
     })
+}
+
+/// The venv with PyPI's `perfetto` package, whose compiled
+/// `perfetto_trace_pb2` is the official schema the root tests decode
+/// `--timeline` files with (tests/tests/perfetto.rs), offline.
+pub const PERFETTO_VENV: &str = "/opt/affin-trace-venv";
+const PERFETTO_PYPI: &str = "perfetto==0.59.1";
+
+/// Whether the venv's python imports the compiled schema.
+fn perfetto_schema_loads(venv: &std::path::Path) -> bool {
+    Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "from perfetto.protos.perfetto.trace import perfetto_trace_pb2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Where `kubernetes-validate` (PyPI) lives: the deploy/ tests run it to

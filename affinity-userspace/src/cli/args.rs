@@ -282,12 +282,18 @@ pub struct TraceArgs {
     #[arg(long = "plot", visible_alias = "svg", value_name = "FILE.svg", value_parser = parse_svg_path)]
     pub plot: Option<PathBuf>,
     /// Also record every switch, migration and wakeup of the targets'
-    /// threads and write them to FILE as a Chrome JSON trace (open it in
-    /// https://ui.perfetto.dev): a track per CPU, a track per thread,
-    /// migrations as arrows between CPUs. Events that do not fit in the
-    /// ring buffer are counted and reported as lost. Opened before tracing.
+    /// threads and write them to FILE (open it in https://ui.perfetto.dev):
+    /// a name ending in .json gets a Chrome JSON trace (a track per CPU, a
+    /// track per thread, migrations as arrows between CPUs), any other name
+    /// Perfetto's own protobuf trace, streamed as the events arrive (CPU
+    /// scheduling tracks and thread states, as for a kernel capture).
+    /// Events that do not fit in the ring buffer are counted and reported
+    /// as lost. Opened before tracing.
     #[arg(long, value_name = "FILE")]
     pub timeline: Option<PathBuf>,
+    /// With --timeline: the file's format, whatever its name.
+    #[arg(long, value_name = "FORMAT", requires = "timeline")]
+    pub timeline_format: Option<crate::report::perfetto::Format>,
     /// With --timeline: size of the kernel ring buffer the events wait in
     /// between reads (every 20 ms), a power of two from 4K to 1G, with an
     /// optional K, M or G suffix (x1024). An event takes 48 bytes in it.
@@ -584,6 +590,24 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.trace.timeline_buffer, 65536);
+    }
+
+    #[test]
+    fn timeline_format_is_perfetto_or_chrome_and_needs_timeline() {
+        use crate::report::perfetto::Format;
+        let c = parse(&[
+            "-p",
+            "1",
+            "--timeline",
+            "t.json",
+            "--timeline-format",
+            "perfetto",
+        ]);
+        assert_eq!(c.unwrap().trace.timeline_format, Some(Format::Perfetto));
+        let c = parse(&["-p", "1", "--timeline", "t", "--timeline-format", "chrome"]);
+        assert_eq!(c.unwrap().trace.timeline_format, Some(Format::Chrome));
+        assert!(parse(&["-p", "1", "--timeline", "t", "--timeline-format", "xml"]).is_err());
+        assert!(parse(&["-p", "1", "--timeline-format", "chrome"]).is_err());
     }
 
     #[test]

@@ -112,6 +112,77 @@ impl Drop for Cancel {
     }
 }
 
+/// Counts termination signals from before the window opens, so that one
+/// after the signal that ended the window (or any after a window that ran
+/// to its end) stops the timeline's writing: without it, the tokio handlers
+/// the window installed keep catching the signals and the tool would sit
+/// through them until a long write ends. Chains with the other handlers
+/// like [`Cancel`]'s; unregisters when the last clone drops.
+#[derive(Clone)]
+pub struct SecondSignal {
+    inner: Arc<Counted>,
+}
+
+struct Counted {
+    count: Arc<AtomicUsize>,
+    /// Signals seen when the window ended (`usize::MAX` until then).
+    at_end: AtomicUsize,
+    ids: Vec<SigId>,
+}
+
+impl SecondSignal {
+    /// Starts counting.
+    pub fn new() -> std::io::Result<SecondSignal> {
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut ids = Vec::new();
+        for sig in SIGNALS {
+            let c = Arc::clone(&count);
+            // SAFETY: the action only does an atomic add, which is
+            // async-signal-safe.
+            ids.push(unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    c.fetch_add(1, Ordering::SeqCst);
+                })
+            }?);
+        }
+        Ok(SecondSignal {
+            inner: Arc::new(Counted {
+                count,
+                at_end: AtomicUsize::new(usize::MAX),
+                ids,
+            }),
+        })
+    }
+
+    /// The window is over: from now on any further signal stops.
+    pub fn window_over(&self) {
+        let n = self.inner.count.load(Ordering::SeqCst);
+        self.inner.at_end.store(n, Ordering::SeqCst);
+    }
+
+    /// True once a second signal came, or one after the window was over.
+    pub fn stopped(&self) -> bool {
+        stops(
+            self.inner.count.load(Ordering::SeqCst),
+            self.inner.at_end.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// `n` signals so far, `at_end` of them when the window ended: the first
+/// ends the window, the next one stops.
+fn stops(n: usize, at_end: usize) -> bool {
+    n >= 2 || n > at_end
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
 /// The signal's name, for messages ("SIGINT").
 pub fn name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
@@ -128,6 +199,25 @@ pub fn exit_code(sig: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_second_signal_stops_and_after_the_window_the_first() {
+        const OPEN: usize = usize::MAX;
+        assert!(!stops(0, OPEN));
+        assert!(!stops(1, OPEN), "the first signal only ends the window");
+        assert!(stops(2, OPEN));
+        assert!(!stops(1, 1), "the one that ended the window");
+        assert!(stops(2, 1));
+        assert!(!stops(0, 0));
+        assert!(stops(1, 0), "after a window that ran to its end");
+        // Real signals are counted (other tests raise SIGHUP too: at least).
+        let _keep = Cancel::new().unwrap();
+        let s = SecondSignal::new().unwrap();
+        for _ in 0..2 {
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
+        }
+        assert!(s.clone().stopped());
+    }
 
     #[test]
     fn exit_codes_and_names_follow_the_shell() {

@@ -10,12 +10,14 @@ use crate::{
     analyze::verify::{self, Figures},
     apply::state::STATE_DIR,
     cli::actions::{self, ActionError},
+    cli::cancel::SecondSignal,
     cli::output::Output,
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     collect::session::{self, Outcome},
     host::Root,
     model::topology::Topology,
-    report::{Report, TimelineJson},
+    report::perfetto::{self, Format as TimelineFormat},
+    report::{PerfettoCounts, Report, TimelineJson},
 };
 
 fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
@@ -52,24 +54,43 @@ pub fn trace(args: &TraceArgs) -> i32 {
     } else {
         None
     };
-    let outcome = match observe(args, &thresholds) {
+    // A signal after the one that ends the window stops the timeline's
+    // writing (the file is then removed, not left cut short).
+    let stop = match SecondSignal::new() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("installing signal handlers: {e}"), EXIT_FAILURE),
+    };
+    // Perfetto's file is written as the events are drained: memory stays
+    // bounded. Chrome JSON is built at the end (its slices and arrows need
+    // the whole window).
+    let format = (args.timeline.as_deref()).map(|p| TimelineFormat::pick(args.timeline_format, p));
+    let mut stream = match format {
+        Some(TimelineFormat::Perfetto) => files.timeline.take().map(|f| {
+            let w = Interruptible::new(f, &stop);
+            perfetto::Writer::new(std::io::BufWriter::with_capacity(1 << 20, w))
+        }),
+        _ => None,
+    };
+    let outcome = match observe(args, &thresholds, sink(&mut stream)) {
         Ok(o) => o,
         Err(code) => return code,
     };
+    stop.window_over();
     // An output that could not be written makes the exit non-zero; the
     // report still follows.
     let mut write_failed = false;
     if let Some(file) = files.svg.take() {
         write_failed |= !write_svg(&outcome, file);
     }
-    let timeline = match (files.timeline.take(), &outcome.timeline) {
-        (Some(file), Some(cap)) => {
-            let (json, ok) = write_timeline(&outcome, cap, file);
-            write_failed |= !ok;
-            Some(json)
-        }
+    let written = match (stream.take(), files.timeline.take(), &outcome.timeline) {
+        (Some(w), _, Some(cap)) => finish_perfetto(w, cap, &outcome),
+        (None, Some(file), Some(cap)) => write_timeline(&outcome, cap, file, &stop),
         _ => None,
     };
+    let timeline = written.map(|(json, ok)| {
+        write_failed |= !ok;
+        json
+    });
     let analysis = analyze(&outcome, &thresholds);
     let mut report = Report::new(&outcome.trace, &args.command, outcome.exit_status)
         .with_analysis(&outcome.topology, &analysis)
@@ -133,7 +154,11 @@ impl Outputs {
 
 /// Runs the session, with the live view under `--watch`; an error is printed
 /// and becomes the exit code.
-fn observe(args: &TraceArgs, thresholds: &Thresholds) -> Result<Outcome, i32> {
+fn observe(
+    args: &TraceArgs,
+    thresholds: &Thresholds,
+    sink: Option<&mut dyn perfetto::EventSink>,
+) -> Result<Outcome, i32> {
     // The live view is dropped at the end of this block, so the terminal
     // is back to normal before an error or the report is printed.
     let result = if args.watch {
@@ -141,9 +166,9 @@ fn observe(args: &TraceArgs, thresholds: &Thresholds) -> Result<Outcome, i32> {
             Ok(w) => w,
             Err(e) => return Err(fail(e, EXIT_USAGE)),
         };
-        session::run_observed(args, Some(&mut watch))
+        session::run_streamed(args, Some(&mut watch), sink)
     } else {
-        session::run(args)
+        session::run_streamed(args, None, sink)
     };
     result.map_err(|e| fail(&e, e.exit_code()))
 }
@@ -168,22 +193,44 @@ fn write_svg(outcome: &Outcome, mut file: Output) -> bool {
     drawn.is_ok()
 }
 
-/// Builds and writes the timeline; returns its summary for the report (a
-/// write error is reported, the report still follows).
+/// Builds and writes the Chrome JSON timeline; returns its summary for the
+/// report and whether it was written (an error is reported, the report
+/// still follows).
 fn write_timeline(
     outcome: &Outcome,
     cap: &crate::report::timeline::Capture,
-    mut file: Output,
-) -> (TimelineJson, bool) {
+    file: Output,
+    stop: &SecondSignal,
+) -> Option<(TimelineJson, bool)> {
     let path = file.path().to_path_buf();
-    let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
-    let written = chrome.write(&mut file).and_then(|()| file.commit());
+    let chrome =
+        crate::report::timeline::build_unless(cap, &outcome.trace, &outcome.topology, || {
+            stop.stopped()
+        });
+    let Some(chrome) = chrome else {
+        // The build takes seconds for a million events: given up.
+        timeline_failed(&path, &std::io::Error::other(SECOND_SIGNAL));
+        let json = TimelineJson {
+            file: path.display().to_string(),
+            events: cap.drained,
+            lost_events: cap.lost_events,
+            ring_buffer_bytes: cap.ring_buffer_bytes,
+            migration_flows: 0,
+            cpu_slices: 0,
+            format: "chrome",
+            perfetto: None,
+            latency: None,
+        };
+        return Some((json, false));
+    };
+    let mut w = Interruptible::new(file, stop);
+    let written = chrome.write(&mut w).and_then(|()| w.into_inner().commit());
     if let Err(e) = &written {
-        fail(
-            format!("writing the timeline to {}: {e}", path.display()),
-            EXIT_FAILURE,
-        );
+        timeline_failed(&path, e);
     }
+    let mut latency = crate::report::latency::Latencies::default();
+    latency.push(&cap.events);
+    let tgids = tgids(outcome);
     let s = chrome.summary;
     let json = TimelineJson {
         file: path.display().to_string(),
@@ -192,8 +239,143 @@ fn write_timeline(
         ring_buffer_bytes: cap.ring_buffer_bytes,
         migration_flows: s.migration_flows,
         cpu_slices: s.cpu_slices,
+        format: "chrome",
+        perfetto: None,
+        latency: Some(latency.report(|tid| tgids.get(&tid).copied())),
     };
-    (json, written.is_ok())
+    Some((json, written.is_ok()))
+}
+
+/// A write that a [`SecondSignal`] stops.
+struct Interruptible<W> {
+    w: W,
+    stop: SecondSignal,
+}
+
+impl<W> Interruptible<W> {
+    fn new(w: W, stop: &SecondSignal) -> Interruptible<W> {
+        Interruptible {
+            w,
+            stop: stop.clone(),
+        }
+    }
+
+    fn into_inner(self) -> W {
+        self.w
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Interruptible<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.stop.stopped() {
+            // Not `Interrupted`: write_all would retry that.
+            return Err(std::io::Error::other(SECOND_SIGNAL));
+        }
+        self.w.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+const SECOND_SIGNAL: &str = "stopped by a second signal";
+
+/// Says why the timeline is not there. Its file was written aside
+/// (cli::output) and is only renamed over the path once complete, so a
+/// write cut short by a second signal leaves no half-written file.
+fn timeline_failed(path: &Path, e: &std::io::Error) {
+    if e.to_string() == SECOND_SIGNAL {
+        fail(
+            format!(
+                "the timeline was {SECOND_SIGNAL}: {} not written",
+                path.display()
+            ),
+            EXIT_FAILURE,
+        );
+    } else {
+        fail(
+            format!("writing the timeline to {}: {e}", path.display()),
+            EXIT_FAILURE,
+        );
+    }
+}
+
+/// The process of each traced thread.
+fn tgids(outcome: &Outcome) -> std::collections::HashMap<u32, u32> {
+    (outcome.trace.threads.iter())
+        .map(|t| (t.tid, t.tgid))
+        .collect()
+}
+
+/// The streaming writer as the session's sink.
+fn sink<W: std::io::Write>(
+    w: &mut Option<perfetto::Writer<W>>,
+) -> Option<&mut dyn perfetto::EventSink> {
+    w.as_mut().map(|w| w as &mut dyn perfetto::EventSink)
+}
+
+/// The streamed Perfetto file's output.
+type Stream = std::io::BufWriter<Interruptible<Output>>;
+
+/// Ends the Perfetto file (descriptors, throttling, the lost-event marker)
+/// and renames it over its path; its summary for the report and whether it
+/// was written.
+fn finish_perfetto(
+    w: perfetto::Writer<Stream>,
+    cap: &crate::report::timeline::Capture,
+    outcome: &Outcome,
+) -> Option<(TimelineJson, bool)> {
+    let threads = (outcome.trace.threads.iter())
+        .map(|t| perfetto::ThreadName {
+            tid: t.tid,
+            tgid: t.tgid,
+            comm: t.comm.clone(),
+        })
+        .collect();
+    let end = perfetto::Ending {
+        threads,
+        start_ns: cap.start_ns,
+        end_ns: cap.end_ns,
+        lost_events: cap.lost_events,
+        throttled: cap.throttled.clone(),
+        quota: cap.quota.clone(),
+    };
+    let path = w.get_ref().get_ref().w.path().to_path_buf();
+    let so_far = w.written();
+    let (n, latency, committed) = match w.finish(&end) {
+        Ok((n, latency, out)) => {
+            let committed = out
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|w| w.into_inner().commit());
+            (n, Some(latency), committed)
+        }
+        // The file went with the writer: a temporary file is removed.
+        Err(e) => (so_far, None, Err(e)),
+    };
+    if let Err(e) = &committed {
+        timeline_failed(&path, e);
+    }
+    let tgids = tgids(outcome);
+    let json = TimelineJson {
+        file: path.display().to_string(),
+        events: n.events,
+        lost_events: cap.lost_events,
+        ring_buffer_bytes: cap.ring_buffer_bytes,
+        migration_flows: 0,
+        cpu_slices: 0,
+        format: "perfetto",
+        perfetto: Some(PerfettoCounts {
+            sched_switch: n.switches,
+            sched_wakeup: n.wakeups,
+            sched_migrate_task: n.migrations,
+            sched_process_exit: n.exits,
+            bytes: n.bytes,
+        }),
+        latency: latency.map(|l| l.report(|tid| tgids.get(&tid).copied())),
+    };
+    Some((json, committed.is_ok()))
 }
 
 /// Creates an output file named by `flag` before anything runs, so that a

@@ -32,6 +32,7 @@ use crate::{
     kernel::probe::{Probe, ProbeConfig, ProbeError},
     model::topology::Topology,
     model::{PressureDelta, Trace},
+    report::perfetto::EventSink,
     report::timeline::Capture,
 };
 
@@ -198,9 +199,20 @@ pub fn run_observed(
     args: &TraceArgs,
     observer: Option<&mut dyn Observer>,
 ) -> Result<Outcome, SessionError> {
+    run_streamed(args, observer, None)
+}
+
+/// Runs one trace window, showing each interval to `observer`; with a
+/// `sink`, timeline events go to it as they are drained (the outcome's
+/// capture then holds none of them: memory stays bounded).
+pub fn run_streamed(
+    args: &TraceArgs,
+    observer: Option<&mut dyn Observer>,
+    sink: Option<&mut dyn EventSink>,
+) -> Result<Outcome, SessionError> {
     let t0 = Instant::now();
     let launch = targets::validate(args)?;
-    run_launch(args, launch, observer, t0)
+    run_launch(args, launch, observer, sink, t0)
 }
 
 /// A second window on the processes `first` traced (`--verify`), with
@@ -213,13 +225,14 @@ pub fn run_again(args: &TraceArgs, first: &Outcome) -> Result<Outcome, SessionEr
         &first.trace.tids,
         &first.start_times,
     )?;
-    run_launch(args, launch, None, t0)
+    run_launch(args, launch, None, None, t0)
 }
 
 fn run_launch(
     args: &TraceArgs,
     launch: Launch,
     mut observer: Option<&mut dyn Observer>,
+    sink: Option<&mut dyn EventSink>,
     t0: Instant,
 ) -> Result<Outcome, SessionError> {
     let verbose = Verbose {
@@ -266,30 +279,33 @@ fn run_launch(
         Collector::new(info),
         timeline,
         quota,
-        observer.take(),
+        // Re-borrowed as the window's own (its lifetimes are not the caller's).
+        observer.take().map(|o| o as &mut dyn Observer),
         &run.topology,
         root,
         &run.tgids,
         timing,
         bar,
     )
-    .rescanning(&args.comms);
+    .rescanning(&args.comms)
+    .streaming(sink.map(|s| s as &mut dyn EventSink));
     let end = rt.block_on(window.run(&mut src));
     let window_end = monotonic_ns();
     window.clear_bar();
     let wall = window.started().elapsed();
     let facts = target_facts(root, run.tgids.first().copied(), &run.topology);
     let busy_after = procs::cpu_busy_ns(root);
+    // The command may still run (the window ended first): wait for it, so
+    // affin-trace exits with its status, as `time` does.
+    let exit_status = run.child.as_mut().map(|c| wait_child(c, end));
+    window.last_drain(window_end);
     let Window {
         collector,
-        mut timeline,
+        timeline,
         quota,
         rescanned,
         ..
     } = window;
-    // The command may still run (the window ended first): wait for it, so
-    // affin-trace exits with its status, as `time` does.
-    let exit_status = run.child.as_mut().map(|c| wait_child(c, end));
     let exited_pids = if run.child.is_some() {
         run.tgids.clone()
     } else {
@@ -299,9 +315,6 @@ fn run_launch(
             .filter(|&p| !procs::alive(root, p))
             .collect()
     };
-    if let Some(tl) = timeline.as_mut() {
-        last_drain(&mut run.probe, tl, window_end);
-    }
     run.probe.drain_log();
     let cgroups = contention::neighbour_cgroups(&collector.neighbour_cgroups());
     let mut trace = collector.finish(WindowEnd {
@@ -428,19 +441,6 @@ fn wait_child(c: &mut GatedChild, end: End) -> i32 {
         );
     }
     c.wait()
-}
-
-/// The timeline's last events, and what was lost.
-fn last_drain(probe: &mut Probe, tl: &mut Capture, window_end: u64) {
-    // The targets' last switches (an exiting thread's final one comes
-    // after its pidfd woke us) are in the ring by now. Events written
-    // (counted before this last drain) but not received would be a bug
-    // in the reader: counted as lost rather than let pass.
-    let written = probe.timeline_written();
-    probe.drain_timeline(&mut tl.events);
-    tl.end_ns = window_end;
-    let unread = written.saturating_sub(tl.events.len() as u64);
-    tl.lost_events = probe.timeline_lost() + unread;
 }
 
 /// `--verbose`'s account of the per-interval reads (maps and /proc): wall

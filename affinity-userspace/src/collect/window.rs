@@ -32,7 +32,7 @@ use crate::{
     host::{Root, procs},
     kernel::probe::Probe,
     model::topology::Topology,
-    report::timeline::Capture,
+    report::{perfetto::EventSink, timeline::Capture},
 };
 
 /// How often the timeline ring buffer is drained: the buffer must hold
@@ -48,6 +48,17 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Empties the timeline ring: into `sink` when the timeline is streamed
+/// (the capture keeps only the count, so memory stays bounded whatever the
+/// window's length), else into the capture.
+pub fn drain_ring(probe: &mut Probe, tl: &mut Capture, sink: Option<&mut (dyn EventSink + '_)>) {
+    tl.drained += probe.drain_timeline(&mut tl.events) as u64;
+    if let Some(sink) = sink {
+        sink.push(&tl.events);
+        tl.events.clear();
+    }
 }
 
 /// Why a window ended.
@@ -136,6 +147,9 @@ pub struct Window<'a, 'o> {
     pub(crate) timeline: Option<Capture>,
     pub(crate) quota: Option<QuotaWatch>,
     observer: Option<&'a mut (dyn Observer + 'o)>,
+    /// With a streamed timeline: where drained events go instead of the
+    /// capture.
+    sink: Option<&'a mut (dyn EventSink + 'o)>,
     topology: &'a Topology,
     root: &'a Root,
     tgids: &'a [u32],
@@ -188,6 +202,7 @@ impl<'a, 'o> Window<'a, 'o> {
                 BTreeMap::new()
             },
             observer,
+            sink: None,
             topology,
             root,
             tgids,
@@ -204,6 +219,12 @@ impl<'a, 'o> Window<'a, 'o> {
     /// Looks `comms` up again after each read.
     pub fn rescanning(mut self, comms: &'a [String]) -> Self {
         self.comms = comms;
+        self
+    }
+
+    /// Hands drained timeline events to `sink` as they come.
+    pub fn streaming(mut self, sink: Option<&'a mut (dyn EventSink + 'o)>) -> Self {
+        self.sink = sink;
         self
     }
 
@@ -262,7 +283,7 @@ impl<'a, 'o> Window<'a, 'o> {
 
     fn drain_timeline(&mut self) {
         if let Some(tl) = self.timeline.as_mut() {
-            self.probe.drain_timeline(&mut tl.events);
+            drain_ring(self.probe, tl, self.sink.as_deref_mut());
         }
     }
 
@@ -311,6 +332,23 @@ impl<'a, 'o> Window<'a, 'o> {
             cgroup_window: self.quota.as_ref().and_then(|q| q.window()),
         };
         !o.on_interval(&snap)
+    }
+
+    /// The timeline's last events, and what was lost (at the window's end,
+    /// `window_end`, once a command run has exited).
+    pub fn last_drain(&mut self, window_end: u64) {
+        let Some(tl) = self.timeline.as_mut() else {
+            return;
+        };
+        // The targets' last switches (an exiting thread's final one comes
+        // after its pidfd woke us) are in the ring by now. Events written
+        // (counted before this last drain) but not received would be a bug
+        // in the reader: counted as lost rather than let pass.
+        let written = self.probe.timeline_written();
+        drain_ring(self.probe, tl, self.sink.as_deref_mut());
+        tl.end_ns = window_end;
+        let unread = written.saturating_sub(tl.drained);
+        tl.lost_events = self.probe.timeline_lost() + unread;
     }
 
     /// Takes down the progress bar.

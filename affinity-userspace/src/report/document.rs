@@ -168,8 +168,32 @@ pub struct TimelineJson {
     pub ring_buffer_bytes: u64,
     /// Migration arrows in the file.
     pub migration_flows: u64,
-    /// On-CPU slices in the file (one per CPU track entry).
+    /// On-CPU slices in the file (one per CPU track entry; Chrome JSON).
     pub cpu_slices: u64,
+    /// `perfetto` (protobuf, streamed) or `chrome` (JSON).
+    pub format: &'static str,
+    /// What the Perfetto file holds (`perfetto` format only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perfetto: Option<PerfettoCounts>,
+    /// Exact wakeup-to-run and preempted-wait distributions from the
+    /// recorded events, per thread and for the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<crate::report::latency::LatencyJson>,
+}
+
+/// Records in a Perfetto timeline file.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct PerfettoCounts {
+    /// `sched_switch` records.
+    pub sched_switch: u64,
+    /// `sched_wakeup` and `sched_wakeup_new` records.
+    pub sched_wakeup: u64,
+    /// `sched_migrate_task` records.
+    pub sched_migrate_task: u64,
+    /// `sched_process_exit` records.
+    pub sched_process_exit: u64,
+    /// Bytes of the file.
+    pub bytes: u64,
 }
 
 /// The whole JSON document.
@@ -890,6 +914,9 @@ mod tests {
             ring_buffer_bytes: 4096,
             migration_flows: 3,
             cpu_slices: 50,
+            format: "chrome",
+            perfetto: None,
+            latency: None,
         });
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["timeline"]["lost_events"], 42);

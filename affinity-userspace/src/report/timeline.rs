@@ -74,8 +74,10 @@ pub struct ThrottledSpan {
 /// What one traced window recorded for the timeline.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Capture {
-    /// Events as drained (any order).
+    /// Events as drained (any order); none when they were streamed.
     pub events: Vec<TimelineEvent>,
+    /// Events drained from the ring, streamed or kept.
+    pub drained: u64,
     /// CLOCK_MONOTONIC ns when tracing began: time 0 of the file.
     pub start_ns: u64,
     /// CLOCK_MONOTONIC ns when the window ended.
@@ -143,14 +145,67 @@ fn cpu_tid(cpu: u32) -> u32 {
     CPU_TID_BASE.saturating_add(cpu)
 }
 
+/// How a stretch on a CPU ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SliceEnd {
+    /// Left the CPU runnable.
+    Preempted,
+    /// Left the CPU to sleep.
+    Blocked,
+    /// Left the CPU for good.
+    Exited,
+    /// Still running when the window ended.
+    WindowEnd,
+}
+
+impl SliceEnd {
+    /// How a switch-out with these `EVF_*` flags ended its slice.
+    fn of_flags(flags: u32) -> SliceEnd {
+        if flags & EVF_DEAD != 0 {
+            SliceEnd::Exited
+        } else if flags & EVF_PREEMPTED != 0 {
+            SliceEnd::Preempted
+        } else {
+            SliceEnd::Blocked
+        }
+    }
+
+    /// The `ended` arg of the file.
+    fn as_str(self) -> &'static str {
+        match self {
+            SliceEnd::Preempted => "preempted",
+            SliceEnd::Blocked => "blocked",
+            SliceEnd::Exited => "exited",
+            SliceEnd::WindowEnd => "window end",
+        }
+    }
+}
+
+/// Why a thread waited for a CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WaitKind {
+    /// Woken from sleep.
+    Woken,
+    /// Preempted while running.
+    Preempted,
+}
+
+impl WaitKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            WaitKind::Woken => "woken",
+            WaitKind::Preempted => "preempted",
+        }
+    }
+}
+
 /// A stretch of one thread on one CPU (ns since start).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slice {
     start: u64,
     end: u64,
     tid: u32,
-    /// How it ended: "preempted", "blocked", "exited", "window end".
-    how: &'static str,
+    how: SliceEnd,
     /// Its on-CPU time by the task's clock (`sum_exec_runtime`), when known.
     cpu_ns: Option<u64>,
     /// Its switch-in was not seen: the start is the end minus `cpu_ns`.
@@ -160,7 +215,7 @@ struct Slice {
 #[derive(Clone, Copy, Debug)]
 enum ThreadState {
     Running,
-    Runnable { since: u64, preempted: bool },
+    Runnable { since: u64, why: WaitKind },
     Off,
 }
 
@@ -185,7 +240,15 @@ struct Names<'a> {
     threads: BTreeMap<u32, (u32, &'a str)>,
 }
 
-impl Names<'_> {
+impl<'a> Names<'a> {
+    fn from_trace(trace: &'a Trace) -> Names<'a> {
+        Names {
+            threads: (trace.threads.iter())
+                .map(|t| (t.tid, (t.tgid, t.comm.as_str())))
+                .collect(),
+        }
+    }
+
     fn of(&self, tid: u32) -> (u32, String) {
         match self.threads.get(&tid) {
             Some((tgid, comm)) => (*tgid, format!("{comm} {tid}")),
@@ -194,150 +257,75 @@ impl Names<'_> {
     }
 }
 
-/// Builds the Chrome trace of `cap`, naming threads from `trace` and CPUs
-/// from `topo`.
-pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
-    let names = Names {
-        threads: trace
-            .threads
-            .iter()
-            .map(|t| (t.tid, (t.tgid, t.comm.as_str())))
-            .collect(),
-    };
-    let end = cap.end_ns.saturating_sub(cap.start_ns);
-    let rel = |ts: u64| ts.saturating_sub(cap.start_ns).min(end);
-    let mut sorted: Vec<&TimelineEvent> = cap.events.iter().collect();
-    sorted.sort_by_key(|e| e.ts_ns);
+/// A complete ("X") slice.
+fn slice_ev(
+    at: u64,
+    len: u64,
+    name: String,
+    cat: &'static str,
+    track: (u32, u32),
+    args: Value,
+) -> Ev {
+    Ev {
+        at_ns: at,
+        name,
+        cat,
+        ph: "X",
+        ts: us(at),
+        dur: Some(us(len)),
+        pid: track.0,
+        tid: track.1,
+        id: None,
+        bp: None,
+        s: None,
+        args,
+    }
+}
 
-    let mut summary = Summary {
-        events: cap.events.len() as u64,
-        lost_events: cap.lost_events,
-        ..Summary::default()
-    };
-    let mut out: Vec<Ev> = Vec::new();
-    // Per CPU: the open slice (tid, start) and whether any event was seen.
-    let mut open: BTreeMap<u32, (u32, u64)> = BTreeMap::new();
-    let mut seen: BTreeMap<u32, bool> = BTreeMap::new();
-    let mut slices: BTreeMap<u32, Vec<Slice>> = BTreeMap::new();
-    let mut state: BTreeMap<u32, ThreadState> = BTreeMap::new();
-    // Per thread: sum_exec_runtime at its last switch (out, or in).
-    let mut sums: BTreeMap<u32, u64> = BTreeMap::new();
-    // Per CPU: the time of its last event.
-    let mut last_at: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut migrations: Vec<Migration> = Vec::new();
-    let runnable = |out: &mut Vec<Ev>, tid: u32, since: u64, until: u64, preempted: bool| {
-        if until > since {
-            let (pid, _) = names.of(tid);
-            let what = if preempted { "preempted" } else { "woken" };
-            out.push(Ev {
-                at_ns: since,
-                name: format!("runnable ({what})"),
-                cat: "runnable",
-                ph: "X",
-                ts: us(since),
-                dur: Some(us(until - since)),
-                pid,
-                tid,
-                id: None,
-                bp: None,
-                s: None,
-                args: Value::Null,
-            });
+/// Rebuilds per-CPU slices, thread waits and migrations from the events in
+/// time order: the state machine of the module doc.
+struct Rebuild<'n> {
+    names: &'n Names<'n>,
+    /// Per CPU: the open slice (tid, start).
+    open: BTreeMap<u32, (u32, u64)>,
+    /// Per CPU: whether any event was seen.
+    seen: BTreeMap<u32, bool>,
+    slices: BTreeMap<u32, Vec<Slice>>,
+    state: BTreeMap<u32, ThreadState>,
+    /// Per thread: sum_exec_runtime at its last switch (out, or in).
+    sums: BTreeMap<u32, u64>,
+    /// Per CPU: the time of its last event.
+    last_at: BTreeMap<u32, u64>,
+    migrations: Vec<Migration>,
+    /// Runnable slices of the thread tracks.
+    waits: Vec<Ev>,
+    incomplete: u64,
+    inferred: u64,
+}
+
+impl<'n> Rebuild<'n> {
+    fn new(names: &'n Names<'n>) -> Rebuild<'n> {
+        Rebuild {
+            names,
+            open: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            state: BTreeMap::new(),
+            sums: BTreeMap::new(),
+            last_at: BTreeMap::new(),
+            migrations: Vec::new(),
+            waits: Vec::new(),
+            incomplete: 0,
+            inferred: 0,
         }
-    };
-    for e in sorted {
-        let t = rel(e.ts_ns);
+    }
+
+    /// One event at `t` (ns since start).
+    fn event(&mut self, e: &TimelineEvent, t: u64) {
         match e.kind {
-            EV_SWITCH => {
-                let first = !seen.insert(e.cpu, true).unwrap_or(false);
-                let prev_at = last_at.insert(e.cpu, t).unwrap_or(0);
-                if e.a == 0 && e.b != 0 && e.sum_exec_ns != 0 {
-                    sums.insert(e.b, e.sum_exec_ns);
-                }
-                if e.a != 0 {
-                    let how = if e.flags & EVF_DEAD != 0 {
-                        "exited"
-                    } else if e.flags & EVF_PREEMPTED != 0 {
-                        "preempted"
-                    } else {
-                        "blocked"
-                    };
-                    let cpu_ns = match e.sum_exec_ns {
-                        0 => None,
-                        now => (sums.insert(e.a, now)).map(|before| now.saturating_sub(before)),
-                    };
-                    let start = match (open.get(&e.cpu), cpu_ns) {
-                        (Some(&(tid, s)), _) if tid == e.a => Some((s, false)),
-                        // Resumed with no switch-in event: it ran for
-                        // cpu_ns up to now, after the CPU's last event.
-                        (None, Some(ns)) => Some((t.saturating_sub(ns).max(prev_at), true)),
-                        // No earlier sight of it: running since before
-                        // the trace began.
-                        (None, None) if first => Some((0, false)),
-                        _ => None,
-                    };
-                    match start {
-                        Some((s, inferred)) => {
-                            open.remove(&e.cpu);
-                            summary.inferred_starts += u64::from(inferred);
-                            slices.entry(e.cpu).or_default().push(Slice {
-                                start: s,
-                                end: t,
-                                tid: e.a,
-                                how,
-                                cpu_ns,
-                                inferred,
-                            });
-                        }
-                        None => summary.incomplete_slices += 1,
-                    }
-                    let next = if how == "preempted" {
-                        ThreadState::Runnable {
-                            since: t,
-                            preempted: true,
-                        }
-                    } else {
-                        ThreadState::Off
-                    };
-                    state.insert(e.a, next);
-                }
-                if e.b != 0 {
-                    if open.remove(&e.cpu).is_some() {
-                        // Its switch-out was lost: end unknown, not drawn.
-                        summary.incomplete_slices += 1;
-                    }
-                    // Still open elsewhere: that switch-out was lost too.
-                    let stale: Vec<u32> = (open.iter())
-                        .filter(|(_, (tid, _))| *tid == e.b)
-                        .map(|(cpu, _)| *cpu)
-                        .collect();
-                    for cpu in stale {
-                        open.remove(&cpu);
-                        summary.incomplete_slices += 1;
-                    }
-                    if let Some(ThreadState::Runnable { since, preempted }) = state.get(&e.b) {
-                        runnable(&mut out, e.b, *since, t, *preempted);
-                    }
-                    state.insert(e.b, ThreadState::Running);
-                    open.insert(e.cpu, (e.b, t));
-                }
-            }
-            // A new thread's first wakeup (EVF_NEW) reads as any other.
-            EV_WAKEUP => match state.get(&e.a) {
-                // Woken while still on its CPU, or already waiting since a
-                // preemption: no new wait starts.
-                Some(ThreadState::Running | ThreadState::Runnable { .. }) => {}
-                _ => {
-                    state.insert(
-                        e.a,
-                        ThreadState::Runnable {
-                            since: t,
-                            preempted: false,
-                        },
-                    );
-                }
-            },
-            EV_MIGRATE => migrations.push(Migration {
+            EV_SWITCH => self.switch(e, t),
+            EV_WAKEUP => self.wakeup(e.a, t),
+            EV_MIGRATE => self.migrations.push(Migration {
                 at: t,
                 tid: e.a,
                 from: e.cpu,
@@ -346,64 +334,235 @@ pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
             _ => {}
         }
     }
-    for (cpu, (tid, s)) in open {
-        slices.entry(cpu).or_default().push(Slice {
-            start: s,
-            end: end.max(s),
-            tid,
-            how: "window end",
-            cpu_ns: None,
-            inferred: false,
-        });
-    }
-    for (tid, st) in &state {
-        if let ThreadState::Runnable { since, preempted } = st {
-            runnable(&mut out, *tid, *since, end, *preempted);
+
+    fn runnable(&mut self, tid: u32, since: u64, until: u64, why: WaitKind) {
+        if until > since {
+            let (pid, _) = self.names.of(tid);
+            let name = format!("runnable ({})", why.as_str());
+            (self.waits).push(slice_ev(
+                since,
+                until - since,
+                name,
+                "runnable",
+                (pid, tid),
+                Value::Null,
+            ));
         }
     }
-    for (cpu, list) in &slices {
+
+    fn switch(&mut self, e: &TimelineEvent, t: u64) {
+        let first = !self.seen.insert(e.cpu, true).unwrap_or(false);
+        let prev_at = self.last_at.insert(e.cpu, t).unwrap_or(0);
+        if e.a == 0 && e.b != 0 && e.sum_exec_ns != 0 {
+            self.sums.insert(e.b, e.sum_exec_ns);
+        }
+        if e.a != 0 {
+            self.switch_out(e, t, first, prev_at);
+        }
+        if e.b != 0 {
+            self.switch_in(e.cpu, e.b, t);
+        }
+    }
+
+    fn switch_out(&mut self, e: &TimelineEvent, t: u64, first: bool, prev_at: u64) {
+        let how = SliceEnd::of_flags(e.flags);
+        let cpu_ns = match e.sum_exec_ns {
+            0 => None,
+            now => (self.sums.insert(e.a, now)).map(|before| now.saturating_sub(before)),
+        };
+        let start = match (self.open.get(&e.cpu), cpu_ns) {
+            (Some(&(tid, s)), _) if tid == e.a => Some((s, false)),
+            // Resumed with no switch-in event: it ran for cpu_ns up to
+            // now, after the CPU's last event.
+            (None, Some(ns)) => Some((t.saturating_sub(ns).max(prev_at), true)),
+            // No earlier sight of it: running since before the trace began.
+            (None, None) if first => Some((0, false)),
+            _ => None,
+        };
+        match start {
+            Some((s, inferred)) => {
+                self.open.remove(&e.cpu);
+                self.inferred += u64::from(inferred);
+                self.slices.entry(e.cpu).or_default().push(Slice {
+                    start: s,
+                    end: t,
+                    tid: e.a,
+                    how,
+                    cpu_ns,
+                    inferred,
+                });
+            }
+            None => self.incomplete += 1,
+        }
+        let next = match how {
+            SliceEnd::Preempted => ThreadState::Runnable {
+                since: t,
+                why: WaitKind::Preempted,
+            },
+            _ => ThreadState::Off,
+        };
+        self.state.insert(e.a, next);
+    }
+
+    fn switch_in(&mut self, cpu: u32, tid: u32, t: u64) {
+        if self.open.remove(&cpu).is_some() {
+            // Its switch-out was lost: end unknown, not drawn.
+            self.incomplete += 1;
+        }
+        // Still open elsewhere: that switch-out was lost too.
+        let before = self.open.len();
+        self.open.retain(|_, (open_tid, _)| *open_tid != tid);
+        self.incomplete += (before - self.open.len()) as u64;
+        if let Some(ThreadState::Runnable { since, why }) = self.state.get(&tid).copied() {
+            self.runnable(tid, since, t, why);
+        }
+        self.state.insert(tid, ThreadState::Running);
+        self.open.insert(cpu, (tid, t));
+    }
+
+    /// A new thread's first wakeup (EVF_NEW) reads as any other.
+    fn wakeup(&mut self, tid: u32, t: u64) {
+        match self.state.get(&tid) {
+            // Woken while still on its CPU, or already waiting since a
+            // preemption: no new wait starts.
+            Some(ThreadState::Running | ThreadState::Runnable { .. }) => {}
+            _ => {
+                let st = ThreadState::Runnable {
+                    since: t,
+                    why: WaitKind::Woken,
+                };
+                self.state.insert(tid, st);
+            }
+        }
+    }
+
+    /// Closes what is still open at `end`.
+    fn finish(&mut self, end: u64) {
+        for (cpu, (tid, s)) in std::mem::take(&mut self.open) {
+            self.slices.entry(cpu).or_default().push(Slice {
+                start: s,
+                end: end.max(s),
+                tid,
+                how: SliceEnd::WindowEnd,
+                cpu_ns: None,
+                inferred: false,
+            });
+        }
+        for (tid, st) in std::mem::take(&mut self.state) {
+            if let ThreadState::Runnable { since, why } = st {
+                self.runnable(tid, since, end, why);
+            }
+        }
+    }
+}
+
+/// Builds the Chrome trace of `cap`, naming threads from `trace` and CPUs
+/// from `topo`.
+pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
+    build_unless(cap, trace, topo, || false).expect("never stopped")
+}
+
+/// [`build`], given up (`None`) as soon as `stop` says so: a million events
+/// take seconds, and a second signal must not wait for them. Checked every
+/// few thousand events and between the steps.
+pub fn build_unless(
+    cap: &Capture,
+    trace: &Trace,
+    topo: &Topology,
+    stop: impl Fn() -> bool,
+) -> Option<Chrome> {
+    let names = Names::from_trace(trace);
+    let end = cap.end_ns.saturating_sub(cap.start_ns);
+    let rel = |ts: u64| ts.saturating_sub(cap.start_ns).min(end);
+    let mut sorted: Vec<&TimelineEvent> = cap.events.iter().collect();
+    sorted.sort_by_key(|e| e.ts_ns);
+    let mut rb = Rebuild::new(&names);
+    for (i, e) in sorted.into_iter().enumerate() {
+        if i % 4096 == 0 && stop() {
+            return None;
+        }
+        rb.event(e, rel(e.ts_ns));
+    }
+    rb.finish(end);
+    if stop() {
+        return None;
+    }
+    let mut summary = Summary {
+        events: cap.events.len() as u64,
+        lost_events: cap.lost_events,
+        incomplete_slices: rb.incomplete,
+        inferred_starts: rb.inferred,
+        ..Summary::default()
+    };
+    let mut out = std::mem::take(&mut rb.waits);
+    summary.cpu_slices = cpu_slice_events(&rb.slices, &names, &mut out);
+    if stop() {
+        return None;
+    }
+    summary.migration_flows = migration_events(&rb, end, &mut out);
+    summary.throttled_intervals = throttle_events(cap, rel, &mut out);
+    if cap.lost_events > 0 {
+        out.push(lost_event(cap.lost_events));
+    }
+    out.sort_by_key(|e| e.at_ns);
+    if stop() {
+        return None;
+    }
+    let mut events = metadata(&rb.slices, &names, topo, cap);
+    events.append(&mut out);
+    Some(Chrome {
+        events,
+        other: other_data(cap, trace, end, &summary),
+        summary,
+    })
+}
+
+/// Each slice on its CPU's track and on its thread's; returns how many.
+fn cpu_slice_events(
+    slices: &BTreeMap<u32, Vec<Slice>>,
+    names: &Names<'_>,
+    out: &mut Vec<Ev>,
+) -> u64 {
+    let mut n = 0;
+    for (cpu, list) in slices {
         for sl in list {
             let (pid, name) = names.of(sl.tid);
-            let dur = Some(us(sl.end - sl.start));
-            out.push(Ev {
-                at_ns: sl.start,
+            let len = sl.end - sl.start;
+            let args = slice_args(sl, json!({ "tid": sl.tid, "pid": pid }));
+            out.push(slice_ev(
+                sl.start,
+                len,
                 name,
-                cat: "on_cpu",
-                ph: "X",
-                ts: us(sl.start),
-                dur,
-                pid: CPU_PID,
-                tid: cpu_tid(*cpu),
-                id: None,
-                bp: None,
-                s: None,
-                args: slice_args(sl, json!({ "tid": sl.tid, "pid": pid })),
-            });
-            out.push(Ev {
-                at_ns: sl.start,
-                name: format!("CPU {cpu}"),
-                cat: "on_cpu",
-                ph: "X",
-                ts: us(sl.start),
-                dur,
-                pid,
-                tid: sl.tid,
-                id: None,
-                bp: None,
-                s: None,
-                args: slice_args(sl, json!({ "cpu": cpu })),
-            });
-            summary.cpu_slices += 1;
+                "on_cpu",
+                (CPU_PID, cpu_tid(*cpu)),
+                args,
+            ));
+            let args = slice_args(sl, json!({ "cpu": cpu }));
+            out.push(slice_ev(
+                sl.start,
+                len,
+                format!("CPU {cpu}"),
+                "on_cpu",
+                (pid, sl.tid),
+                args,
+            ));
+            n += 1;
         }
     }
+    n
+}
+
+/// Each migration as a marker slice on both CPUs' tracks joined by a flow
+/// arrow; returns how many.
+fn migration_events(rb: &Rebuild<'_>, end: u64, out: &mut Vec<Ev>) -> u64 {
     let mut marks = Markers {
-        slices: &slices,
+        slices: &rb.slices,
         last_end: BTreeMap::new(),
         end,
     };
-    for (i, m) in migrations.iter().enumerate() {
+    for (i, m) in rb.migrations.iter().enumerate() {
         let id = i as u64 + 1;
-        let (_, who) = names.of(m.tid);
+        let (_, who) = rb.names.of(m.tid);
         let args = json!({ "tid": m.tid, "from": m.from, "to": m.to });
         let ends = [
             (m.from, format!("{who} -> CPU {}", m.to), "s", None),
@@ -411,20 +570,8 @@ pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
         ];
         for (cpu, label, ph, bp) in ends {
             let (a, b) = marks.place(cpu, m.at);
-            out.push(Ev {
-                at_ns: a,
-                name: label,
-                cat: "migration",
-                ph: "X",
-                ts: us(a),
-                dur: Some(us(b - a)),
-                pid: CPU_PID,
-                tid: cpu_tid(cpu),
-                id: None,
-                bp: None,
-                s: None,
-                args: args.clone(),
-            });
+            let track = (CPU_PID, cpu_tid(cpu));
+            out.push(slice_ev(a, b - a, label, "migration", track, args.clone()));
             let mid = a + (b - a) / 2;
             out.push(Ev {
                 at_ns: mid,
@@ -441,62 +588,65 @@ pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
                 args: Value::Null,
             });
         }
-        summary.migration_flows += 1;
     }
+    rb.migrations.len() as u64
+}
+
+/// The throttled intervals on the throttling track; returns how many.
+fn throttle_events(cap: &Capture, rel: impl Fn(u64) -> u64, out: &mut Vec<Ev>) -> u64 {
+    let mut n = 0;
     for span in &cap.throttled {
         if span.nr_throttled == 0 && span.throttled_ns == 0 {
             continue;
         }
         let (a, b) = (rel(span.start_ns), rel(span.end_ns));
-        out.push(Ev {
-            at_ns: a,
-            name: format!(
-                "throttled: {} of {} periods, {:.1} ms",
-                span.nr_throttled,
-                span.nr_periods,
-                span.throttled_ns as f64 / 1e6
-            ),
-            cat: "throttling",
-            ph: "X",
-            ts: us(a),
-            dur: Some(us(b.saturating_sub(a))),
-            pid: CPU_PID,
-            tid: THROTTLE_TID,
-            id: None,
-            bp: None,
-            s: None,
-            args: json!({
-                "nr_periods": span.nr_periods,
-                "nr_throttled": span.nr_throttled,
-                "throttled_ns": span.throttled_ns,
-                "meaning": "this interval had throttled periods (cpu.stat); not which ms",
-            }),
+        let name = format!(
+            "throttled: {} of {} periods, {:.1} ms",
+            span.nr_throttled,
+            span.nr_periods,
+            span.throttled_ns as f64 / 1e6
+        );
+        let args = json!({
+            "nr_periods": span.nr_periods,
+            "nr_throttled": span.nr_throttled,
+            "throttled_ns": span.throttled_ns,
+            "meaning": "this interval had throttled periods (cpu.stat); not which ms",
         });
-        summary.throttled_intervals += 1;
+        let track = (CPU_PID, THROTTLE_TID);
+        out.push(slice_ev(
+            a,
+            b.saturating_sub(a),
+            name,
+            "throttling",
+            track,
+            args,
+        ));
+        n += 1;
     }
-    if cap.lost_events > 0 {
-        out.push(Ev {
-            at_ns: 0,
-            name: format!(
-                "{} events LOST (ring buffer full): this timeline has gaps",
-                cap.lost_events
-            ),
-            cat: "lost",
-            ph: "i",
-            ts: 0.0,
-            dur: None,
-            pid: CPU_PID,
-            tid: CPU_PID,
-            id: None,
-            bp: None,
-            s: Some("g"),
-            args: json!({ "lost_events": cap.lost_events }),
-        });
+    n
+}
+
+/// The global instant at the start that names the lost events.
+fn lost_event(lost: u64) -> Ev {
+    Ev {
+        at_ns: 0,
+        name: format!("{lost} events LOST (ring buffer full): this timeline has gaps"),
+        cat: "lost",
+        ph: "i",
+        ts: 0.0,
+        dur: None,
+        pid: CPU_PID,
+        tid: CPU_PID,
+        id: None,
+        bp: None,
+        s: Some("g"),
+        args: json!({ "lost_events": lost }),
     }
-    out.sort_by_key(|e| e.at_ns);
-    let mut meta = metadata(&slices, &names, topo, cap);
-    meta.append(&mut out);
-    let other = json!({
+}
+
+/// The file's `otherData`: what was recorded and the counts.
+fn other_data(cap: &Capture, trace: &Trace, end: u64, summary: &Summary) -> Value {
+    json!({
         "tool": "affin-trace",
         "version": env!("CARGO_PKG_VERSION"),
         "clock": "CLOCK_MONOTONIC (bpf_ktime_get_ns); ts in microseconds since the trace start",
@@ -512,19 +662,13 @@ pub fn build(cap: &Capture, trace: &Trace, topo: &Topology) -> Chrome {
         "inferred_starts": summary.inferred_starts,
         "cpu_quota": cap.quota,
         "throttled_intervals": summary.throttled_intervals,
-    });
-    Chrome {
-        events: meta,
-        other,
-        summary,
-    }
+    })
 }
-
 /// A slice's args: `base` plus how it ended, its on-CPU time by the task's
 /// clock (the rest of its length is steal and interrupts) and whether its
 /// start was inferred.
 fn slice_args(sl: &Slice, mut base: Value) -> Value {
-    base["ended"] = json!(sl.how);
+    base["ended"] = json!(sl.how.as_str());
     if let Some(ns) = sl.cpu_ns {
         base["cpu_ns"] = json!(ns);
     }
@@ -573,14 +717,9 @@ impl Markers<'_> {
     }
 }
 
-/// Process and thread names and their order.
-fn metadata(
-    slices: &BTreeMap<u32, Vec<Slice>>,
-    names: &Names<'_>,
-    topo: &Topology,
-    cap: &Capture,
-) -> Vec<Ev> {
-    let meta = |name: &'static str, pid: u32, tid: u32, args: Value| Ev {
+/// A metadata ("M") event.
+fn meta(name: &'static str, pid: u32, tid: u32, args: Value) -> Ev {
+    Ev {
         at_ns: 0,
         name: name.into(),
         cat: "__metadata",
@@ -593,7 +732,16 @@ fn metadata(
         bp: None,
         s: None,
         args,
-    };
+    }
+}
+
+/// Process and thread names and their order.
+fn metadata(
+    slices: &BTreeMap<u32, Vec<Slice>>,
+    names: &Names<'_>,
+    topo: &Topology,
+    cap: &Capture,
+) -> Vec<Ev> {
     let mut v = vec![
         meta(
             "process_name",
@@ -608,64 +756,53 @@ fn metadata(
             json!({ "sort_index": -1 }),
         ),
     ];
-    // Every CPU of the machine, in topology order, plus any CPU an event
-    // named that the topology lacks (offline now).
-    let mut cpus: Vec<(u32, String)> = topo
-        .cpus
-        .iter()
+    for (i, (cpu, name)) in cpu_tracks(topo, slices.keys().copied()).iter().enumerate() {
+        let track = cpu_tid(*cpu);
+        v.push(meta("thread_name", CPU_PID, track, json!({ "name": name })));
+        let order = json!({ "sort_index": i as i64 + 1 });
+        v.push(meta("thread_sort_index", CPU_PID, track, order));
+    }
+    if let Some(quota) = &cap.quota {
+        let name = format!("CPU quota throttling ({quota})");
+        v.push(meta(
+            "thread_name",
+            CPU_PID,
+            THROTTLE_TID,
+            json!({ "name": name }),
+        ));
+        let order = json!({ "sort_index": 0 });
+        v.push(meta("thread_sort_index", CPU_PID, THROTTLE_TID, order));
+    }
+    thread_names(names, &mut v);
+    v
+}
+
+/// Every CPU of the machine in topology order (node, L3, core), named with
+/// its place, plus any CPU in `seen` that the topology lacks (offline now).
+pub(crate) fn cpu_tracks(topo: &Topology, seen: impl Iterator<Item = u32>) -> Vec<(u32, String)> {
+    let mut cpus: Vec<(u32, String)> = (topo.cpus.iter())
         .map(|c| {
-            (
-                c.id,
-                format!(
-                    "CPU {} (core {}, L3 {}, node {})",
-                    c.id, c.core, c.llc, c.node
-                ),
-            )
+            let name = format!(
+                "CPU {} (core {}, L3 {}, node {})",
+                c.id, c.core, c.llc, c.node
+            );
+            (c.id, name)
         })
         .collect();
-    for cpu in slices.keys() {
-        if !cpus.iter().any(|(c, _)| c == cpu) {
-            cpus.push((*cpu, format!("CPU {cpu}")));
+    for cpu in seen {
+        if !cpus.iter().any(|(c, _)| *c == cpu) {
+            cpus.push((cpu, format!("CPU {cpu}")));
         }
     }
-    let order: BTreeMap<u32, (u32, u32, u32)> = topo
-        .cpus
-        .iter()
+    let order: BTreeMap<u32, (u32, u32, u32)> = (topo.cpus.iter())
         .map(|c| (c.id, (c.node, c.llc, c.core)))
         .collect();
     cpus.sort_by_key(|(c, _)| (order.get(c).copied().unwrap_or((u32::MAX, 0, 0)), *c));
-    for (i, (cpu, name)) in cpus.iter().enumerate() {
-        v.push(meta(
-            "thread_name",
-            CPU_PID,
-            cpu_tid(*cpu),
-            json!({ "name": name }),
-        ));
-        v.push(meta(
-            "thread_sort_index",
-            CPU_PID,
-            cpu_tid(*cpu),
-            json!({ "sort_index": i as i64 + 1 }),
-        ));
-    }
-    if cap.quota.is_some() {
-        let name = format!(
-            "CPU quota throttling ({})",
-            cap.quota.as_deref().unwrap_or_default()
-        );
-        v.push(meta(
-            "thread_name",
-            CPU_PID,
-            THROTTLE_TID,
-            json!({ "name": name }),
-        ));
-        v.push(meta(
-            "thread_sort_index",
-            CPU_PID,
-            THROTTLE_TID,
-            json!({ "sort_index": 0 }),
-        ));
-    }
+    cpus
+}
+
+/// A name per thread and per process (the main thread's, else "pid N").
+fn thread_names(names: &Names<'_>, v: &mut Vec<Ev>) {
     let mut pids: BTreeMap<u32, String> = BTreeMap::new();
     for (tid, (tgid, comm)) in &names.threads {
         v.push(meta("thread_name", *tgid, *tid, json!({ "name": comm })));
@@ -678,9 +815,7 @@ fn metadata(
     for (pid, name) in pids {
         v.push(meta("process_name", pid, pid, json!({ "name": name })));
     }
-    v
 }
-
 impl Chrome {
     /// Writes the JSON object form: `traceEvents`, `displayTimeUnit` and
     /// `otherData` (the counts, lost events included).
@@ -715,7 +850,7 @@ mod tests {
             a: out,
             b: inn,
             flags,
-            _pad: 0,
+            waker: 0,
             sum_exec_ns: 0,
         }
     }
@@ -736,7 +871,7 @@ mod tests {
             a: tid,
             b: to,
             flags: 0,
-            _pad: 0,
+            waker: 0,
             sum_exec_ns: 0,
         }
     }
@@ -749,7 +884,7 @@ mod tests {
             a: tid,
             b: 0,
             flags: 0,
-            _pad: 0,
+            waker: 0,
             sum_exec_ns: 0,
         }
     }
@@ -801,6 +936,13 @@ mod tests {
 
     fn on_cpu_track(e: &Value, cpu: u32) -> bool {
         e["pid"] == CPU_PID && e["tid"] == cpu_tid(cpu)
+    }
+
+    #[test]
+    fn a_build_told_to_stop_gives_up() {
+        let cap = capture(vec![switch(300_000, 0, 101, 0, EVF_PREEMPTED)]);
+        assert!(build_unless(&cap, &trace(), &topo(), || true).is_none());
+        assert!(build_unless(&cap, &trace(), &topo(), || false).is_some());
     }
 
     #[test]

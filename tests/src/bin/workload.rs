@@ -33,7 +33,8 @@
 //! - `spinstat MS`: spin MS ms of CPU time, then print `schedstat`.
 //! - `yield N MS`: N threads named `yield-<i>`, all pinned to CPU 0, call
 //!   sched_yield() for MS ms of wall time: a context switch between them
-//!   every few microseconds, a storm of events.
+//!   every few microseconds, a storm of events; `storm N MS`: the same
+//!   after `ready` and a line on stdin.
 //! - `named HEX MS`: the main thread names itself with the raw bytes HEX
 //!   (prctl PR_SET_NAME: any bytes, not only UTF-8), prints `ready`, then
 //!   spins MS ms of wall time: a target with a hostile or non-UTF-8 name.
@@ -86,10 +87,32 @@ fn schedstat() -> u64 {
 fn arg(args: &[String], i: usize) -> u64 {
     args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         eprintln!(
-            "usage: workload hop N MS | split X Y | sleep K | late N MS | spin MS | flip MS | yield N MS"
+            "usage: workload hop N MS | split X Y | sleep K | late N MS | spin MS | flip MS | yield N MS | storm N MS"
         );
         std::process::exit(2)
     })
+}
+
+/// N threads named `yield-<i>`, all pinned to CPU 0, calling sched_yield()
+/// for MS ms of wall time.
+fn yield_storm(n: u64, ms: u64) {
+    let until = Instant::now() + Duration::from_millis(ms);
+    let hs: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::Builder::new()
+                .name(format!("yield-{i}"))
+                .spawn(move || {
+                    pin(0, 0);
+                    while Instant::now() < until {
+                        std::thread::yield_now();
+                    }
+                })
+                .expect("spawn")
+        })
+        .collect();
+    for h in hs {
+        h.join().expect("join");
+    }
 }
 
 fn main() {
@@ -304,25 +327,11 @@ fn main() {
             }
             h.join().expect("join");
         }
-        Some("yield") => {
+        Some("yield") => yield_storm(arg(&args, 1), arg(&args, 2)),
+        Some("storm") => {
             let (n, ms) = (arg(&args, 1), arg(&args, 2));
-            let until = Instant::now() + Duration::from_millis(ms);
-            let hs: Vec<_> = (0..n)
-                .map(|i| {
-                    std::thread::Builder::new()
-                        .name(format!("yield-{i}"))
-                        .spawn(move || {
-                            pin(0, 0);
-                            while Instant::now() < until {
-                                std::thread::yield_now();
-                            }
-                        })
-                        .expect("spawn")
-                })
-                .collect();
-            for h in hs {
-                h.join().expect("join");
-            }
+            wait_for_go();
+            yield_storm(n, ms);
         }
         Some("named") => {
             let hex = args.get(1).map(String::as_str).unwrap_or("");
