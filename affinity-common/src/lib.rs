@@ -262,6 +262,140 @@ pub struct TimelineEvent {
 
 const _: () = assert!(core::mem::size_of::<TimelineEvent>() == 40);
 
+// ---- CFS bandwidth (throttling from the kernel's own events) ----------------
+
+/// Entries of the `BW_PERIODS` ring: enforcement periods kept between two
+/// reads (512 periods of 100 ms: 51 s; userspace reads each interval).
+pub const BW_PERIODS: u32 = 512;
+
+/// Most tasks walked on one `throttled_limbo_list` at unthrottle: a bound
+/// the verifier needs; tasks past it are counted in `BwState::limbo_cut`.
+pub const BW_LIMBO_MAX: u32 = 256;
+
+/// What the bandwidth programs need to know, written by userspace before
+/// it attaches them (the value of `BW_CONFIG[0]`): the limiting cgroup and
+/// the kernel's field offsets, resolved from its BTF at load time. Read
+/// with `bpf_probe_read_kernel`, so the offsets need not be constants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwConfig {
+    /// kernfs id (the directory's inode number) of the cgroup whose quota
+    /// binds; 0: the programs do nothing.
+    pub cgroup_id: u64,
+    /// CPUs walked to count running / queued tasks at exhaustion.
+    pub nr_cpus: u32,
+    /// `cfs_rq.tg`.
+    pub cfs_rq_tg: u32,
+    /// `cfs_rq.rq`.
+    pub cfs_rq_rq: u32,
+    /// `cfs_rq.curr`.
+    pub cfs_rq_curr: u32,
+    /// `cfs_rq.h_nr_queued` (`h_nr_running` before 6.14).
+    pub cfs_rq_h_nr_queued: u32,
+    /// `cfs_rq.throttle_count`.
+    pub cfs_rq_throttle_count: u32,
+    /// `cfs_rq.throttled_limbo_list` (0: no task-based throttling).
+    pub cfs_rq_limbo: u32,
+    /// `task_group.cfs_rq` (the per-CPU `cfs_rq *` array).
+    pub tg_cfs_rq: u32,
+    /// `task_group.cfs_bandwidth` + `cfs_bandwidth.period_timer`.
+    pub tg_period_timer: u32,
+    /// `task_group.css` + `cgroup_subsys_state.cgroup`.
+    pub tg_cgroup: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`.
+    pub kn_id: u32,
+    /// `rq.cpu`.
+    pub rq_cpu: u32,
+    /// `task_struct.throttle_node` (0: no task-based throttling).
+    pub task_throttle_node: u32,
+    /// `task_struct.throttled`.
+    pub task_throttled: u32,
+    /// `task_struct.pid` (tgid follows it).
+    pub task_pid: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BwConfig>() == 72);
+
+/// `BW_STATE[0]`: the period count of the limiting cgroup since attach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwState {
+    /// Periods begun (period-timer runs); the current one's record is
+    /// `BW_PERIODS[seq % BW_PERIODS]`. 0: none yet.
+    pub seq: u64,
+    /// Throttles seen before the first period began (not in any record).
+    pub early_throttles: u64,
+    /// Limbo-list walks cut at [`BW_LIMBO_MAX`].
+    pub limbo_cut: u64,
+    /// Per-thread entries that found `BW_THREADS` full.
+    pub threads_full: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<BwState>() == 32);
+
+/// One enforcement period of the limiting cgroup (`BW_PERIODS` value).
+/// Times are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC); 0: did not happen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwPeriod {
+    /// Period number (`BwState::seq` when it began); a record whose `seq`
+    /// is not the one expected was overwritten.
+    pub seq: u64,
+    /// The period timer ran (quota refilled).
+    pub start_ns: u64,
+    /// First `throttle_cfs_rq` of the group in this period, on any CPU:
+    /// when the quota ran out.
+    pub first_throttle_ns: u64,
+    /// Last unthrottle of a cfs_rq throttled in this period.
+    pub last_unthrottle_ns: u64,
+    /// Throttled time summed over CPUs (each cfs_rq, throttle to
+    /// unthrottle), as cpu.stat `throttled_usec` counts it.
+    pub throttled_sum_ns: u64,
+    /// cfs_rq throttles in this period (one per CPU that ran out).
+    pub throttles: u32,
+    /// CPUs on which the group had a task on the CPU at exhaustion.
+    pub running_at: u32,
+    /// Tasks queued in the group (running or runnable, `h_nr_queued`
+    /// summed over CPUs) at exhaustion.
+    pub queued_at: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BwPeriod>() == 56);
+
+/// Per-CPU throttle state (`BW_CPU`, by CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwCpu {
+    /// When this CPU's cfs_rq of the group was throttled; 0: it is not.
+    pub throttled_ns: u64,
+    /// The period it was throttled in.
+    pub seq: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<BwCpu>() == 16);
+
+/// One thread's time held by throttling (`BW_THREADS`, by tid): from
+/// `throttle_cfs_rq_work` taking it off the run queue to `tg_unthrottle_up`
+/// putting it back (task-based throttling, kernel 6.18+).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwThread {
+    /// Held since (0: not held now).
+    pub since_ns: u64,
+    /// Held in total (ns), ended holds only.
+    pub held_ns: u64,
+    /// Holds begun.
+    pub holds: u32,
+    /// Thread group id.
+    pub tgid: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BwThread>() == 24);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of them are #[repr(C)], contain only integers, and have no
@@ -272,4 +406,9 @@ mod pod {
     unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::CpuPair {}
     unsafe impl aya::Pod for super::TimelineEvent {}
+    unsafe impl aya::Pod for super::BwConfig {}
+    unsafe impl aya::Pod for super::BwState {}
+    unsafe impl aya::Pod for super::BwPeriod {}
+    unsafe impl aya::Pod for super::BwCpu {}
+    unsafe impl aya::Pod for super::BwThread {}
 }

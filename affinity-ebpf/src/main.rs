@@ -86,6 +86,12 @@
 //! Events are submitted without waking the reader (userspace drains the
 //! ring on a timer): a wakeup per event would cost the target's CPUs an
 //! inter-processor interrupt and a switch to affin-trace each time.
+//!
+//! # CFS bandwidth (`bandwidth.rs`)
+//!
+//! When a quota binds the targets, userspace also attaches the programs of
+//! [`bandwidth`] to the kernel's throttle path: per-period records of when
+//! the quota ran out, and per-thread time held by throttling.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -94,6 +100,8 @@
     reason = "atomic intrinsics: the BPF target spec declares no atomic CAS, though the \
               instructions exist with alu32 (see build.rs)"
 )]
+
+mod bandwidth;
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// llvm-22-dev, libpolly-22-dev, libzstd-dev build bpf-linker; linux-perf and
-/// bpftool are test oracles; ffmpeg is a test workload.
+/// bpftool are test oracles; ffmpeg and golang-go (a Go program that sizes
+/// itself by GOMAXPROCS) are test workloads.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -15,6 +16,7 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",
     "bpftool",
     "ffmpeg",
+    "golang-go",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

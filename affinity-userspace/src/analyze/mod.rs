@@ -9,6 +9,7 @@ pub mod classify;
 pub mod config;
 pub mod decision;
 pub mod features;
+pub mod fix;
 pub mod recommend;
 pub mod throttle;
 pub mod verify;

@@ -4,6 +4,7 @@
 //! [`crate::model::Trace`] ([`collector`]); [`wake`] sleeps until the next
 //! interval, a target's exit or a signal.
 
+pub mod bandwidth;
 pub mod collector;
 pub mod session;
 pub mod wake;

@@ -128,6 +128,11 @@ pub struct Outcome {
     pub cgroup_limit: Option<CgroupLimit>,
     /// Its cpu.stat over the window.
     pub cgroup_window: Option<CpuStatDelta>,
+    /// The quota's periods and per-thread held time from the kernel's
+    /// throttle path, when its programs attached.
+    pub bandwidth: Option<crate::model::bandwidth::BandwidthTrace>,
+    /// What sizes the target's threads (with a quota only).
+    pub runtime: Option<crate::model::runtime::RuntimeFacts>,
     /// Start time of each target when the trace began: an apply later
     /// checks it to catch a recycled pid.
     pub start_times: std::collections::BTreeMap<u32, u64>,
@@ -335,6 +340,10 @@ pub fn run_observed(
     let stat_before = cgroup_limit
         .as_ref()
         .and_then(|l| crate::host::cgroup::read_stat(l).ok());
+    // The quota's own events from the kernel's throttle path, when they attach.
+    let mut bandwidth =
+        crate::collect::bandwidth::BandwidthCollector::start(&mut probe, cgroup_limit.as_ref());
+    let mut runtime = None;
     // Per-interval throttling, for the timeline only.
     let mut stat_prev = stat_before.filter(|_| timeline.is_some());
     let mut mono_prev = monotonic_ns();
@@ -392,6 +401,13 @@ pub fn run_observed(
         let rss = tgids.iter().map(|&p| procs::rss_bytes(p)).sum();
         let wall_ns = (now - last).as_nanos() as u64;
         collector.sample(&mut probe, wall_ns, rss);
+        if let Some(b) = bandwidth.as_mut() {
+            b.sample(&probe);
+        }
+        // What sizes the program's threads, read once it runs its own image.
+        if runtime.is_none() && cgroup_limit.is_some() {
+            runtime = tgids.first().and_then(|&p| crate::host::runtime::read(p));
+        }
         last = now;
         if let Some(tl) = timeline.as_mut() {
             probe.drain_timeline(&mut tl.events);
@@ -504,6 +520,7 @@ pub fn run_observed(
         let unread = written.saturating_sub(tl.events.len() as u64);
         tl.lost_events = probe.timeline_lost() + unread;
     }
+    let bandwidth = bandwidth.map(|b| b.finish(&probe, window_end, &tgids));
     drop(probe); // detach before reporting
     if let Some(line) = args
         .verbose
@@ -519,6 +536,8 @@ pub fn run_observed(
         facts,
         cgroup_limit,
         cgroup_window,
+        bandwidth,
+        runtime,
         start_times,
         timeline,
     })

@@ -8,3 +8,4 @@ pub mod cgroup;
 pub mod command;
 pub mod preflight;
 pub mod procs;
+pub mod runtime;

@@ -3,5 +3,6 @@
 //! `affinity-ebpf`, the mmapped per-thread slots and the batched map reads
 //! ([`probe`]). The only code that calls `bpf()`.
 
+pub mod bandwidth;
 pub mod btf;
 pub mod probe;

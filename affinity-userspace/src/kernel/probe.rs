@@ -340,6 +340,8 @@ impl Probe {
             .map_max_entries("CPU_TOPO", nr_possible as u32)
             .map_max_entries("CURRENT", nr_possible as u32)
             .map_max_entries("DROPS", DROP_KINDS)
+            .map_max_entries("BW_CPU", nr_possible as u32)
+            .map_max_entries("BW_THREADS", max_threads)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
 
@@ -599,6 +601,29 @@ impl Probe {
     /// Names of the attached programs (for diagnostics).
     pub fn program_names(&self) -> Vec<String> {
         self.ebpf.programs().map(|(n, _)| n.to_string()).collect()
+    }
+
+    // ---- CFS bandwidth (kernel/bandwidth.rs) ----
+
+    /// Attaches the CFS bandwidth programs for the cgroup with kernfs id
+    /// `cgroup_id` (its directory's inode number): the kind attached, and
+    /// whether per-thread held time is measured.
+    pub fn attach_bandwidth(
+        &mut self,
+        cgroup_id: u64,
+    ) -> Result<(crate::kernel::bandwidth::BwAttach, bool), ProbeError> {
+        let nr = aya::util::nr_cpus().map_or(1, |n| n as u32);
+        crate::kernel::bandwidth::attach(&mut self.ebpf, cgroup_id, nr)
+    }
+
+    /// Periods completed since `*last` (see [`crate::kernel::bandwidth::read_periods`]).
+    pub fn bandwidth_periods(&self, last: &mut u64) -> crate::kernel::bandwidth::BwRead {
+        crate::kernel::bandwidth::read_periods(&self.ebpf, last)
+    }
+
+    /// Per-thread held time, open holds counted to `now_ns` (CLOCK_MONOTONIC).
+    pub fn bandwidth_threads(&self, now_ns: u64) -> crate::kernel::bandwidth::BwThreads {
+        crate::kernel::bandwidth::read_threads(&self.ebpf, now_ns)
     }
 }
 

@@ -2,8 +2,10 @@
 //! CPU lists, the topology and cgroup value types. Every other step passes
 //! these values along; nothing here reads a file or calls the kernel.
 
+pub mod bandwidth;
 pub mod cgroup;
 pub mod cpulist;
+pub mod runtime;
 pub mod topology;
 pub mod trace;
 

@@ -1,0 +1,414 @@
+//! CFS bandwidth control seen from the kernel's own throttle path
+//! (kernel/sched/fair.c; Documentation/scheduler/sched-bwc.rst), for the one
+//! cgroup whose quota binds the targets (`BW_CONFIG.cgroup_id`).
+//!
+//! Functions (fentry, or kprobe where fentry cannot attach; userspace picks
+//! what the running kernel's BTF and kallsyms have):
+//! - `sched_cfs_period_timer(timer)`: a period begins (quota refilled); a
+//!   new record in the `BW_PERIODS` ring.
+//! - `throttle_cfs_rq(cfs_rq)`: one CPU's cfs_rq of the group ran out. The
+//!   first one in a period is when the quota ran out; then the group's
+//!   running and queued tasks are counted over every CPU's cfs_rq.
+//! - `unthrottle_cfs_rq(cfs_rq)`: that cfs_rq runs again; its throttled time
+//!   is added to the period it was throttled in.
+//! - task-based throttling (6.18+): `throttle_cfs_rq_work` (exit; the task
+//!   itself, on its way back to user space) takes a task off the run queue
+//!   onto its cfs_rq's `throttled_limbo_list` and sets `p->throttled`;
+//!   `tg_unthrottle_up(tg, rq)` (entry, when the level's throttle_count is
+//!   about to reach 0) puts the limbo list back. The time between is the
+//!   thread's throttled time, kept per tid in `BW_THREADS`.
+//!
+//! These run per period and CPU, not per switch: all reads go through
+//! `bpf_probe_read_kernel`, with offsets from the `BW_CONFIG` map (no CO-RE
+//! in Rust BPF), and one program serves fentry and kprobe alike.
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+
+use affinity_common::{BW_LIMBO_MAX, BW_PERIODS, BwConfig, BwCpu, BwPeriod, BwState, BwThread};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::{Array, HashMap},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+
+use crate::is_target;
+
+/// Offsets and the cgroup id; written by userspace before attaching.
+#[map]
+static BW_CONFIG: Array<BwConfig> = Array::with_max_entries(1, 0);
+
+/// The period count and a few loss counters.
+#[map]
+static BW_STATE: Array<BwState> = Array::with_max_entries(1, 0);
+
+/// One record per period, by `seq % BW_PERIODS`; read each interval.
+#[map]
+static BW_PERIODS_RING: Array<BwPeriod> = Array::with_max_entries(BW_PERIODS, 0);
+
+/// Per CPU: when its cfs_rq of the group was throttled. Sized to possible CPUs.
+#[map]
+static BW_CPU: Array<BwCpu> = Array::with_max_entries(1024, 0);
+
+/// Per target thread: time held by throttling. Sized to `--max-threads`.
+#[map]
+static BW_THREADS: HashMap<u32, BwThread> = HashMap::with_max_entries(16_384, 0);
+
+#[inline(always)]
+fn rd_u64(base: u64, off: u32) -> u64 {
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn rd_u32(base: u64, off: u32) -> u32 {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const u32) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn rd_u8(base: u64, off: u32) -> u8 {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const u8) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn config() -> Option<&'static BwConfig> {
+    let c = BW_CONFIG.get(0)?;
+    (c.cgroup_id != 0).then_some(c)
+}
+
+/// `tg->css.cgroup->kn->id`: the cgroup directory's inode number.
+#[inline(always)]
+fn group_id(c: &BwConfig, tg: u64) -> u64 {
+    if tg == 0 {
+        return 0;
+    }
+    let cg = rd_u64(tg, c.tg_cgroup);
+    if cg == 0 {
+        return 0;
+    }
+    let kn = rd_u64(cg, c.cgroup_kn);
+    if kn == 0 {
+        return 0;
+    }
+    rd_u64(kn, c.kn_id)
+}
+
+/// The task group of `cfs_rq` if it is the watched one.
+#[inline(always)]
+fn watched_tg(c: &BwConfig, cfs_rq: u64) -> Option<u64> {
+    let tg = rd_u64(cfs_rq, c.cfs_rq_tg);
+    (group_id(c, tg) == c.cgroup_id).then_some(tg)
+}
+
+#[inline(always)]
+fn cpu_of(c: &BwConfig, cfs_rq: u64) -> u32 {
+    rd_u32(rd_u64(cfs_rq, c.cfs_rq_rq), c.rq_cpu)
+}
+
+#[inline(always)]
+fn add64(p: *mut u64, v: u64) {
+    // SAFETY: an aligned u64 in a live map value; atomic, as several CPUs
+    // throttle and unthrottle the group's cfs_rqs at once.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) };
+}
+
+#[inline(always)]
+fn add32(p: *mut u32, v: u32) {
+    // SAFETY: as above.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(p, v) };
+}
+
+/// The record of period `seq`, if it still holds that period.
+#[inline(always)]
+fn period(seq: u64) -> Option<*mut BwPeriod> {
+    let p = BW_PERIODS_RING.get_ptr_mut((seq % u64::from(BW_PERIODS)) as u32)?;
+    // SAFETY: a live map value.
+    (unsafe { (*p).seq } == seq).then_some(p)
+}
+
+fn on_period_timer(timer: u64) {
+    let Some(c) = config() else { return };
+    // timer is &tg->cfs_bandwidth.period_timer (container_of twice).
+    let tg = timer.wrapping_sub(u64::from(c.tg_period_timer));
+    if group_id(c, tg) != c.cgroup_id {
+        return;
+    }
+    let Some(st) = BW_STATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a live map value. One hrtimer per group: its callbacks never
+    // run at once, so a plain increment is enough.
+    let seq = unsafe {
+        (*st).seq += 1;
+        (*st).seq
+    };
+    if let Some(p) = BW_PERIODS_RING.get_ptr_mut((seq % u64::from(BW_PERIODS)) as u32) {
+        // SAFETY: a live map value; `seq` last, so that a reader that sees
+        // it sees a cleared record (readers check `seq` first).
+        unsafe {
+            *p = BwPeriod {
+                seq: 0,
+                start_ns: bpf_ktime_get_ns(),
+                ..BwPeriod::default()
+            };
+            core::ptr::write_volatile(&mut (*p).seq, seq);
+        }
+    }
+}
+
+/// Running CPUs and queued tasks of the group over every CPU's cfs_rq.
+#[inline(always)]
+fn count_group(c: &BwConfig, tg: u64) -> (u32, u32) {
+    let arr = rd_u64(tg, c.tg_cfs_rq);
+    let (mut running, mut queued) = (0u32, 0u32);
+    if arr == 0 {
+        return (0, 0);
+    }
+    let n = c.nr_cpus.min(256);
+    for i in 0..256u32 {
+        if i >= n {
+            break;
+        }
+        let rq = rd_u64(arr, i * 8);
+        if rq == 0 {
+            continue;
+        }
+        if rd_u64(rq, c.cfs_rq_curr) != 0 {
+            running += 1;
+        }
+        queued += rd_u32(rq, c.cfs_rq_h_nr_queued);
+    }
+    (running, queued)
+}
+
+fn on_throttle(cfs_rq: u64) {
+    let Some(c) = config() else { return };
+    let Some(tg) = watched_tg(c, cfs_rq) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(st) = BW_STATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a live map value.
+    let seq = unsafe { core::ptr::read_volatile(&(*st).seq) };
+    let cpu = cpu_of(c, cfs_rq);
+    if let Some(pc) = BW_CPU.get_ptr_mut(cpu) {
+        // SAFETY: a live map value; this CPU's cfs_rq is throttled under its
+        // rq lock, so one writer at a time.
+        unsafe {
+            *pc = BwCpu {
+                throttled_ns: now,
+                seq,
+            }
+        };
+    }
+    if seq == 0 {
+        // SAFETY: a live map value.
+        add64(unsafe { &mut (*st).early_throttles }, 1);
+        return;
+    }
+    let Some(p) = period(seq) else { return };
+    // SAFETY: a live map value.
+    unsafe {
+        add32(&mut (*p).throttles, 1);
+        let (_, first) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &mut (*p).first_throttle_ns,
+            0,
+            now,
+        );
+        if first {
+            let (running, queued) = count_group(c, tg);
+            (*p).running_at = running;
+            (*p).queued_at = queued;
+        }
+    }
+}
+
+fn on_unthrottle(cfs_rq: u64) {
+    let Some(c) = config() else { return };
+    if watched_tg(c, cfs_rq).is_none() {
+        return;
+    }
+    let cpu = cpu_of(c, cfs_rq);
+    let Some(pc) = BW_CPU.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: a live map value, under the rq lock of that CPU.
+    let (since, seq) = unsafe { ((*pc).throttled_ns, (*pc).seq) };
+    if since == 0 {
+        return;
+    }
+    unsafe { (*pc).throttled_ns = 0 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(p) = period(seq) {
+        // SAFETY: a live map value.
+        unsafe {
+            add64(&mut (*p).throttled_sum_ns, now.saturating_sub(since));
+            if (*p).last_unthrottle_ns < now {
+                (*p).last_unthrottle_ns = now;
+            }
+        }
+    }
+}
+
+/// After `throttle_cfs_rq_work`: the current task is held if it set
+/// `p->throttled` (it returns early when the hierarchy was unthrottled).
+fn on_throttle_work_done() {
+    let Some(c) = config() else { return };
+    let id = bpf_get_current_pid_tgid();
+    let (tid, tgid) = (id as u32, (id >> 32) as u32);
+    if !is_target(tgid) {
+        return;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    if rd_u8(task, c.task_throttled) == 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(t) = BW_THREADS.get_ptr_mut(&tid) {
+        // SAFETY: a live map value, written by this thread (held now) or by
+        // the unthrottle that releases it, never both at once.
+        unsafe {
+            (*t).since_ns = now;
+            (*t).holds += 1;
+        }
+        return;
+    }
+    let v = BwThread {
+        since_ns: now,
+        held_ns: 0,
+        holds: 1,
+        tgid,
+    };
+    if BW_THREADS.insert(&tid, &v, u64::from(BPF_NOEXIST)).is_err()
+        && let Some(st) = BW_STATE.get_ptr_mut(0)
+    {
+        // SAFETY: a live map value.
+        add64(unsafe { &mut (*st).threads_full }, 1);
+    }
+}
+
+/// Before `tg_unthrottle_up(tg, rq)`: when this level's throttle_count is
+/// about to reach 0, its limbo list goes back on the run queue; end the
+/// holds of the target threads on it.
+fn on_unthrottle_up(tg: u64, rq: u64) {
+    let Some(c) = config() else { return };
+    if c.cfs_rq_limbo == 0 {
+        return;
+    }
+    let cpu = rd_u32(rq, c.rq_cpu);
+    let arr = rd_u64(tg, c.tg_cfs_rq);
+    if arr == 0 {
+        return;
+    }
+    let cfs_rq = rd_u64(arr, cpu.wrapping_mul(8));
+    if cfs_rq == 0 || rd_u32(cfs_rq, c.cfs_rq_throttle_count) != 1 {
+        return;
+    }
+    let head = cfs_rq + u64::from(c.cfs_rq_limbo);
+    let mut node = rd_u64(head, 0);
+    if node == head || node == 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    for _ in 0..BW_LIMBO_MAX {
+        if node == head || node == 0 {
+            return;
+        }
+        let task = node.wrapping_sub(u64::from(c.task_throttle_node));
+        let ids = rd_u64(task, c.task_pid);
+        let (tid, tgid) = (ids as u32, (ids >> 32) as u32);
+        if is_target(tgid)
+            && let Some(t) = BW_THREADS.get_ptr_mut(&tid)
+        {
+            // SAFETY: a live map value (see on_throttle_work_done).
+            unsafe {
+                let since = (*t).since_ns;
+                if since != 0 {
+                    (*t).held_ns += now.saturating_sub(since);
+                    (*t).since_ns = 0;
+                }
+            }
+        }
+        node = rd_u64(node, 0);
+    }
+    if node != head
+        && let Some(st) = BW_STATE.get_ptr_mut(0)
+    {
+        // SAFETY: a live map value.
+        add64(unsafe { &mut (*st).limbo_cut }, 1);
+    }
+}
+
+// ---- fentry / fexit entries ------------------------------------------------
+
+#[fentry(function = "sched_cfs_period_timer")]
+pub fn bw_fentry_period_timer(ctx: FEntryContext) -> i32 {
+    on_period_timer(ctx.arg::<u64>(0));
+    0
+}
+
+#[fentry(function = "throttle_cfs_rq")]
+pub fn bw_fentry_throttle(ctx: FEntryContext) -> i32 {
+    on_throttle(ctx.arg::<u64>(0));
+    0
+}
+
+#[fentry(function = "unthrottle_cfs_rq")]
+pub fn bw_fentry_unthrottle(ctx: FEntryContext) -> i32 {
+    on_unthrottle(ctx.arg::<u64>(0));
+    0
+}
+
+#[fexit(function = "throttle_cfs_rq_work")]
+pub fn bw_fexit_throttle_work(_ctx: FExitContext) -> i32 {
+    on_throttle_work_done();
+    0
+}
+
+#[fentry(function = "tg_unthrottle_up")]
+pub fn bw_fentry_unthrottle_up(ctx: FEntryContext) -> i32 {
+    on_unthrottle_up(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    0
+}
+
+// ---- kprobe entries (fallback) ---------------------------------------------
+
+#[kprobe]
+pub fn bw_kprobe_period_timer(ctx: ProbeContext) -> u32 {
+    on_period_timer(ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn bw_kprobe_throttle(ctx: ProbeContext) -> u32 {
+    on_throttle(ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn bw_kprobe_unthrottle(ctx: ProbeContext) -> u32 {
+    on_unthrottle(ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn bw_kretprobe_throttle_work(_ctx: RetProbeContext) -> u32 {
+    on_throttle_work_done();
+    0
+}
+
+#[kprobe]
+pub fn bw_kprobe_unthrottle_up(ctx: ProbeContext) -> u32 {
+    on_unthrottle_up(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<u64>(1).unwrap_or(0),
+    );
+    0
+}

@@ -1,0 +1,55 @@
+//! CFS bandwidth as the kernel's throttle path reported it (the programs
+//! of affinity-ebpf/src/bandwidth.rs): one record per enforcement period of
+//! the limiting cgroup, and each thread's time held by throttling. Plain
+//! data: `collect::bandwidth` fills it, `analyze::throttle` reads it.
+
+use serde::Serialize;
+
+/// One enforcement period. Times are CLOCK_MONOTONIC ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeriodRecord {
+    /// The period timer ran: quota refilled.
+    pub start_ns: u64,
+    /// The first cfs_rq of the group ran out, on any CPU (ns after
+    /// `start_ns`); `None`: not throttled in this period.
+    pub exhausted_after_ns: Option<u64>,
+    /// From that first throttle to the last unthrottle of a cfs_rq
+    /// throttled in this period (wall ns).
+    pub throttled_wall_ns: u64,
+    /// Throttled time summed over CPUs (ns).
+    pub throttled_cpu_ns: u64,
+    /// cfs_rq throttles (CPUs that ran out).
+    pub throttles: u32,
+    /// CPUs running a task of the group when the quota ran out.
+    pub running_at_exhaustion: u32,
+    /// Tasks queued in the group (running or runnable) then.
+    pub queued_at_exhaustion: u32,
+}
+
+/// One thread's time held by throttling, measured by the kernel events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ThreadHeld {
+    /// Thread id.
+    pub tid: u32,
+    /// Its process.
+    pub tgid: u32,
+    /// Held off the run queue by throttling (ns).
+    pub held_ns: u64,
+    /// Times it was held.
+    pub holds: u32,
+}
+
+/// What the bandwidth programs recorded over the window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BandwidthTrace {
+    /// How they were attached: "fentry" or "kprobe".
+    pub attach: String,
+    /// Per-thread held time was measured (task-based throttling, 6.18+).
+    pub per_thread: bool,
+    /// Complete periods, oldest first.
+    pub periods: Vec<PeriodRecord>,
+    /// Periods lost to the ring before they were read.
+    pub lost_periods: u64,
+    /// Per-thread held time (with `per_thread`), by tid.
+    pub threads: Vec<ThreadHeld>,
+}
