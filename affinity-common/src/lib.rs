@@ -25,6 +25,11 @@ pub const MIG_CLASSES: usize = 4;
 /// final after its last switch-out and userspace frees its slot after reading.
 pub const FLAG_EXITING: u32 = 1;
 
+/// [`ThreadStats::flags`]: the thread is held by CFS bandwidth throttling
+/// (it switched out with `task_struct.throttled` set); its next switch-in
+/// ends the hold (`BW_THREADS`).
+pub const FLAG_HELD: u32 = 2;
+
 /// [`ThreadStats::runnable_kind`]: not waiting for a CPU.
 pub const RUNNABLE_NONE: u32 = 0;
 /// Waiting for a CPU since a wakeup (`sched_wakeup`, `sched_wakeup_new`).
@@ -314,9 +319,28 @@ pub struct BwConfig {
     pub task_throttled: u32,
     /// `task_struct.pid` (tgid follows it).
     pub task_pid: u32,
+    /// Which path records: [`BW_MODE_PROBES`] or [`BW_MODE_TRACEPOINT`]
+    /// (0: none), so that the two never both count.
+    pub mode: u32,
+    /// `task_struct.se` + `sched_entity.cfs_rq`.
+    pub task_cfs_rq: u32,
+    /// `task_group.parent`.
+    pub tg_parent: u32,
+    /// `task_group.cfs_bandwidth` + `cfs_bandwidth.period` (ktime ns).
+    pub tg_period: u32,
+    /// `hrtimer.node` + `timerqueue_node.expires`.
+    pub hrtimer_expires: u32,
+    /// Padding.
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<BwConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<BwConfig>() == 96);
+
+/// [`BwConfig::mode`]: the fentry/kprobe programs on the throttle path record.
+pub const BW_MODE_PROBES: u32 = 1;
+/// [`BwConfig::mode`]: sched_switch records, from `task_struct.throttled`
+/// (where fentry and kprobes are not available).
+pub const BW_MODE_TRACEPOINT: u32 = 2;
 
 /// `BW_STATE[0]`: the period count of the limiting cgroup since attach.
 #[repr(C)]
@@ -331,9 +355,12 @@ pub struct BwState {
     pub limbo_cut: u64,
     /// Per-thread entries that found `BW_THREADS` full.
     pub threads_full: u64,
+    /// Tracepoint mode: the end (period-timer expiry) of the period whose
+    /// record is current.
+    pub cur_end_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<BwState>() == 32);
+const _: () = assert!(core::mem::size_of::<BwState>() == 40);
 
 /// One enforcement period of the limiting cgroup (`BW_PERIODS` value).
 /// Times are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC); 0: did not happen.
@@ -386,6 +413,9 @@ const _: () = assert!(core::mem::size_of::<BwCpu>() == 16);
 pub struct BwThread {
     /// Held since (0: not held now).
     pub since_ns: u64,
+    /// Tracepoint mode: the hold ends by then at the latest (the period
+    /// timer's expiry when it began: the refill unthrottles).
+    pub until_ns: u64,
     /// Held in total (ns), ended holds only.
     pub held_ns: u64,
     /// Holds begun.
@@ -394,7 +424,7 @@ pub struct BwThread {
     pub tgid: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<BwThread>() == 24);
+const _: () = assert!(core::mem::size_of::<BwThread>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -24,7 +24,10 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
-use affinity_common::{BW_LIMBO_MAX, BW_PERIODS, BwConfig, BwCpu, BwPeriod, BwState, BwThread};
+use affinity_common::{
+    BW_LIMBO_MAX, BW_MODE_PROBES, BW_MODE_TRACEPOINT, BW_PERIODS, BwConfig, BwCpu, BwPeriod,
+    BwState, BwThread, FLAG_HELD, ThreadStats,
+};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
@@ -36,6 +39,9 @@ use aya_ebpf::{
 };
 
 use crate::is_target;
+
+/// CPUs whose cfs_rq the sched_switch path reads at exhaustion.
+const BW_COUNT_CPUS: u32 = 16;
 
 /// Offsets and the cgroup id; written by userspace before attaching.
 #[map]
@@ -75,10 +81,18 @@ fn rd_u8(base: u64, off: u32) -> u8 {
     unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const u8) }.unwrap_or(0)
 }
 
+/// The config when the fentry/kprobe programs record.
 #[inline(always)]
 fn config() -> Option<&'static BwConfig> {
     let c = BW_CONFIG.get(0)?;
-    (c.cgroup_id != 0).then_some(c)
+    (c.cgroup_id != 0 && c.mode == BW_MODE_PROBES).then_some(c)
+}
+
+/// The config when sched_switch records (no fentry, no kprobes).
+#[inline(always)]
+fn tp_config() -> Option<&'static BwConfig> {
+    let c = BW_CONFIG.get(0)?;
+    (c.cgroup_id != 0 && c.mode == BW_MODE_TRACEPOINT).then_some(c)
 }
 
 /// `tg->css.cgroup->kn->id`: the cgroup directory's inode number.
@@ -282,6 +296,7 @@ fn on_throttle_work_done() {
     }
     let v = BwThread {
         since_ns: now,
+        until_ns: 0,
         held_ns: 0,
         holds: 1,
         tgid,
@@ -411,4 +426,166 @@ pub fn bw_kprobe_unthrottle_up(ctx: ProbeContext) -> u32 {
         ctx.arg::<u64>(1).unwrap_or(0),
     );
     0
+}
+
+// ---- the sched_switch path (where fentry and kprobes are not available) ----
+//
+// With task-based throttling (6.18+) a throttled task takes itself off the
+// run queue in throttle_cfs_rq_work on its way back to user space, sets
+// `p->throttled` and switches out still TASK_RUNNING: sched_switch sees it
+// leave with `throttled` set, microseconds after its cfs_rq ran out. The
+// first such switch of the group in a period is when the quota ran out.
+// The hold ends at the refill that unthrottles the group, the period
+// timer's expiry (`cfs_bandwidth.period_timer`) read at the hold, or at the
+// task's next switch-in if that comes first (an early unthrottle by the
+// slack timer). Costs the hot path one load of `throttled` per preempted
+// switch-out of a target thread, and one flag test per switch-in.
+
+/// The watched task group of `task`: its cfs_rq's group or an ancestor.
+#[inline(always)]
+fn watched_group_of(c: &BwConfig, task: u64) -> Option<u64> {
+    let cfs_rq = rd_u64(task, c.task_cfs_rq);
+    let mut tg = rd_u64(cfs_rq, c.cfs_rq_tg);
+    for _ in 0..4 {
+        if tg == 0 {
+            return None;
+        }
+        if group_id(c, tg) == c.cgroup_id {
+            return Some(tg);
+        }
+        tg = rd_u64(tg, c.tg_parent);
+    }
+    None
+}
+
+/// A target thread switched out held by throttling (`task->throttled`).
+#[inline(always)]
+pub fn held_out(task: u64, tid: u32, tgid: u32, cpu: u32, st: &mut ThreadStats, now: u64) {
+    let Some(c) = tp_config() else { return };
+    let Some(tg) = watched_group_of(c, task) else {
+        return;
+    };
+    let end = rd_u64(tg, c.tg_period_timer + c.hrtimer_expires);
+    let period_ns = rd_u64(tg, c.tg_period);
+    if end == 0 || period_ns == 0 {
+        return;
+    }
+    let until = if end > now { end } else { now };
+    let Some(state) = BW_STATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: live map values; racing CPUs agree on `end` by compare-and-swap.
+    unsafe {
+        let cur = core::ptr::read_volatile(&(*state).cur_end_ns);
+        let seq = if cur != end {
+            let (_, won) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                &mut (*state).cur_end_ns,
+                cur,
+                end,
+            );
+            if won {
+                let seq = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&mut (*state).seq, 1) + 1;
+                if let Some(p) = BW_PERIODS_RING.get_ptr_mut((seq % u64::from(BW_PERIODS)) as u32) {
+                    let (running, queued) = count_group_at_hold(c, tg, cpu);
+                    *p = BwPeriod {
+                        seq: 0,
+                        start_ns: end.saturating_sub(period_ns),
+                        first_throttle_ns: now,
+                        last_unthrottle_ns: end,
+                        throttled_sum_ns: 0,
+                        throttles: 0,
+                        running_at: running,
+                        queued_at: queued,
+                        _pad: 0,
+                    };
+                    core::ptr::write_volatile(&mut (*p).seq, seq);
+                }
+                seq
+            } else {
+                core::ptr::read_volatile(&(*state).seq)
+            }
+        } else {
+            core::ptr::read_volatile(&(*state).seq)
+        };
+        // This CPU's first hold in the period: its cfs_rq ran out about now
+        // and stays throttled until the refill (cpu.stat counts it so).
+        if let Some(pc) = BW_CPU.get_ptr_mut(cpu)
+            && (*pc).seq != seq
+        {
+            (*pc).seq = seq;
+            if let Some(p) = period(seq) {
+                add32(&mut (*p).throttles, 1);
+                add64(&mut (*p).throttled_sum_ns, until - now);
+            }
+        }
+    }
+    if let Some(t) = BW_THREADS.get_ptr_mut(&tid) {
+        // SAFETY: a live map value, written only by the thread's own switches.
+        unsafe {
+            (*t).since_ns = now;
+            (*t).until_ns = until;
+            (*t).holds += 1;
+        }
+    } else {
+        let v = BwThread {
+            since_ns: now,
+            until_ns: until,
+            held_ns: 0,
+            holds: 1,
+            tgid,
+        };
+        if BW_THREADS.insert(&tid, &v, u64::from(BPF_NOEXIST)).is_err() {
+            // SAFETY: a live map value.
+            add64(unsafe { &mut (*state).threads_full }, 1);
+            return;
+        }
+    }
+    st.flags |= FLAG_HELD;
+}
+
+/// A held target thread switched back in: its hold ended at the refill,
+/// or now if that is earlier.
+#[inline(always)]
+pub fn held_in(tid: u32, st: &mut ThreadStats, now: u64) {
+    st.flags &= !FLAG_HELD;
+    if let Some(t) = BW_THREADS.get_ptr_mut(&tid) {
+        // SAFETY: a live map value, written only by the thread's own switches.
+        unsafe {
+            let since = (*t).since_ns;
+            if since != 0 {
+                let end = if (*t).until_ns < now { (*t).until_ns } else { now };
+                (*t).held_ns += end.saturating_sub(since);
+                (*t).since_ns = 0;
+            }
+        }
+    }
+}
+
+/// Running CPUs and queued tasks of the group when the thread leaving
+/// `cpu` was held: the other CPUs' cfs_rqs as they are, plus this CPU
+/// (it was running the held thread, no longer in `h_nr_queued`).
+#[inline(always)]
+fn count_group_at_hold(c: &BwConfig, tg: u64, cpu: u32) -> (u32, u32) {
+    let arr = rd_u64(tg, c.tg_cfs_rq);
+    let (mut running, mut queued) = (1u32, 1u32);
+    if arr == 0 {
+        return (running, queued);
+    }
+    // 16 CPUs at most: this runs inside sched_switch, and the verifier
+    // walks every iteration (a bound of 256 cost ~5 s of load time).
+    let n = c.nr_cpus.min(BW_COUNT_CPUS);
+    for i in 0..BW_COUNT_CPUS {
+        if i >= n {
+            break;
+        }
+        let rq = rd_u64(arr, i * 8);
+        if rq == 0 {
+            continue;
+        }
+        if i != cpu && rd_u64(rq, c.cfs_rq_curr) != 0 {
+            running += 1;
+        }
+        queued += rd_u32(rq, c.cfs_rq_h_nr_queued);
+    }
+    (running, queued)
 }

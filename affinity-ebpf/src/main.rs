@@ -108,7 +108,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use affinity_common::{
     CPU_ACC_NS_MASK, CPU_ACC_SHIFT, CpuPair, CpuTopo, DROP_PAIRS_FULL, DROP_READ_FAILED,
     DROP_THREAD_CPU_FULL, DROP_THREADS_FULL, EV_MIGRATE, EV_SWITCH, EV_WAKEUP, EVF_DEAD, EVF_NEW,
-    EVF_PREEMPTED, FLAG_EXITING, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT,
+    EVF_PREEMPTED, FLAG_EXITING, FLAG_HELD, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT,
     RUN_DELAY_UNKNOWN, RUNNABLE_NONE, RUNNABLE_PREEMPTED, RUNNABLE_WAKEUP, RUNQ_BUCKETS,
     TaskOffsets, ThreadCpuKey, ThreadStats, TimelineEvent,
 };
@@ -204,6 +204,12 @@ static OFFSETS: TaskOffsets = TaskOffsets {
     run_delay: 0,
 };
 
+/// `task_struct.throttled` (task-based CFS bandwidth throttling, 6.18+);
+/// 0: the sched_switch path of [`bandwidth`] is off (a frozen `.rodata`
+/// constant: the verifier drops it).
+#[unsafe(no_mangle)]
+static THROTTLED_OFF: u32 = 0;
+
 /// 1: write timeline events (`--timeline`). A frozen `.rodata` constant:
 /// with 0 the verifier drops every branch that tests it.
 #[unsafe(no_mangle)]
@@ -282,6 +288,8 @@ trait Access {
     fn u64_at(task: *const u8, off: u32) -> u64;
     /// A `u32` field.
     fn u32_at(task: *const u8, off: u32) -> u32;
+    /// A `u8` (bool) field.
+    fn u8_at(task: *const u8, off: u32) -> u8;
     /// `task->comm`.
     fn comm(task: *const u8) -> [u8; 16];
 }
@@ -325,6 +333,12 @@ impl Access for Btf {
     fn u32_at(task: *const u8, off: u32) -> u32 {
         // SAFETY: as above.
         unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u32) }
+    }
+
+    #[inline(always)]
+    fn u8_at(task: *const u8, off: u32) -> u8 {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize)) }
     }
 
     #[inline(always)]
@@ -374,6 +388,12 @@ impl Access for Raw {
     fn u32_at(task: *const u8, off: u32) -> u32 {
         // SAFETY: as above.
         unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const u32) }.unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn u8_at(task: *const u8, off: u32) -> u8 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize)) }.unwrap_or(0)
     }
 
     #[inline(always)]
@@ -625,6 +645,11 @@ fn switch_out<A: Access>(
     } else {
         st.voluntary += 1;
     }
+    // Held by CFS bandwidth throttling (bandwidth.rs).
+    let throttled_off = unsafe { core::ptr::read_volatile(&THROTTLED_OFF) };
+    if throttled_off != 0 && prev_state == 0 && A::u8_at(prev, throttled_off) != 0 {
+        bandwidth::held_out(prev as u64, tid, tgid, cpu, st, clock.now());
+    }
     if have_run_delay() {
         // run_delay grew by the wait that preceded this slice (added at its
         // switch-in, after that tracepoint: sched_info_arrive()). If that
@@ -680,6 +705,9 @@ fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
     };
     // SAFETY: a live map value; see switch_out.
     let st = unsafe { &mut *st };
+    if st.flags & FLAG_HELD != 0 {
+        bandwidth::held_in(tid, st, clock.now());
+    }
     let kind = st.runnable_kind;
     if have_run_delay() && kind != RUNNABLE_WAKEUP {
         return; // a wait after a preemption: read at switch-out

@@ -290,6 +290,12 @@ pub fn run_observed(
         offsets,
         pid_max: pid_max(),
         timeline_bytes: args.timeline.as_ref().map(|_| args.timeline_buffer),
+        // A quota on the first target's path (a command runs in ours).
+        bandwidth: crate::host::cgroup::resolve(
+            std::path::Path::new("/"),
+            targets.tgids.first().copied().unwrap_or_else(std::process::id),
+        )
+        .is_ok_and(|cg| cg.limit().is_some()),
     };
     let mut probe = Probe::load(&cfg, &topology)?;
     verbose(&format!("programs attached ({:?})", probe.mode()));

@@ -8,7 +8,7 @@
 //! `tg_unthrottle_up` (per held task). Figures: [`BwPeriod`] records and
 //! per-thread [`BwThread`] held time.
 
-use affinity_common::{BW_PERIODS, BwConfig, BwPeriod, BwState, BwThread};
+use affinity_common::{BW_MODE_PROBES, BW_MODE_TRACEPOINT, BW_PERIODS, BwConfig, BwPeriod, BwState, BwThread};
 use aya::{
     Btf, Ebpf,
     maps::{Array, HashMap, MapData},
@@ -64,6 +64,9 @@ pub enum BwAttach {
     Fentry,
     /// kprobe/kretprobe.
     Kprobe,
+    /// Neither is available (e.g. no CONFIG_KPROBES, fentry refused under
+    /// lockdown): sched_switch (tp_btf/raw_tp) sees held tasks leave.
+    Tracepoint,
 }
 
 impl BwAttach {
@@ -72,6 +75,7 @@ impl BwAttach {
         match self {
             BwAttach::Fentry => "fentry",
             BwAttach::Kprobe => "kprobe",
+            BwAttach::Tracepoint => "sched_switch",
         }
     }
 }
@@ -88,37 +92,67 @@ pub struct BwRead {
 /// Per-thread held time at the end of the window.
 pub type BwThreads = Vec<(u32, BwThread)>;
 
-/// Resolves the offsets, writes `BW_CONFIG` for the cgroup with kernfs id
-/// `cgroup_id`, and loads and attaches the programs: fentry/fexit, else
-/// kprobes. Returns the kind attached and whether per-thread held time is
-/// measured (task-based throttling). The links live as long as `ebpf`.
+/// The offsets, once per process (a walk over the kernel BTF, ~10 ms):
+/// `None` where the BTF lacks a field the programs need.
+pub fn kernel_config() -> Option<BwConfig> {
+    static CFG: std::sync::OnceLock<Option<BwConfig>> = std::sync::OnceLock::new();
+    *CFG.get_or_init(|| {
+        let data = std::fs::read(crate::kernel::btf::VMLINUX_BTF).ok()?;
+        config_from(&data).ok()
+    })
+}
+
+/// `task_struct.throttled` for the sched_switch path (0: off), when the
+/// kernel has task-based throttling.
+pub fn throttled_offset() -> u32 {
+    kernel_config()
+        .filter(task_based)
+        .map_or(0, |c| c.task_throttled)
+}
+
+/// Writes `BW_CONFIG` for the cgroup with kernfs id `cgroup_id` and
+/// attaches the programs on the throttle path: fentry/fexit, else kprobes,
+/// else (with `tracepoint_ready`: the object was loaded with
+/// `THROTTLED_OFF` set) the sched_switch path records. Returns the path
+/// used and whether per-thread held time is measured. The links live as
+/// long as `ebpf`.
 pub fn attach(
     ebpf: &mut Ebpf,
     cgroup_id: u64,
     nr_cpus: u32,
+    tracepoint_ready: bool,
 ) -> Result<(BwAttach, bool), ProbeError> {
     let load = |e: String| ProbeError::Load(format!("CFS bandwidth programs: {e}"));
-    let data = std::fs::read(crate::kernel::btf::VMLINUX_BTF).map_err(|e| load(e.to_string()))?;
-    let mut cfg = config_from(&data).map_err(|e| load(e.to_string()))?;
-    drop(data);
+    let mut cfg = kernel_config().ok_or_else(|| load("kernel BTF lacks the fields they read".into()))?;
     cfg.cgroup_id = cgroup_id;
     cfg.nr_cpus = nr_cpus;
     let per_thread = task_based(&cfg);
-    {
-        let map = ebpf
-            .map_mut("BW_CONFIG")
-            .ok_or_else(|| load("no BW_CONFIG map".into()))?;
-        let mut a: Array<&mut MapData, BwConfig> =
-            Array::try_from(map).map_err(|e| load(e.to_string()))?;
-        a.set(0, cfg, 0).map_err(|e| load(e.to_string()))?;
-    }
-    let wanted: Vec<_> = PROGRAMS.iter().filter(|p| per_thread || !p.4).collect();
-    match attach_fentry(ebpf, &wanted) {
-        Ok(()) => Ok((BwAttach::Fentry, per_thread)),
+    let wanted: Vec<_> = PROGRAMS
+        .iter()
+        .filter(|p| per_thread || !p.4)
+        .collect();
+    let attached = match attach_fentry(ebpf, &wanted) {
+        Ok(()) => Ok(BwAttach::Fentry),
         Err(fentry_err) => attach_kprobes(ebpf, &wanted)
-            .map(|()| (BwAttach::Kprobe, per_thread))
-            .map_err(|k| load(format!("fentry: {fentry_err}; kprobe: {k}"))),
-    }
+            .map(|()| BwAttach::Kprobe)
+            .map_err(|k| format!("fentry: {fentry_err}; kprobe: {k}")),
+    };
+    let attached = match attached {
+        Ok(a) => a,
+        Err(_) if tracepoint_ready && per_thread => BwAttach::Tracepoint,
+        Err(e) => return Err(load(e)),
+    };
+    cfg.mode = match attached {
+        BwAttach::Tracepoint => BW_MODE_TRACEPOINT,
+        _ => BW_MODE_PROBES,
+    };
+    let map = ebpf
+        .map_mut("BW_CONFIG")
+        .ok_or_else(|| load("no BW_CONFIG map".into()))?;
+    let mut a: Array<&mut MapData, BwConfig> =
+        Array::try_from(map).map_err(|e| load(e.to_string()))?;
+    a.set(0, cfg, 0).map_err(|e| load(e.to_string()))?;
+    Ok((attached, per_thread))
 }
 
 fn attach_fentry(ebpf: &mut Ebpf, progs: &[&(&str, &str, &str, bool, bool)]) -> Result<(), String> {
@@ -232,15 +266,18 @@ pub fn config_from(data: &[u8]) -> Result<BwConfig, BtfError> {
                 "throttled_limbo_list",
             ],
         ),
-        ("task_group", &["css", "cfs_rq", "cfs_bandwidth"]),
-        ("cfs_bandwidth", &["period_timer"]),
+        ("task_group", &["css", "cfs_rq", "cfs_bandwidth", "parent"]),
+        ("cfs_bandwidth", &["period_timer", "period"]),
+        ("hrtimer", &["node"]),
+        ("timerqueue_node", &["expires"]),
+        ("sched_entity", &["cfs_rq"]),
         ("cgroup_subsys_state", &["cgroup"]),
         ("cgroup", &["kn"]),
         ("kernfs_node", &["id"]),
         ("rq", &["cpu"]),
         (
             "task_struct",
-            &["throttle_node", "throttled", "pid", "tgid"],
+            &["throttle_node", "throttled", "pid", "tgid", "se"],
         ),
     ];
     let found = member_offsets(data, want)?;
@@ -285,6 +322,12 @@ pub fn config_from(data: &[u8]) -> Result<BwConfig, BtfError> {
             get("task_struct", "throttled").unwrap_or(0)
         },
         task_pid: pid,
+        mode: 0,
+        task_cfs_rq: need("task_struct", "se")? + need("sched_entity", "cfs_rq")?,
+        tg_parent: need("task_group", "parent")?,
+        tg_period: need("task_group", "cfs_bandwidth")? + need("cfs_bandwidth", "period")?,
+        hrtimer_expires: need("hrtimer", "node")? + need("timerqueue_node", "expires")?,
+        _pad: 0,
     })
 }
 

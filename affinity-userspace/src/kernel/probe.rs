@@ -78,6 +78,10 @@ pub struct ProbeConfig {
     /// Bytes of the timeline ring buffer (a power of two, at least a page),
     /// `None` without a timeline.
     pub timeline_bytes: Option<u32>,
+    /// A CPU quota binds the targets: load the sched_switch path of the
+    /// CFS bandwidth programs (it costs the verifier ~3 s here, so only
+    /// when it can be of use).
+    pub bandwidth: bool,
 }
 
 /// Most entries of `MIGRATION_PAIRS`: every pair of up to 128 CPUs; past
@@ -284,6 +288,8 @@ pub struct Probe {
     ebpf: Ebpf,
     mode: AttachMode,
     max_threads: u32,
+    /// Loaded with the sched_switch path of the bandwidth programs.
+    bandwidth_ready: bool,
 }
 
 impl Probe {
@@ -323,6 +329,12 @@ impl Probe {
             .saturating_mul((nr_possible as u32).clamp(1, 16))
             .min(1 << 22);
         let kernel_btf = attach_btf(ids)?;
+        // The sched_switch path of the bandwidth programs (kernel/bandwidth.rs).
+        let throttled_off = if cfg.bandwidth {
+            crate::kernel::bandwidth::throttled_offset()
+        } else {
+            0
+        };
         let page = procfs::page_size() as u32;
         let timeline_on = u32::from(cfg.timeline_bytes.is_some());
         let timeline_bytes = cfg.timeline_bytes.unwrap_or(page).max(page);
@@ -330,6 +342,7 @@ impl Probe {
         let mut ebpf = loader(&kernel_btf)
             .override_global("OFFSETS", &cfg.offsets, true)
             .override_global("TIMELINE_ON", &timeline_on, true)
+            .override_global("THROTTLED_OFF", &throttled_off, true)
             .map_max_entries("TIMELINE", timeline_bytes)
             .map_max_entries("MIGRATION_PAIRS", pairs.clamp(1, MAX_PAIRS))
             .map_max_entries("TARGETS", pid_max.div_ceil(64))
@@ -401,6 +414,7 @@ impl Probe {
             ebpf,
             mode,
             max_threads,
+            bandwidth_ready: throttled_off != 0,
         })
     }
 
@@ -613,7 +627,8 @@ impl Probe {
         cgroup_id: u64,
     ) -> Result<(crate::kernel::bandwidth::BwAttach, bool), ProbeError> {
         let nr = aya::util::nr_cpus().map_or(1, |n| n as u32);
-        crate::kernel::bandwidth::attach(&mut self.ebpf, cgroup_id, nr)
+        let ready = self.bandwidth_ready;
+        crate::kernel::bandwidth::attach(&mut self.ebpf, cgroup_id, nr, ready)
     }
 
     /// Periods completed since `*last` (see [`crate::kernel::bandwidth::read_periods`]).
