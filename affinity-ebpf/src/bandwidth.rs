@@ -478,13 +478,14 @@ pub fn held_out(task: u64, tid: u32, tgid: u32, cpu: u32, st: &mut ThreadStats, 
     unsafe {
         let cur = core::ptr::read_volatile(&(*state).cur_end_ns);
         let seq = if cur != end {
-            let (_, won) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                &mut (*state).cur_end_ns,
-                cur,
-                end,
-            );
+            let (_, won) = atomic_cxchg::<
+                u64,
+                { AtomicOrdering::SeqCst },
+                { AtomicOrdering::SeqCst },
+            >(&mut (*state).cur_end_ns, cur, end);
             if won {
-                let seq = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&mut (*state).seq, 1) + 1;
+                let seq =
+                    atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&mut (*state).seq, 1) + 1;
                 if let Some(p) = BW_PERIODS_RING.get_ptr_mut((seq % u64::from(BW_PERIODS)) as u32) {
                     let (running, queued) = count_group_at_hold(c, tg, cpu);
                     *p = BwPeriod {
@@ -553,7 +554,11 @@ pub fn held_in(tid: u32, st: &mut ThreadStats, now: u64) {
         unsafe {
             let since = (*t).since_ns;
             if since != 0 {
-                let end = if (*t).until_ns < now { (*t).until_ns } else { now };
+                let end = if (*t).until_ns < now {
+                    (*t).until_ns
+                } else {
+                    now
+                };
                 (*t).held_ns += end.saturating_sub(since);
                 (*t).since_ns = 0;
             }

@@ -5,13 +5,13 @@
 //! is within both the affinity and the cpuset.
 #![no_main]
 
-use affinity::model::topology::allowed_cpus;
+use affinity::host::topology::allowed_cpus;
 use affinity_fuzz::{PID, Tree};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let tree = Tree::new(data, "");
-    match allowed_cpus(tree.root(), PID) {
+    match allowed_cpus(&tree.root(), PID) {
         Ok(a) => {
             assert!(
                 a.cpus.iter().all(|c| a.affinity.contains(c)),

@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let tree = Tree::new(data, "");
-    let cg = match cgroup::resolve(tree.root(), PID) {
+    let cg = match cgroup::resolve(&tree.root(), PID) {
         Ok(cg) => cg,
         Err(e) => {
             let _ = e.to_string();

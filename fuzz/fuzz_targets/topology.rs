@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let tree = Tree::new(data, "sys/devices/system");
-    let t = match Topology::read(tree.root()) {
+    let t = match Topology::read(&tree.root()) {
         Ok(t) => t,
         Err(e) => {
             let _ = e.to_string();

@@ -61,8 +61,8 @@ impl Tree {
     }
 
     /// The root to hand to the code under test.
-    pub fn root(&self) -> &Path {
-        self.dir.path()
+    pub fn root(&self) -> affinity::host::Root {
+        affinity::host::Root::new(self.dir.path())
     }
 }
 

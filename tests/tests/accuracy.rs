@@ -56,7 +56,7 @@ fn forced_pins_are_exact_migrations_and_match_perf() {
 
 fn expected_class(a: u32, b: u32) -> &'static str {
     let topo =
-        affinity::model::topology::Topology::read(std::path::Path::new("/")).expect("topology");
+        affinity::model::topology::Topology::read(&affinity::host::Root::host()).expect("topology");
     let c = |id| topo.cpus.iter().find(|c| c.id == id).expect("cpu").clone();
     let (x, y) = (c(a), c(b));
     if x.node != y.node {

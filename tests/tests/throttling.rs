@@ -132,7 +132,7 @@ fn no_quota_means_a_quiet_report() {
 /// removed by Drop even with the process still inside.
 #[test]
 fn test_cgroup_is_resolved_throttles_and_is_removed() {
-    use std::{path::Path, time::Duration};
+    use std::time::Duration;
 
     use affinity::host::cgroup::{CpuStat, resolve};
 
@@ -148,7 +148,7 @@ fn test_cgroup_is_resolved_throttles_and_is_removed() {
     let before = cg.stat().expect("stat");
     std::thread::sleep(Duration::from_millis(600));
     let after = cg.stat().expect("stat");
-    let found = resolve(Path::new("/"), child.id()).expect("resolve");
+    let found = resolve(&affinity::host::Root::host(), child.id()).expect("resolve");
     let l = found.limit().expect("limit");
     assert_eq!(l.dir, dir);
     assert_eq!(l.quota_cores(), 0.5);

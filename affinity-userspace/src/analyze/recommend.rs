@@ -648,7 +648,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/sysfs")
             .join(name);
-        Topology::read(&root).unwrap_or_else(|e| panic!("{name}: {e}"))
+        Topology::read(&crate::host::Root::new(root)).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
     /// A trace of `threads` threads, each at `pct`% (4 intervals), running
@@ -1023,7 +1023,7 @@ mod tests {
             dir.path(),
         );
         std::fs::write(dir.path().join("sys/devices/system/cpu/isolated"), "0\n").unwrap();
-        let t = Topology::read(dir.path()).unwrap();
+        let t = Topology::read(&crate::host::Root::new(dir.path())).unwrap();
         assert_eq!(t.isolated(), &[0]);
         let r = case(&t, workload(1, &[3.0; 4], &[0]), Class::IoBound).run();
         assert_eq!(r.cpus, vec![1]);

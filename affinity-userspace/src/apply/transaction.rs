@@ -31,7 +31,7 @@ pub struct System;
 
 impl Affinity for System {
     fn threads(&self, pid: u32) -> Vec<u32> {
-        crate::host::procs::tids(pid)
+        crate::host::procs::tids(&crate::host::Root::host(), pid)
     }
 
     fn get(&self, tid: u32) -> Result<Vec<u32>, Errno> {

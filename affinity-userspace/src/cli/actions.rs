@@ -1,7 +1,8 @@
 //! What `--apply`, `--verify` and `affin-trace revert` do, step by step:
-//! check everything first (CPUs, pid reuse, kernel threads, the lock), record
-//! the previous masks in the state file, apply as one transaction, and undo
-//! from the state file when asked or when verification says it hurt.
+//! read the targets and check everything first (the plan: CPUs, pid reuse,
+//! kernel threads; then the lock), record the previous masks in the state
+//! file, apply as one transaction, and undo from the state file when asked
+//! or when verification says it hurt.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -10,10 +11,11 @@ use thiserror::Error;
 
 use crate::{
     analyze::decision::Analysis,
+    apply::plan::{self, Plan, PlanError},
     apply::state::{self, ApplyState, StateError},
     apply::{self, ApplyError, System},
     collect::session::Outcome,
-    host::procs,
+    host::{Root, procs},
 };
 
 /// What the apply did (JSON `applied`).
@@ -37,37 +39,12 @@ pub struct AppliedJson {
 /// variant says otherwise.
 #[derive(Debug, Error)]
 pub enum ActionError {
-    /// CPUs that cannot be given.
-    #[error(
-        "CPUs {bad} are not usable by pid {pid} (offline, or outside its cpuset {allowed}): choose CPUs from {allowed}; nothing was changed"
-    )]
-    BadCpus {
-        /// Process.
-        pid: u32,
-        /// The offending CPUs.
-        bad: String,
-        /// What is allowed.
-        allowed: String,
-    },
-    /// The recommendation is empty.
-    #[error("the recommendation has no CPUs to apply; give them with --cpus; nothing was changed")]
-    NoCpus,
-    /// A pid now names another process.
-    #[error(
-        "pid {0} exited and its number was reused between the trace and the apply; nothing was changed"
-    )]
-    PidReused(u32),
-    /// A target exited.
+    /// A check before the apply refused it.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The target of a revert is gone.
     #[error("pid {0} exited before the apply; nothing was changed")]
     Gone(u32),
-    /// Kernel threads have no user affinity to manage.
-    #[error("pid {0} is a kernel thread: affin-trace does not change kernel threads' CPUs")]
-    KernelThread(u32),
-    /// pid 1 without --force.
-    #[error(
-        "pid 1 (init) is traced but not changed without --force: its mask is inherited by everything it starts"
-    )]
-    Init,
     /// The user said no.
     #[error("not applied (answered no)")]
     Declined,
@@ -101,13 +78,9 @@ impl ActionError {
     /// Exit code: 2 for input the user can fix before anything ran.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ActionError::BadCpus { .. }
-            | ActionError::NoCpus
-            | ActionError::NeedYes
-            | ActionError::KernelThread(_)
-            | ActionError::Init
-            | ActionError::PidReused(_)
-            | ActionError::Gone(_) => crate::cli::EXIT_USAGE,
+            ActionError::Plan(_) | ActionError::NeedYes | ActionError::Gone(_) => {
+                crate::cli::EXIT_USAGE
+            }
             ActionError::State(StateError::Missing(_)) => crate::cli::EXIT_USAGE,
             ActionError::Declined => crate::cli::EXIT_FAILURE,
             _ => crate::cli::EXIT_FAILURE,
@@ -115,57 +88,33 @@ impl ActionError {
     }
 }
 
-/// Checks that `cpus` can be given to every target of `outcome`, and that
-/// every target is still the process that was traced.
-pub fn check(outcome: &Outcome, cpus: &[u32], force: bool) -> Result<(), ActionError> {
-    if cpus.is_empty() {
-        return Err(ActionError::NoCpus);
-    }
-    if outcome.trace.pids.contains(&1) && !force {
-        return Err(ActionError::Init);
-    }
-    let online = outcome.topology.online();
-    for &pid in &outcome.trace.pids {
-        same_process(
+/// Reads each target of `outcome` as it is now and checks that `cpus` can
+/// be given to it ([`plan::check`]).
+pub fn plan(
+    root: &Root,
+    outcome: &Outcome,
+    cpus: &[u32],
+    force: bool,
+) -> Result<Plan, ActionError> {
+    let targets: Vec<plan::Target> = (outcome.trace.pids.iter())
+        .map(|&pid| plan::Target {
             pid,
-            outcome.start_times.get(&pid).copied(),
-            // A zombie is gone too: nothing of it runs any more.
-            procs::start_time(pid).ok().filter(|_| procs::alive(pid)),
-        )?;
-        if procs::is_kernel_thread(pid) {
-            return Err(ActionError::KernelThread(pid));
-        }
-        let allowed: Vec<u32> = crate::model::topology::allowed_cpus(Path::new("/"), pid)
-            .ok()
-            .and_then(|a| a.cpuset)
-            .unwrap_or_else(|| online.clone())
-            .into_iter()
-            .filter(|c| online.contains(c))
-            .collect();
-        let bad: Vec<u32> = cpus
-            .iter()
-            .copied()
-            .filter(|c| !allowed.contains(c))
-            .collect();
-        if !bad.is_empty() {
-            return Err(ActionError::BadCpus {
-                pid,
-                bad: crate::model::cpulist::format(&bad),
-                allowed: crate::model::cpulist::format(&allowed),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The process now at `pid` is the one traced: same start time (a pid is
-/// recycled only after its process is gone, and the new one starts later).
-pub fn same_process(pid: u32, then: Option<u64>, now: Option<u64>) -> Result<(), ActionError> {
-    match (then, now) {
-        (_, None) => Err(ActionError::Gone(pid)),
-        (Some(t), Some(n)) if t != n => Err(ActionError::PidReused(pid)),
-        _ => Ok(()),
-    }
+            traced_start: outcome.start_times.get(&pid).copied(),
+            start_now: procs::start_time(root, pid)
+                .ok()
+                .filter(|_| procs::alive(root, pid)),
+            kernel_thread: procs::is_kernel_thread(root, pid),
+            cpuset: crate::host::topology::allowed_cpus(root, pid)
+                .ok()
+                .and_then(|a| a.cpuset),
+        })
+        .collect();
+    Ok(plan::check(
+        cpus,
+        &outcome.topology.online(),
+        &targets,
+        force,
+    )?)
 }
 
 /// Asks on the terminal unless `yes`; off a terminal `yes` is required.
@@ -202,11 +151,10 @@ pub fn lock_all(dir: &Path, pids: &[u32]) -> Result<Locks, ActionError> {
     })
 }
 
-/// Applies `cpus` to every thread of the traced targets, writing the
+/// Applies the plan's CPUs to every thread of its targets, writing the
 /// revert state of each target before any of its threads changes.
-pub fn apply_cpus(dir: &Path, outcome: &Outcome, cpus: &[u32]) -> Result<AppliedJson, ActionError> {
-    let pids = outcome.trace.pids.clone();
-    let start_times = outcome.start_times.clone();
+pub fn apply_cpus(dir: &Path, plan: &Plan) -> Result<AppliedJson, ActionError> {
+    let (pids, cpus, start_times) = (&plan.pids, &plan.cpus, &plan.start_times);
     let mut files: BTreeMap<u32, String> = BTreeMap::new();
     let mut persist = |a: &apply::Applied| -> Result<(), String> {
         for (&pid, threads) in &a.previous {
@@ -226,7 +174,7 @@ pub fn apply_cpus(dir: &Path, outcome: &Outcome, cpus: &[u32]) -> Result<Applied
         }
         Ok(())
     };
-    let applied = apply::apply(&mut System, &pids, cpus, &mut persist)?;
+    let applied = apply::apply(&mut System, pids, cpus, &mut persist)?;
     let state_files: Vec<String> = files.into_values().collect();
     Ok(AppliedJson {
         cpus: cpus.to_vec(),
@@ -240,8 +188,8 @@ pub fn apply_cpus(dir: &Path, outcome: &Outcome, cpus: &[u32]) -> Result<Applied
 
 /// Restores `pid` from its state file and deletes the file. Returns the
 /// number of threads restored.
-pub fn revert(dir: &Path, pid: u32) -> Result<usize, ActionError> {
-    let start = procs::start_time(pid).map_err(|_| ActionError::Gone(pid))?;
+pub fn revert(root: &Root, dir: &Path, pid: u32) -> Result<usize, ActionError> {
+    let start = procs::start_time(root, pid).map_err(|_| ActionError::Gone(pid))?;
     let st = state::load(dir, pid, start)?;
     let (n, failed) = apply::revert(&mut System, pid, &st.threads, &st.process_mask);
     if !failed.is_empty() {
@@ -270,15 +218,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_recycled_pid_is_refused_and_a_gone_one_too() {
-        assert!(same_process(7, Some(100), Some(100)).is_ok());
-        let e = same_process(7, Some(100), Some(250)).unwrap_err();
-        assert!(matches!(e, ActionError::PidReused(7)));
+    fn refused_plans_are_usage_errors() {
+        let e = ActionError::from(plan::same_process(7, Some(100), Some(250)).unwrap_err());
+        assert!(matches!(e, ActionError::Plan(PlanError::PidReused(7))));
         assert!(e.to_string().contains("reused"));
         assert_eq!(e.exit_code(), 2);
-        assert!(matches!(
-            same_process(7, Some(100), None),
-            Err(ActionError::Gone(7))
-        ));
+        assert_eq!(ActionError::Gone(7).exit_code(), 2);
     }
 }

@@ -96,6 +96,10 @@ pub struct TraceArgs {
     /// run). Repeat or separate with commas for several.
     #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Where /proc, /sys and cgroupfs are read: the live system's `/`
+    /// (not an option; the seam for tests that build arguments in code).
+    #[arg(skip)]
+    pub root: crate::host::Root,
     /// Thread to trace (its process is traced, the report shows this thread).
     #[arg(short, long = "tid", value_name = "TID", value_delimiter = ',')]
     pub tids: Vec<u32>,

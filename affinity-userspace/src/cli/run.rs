@@ -12,6 +12,7 @@ use crate::{
     cli::actions::{self, ActionError},
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     collect::session::{self, Outcome},
+    host::Root,
     model::topology::Topology,
     report::{Report, TimelineJson},
 };
@@ -25,26 +26,7 @@ fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
 pub fn trace(args: &TraceArgs) -> i32 {
     // Everything the user can get wrong is checked before anything runs:
     // the output path, the thresholds, and how an apply will be confirmed.
-    let mut out: Box<dyn std::io::Write> = match &args.output {
-        Some(path) => match std::fs::File::create(path) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                return fail(
-                    format!(
-                        "cannot write {}: {e}; choose a writable --output path",
-                        path.display()
-                    ),
-                    EXIT_USAGE,
-                );
-            }
-        },
-        None => Box::new(std::io::stdout()),
-    };
-    let mut svg = match create(args.plot.as_deref(), "--plot") {
-        Ok(f) => f,
-        Err(msg) => return fail(msg, EXIT_USAGE),
-    };
-    let mut timeline_file = match create(args.timeline.as_deref(), "--timeline") {
+    let mut files = match Outputs::open(args) {
         Ok(f) => f,
         Err(msg) => return fail(msg, EXIT_USAGE),
     };
@@ -55,52 +37,15 @@ pub fn trace(args: &TraceArgs) -> i32 {
     if args.apply && !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return fail(ActionError::NeedYes, EXIT_USAGE);
     }
-    // The live view is dropped at the end of this block, so the terminal
-    // is back to normal before an error or the report is printed.
-    let result = if args.watch {
-        let mut watch = match crate::report::watch::Watch::new(thresholds) {
-            Ok(w) => w,
-            Err(e) => return fail(e, EXIT_USAGE),
-        };
-        session::run_observed(args, Some(&mut watch))
-    } else {
-        session::run(args)
-    };
-    let outcome = match result {
+    let outcome = match observe(args, &thresholds) {
         Ok(o) => o,
-        Err(e) => return fail(&e, e.exit_code()),
+        Err(code) => return code,
     };
-    if let Some((path, file)) = &mut svg {
-        // A picture that cannot be drawn is reported; the report still follows.
-        let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
-            .map_err(|e| e.to_string())
-            .and_then(|s| file.write_all(s.as_bytes()).map_err(|e| e.to_string()));
-        if let Err(e) = drawn {
-            fail(
-                format!("writing the SVG to {}: {e}", path.display()),
-                EXIT_FAILURE,
-            );
-        }
+    if let Some((path, file)) = &mut files.svg {
+        write_svg(&outcome, path, file);
     }
-    let timeline = match (&mut timeline_file, &outcome.timeline) {
-        (Some((path, file)), Some(cap)) => {
-            let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
-            if let Err(e) = chrome.write(file) {
-                fail(
-                    format!("writing the timeline to {}: {e}", path.display()),
-                    EXIT_FAILURE,
-                );
-            }
-            let s = chrome.summary;
-            Some(TimelineJson {
-                file: path.display().to_string(),
-                events: s.events,
-                lost_events: s.lost_events,
-                ring_buffer_bytes: cap.ring_buffer_bytes,
-                migration_flows: s.migration_flows,
-                cpu_slices: s.cpu_slices,
-            })
-        }
+    let timeline = match (&mut files.timeline, &outcome.timeline) {
+        (Some((path, file)), Some(cap)) => Some(write_timeline(&outcome, cap, path, file)),
         _ => None,
     };
     let analysis = analyze(&outcome, &thresholds);
@@ -125,10 +70,92 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",
     };
+    let out = &mut files.report;
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         return fail(format!("writing the report: {e}"), EXIT_FAILURE);
     }
     code
+}
+
+/// The files a trace writes, all opened before anything runs.
+struct Outputs<'a> {
+    /// `--output`, or stdout.
+    report: Box<dyn std::io::Write>,
+    /// `--plot`.
+    svg: Option<(&'a Path, std::fs::File)>,
+    /// `--timeline`.
+    timeline: Option<(&'a Path, std::fs::File)>,
+}
+
+impl<'a> Outputs<'a> {
+    fn open(args: &'a TraceArgs) -> Result<Self, String> {
+        let report: Box<dyn std::io::Write> = match create(args.output.as_deref(), "--output")? {
+            Some((_, f)) => Box::new(f),
+            None => Box::new(std::io::stdout()),
+        };
+        Ok(Self {
+            report,
+            svg: create(args.plot.as_deref(), "--plot")?,
+            timeline: create(args.timeline.as_deref(), "--timeline")?,
+        })
+    }
+}
+
+/// Runs the session, with the live view under `--watch`; an error is printed
+/// and becomes the exit code.
+fn observe(args: &TraceArgs, thresholds: &Thresholds) -> Result<Outcome, i32> {
+    // The live view is dropped at the end of this block, so the terminal
+    // is back to normal before an error or the report is printed.
+    let result = if args.watch {
+        let mut watch = match crate::report::watch::Watch::new(*thresholds) {
+            Ok(w) => w,
+            Err(e) => return Err(fail(e, EXIT_USAGE)),
+        };
+        session::run_observed(args, Some(&mut watch))
+    } else {
+        session::run(args)
+    };
+    result.map_err(|e| fail(&e, e.exit_code()))
+}
+
+/// Draws the SVG; a picture that cannot be drawn is reported and the report
+/// still follows.
+fn write_svg(outcome: &Outcome, path: &Path, file: &mut std::fs::File) {
+    let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
+        .map_err(|e| e.to_string())
+        .and_then(|s| file.write_all(s.as_bytes()).map_err(|e| e.to_string()));
+    if let Err(e) = drawn {
+        fail(
+            format!("writing the SVG to {}: {e}", path.display()),
+            EXIT_FAILURE,
+        );
+    }
+}
+
+/// Builds and writes the timeline; returns its summary for the report (a
+/// write error is reported, the report still follows).
+fn write_timeline(
+    outcome: &Outcome,
+    cap: &crate::report::timeline::Capture,
+    path: &Path,
+    file: &mut std::fs::File,
+) -> TimelineJson {
+    let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
+    if let Err(e) = chrome.write(file) {
+        fail(
+            format!("writing the timeline to {}: {e}", path.display()),
+            EXIT_FAILURE,
+        );
+    }
+    let s = chrome.summary;
+    TimelineJson {
+        file: path.display().to_string(),
+        events: s.events,
+        lost_events: s.lost_events,
+        ring_buffer_bytes: cap.ring_buffer_bytes,
+        migration_flows: s.migration_flows,
+        cpu_slices: s.cpu_slices,
+    }
 }
 
 /// Creates an output file named by `flag` before anything runs, so that a
@@ -165,7 +192,7 @@ fn apply_and_verify(
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
-    actions::check(outcome, &cpus, args.force)?;
+    let plan = actions::plan(&args.root, outcome, &cpus, args.force)?;
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
     actions::confirm(
@@ -176,7 +203,7 @@ fn apply_and_verify(
             outcome.trace.pids
         ),
     )?;
-    let mut applied = actions::apply_cpus(dir, outcome, &cpus)?;
+    let mut applied = actions::apply_cpus(dir, &plan)?;
     report.applied = Some(applied.clone());
     if !args.verify {
         return Ok(());
@@ -201,7 +228,7 @@ fn apply_and_verify(
     );
     if !v.kept {
         for &pid in &outcome.trace.pids {
-            actions::revert(dir, pid)?;
+            actions::revert(&args.root, dir, pid)?;
         }
         applied.active = false;
         report.applied = Some(applied);
@@ -212,7 +239,8 @@ fn apply_and_verify(
 
 /// `affin-trace revert --pid P`.
 pub fn revert(pid: u32) -> i32 {
-    if let Err(e) = crate::host::preflight::check_apply() {
+    let root = Root::host();
+    if let Err(e) = crate::host::preflight::check_apply(&root) {
         return fail(e, EXIT_FAILURE);
     }
     let dir = Path::new(STATE_DIR);
@@ -220,7 +248,7 @@ pub fn revert(pid: u32) -> i32 {
         Ok(l) => l,
         Err(e) => return fail(&e, e.exit_code()),
     };
-    match actions::revert(dir, pid) {
+    match actions::revert(&root, dir, pid) {
         Ok(n) => {
             println!("affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}");
             0
@@ -231,7 +259,7 @@ pub fn revert(pid: u32) -> i32 {
 
 /// `affin-trace topology`.
 pub fn topology(format: Format) -> i32 {
-    match Topology::read(Path::new("/")) {
+    match Topology::read(&Root::host()) {
         Ok(t) => {
             match format {
                 Format::Text => print!("{}", crate::model::topology::render_text(&t)),
@@ -247,7 +275,7 @@ pub fn topology(format: Format) -> i32 {
 
 /// `affin-trace bench-floor`: the empty program, attached until a signal.
 pub fn bench_floor(seconds: f64) -> i32 {
-    if let Err(e) = crate::host::preflight::check(false) {
+    if let Err(e) = crate::host::preflight::check(&Root::host(), false) {
         return fail(e, EXIT_FAILURE);
     }
     let mut waiter = match crate::collect::wake::Waiter::new() {

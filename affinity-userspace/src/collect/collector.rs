@@ -62,7 +62,8 @@ impl Source for crate::kernel::probe::Probe {
         crate::kernel::probe::Probe::dropped(self)
     }
     fn running_sum_exec(&self, tgid: u32, tid: u32) -> Option<u64> {
-        procs::thread_sum_exec(tgid, tid)
+        // A live probe's threads are the live system's.
+        procs::thread_sum_exec(&crate::host::Root::host(), tgid, tid)
     }
 }
 

@@ -27,6 +27,7 @@ use crate::{
     host::command::{CommandError, GatedChild, spawn_gated},
     host::preflight::{self, PreflightError},
     host::procs::{self, TargetError},
+    host::root::Root,
     kernel::btf,
     kernel::probe::{Probe, ProbeConfig, ProbeError},
     model::Trace,
@@ -147,9 +148,10 @@ struct Targets {
 }
 
 fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
+    let root = &args.root;
     let mut tgids = Vec::new();
     for name in &args.comms {
-        let found = procs::pids_by_comm(name);
+        let found = procs::pids_by_comm(root, name);
         if found.is_empty() {
             return Err(TargetError::NoSuchComm(name.clone()).into());
         }
@@ -163,10 +165,10 @@ fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
         tgids.extend(found);
     }
     for &pid in &args.pids {
-        tgids.push(procs::check_target(pid)?);
+        tgids.push(procs::check_target(root, pid)?);
     }
     for &tid in &args.tids {
-        tgids.push(procs::tgid_of(tid)?);
+        tgids.push(procs::tgid_of(root, tid)?);
     }
     tgids.sort_unstable();
     tgids.dedup();
@@ -201,19 +203,19 @@ fn validate(args: &TraceArgs) -> Result<Targets, SessionError> {
         });
     }
     let targets = resolve(args)?;
-    preflight::check(args.apply)?;
+    preflight::check(&args.root, args.apply)?;
     Ok(targets)
 }
 
-fn pid_max() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+fn pid_max(root: &Root) -> u32 {
+    std::fs::read_to_string(root.join("proc/sys/kernel/pid_max"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(4_194_304)
 }
 
-fn seed(probe: &mut Probe, tgid: u32) {
-    for t in procs::threads(tgid) {
+fn seed(root: &Root, probe: &mut Probe, tgid: u32) {
+    for t in procs::threads(root, tgid) {
         probe.seed_thread(t.tid, tgid, t.comm, t.sum_exec_ns);
     }
 }
@@ -259,11 +261,12 @@ pub fn run_observed(
     mut observer: Option<&mut dyn Observer>,
 ) -> Result<Outcome, SessionError> {
     let t0 = Instant::now();
+    let root = &args.root;
     let targets = validate(args)?;
     let start_times = targets
         .tgids
         .iter()
-        .filter_map(|&p| procs::start_time(p).ok().map(|t| (p, t)))
+        .filter_map(|&p| procs::start_time(root, p).ok().map(|t| (p, t)))
         .collect();
     let verbose = |what: &str| {
         if args.verbose {
@@ -276,8 +279,7 @@ pub fn run_observed(
     // Ctrl-C, kill or a closed terminal end the window; the report and the
     // programs' detachment (Probe's Drop) still happen.
     let mut waiter = Waiter::new().map_err(SessionError::Signals)?;
-    let topology = Topology::read(std::path::Path::new("/"))
-        .map_err(|e| SessionError::Topology(e.to_string()))?;
+    let topology = Topology::read(root).map_err(|e| SessionError::Topology(e.to_string()))?;
     verbose("topology read");
     let offsets = btf::task_offsets_cached(
         std::path::Path::new(btf::VMLINUX_BTF),
@@ -288,12 +290,16 @@ pub fn run_observed(
         max_threads: args.max_threads,
         attach: args.attach,
         offsets,
-        pid_max: pid_max(),
+        pid_max: pid_max(root),
         timeline_bytes: args.timeline.as_ref().map(|_| args.timeline_buffer),
         // A quota on the first target's path (a command runs in ours).
         bandwidth: crate::host::cgroup::resolve(
-            std::path::Path::new("/"),
-            targets.tgids.first().copied().unwrap_or_else(std::process::id),
+            root,
+            targets
+                .tgids
+                .first()
+                .copied()
+                .unwrap_or_else(std::process::id),
         )
         .is_ok_and(|cg| cg.limit().is_some()),
     };
@@ -310,14 +316,14 @@ pub fn run_observed(
     if !args.command.is_empty() {
         let mut c = spawn_gated(&args.command)?;
         probe.add_target(c.pid())?;
-        seed(&mut probe, c.pid());
+        seed(root, &mut probe, c.pid());
         c.release()?;
         tgids = vec![c.pid()];
         child = Some(c);
     } else {
         for &tgid in &tgids {
             probe.add_target(tgid)?;
-            seed(&mut probe, tgid);
+            seed(root, &mut probe, tgid);
         }
     }
     verbose("tracing");
@@ -331,18 +337,18 @@ pub fn run_observed(
     let start = Instant::now();
     let deadline = duration.map(|d| start + Duration::from_secs_f64(d));
     let bar = progress_bar(duration, child.is_none() && observer.is_none());
-    let busy_before = procs::cpu_busy_ns();
+    let busy_before = procs::cpu_busy_ns(root);
     waiter.watch(&tgids);
     // The quota on the target's cgroup path, and its counters from now on.
-    let cgroup_limit = tgids.first().and_then(|&p| {
-        match crate::host::cgroup::resolve(std::path::Path::new("/"), p) {
+    let cgroup_limit = tgids
+        .first()
+        .and_then(|&p| match crate::host::cgroup::resolve(root, p) {
             Ok(cg) => cg.limit().cloned(),
             Err(e) => {
                 eprintln!("affin-trace: {e}; continuing without the cgroup quota check");
                 None
             }
-        }
-    });
+        });
     let stat_before = cgroup_limit
         .as_ref()
         .and_then(|l| crate::host::cgroup::read_stat(l).ok());
@@ -369,7 +375,7 @@ pub fn run_observed(
     };
     let mut collector = Collector::new();
     let mut busy_prev = busy_before.clone();
-    let mem_total = procs::mem_total_bytes();
+    let mem_total = procs::mem_total_bytes(root);
     let mut last = start;
     let mut exit_status = None;
     let mut stopped = false;
@@ -404,7 +410,7 @@ pub fn run_observed(
             }
         }
         let now = Instant::now();
-        let rss = tgids.iter().map(|&p| procs::rss_bytes(p)).sum();
+        let rss = tgids.iter().map(|&p| procs::rss_bytes(root, p)).sum();
         let wall_ns = (now - last).as_nanos() as u64;
         collector.sample(&mut probe, wall_ns, rss);
         if let Some(b) = bandwidth.as_mut() {
@@ -434,7 +440,7 @@ pub fn run_observed(
             mono_prev = mono;
         }
         if let Some(o) = observer.as_mut() {
-            let busy_now = procs::cpu_busy_ns();
+            let busy_now = procs::cpu_busy_ns(root);
             let interval_busy = procs::busy_delta(&busy_prev, &busy_now);
             busy_prev = busy_now;
             let mut so_far = collector.finish();
@@ -475,7 +481,7 @@ pub fn run_observed(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let facts = target_facts(tgids.first().copied(), &topology);
+    let facts = target_facts(root, tgids.first().copied(), &topology);
     let cgroup_window = match (&cgroup_limit, &stat_before) {
         (Some(l), Some(before)) => crate::host::cgroup::read_stat(l)
             .ok()
@@ -483,7 +489,7 @@ pub fn run_observed(
         _ => None,
     };
     let wall = start.elapsed();
-    let busy_after = procs::cpu_busy_ns();
+    let busy_after = procs::cpu_busy_ns(root);
     // The command may still run (the window ended first): wait for it, so
     // affin-trace exits with its status, as `time` does.
     if let Some(c) = child.as_mut()
@@ -509,7 +515,7 @@ pub fn run_observed(
         tgids
             .iter()
             .copied()
-            .filter(|&p| !procs::alive(p))
+            .filter(|&p| !procs::alive(root, p))
             .collect()
     };
     trace.attach_mode = probe.mode();
@@ -570,16 +576,15 @@ fn read_summary(intervals: &[crate::model::Interval]) -> Option<String> {
 }
 
 /// The target's cpuset bound and NUMA memory, read while it may still live.
-fn target_facts(pid: Option<u32>, topology: &Topology) -> TargetFacts {
+fn target_facts(root: &Root, pid: Option<u32>, topology: &Topology) -> TargetFacts {
     let Some(pid) = pid else {
         return TargetFacts::default();
     };
-    let root = std::path::Path::new("/");
-    let allowed = crate::model::topology::allowed_cpus(root, pid)
+    let allowed = crate::host::topology::allowed_cpus(root, pid)
         .ok()
         .and_then(|a| a.cpuset)
         .or_else(|| Some(topology.online()));
-    let numa_memory = std::fs::read_to_string(format!("/proc/{pid}/numa_maps"))
+    let numa_memory = std::fs::read_to_string(root.join(format!("proc/{pid}/numa_maps")))
         .ok()
         .map(|t| crate::analyze::recommend::parse_numa_maps(&t))
         .filter(|m| !m.is_empty());

@@ -33,6 +33,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::host::root::Root;
+
 pub use crate::model::cgroup::{
     CgroupLevel, CgroupLimit, CgroupVersion, CpuCgroup, CpuQuota, CpuStat, CpuStatDelta, Pressure,
 };
@@ -133,14 +135,9 @@ impl Mount {
     }
 
     /// The mount's directory under `root` (the seam).
-    fn dir(&self, root: &Path) -> PathBuf {
-        under(root, &self.mount_point.to_string_lossy())
+    fn dir(&self, root: &Root) -> PathBuf {
+        root.join(&self.mount_point)
     }
-}
-
-/// `root` joined with an absolute path (`Path::join` would replace `root`).
-fn under(root: &Path, abs: &str) -> PathBuf {
-    root.join(abs.trim_start_matches('/'))
 }
 
 /// Undoes the `\ooo` escapes mountinfo uses for space, tab, newline and
@@ -168,7 +165,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// The cgroup mounts visible through `<root>/proc/self/mountinfo`.
-fn cgroup_mounts(root: &Path) -> Result<(PathBuf, Vec<Mount>), CgroupError> {
+fn cgroup_mounts(root: &Root) -> Result<(PathBuf, Vec<Mount>), CgroupError> {
     use procfs::FromRead as _;
     let path = root.join("proc/self/mountinfo");
     let infos =
@@ -333,7 +330,7 @@ fn ancestors(cgroup: &str, base: &str) -> Vec<String> {
 /// mount root is read; the kernel enforces every quota on the path
 /// (sched-bwc.rst, "Hierarchical considerations"), so the tightest in CPUs
 /// is the one in force. On a tie the level nearest the target wins.
-pub fn resolve(root: &Path, pid: u32) -> Result<CpuCgroup, CgroupError> {
+pub fn resolve(root: &Root, pid: u32) -> Result<CpuCgroup, CgroupError> {
     use procfs::FromRead as _;
     let cg_path = root.join(format!("proc/{pid}/cgroup"));
     let groups =
@@ -585,7 +582,7 @@ impl TestCgroup {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(CgroupError::BadName(name.to_string()));
         }
-        let root = Path::new("/");
+        let root = &Root::host();
         let (mountinfo, mounts) = cgroup_mounts(root)?;
         let v1 = mounts
             .iter()
@@ -711,10 +708,12 @@ impl Drop for TestCgroup {
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/cgroup")
-            .join(name)
+    fn fixture(name: &str) -> Root {
+        Root::new(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/cgroup")
+                .join(name),
+        )
     }
 
     fn resolve_fixture(name: &str) -> CpuCgroup {
@@ -833,7 +832,7 @@ mod tests {
             "sys/fs/cgroup/unified/svc/cpu.pressure",
             "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
         );
-        let cg = resolve(r, 4242).expect("resolve");
+        let cg = resolve(&Root::new(r), 4242).expect("resolve");
         assert_eq!(cg.version, CgroupVersion::V2);
         assert_eq!(cg.limit(), None);
         assert_eq!(cg.levels.len(), 2);

@@ -8,4 +8,8 @@ pub mod cgroup;
 pub mod command;
 pub mod preflight;
 pub mod procs;
+pub mod root;
 pub mod runtime;
+pub mod topology;
+
+pub use root::Root;

@@ -1,7 +1,7 @@
 //! Checks made once, up front, before anything touches the system: privileges
 //! and kernel support. Each failure says what is missing and how to fix it.
 
-use std::path::Path;
+use crate::host::root::Root;
 
 use thiserror::Error;
 
@@ -46,8 +46,8 @@ pub enum PreflightError {
 }
 
 /// Effective capability set of this process, from /proc/self/status `CapEff`.
-pub fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+pub fn effective_caps(root: &Root) -> u64 {
+    std::fs::read_to_string(root.join("proc/self/status"))
         .ok()
         .and_then(|s| parse_cap_eff(&s))
         .unwrap_or(0)
@@ -81,7 +81,7 @@ pub fn missing_caps(caps: u64, apply: bool) -> Vec<&'static str> {
 }
 
 /// Privileges for changing CPU masks only (revert): CAP_SYS_NICE.
-pub fn check_apply() -> Result<(), PreflightError> {
+pub fn check_apply(root: &Root) -> Result<(), PreflightError> {
     let (uid, euid) = (
         nix::unistd::getuid().as_raw(),
         nix::unistd::geteuid().as_raw(),
@@ -89,7 +89,7 @@ pub fn check_apply() -> Result<(), PreflightError> {
     if uid != euid {
         return Err(PreflightError::Setuid { uid, euid });
     }
-    if effective_caps() & (1u64 << cap::SYS_NICE) == 0 {
+    if effective_caps(root) & (1u64 << cap::SYS_NICE) == 0 {
         return Err(PreflightError::Privileges {
             missing: "CAP_SYS_NICE".into(),
         });
@@ -98,7 +98,7 @@ pub fn check_apply() -> Result<(), PreflightError> {
 }
 
 /// Everything checked before tracing. `apply` adds the affinity privilege.
-pub fn check(apply: bool) -> Result<(), PreflightError> {
+pub fn check(root: &Root, apply: bool) -> Result<(), PreflightError> {
     let (uid, euid) = (
         nix::unistd::getuid().as_raw(),
         nix::unistd::geteuid().as_raw(),
@@ -106,13 +106,13 @@ pub fn check(apply: bool) -> Result<(), PreflightError> {
     if uid != euid {
         return Err(PreflightError::Setuid { uid, euid });
     }
-    let missing = missing_caps(effective_caps(), apply);
+    let missing = missing_caps(effective_caps(root), apply);
     if !missing.is_empty() {
         return Err(PreflightError::Privileges {
             missing: missing.join(", "),
         });
     }
-    if !Path::new(crate::kernel::btf::VMLINUX_BTF).exists() {
+    if !root.join(crate::kernel::btf::VMLINUX_BTF).exists() {
         return Err(PreflightError::NoBtf(
             crate::kernel::btf::VMLINUX_BTF.into(),
         ));

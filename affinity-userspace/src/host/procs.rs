@@ -5,11 +5,18 @@
 //! `sum_exec_runtime` base (/proc/<pid>/task/<tid>/schedstat), to add the
 //! slice of a thread that is on a CPU when an interval is read, and for
 //! process facts (RSS, start time) and system-wide per-CPU busy time
-//! (/proc/stat).
+//! (/proc/stat). Every read is under a [`Root`] (`/` on the live system).
 
 use std::collections::BTreeMap;
 
-use procfs::{CurrentSI, process::Process};
+use procfs::{FromReadSI as _, process::Process};
+
+use crate::host::root::Root;
+
+/// The process `pid` under `root` (procfs's own `Process::new` reads `/proc`).
+fn process(root: &Root, pid: u32) -> procfs::ProcResult<Process> {
+    Process::new_with_root(root.proc_pid(pid))
+}
 
 /// A thread as /proc shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,8 +52,8 @@ pub enum TargetError {
 }
 
 /// The process (thread group) a thread id belongs to.
-pub fn tgid_of(tid: u32) -> Result<u32, TargetError> {
-    let status = Process::new(tid as i32)
+pub fn tgid_of(root: &Root, tid: u32) -> Result<u32, TargetError> {
+    let status = process(root, tid)
         .and_then(|p| p.status())
         .map_err(|_| TargetError::NoSuchProcess(tid))?;
     Ok(status.tgid as u32)
@@ -54,36 +61,36 @@ pub fn tgid_of(tid: u32) -> Result<u32, TargetError> {
 
 /// Checks that `pid` is a live process and returns its tgid (a thread id
 /// given as `--pid` resolves to its process).
-pub fn check_target(pid: u32) -> Result<u32, TargetError> {
-    let p = Process::new(pid as i32).map_err(|_| TargetError::NoSuchProcess(pid))?;
+pub fn check_target(root: &Root, pid: u32) -> Result<u32, TargetError> {
+    let p = process(root, pid).map_err(|_| TargetError::NoSuchProcess(pid))?;
     let stat = p.stat().map_err(|_| TargetError::NoSuchProcess(pid))?;
     if stat.state == 'Z' {
         return Err(TargetError::Zombie(pid));
     }
-    tgid_of(pid)
+    tgid_of(root, pid)
 }
 
 /// Start time of `pid` (clock ticks since boot, /proc/<pid>/stat field 22):
 /// with the pid, it names one process for good.
-pub fn start_time(pid: u32) -> Result<u64, TargetError> {
-    Process::new(pid as i32)
+pub fn start_time(root: &Root, pid: u32) -> Result<u64, TargetError> {
+    process(root, pid)
         .and_then(|p| p.stat())
         .map(|s| s.starttime)
         .map_err(|_| TargetError::NoSuchProcess(pid))
 }
 
 /// True for kernel threads (PF_KTHREAD): they have no user affinity to own.
-pub fn is_kernel_thread(pid: u32) -> bool {
+pub fn is_kernel_thread(root: &Root, pid: u32) -> bool {
     const PF_KTHREAD: u32 = 0x0020_0000;
-    Process::new(pid as i32)
+    process(root, pid)
         .and_then(|p| p.stat())
         .map(|s| s.flags & PF_KTHREAD != 0)
         .unwrap_or(false)
 }
 
 /// Processes whose comm is exactly `name` (as `pgrep -x`), sorted.
-pub fn pids_by_comm(name: &str) -> Vec<u32> {
-    let Ok(all) = procfs::process::all_processes() else {
+pub fn pids_by_comm(root: &Root, name: &str) -> Vec<u32> {
+    let Ok(all) = procfs::process::all_processes_with_root(root.proc()) else {
         return Vec::new();
     };
     let mut pids: Vec<u32> = all
@@ -106,8 +113,8 @@ pub fn pids_in_cgroup(dir: &std::path::Path) -> Result<Vec<u32>, TargetError> {
 }
 
 /// True while `pid` exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    Process::new(pid as i32)
+pub fn alive(root: &Root, pid: u32) -> bool {
+    process(root, pid)
         .and_then(|p| p.stat())
         .map(|s| s.state != 'Z' && s.state != 'X')
         .unwrap_or(false)
@@ -115,8 +122,8 @@ pub fn alive(pid: u32) -> bool {
 
 /// Threads of `pid` with their names and on-CPU totals. Threads that vanish
 /// while being read are skipped.
-pub fn threads(pid: u32) -> Vec<ThreadInfo> {
-    let Ok(p) = Process::new(pid as i32) else {
+pub fn threads(root: &Root, pid: u32) -> Vec<ThreadInfo> {
+    let Ok(p) = process(root, pid) else {
         return Vec::new();
     };
     let Ok(tasks) = p.tasks() else {
@@ -128,7 +135,7 @@ pub fn threads(pid: u32) -> Vec<ThreadInfo> {
             let sum_exec_ns = t.schedstat().ok()?.sum_exec_runtime;
             // The `comm` file, not `stat`: the kernel builds all of stat's
             // 52 fields for it, which for 1,000 threads is most of the seed.
-            let comm = std::fs::read(format!("/proc/{pid}/task/{}/comm", t.tid))
+            let comm = std::fs::read(root.join(format!("proc/{pid}/task/{}/comm", t.tid)))
                 .map(|b| {
                     comm_bytes(
                         String::from_utf8_lossy(b.strip_suffix(b"\n").unwrap_or(&b)).as_ref(),
@@ -151,8 +158,8 @@ pub fn threads(pid: u32) -> Vec<ThreadInfo> {
 /// directory by position, so the longer a listing the more live threads it
 /// misses (seen: ~50 of 1,000 long-lived threads missed by every one of 20
 /// listings while ~20,000 threads a second came and went).
-pub fn tids(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+pub fn tids(root: &Root, pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(root.join(format!("proc/{pid}/task"))) else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -160,8 +167,8 @@ pub fn tids(pid: u32) -> Vec<u32> {
 }
 
 /// `se.sum_exec_runtime` of one thread, if it still exists.
-pub fn thread_sum_exec(pid: u32, tid: u32) -> Option<u64> {
-    Process::new(pid as i32)
+pub fn thread_sum_exec(root: &Root, pid: u32, tid: u32) -> Option<u64> {
+    process(root, pid)
         .ok()?
         .task_from_tid(tid as i32)
         .ok()?
@@ -171,25 +178,22 @@ pub fn thread_sum_exec(pid: u32, tid: u32) -> Option<u64> {
 }
 
 /// Current name of a thread.
-pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
-    let t = Process::new(pid as i32)
-        .ok()?
-        .task_from_tid(tid as i32)
-        .ok()?;
+pub fn thread_comm(root: &Root, pid: u32, tid: u32) -> Option<String> {
+    let t = process(root, pid).ok()?.task_from_tid(tid as i32).ok()?;
     t.stat().ok().map(|s| s.comm)
 }
 
 /// Resident set size in bytes (0 if gone).
-pub fn rss_bytes(pid: u32) -> u64 {
-    Process::new(pid as i32)
+pub fn rss_bytes(root: &Root, pid: u32) -> u64 {
+    process(root, pid)
         .and_then(|p| p.stat())
         .map(|s| s.rss * procfs::page_size())
         .unwrap_or(0)
 }
 
 /// MemTotal in bytes (0 when unknown).
-pub fn mem_total_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
+pub fn mem_total_bytes(root: &Root) -> u64 {
+    std::fs::read_to_string(root.join("proc/meminfo"))
         .ok()
         .and_then(|t| parse_mem_total(&t))
         .unwrap_or(0)
@@ -212,8 +216,10 @@ pub fn parse_mem_total(text: &str) -> Option<u64> {
 }
 
 /// Busy (non-idle, non-iowait) ns per CPU since boot, from /proc/stat.
-pub fn cpu_busy_ns() -> BTreeMap<u32, u64> {
-    let Ok(ks) = procfs::KernelStats::current() else {
+pub fn cpu_busy_ns(root: &Root) -> BTreeMap<u32, u64> {
+    let Ok(ks) =
+        procfs::KernelStats::from_file(root.join("proc/stat"), procfs::current_system_info())
+    else {
         return BTreeMap::new();
     };
     let ns_per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
@@ -292,20 +298,22 @@ mod tests {
     #[test]
     fn this_process_is_found_with_its_threads() {
         let me = std::process::id();
-        assert_eq!(check_target(me).unwrap(), me);
-        let ts = threads(me);
+        let h = Root::host();
+        assert_eq!(check_target(&h, me).unwrap(), me);
+        let ts = threads(&h, me);
         assert!(ts.iter().any(|t| t.tid == me), "{ts:?}");
-        assert!(alive(me));
+        assert!(alive(&h, me));
     }
 
     #[test]
     fn own_start_time_is_stable_and_comm_finds_us() {
         let me = std::process::id();
-        assert_eq!(start_time(me).unwrap(), start_time(me).unwrap());
+        let h = Root::host();
+        assert_eq!(start_time(&h, me).unwrap(), start_time(&h, me).unwrap());
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
-        assert!(pids_by_comm(comm.trim()).contains(&me));
-        assert!(pids_by_comm("no-such-comm-xyz").is_empty());
-        assert!(!is_kernel_thread(me));
+        assert!(pids_by_comm(&h, comm.trim()).contains(&me));
+        assert!(pids_by_comm(&h, "no-such-comm-xyz").is_empty());
+        assert!(!is_kernel_thread(&h, me));
     }
 
     #[test]
@@ -317,7 +325,7 @@ mod tests {
     #[test]
     fn a_missing_pid_is_no_such_process() {
         // pid_max is at most 2^22, so this pid cannot exist.
-        let err = check_target(4_194_304 + 7).unwrap_err();
+        let err = check_target(&Root::host(), 4_194_304 + 7).unwrap_err();
         assert_eq!(err.to_string(), "no such process: 4194311");
     }
 }

@@ -47,7 +47,7 @@ pub fn read(pid: u32) -> Option<RuntimeFacts> {
             .split_whitespace()
             .filter(|c| std::fs::read_link(format!("/proc/{c}/exe")).ok().as_ref() == Some(&exe))
             .count() as u32;
-    let thread_names = crate::host::procs::threads(pid)
+    let thread_names = crate::host::procs::threads(&crate::host::Root::default(), pid)
         .into_iter()
         .map(|t| crate::host::procs::comm_str(&t.comm))
         .collect();

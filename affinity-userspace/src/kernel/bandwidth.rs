@@ -8,7 +8,9 @@
 //! `tg_unthrottle_up` (per held task). Figures: [`BwPeriod`] records and
 //! per-thread [`BwThread`] held time.
 
-use affinity_common::{BW_MODE_PROBES, BW_MODE_TRACEPOINT, BW_PERIODS, BwConfig, BwPeriod, BwState, BwThread};
+use affinity_common::{
+    BW_MODE_PROBES, BW_MODE_TRACEPOINT, BW_PERIODS, BwConfig, BwPeriod, BwState, BwThread,
+};
 use aya::{
     Btf, Ebpf,
     maps::{Array, HashMap, MapData},
@@ -123,14 +125,12 @@ pub fn attach(
     tracepoint_ready: bool,
 ) -> Result<(BwAttach, bool), ProbeError> {
     let load = |e: String| ProbeError::Load(format!("CFS bandwidth programs: {e}"));
-    let mut cfg = kernel_config().ok_or_else(|| load("kernel BTF lacks the fields they read".into()))?;
+    let mut cfg =
+        kernel_config().ok_or_else(|| load("kernel BTF lacks the fields they read".into()))?;
     cfg.cgroup_id = cgroup_id;
     cfg.nr_cpus = nr_cpus;
     let per_thread = task_based(&cfg);
-    let wanted: Vec<_> = PROGRAMS
-        .iter()
-        .filter(|p| per_thread || !p.4)
-        .collect();
+    let wanted: Vec<_> = PROGRAMS.iter().filter(|p| per_thread || !p.4).collect();
     let attached = match attach_fentry(ebpf, &wanted) {
         Ok(()) => Ok(BwAttach::Fentry),
         Err(fentry_err) => attach_kprobes(ebpf, &wanted)

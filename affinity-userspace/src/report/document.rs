@@ -285,10 +285,25 @@ impl Report {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
-    /// The readable table.
+    /// The readable table: one section after another, each a function below
+    /// that appends its lines (an absent or quiet section appends nothing).
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let p = &self.process;
+        self.text_header(&mut s);
+        self.text_threads(&mut s);
+        self.text_process(&mut s);
+        self.text_classification(&mut s);
+        self.text_recommendation(&mut s);
+        self.text_throttling(&mut s);
+        self.text_applied(&mut s);
+        self.text_verification(&mut s);
+        self.text_timeline(&mut s);
+        self.text_dropped(&mut s);
+        s
+    }
+
+    /// The first line (targets, window, threads, attach mode) and exited targets.
+    fn text_header(&self, s: &mut String) {
         let targets = self
             .target
             .pids
@@ -300,7 +315,7 @@ impl Report {
             s,
             "affin-trace: pid {targets}, {:.2} s window, {} thread(s), {}",
             self.duration_s,
-            p.threads,
+            self.process.threads,
             match self.attach_mode {
                 crate::model::AttachMode::TpBtf => "tp_btf",
                 crate::model::AttachMode::RawTp => "raw_tp",
@@ -313,6 +328,10 @@ impl Report {
                 self.target.exited_pids
             );
         }
+    }
+
+    /// The per-thread table, after a blank line.
+    fn text_threads(&self, s: &mut String) {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -353,6 +372,11 @@ impl Report {
                 if t.exited { "  (exited)" } else { "" }
             );
         }
+    }
+
+    /// The process totals and the migrations by CPU pair, after a blank line.
+    fn text_process(&self, s: &mut String) {
+        let p = &self.process;
         let m = &p.migrations_by_class;
         let _ = writeln!(s);
         let _ = writeln!(
@@ -380,74 +404,107 @@ impl Report {
                 .collect();
             let _ = writeln!(s, "migrations by CPU pair: {}", pairs.join(", "));
         }
-        if let Some(c) = &self.classification {
-            let _ = writeln!(s);
-            let _ = writeln!(s, "class: {} ({})", c.process.class, c.process.summary());
-            let mixed: Vec<String> = c
-                .threads
-                .iter()
-                .filter(|t| t.classification.class != c.process.class)
-                .map(|t| format!("{} {}: {}", t.tid, t.comm, t.classification.class))
-                .collect();
-            if !mixed.is_empty() {
-                let _ = writeln!(s, "threads of another class: {}", mixed.join(", "));
-            }
+    }
+
+    /// The process class and the threads of another class, after a blank line.
+    fn text_classification(&self, s: &mut String) {
+        let Some(c) = &self.classification else {
+            return;
+        };
+        let _ = writeln!(s);
+        let _ = writeln!(s, "class: {} ({})", c.process.class, c.process.summary());
+        let mixed: Vec<String> = c
+            .threads
+            .iter()
+            .filter(|t| t.classification.class != c.process.class)
+            .map(|t| format!("{} {}: {}", t.tid, t.comm, t.classification.class))
+            .collect();
+        if !mixed.is_empty() {
+            let _ = writeln!(s, "threads of another class: {}", mixed.join(", "));
         }
-        if let Some(r) = &self.recommendation {
-            let _ = writeln!(
-                s,
-                "recommendation: CPUs {}{}",
-                if r.cpulist.is_empty() {
-                    "(none)"
-                } else {
-                    &r.cpulist
-                },
-                r.command
-                    .as_deref()
-                    .map(|c| format!("  ->  {c}"))
-                    .unwrap_or_default()
-            );
-            for line in &r.rationale {
-                let _ = writeln!(s, "  - {line}");
-            }
+    }
+
+    /// The recommended CPUs, the command to pin them, and the rationale.
+    fn text_recommendation(&self, s: &mut String) {
+        let Some(r) = &self.recommendation else {
+            return;
+        };
+        let _ = writeln!(
+            s,
+            "recommendation: CPUs {}{}",
+            if r.cpulist.is_empty() {
+                "(none)"
+            } else {
+                &r.cpulist
+            },
+            r.command
+                .as_deref()
+                .map(|c| format!("  ->  {c}"))
+                .unwrap_or_default()
+        );
+        for line in &r.rationale {
+            let _ = writeln!(s, "  - {line}");
         }
-        if let Some(t) = self.throttling.as_ref().filter(|t| !t.is_quiet()) {
-            let _ = writeln!(s);
-            let _ = write!(s, "{}", crate::analyze::throttle::render_text(t));
-            if !s.ends_with('\n') {
-                s.push('\n');
-            }
+    }
+
+    /// The CFS bandwidth section, after a blank line, only when not quiet.
+    fn text_throttling(&self, s: &mut String) {
+        let Some(t) = self.throttling.as_ref().filter(|t| !t.is_quiet()) else {
+            return;
+        };
+        let _ = writeln!(s);
+        let _ = write!(s, "{}", crate::analyze::throttle::render_text(t));
+        if !s.ends_with('\n') {
+            s.push('\n');
         }
-        if let Some(a) = &self.applied {
-            let _ = writeln!(
-                s,
-                "applied: CPUs {} on {} thread(s){}; undo with `affin-trace revert --pid {}` (state: {})",
-                a.cpulist,
-                a.threads_changed,
-                if a.active { "" } else { ", then reverted" },
-                self.target.pids.first().copied().unwrap_or(0),
-                a.state_file
-            );
-        }
+    }
+
+    /// What `--apply` changed and how to undo it.
+    fn text_applied(&self, s: &mut String) {
+        let Some(a) = &self.applied else {
+            return;
+        };
+        let _ = writeln!(
+            s,
+            "applied: CPUs {} on {} thread(s){}; undo with `affin-trace revert --pid {}` (state: {})",
+            a.cpulist,
+            a.threads_changed,
+            if a.active { "" } else { ", then reverted" },
+            self.target.pids.first().copied().unwrap_or(0),
+            a.state_file
+        );
+    }
+
+    /// The before/after table of `--verify`.
+    fn text_verification(&self, s: &mut String) {
         if let Some(v) = &self.verification {
             let _ = writeln!(s, "{}", verification_table(v));
         }
-        if let Some(t) = &self.timeline {
+    }
+
+    /// Where the timeline was written, and a warning when its ring lost events.
+    fn text_timeline(&self, s: &mut String) {
+        let Some(t) = &self.timeline else {
+            return;
+        };
+        let _ = writeln!(
+            s,
+            "timeline: {} ({} events, {} migration arrows; open in https://ui.perfetto.dev)",
+            t.file, t.events, t.migration_flows
+        );
+        if t.lost_events > 0 {
             let _ = writeln!(
                 s,
-                "timeline: {} ({} events, {} migration arrows; open in https://ui.perfetto.dev)",
-                t.file, t.events, t.migration_flows
+                "warning: the timeline lost {} events (its {} KiB ring buffer was full): \
+                 it has gaps the counters above do not; raise --timeline-buffer",
+                t.lost_events,
+                t.ring_buffer_bytes / 1024
             );
-            if t.lost_events > 0 {
-                let _ = writeln!(
-                    s,
-                    "warning: the timeline lost {} events (its {} KiB ring buffer was full): \
-                     it has gaps the counters above do not; raise --timeline-buffer",
-                    t.lost_events,
-                    t.ring_buffer_bytes / 1024
-                );
-            }
         }
+    }
+
+    /// A warning when kernel maps dropped events.
+    fn text_dropped(&self, s: &mut String) {
         if self.dropped_events > 0 {
             let _ = writeln!(
                 s,
@@ -455,7 +512,6 @@ impl Report {
                 self.dropped_events
             );
         }
-        s
     }
 }
 

@@ -27,7 +27,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use thiserror::Error;
 
 use crate::model::topology::Topology;
-use crate::model::{ThreadTrace, Trace};
+use crate::model::{MigrationPair, ThreadTrace, Trace};
 
 /// Most thread rows drawn; past it the threads with the most on-CPU time are
 /// kept and the panel says how many were left out.
@@ -667,44 +667,65 @@ struct Axis {
     cell_w: i32,
 }
 
+/// The heatmap's column axis: header rows from NUMA node down to CPU, and
+/// the gaps and lines between groups.
 fn cpu_axis(cols: &[Column], topo: &Topology) -> Axis {
+    let cell_w = if cols.len() <= 32 { 40 } else { 24 };
+    let mut headers = vec![node_header(cols), llc_header(cols, topo)];
+    headers.extend(core_header(cols));
+    headers.push(cpu_header(cols, cell_w));
+    let (gaps, separators) = group_gaps(cols);
+    Axis {
+        headers,
+        gaps,
+        separators,
+        cell_w,
+    }
+}
+
+fn node_header(cols: &[Column]) -> Header {
+    Header {
+        name: "NUMA node",
+        ink: Ink::Group,
+        bracket: true,
+        spans: spans(
+            cols,
+            |c| c.node,
+            |n| match n {
+                Some(n) => vec![format!("node {n}"), format!("N{n}")],
+                None => vec!["not online".into(), "?".into()],
+            },
+        ),
+    }
+}
+
+fn llc_header(cols: &[Column], topo: &Topology) -> Header {
     let level = |id: u32| {
         topo.llc_groups()
             .iter()
             .find(|g| g.id == id)
             .map(|g| g.level)
     };
-    let mut headers = vec![
-        Header {
-            name: "NUMA node",
-            ink: Ink::Group,
-            bracket: true,
-            spans: spans(
-                cols,
-                |c| c.node,
-                |n| match n {
-                    Some(n) => vec![format!("node {n}"), format!("N{n}")],
-                    None => vec!["not online".into(), "?".into()],
-                },
-            ),
-        },
-        Header {
-            name: "L3 cache",
-            ink: Ink::Group,
-            bracket: true,
-            // Level 0: sysfs had no cache data and the package stands in.
-            spans: spans(
-                cols,
-                |c| c.llc,
-                |l| match l.map(|id| (id, level(id))) {
-                    Some((id, Some(0))) => vec![format!("package {id}"), format!("#{id}")],
-                    Some((id, Some(lv))) => vec![format!("L{lv} {id}"), format!("#{id}")],
-                    Some((id, None)) => vec![format!("LLC {id}"), format!("#{id}")],
-                    None => vec![],
-                },
-            ),
-        },
-    ];
+    Header {
+        name: "L3 cache",
+        ink: Ink::Group,
+        bracket: true,
+        // Level 0: sysfs had no cache data and the package stands in.
+        spans: spans(
+            cols,
+            |c| c.llc,
+            |l| match l.map(|id| (id, level(id))) {
+                Some((id, Some(0))) => vec![format!("package {id}"), format!("#{id}")],
+                Some((id, Some(lv))) => vec![format!("L{lv} {id}"), format!("#{id}")],
+                Some((id, None)) => vec![format!("LLC {id}"), format!("#{id}")],
+                None => vec![],
+            },
+        ),
+    }
+}
+
+/// A core row only says something when cores have several CPUs (SMT).
+fn core_header(cols: &[Column]) -> Option<Header> {
     let cores = spans(
         cols,
         |c| c.core,
@@ -713,17 +734,16 @@ fn cpu_axis(cols: &[Column], topo: &Topology) -> Axis {
             None => vec![],
         },
     );
-    // A core row only says something when cores have several CPUs (SMT).
-    if cores.iter().any(|s| s.last > s.first) {
-        headers.push(Header {
-            name: "core",
-            ink: Ink::Group,
-            bracket: true,
-            spans: cores,
-        });
-    }
-    let cell_w = if cols.len() <= 32 { 40 } else { 24 };
-    headers.push(Header {
+    cores.iter().any(|s| s.last > s.first).then_some(Header {
+        name: "core",
+        ink: Ink::Group,
+        bracket: true,
+        spans: cores,
+    })
+}
+
+fn cpu_header(cols: &[Column], cell_w: i32) -> Header {
+    Header {
         name: "CPU",
         ink: if cell_w < 30 {
             Ink::SmallHead
@@ -738,7 +758,12 @@ fn cpu_axis(cols: &[Column], topo: &Topology) -> Axis {
                 labels: vec![c.cpu.to_string()],
             })
             .collect(),
-    });
+    }
+}
+
+/// The gap before each column, wider where a larger group changes, and a
+/// line where the node or the L3 changes.
+fn group_gaps(cols: &[Column]) -> (Vec<i32>, Vec<Separator>) {
     let mut gaps = Vec::with_capacity(cols.len());
     let mut separators = Vec::new();
     for (i, c) in cols.iter().enumerate() {
@@ -762,12 +787,7 @@ fn cpu_axis(cols: &[Column], topo: &Topology) -> Axis {
             });
         }
     }
-    Axis {
-        headers,
-        gaps,
-        separators,
-        cell_w,
-    }
+    (gaps, separators)
 }
 
 /// Panel (c): source x destination CPU migration counts.
@@ -777,86 +797,16 @@ fn pair_matrix(trace: &Trace, topo: &Topology) -> Matrix {
         trace,
         "(c) Migrations by source and destination CPU (count)",
     );
-    let legend = |max: u64| Legend {
-        caption: "count, log scale",
-        stops: &ORANGES,
-        marks: [
-            "1".into(),
-            ((max as f64).ln_1p() / 2.0).exp_m1().round().to_string(),
-            max.to_string(),
-        ],
-    };
     if pairs.is_empty() {
-        let why = if trace.threads.iter().any(|t| t.migrations.total() > 0) {
-            "This trace has no CPU pair counts (recorded before affin-trace kept them)."
-        } else {
-            "No migrations in this window."
-        };
-        return Matrix {
-            title,
-            notes: vec![why.to_string()],
-            headers: vec![],
-            gaps: vec![],
-            cell_w: 40,
-            rows: vec![],
-            total_head: "",
-            separators: vec![],
-            row_gaps: vec![],
-            row_separators: vec![],
-            legend: legend(1),
-        };
+        return no_pairs(trace, title);
     }
-    // The CPUs in a pair, ordered and grouped as the heatmap's columns.
-    let used: std::collections::BTreeSet<u32> = pairs.iter().flat_map(|p| [p.from, p.to]).collect();
-    let mut cols: Vec<Column> = (used.iter())
-        .map(|&cpu| match topo.cpus.iter().find(|c| c.id == cpu) {
-            Some(c) => Column {
-                cpu,
-                node: Some(c.node),
-                llc: Some(c.llc),
-                core: Some(c.core),
-            },
-            None => Column {
-                cpu,
-                node: None,
-                llc: None,
-                core: None,
-            },
-        })
-        .collect();
-    cols.sort_by_key(|c| (c.node.is_none(), c.node, c.llc, c.core, c.cpu));
+    let cols = pair_columns(pairs, topo);
     let mut axis = cpu_axis(&cols, topo);
     if let Some(h) = axis.headers.last_mut() {
         h.name = "to CPU";
     }
-    let count = |from: u32, to: u32| {
-        pairs
-            .iter()
-            .find(|p| p.from == from && p.to == to)
-            .map_or(0, |p| p.count)
-    };
     let max = pairs.iter().map(|p| p.count).max().unwrap_or(1).max(1);
-    let log = |n: u64| (n as f64).ln_1p() / (max as f64).ln_1p();
-    let group = |c: &Column| match (c.node, c.llc, c.core) {
-        (Some(n), Some(l), Some(k)) => format!(" (core {k}, L3 {l}, node {n})"),
-        _ => " (not online)".to_string(),
-    };
-    let rows = (cols.iter())
-        .map(|from| {
-            let cells = (cols.iter())
-                .map(|to| count_cell(count(from.cpu, to.cpu), log))
-                .collect();
-            let out: u64 = (pairs.iter())
-                .filter(|p| p.from == from.cpu)
-                .map(|p| p.count)
-                .sum();
-            Row {
-                label: format!("from CPU {}{}", from.cpu, group(from)),
-                cells,
-                total: format!("{out} out"),
-            }
-        })
-        .collect();
+    let rows = pair_rows(pairs, &cols, max);
     // Rows follow the columns' groups: the same gaps, and a line where the
     // node or the L3 changes.
     let row_separators = (axis.separators.iter())
@@ -887,8 +837,96 @@ fn pair_matrix(trace: &Trace, topo: &Topology) -> Matrix {
         total_head: "total",
         separators: axis.separators,
         row_separators,
-        legend: legend(max),
+        legend: pair_legend(max),
     }
+}
+
+fn pair_legend(max: u64) -> Legend {
+    Legend {
+        caption: "count, log scale",
+        stops: &ORANGES,
+        marks: [
+            "1".into(),
+            ((max as f64).ln_1p() / 2.0).exp_m1().round().to_string(),
+            max.to_string(),
+        ],
+    }
+}
+
+/// Panel (c) without pair counts: a note saying why.
+fn no_pairs(trace: &Trace, title: String) -> Matrix {
+    let why = if trace.threads.iter().any(|t| t.migrations.total() > 0) {
+        "This trace has no CPU pair counts (recorded before affin-trace kept them)."
+    } else {
+        "No migrations in this window."
+    };
+    Matrix {
+        title,
+        notes: vec![why.to_string()],
+        headers: vec![],
+        gaps: vec![],
+        cell_w: 40,
+        rows: vec![],
+        total_head: "",
+        separators: vec![],
+        row_gaps: vec![],
+        row_separators: vec![],
+        legend: pair_legend(1),
+    }
+}
+
+/// The CPUs in a pair, ordered and grouped as the heatmap's columns.
+fn pair_columns(pairs: &[MigrationPair], topo: &Topology) -> Vec<Column> {
+    let used: std::collections::BTreeSet<u32> = pairs.iter().flat_map(|p| [p.from, p.to]).collect();
+    let mut cols: Vec<Column> = (used.iter())
+        .map(|&cpu| match topo.cpus.iter().find(|c| c.id == cpu) {
+            Some(c) => Column {
+                cpu,
+                node: Some(c.node),
+                llc: Some(c.llc),
+                core: Some(c.core),
+            },
+            None => Column {
+                cpu,
+                node: None,
+                llc: None,
+                core: None,
+            },
+        })
+        .collect();
+    cols.sort_by_key(|c| (c.node.is_none(), c.node, c.llc, c.core, c.cpu));
+    cols
+}
+
+/// One row per source CPU: a log-scaled cell per destination and the total out.
+fn pair_rows(pairs: &[MigrationPair], cols: &[Column], max: u64) -> Vec<Row> {
+    let count = |from: u32, to: u32| {
+        pairs
+            .iter()
+            .find(|p| p.from == from && p.to == to)
+            .map_or(0, |p| p.count)
+    };
+    let log = |n: u64| (n as f64).ln_1p() / (max as f64).ln_1p();
+    let group = |c: &Column| match (c.node, c.llc, c.core) {
+        (Some(n), Some(l), Some(k)) => format!(" (core {k}, L3 {l}, node {n})"),
+        _ => " (not online)".to_string(),
+    };
+    (cols.iter())
+        .map(|from| {
+            let cells = (cols.iter())
+                .map(|to| count_cell(count(from.cpu, to.cpu), log))
+                .collect();
+            let out: u64 = (pairs.iter())
+                .filter(|p| p.from == from.cpu)
+                .map(|p| p.count)
+                .sum();
+            Row {
+                label: format!("from CPU {}{}", from.cpu, group(from)),
+                cells,
+                total: format!("{out} out"),
+            }
+        })
+        .collect()
 }
 
 /// Panel (b): thread x migration distance class.
@@ -981,7 +1019,7 @@ mod tests {
     }
 
     fn topology(name: &str) -> Topology {
-        Topology::read(&fixtures().join("sysfs").join(name)).unwrap()
+        Topology::read(&crate::host::Root::new(fixtures().join("sysfs").join(name))).unwrap()
     }
 
     #[derive(Debug)]

@@ -771,7 +771,7 @@ mod tests {
     fn topo() -> Topology {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/sysfs/vm-2cpu");
-        Topology::read(&p).unwrap()
+        Topology::read(&crate::host::Root::new(p)).unwrap()
     }
 
     fn capture(events: Vec<TimelineEvent>) -> Capture {

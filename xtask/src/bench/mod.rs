@@ -26,12 +26,11 @@
 //! `bench-threads N SECS [PERIOD_MS]` (hidden) is the workload of 5 and 6.
 //!
 //! Files by role: `sys` (libc calls, the interrupt flag), `process` (child
-//! processes, sysctls, the temp dir), `json` and `parse` (reading the tools'
+//! processes, sysctls, the temp dir), `parse` (reading the tools'
 //! output), `programs` (which BPF programs are loaded and by whom), `pipe`,
 //! `startup` and `threads` (the phases), `results` (what a run gathered),
 //! `render` (BENCHMARKS.md).
 
-mod json;
 mod parse;
 mod pipe;
 mod process;

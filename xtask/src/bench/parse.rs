@@ -1,8 +1,9 @@
 //! Reading the tools' output (perf, affin-trace's `--verbose` lines and
 //! JSON report, bpftool) and the small statistics the report uses.
 
-use super::json::Json;
 use anyhow::{Context as _, Result};
+use serde::Deserialize;
+use serde_json::Value;
 use std::path::Path;
 
 /// Names of affin-trace's programs start with one of these.
@@ -95,96 +96,68 @@ pub struct TraceReport {
 pub fn read_report(path: &Path) -> Result<TraceReport> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading affin-trace's report {}", path.display()))?;
-    let j = Json::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let n = |p: &[&str]| -> Result<u64> {
-        j.at(p)
-            .and_then(Json::num)
-            .map(|v| v as u64)
-            .with_context(|| format!("{} has no number at {}", path.display(), p.join(".")))
+    let j: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let n = |p: &str| -> Result<u64> {
+        j.pointer(p)
+            .and_then(Value::as_u64)
+            .with_context(|| format!("{} has no number at {p}", path.display()))
     };
     Ok(TraceReport {
-        pids: j
-            .at(&["target", "pids"])
-            .and_then(Json::arr)
-            .unwrap_or(&[])
+        pids: (j.pointer("/target/pids").and_then(Value::as_array))
+            .map_or(&[][..], Vec::as_slice)
             .iter()
-            .filter_map(|v| v.num().map(|n| n as u64))
+            .filter_map(Value::as_u64)
             .collect(),
-        attach_mode: j
-            .get("attach_mode")
-            .and_then(Json::str)
-            .unwrap_or("?")
-            .to_string(),
-        threads: n(&["process", "threads"])?,
-        voluntary: n(&["process", "voluntary_switches"])?,
-        involuntary: n(&["process", "involuntary_switches"])?,
-        runq_waits: n(&["process", "runq_latency_ns", "count"]).unwrap_or(0),
-        dropped: n(&["dropped_events"])?,
+        attach_mode: j["attach_mode"].as_str().unwrap_or("?").to_string(),
+        threads: n("/process/threads")?,
+        voluntary: n("/process/voluntary_switches")?,
+        involuntary: n("/process/involuntary_switches")?,
+        runq_waits: n("/process/runq_latency_ns/count").unwrap_or(0),
+        dropped: n("/dropped_events")?,
     })
 }
 
 /// One program as `bpftool prog show --json` lists it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct Prog {
     pub id: u64,
+    #[serde(default)]
     pub name: String,
+    #[serde(default)]
     pub run_time_ns: Option<u64>,
+    #[serde(default)]
     pub run_cnt: Option<u64>,
     /// The maps the program uses.
+    #[serde(default)]
     pub map_ids: Vec<u64>,
 }
 
 /// One map as `bpftool map show --json` lists it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct MapInfo {
     pub id: u64,
+    #[serde(default = "unknown")]
     pub name: String,
+    #[serde(rename = "type", default = "unknown")]
     pub kind: String,
+    #[serde(default)]
     pub max_entries: u64,
     /// Kernel memory charged for it.
+    #[serde(rename = "bytes_memlock", default)]
     pub bytes: u64,
 }
 
+fn unknown() -> String {
+    "?".into()
+}
+
 pub fn parse_maps(text: &str) -> Result<Vec<MapInfo>> {
-    let j = Json::parse(text)?;
-    let arr = j.arr().context("bpftool: expected a JSON array")?;
-    Ok(arr
-        .iter()
-        .filter_map(|m| {
-            let n = |k: &str| m.get(k).and_then(Json::num).map(|v| v as u64);
-            let s = |k: &str| m.get(k).and_then(Json::str).unwrap_or("?").to_string();
-            Some(MapInfo {
-                id: n("id")?,
-                name: s("name"),
-                kind: s("type"),
-                max_entries: n("max_entries").unwrap_or(0),
-                bytes: n("bytes_memlock").unwrap_or(0),
-            })
-        })
-        .collect())
+    serde_json::from_str(text).context("bpftool: expected a JSON array of maps")
 }
 
 pub fn parse_progs(text: &str) -> Result<Vec<Prog>> {
-    let j = Json::parse(text)?;
-    let arr = j.arr().context("bpftool: expected a JSON array")?;
-    Ok(arr
-        .iter()
-        .filter_map(|p| {
-            Some(Prog {
-                id: p.get("id")?.num()? as u64,
-                name: p.get("name").and_then(Json::str).unwrap_or("").to_string(),
-                run_time_ns: p.get("run_time_ns").and_then(Json::num).map(|v| v as u64),
-                run_cnt: p.get("run_cnt").and_then(Json::num).map(|v| v as u64),
-                map_ids: p
-                    .get("map_ids")
-                    .and_then(Json::arr)
-                    .unwrap_or(&[])
-                    .iter()
-                    .filter_map(|v| v.num().map(|n| n as u64))
-                    .collect(),
-            })
-        })
-        .collect())
+    serde_json::from_str(text).context("bpftool: expected a JSON array of programs")
 }
 
 pub fn is_ours(name: &str) -> bool {

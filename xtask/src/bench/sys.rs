@@ -1,55 +1,30 @@
-//! libc calls std does not expose (std links libc; no extra crate needed),
-//! and the flag SIGINT/SIGTERM set so that every phase stops cleanly.
+//! The libc calls std does not expose (wait4 with rusage, kill, signal,
+//! sysconf), and the flag SIGINT/SIGTERM set so that every phase stops
+//! cleanly.
 
 use anyhow::{Result, bail};
-use std::ffi::{c_int, c_long};
+use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub const SIGINT: c_int = 2;
-pub const SIGTERM: c_int = 15;
-const SC_CLK_TCK: c_int = 2;
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-pub struct Timeval {
-    pub tv_sec: c_long,
-    pub tv_usec: c_long,
-}
-
-/// `struct rusage` (Linux, glibc/musl, LP64 and ILP32 without time64).
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-pub struct Rusage {
-    pub ru_utime: Timeval,
-    pub ru_stime: Timeval,
-    /// Peak resident set size, KiB.
-    pub ru_maxrss: c_long,
-    pub rest: [c_long; 13],
-}
-
-unsafe extern "C" {
-    fn kill(pid: c_int, sig: c_int) -> c_int;
-    fn wait4(pid: c_int, status: *mut c_int, options: c_int, rusage: *mut Rusage) -> c_int;
-    fn signal(sig: c_int, handler: usize) -> usize;
-    fn sysconf(name: c_int) -> c_long;
-}
+pub use libc::{SIGINT, rusage as Rusage, timeval as Timeval};
 
 pub fn send(pid: u32, sig: c_int) {
     // SAFETY: kill(2) has no memory effects; a stale pid is harmless here
     // because callers only signal children they have not reaped.
     unsafe {
-        kill(pid as c_int, sig);
+        libc::kill(pid as libc::pid_t, sig);
     }
 }
 
 /// Blocks until `pid` (a child) exits; its raw status and rusage.
 pub fn wait_rusage(pid: u32) -> std::io::Result<(c_int, Rusage)> {
     let mut status: c_int = 0;
-    let mut ru = Rusage::default();
+    // SAFETY: rusage is plain integers; all-zero is a valid value.
+    let mut ru: Rusage = unsafe { std::mem::zeroed() };
     loop {
         // SAFETY: both pointers are valid for writes for the call.
-        let r = unsafe { wait4(pid as c_int, &mut status, 0, &mut ru) };
-        if r == pid as c_int {
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) };
+        if r == pid as libc::pid_t {
             return Ok((status, ru));
         }
         let err = std::io::Error::last_os_error();
@@ -62,17 +37,17 @@ pub fn wait_rusage(pid: u32) -> std::io::Result<(c_int, Rusage)> {
 /// Routes SIGINT and SIGTERM to `handler` (glibc `signal` = BSD
 /// semantics: the handler stays, slow calls restart).
 pub fn on_stop_signals(handler: extern "C" fn(c_int)) {
-    for sig in [SIGINT, SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic (async-signal-safe).
         unsafe {
-            signal(sig, handler as usize);
+            libc::signal(sig, handler as libc::sighandler_t);
         }
     }
 }
 
 pub fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no memory effects.
-    let t = unsafe { sysconf(SC_CLK_TCK) };
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
 }
 

@@ -301,9 +301,9 @@ pub(crate) mod tests {
     pub(crate) const SEC: u64 = 1_000_000_000;
 
     pub(crate) fn vm_2cpu() -> Topology {
-        Topology::read(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs/vm-2cpu"),
-        )
+        Topology::read(&crate::host::Root::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs/vm-2cpu"),
+        ))
         .expect("fixture topology")
     }
 

@@ -418,7 +418,8 @@ mod tests {
     fn shows_the_throttling_finding_under_a_quota() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/cgroup/v2-kubepods");
-        let cg = crate::host::cgroup::resolve(&root, 4242).expect("fixture cgroup");
+        let cg = crate::host::cgroup::resolve(&crate::host::Root::new(root), 4242)
+            .expect("fixture cgroup");
         let limit = cg.limit().expect("the pod's 0.5 CPU quota").clone();
         let window = CpuStatDelta {
             nr_periods: 20,
