@@ -62,7 +62,7 @@ fn three_spinners_in_one_cpu_run_out_at_half_period_and_are_held_half() {
     let (k, q) = (3, 1.0);
     let t = spinners_in_quota("affin-bw3", k, (q * PERIOD_US as f64) as u64);
     let method = t["method"].as_str().unwrap();
-    assert!(method.starts_with("kernel events (fentry)"), "{method}");
+    assert!(method.starts_with("kernel events ("), "{method}");
     let p = &t["periods"];
     assert!(u(&p["throttled_periods"]) >= 30, "{p:#}");
     exhausted_within(&t, q * PERIOD_US as f64 / 1e3 / 2.0);

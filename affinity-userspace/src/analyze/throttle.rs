@@ -207,6 +207,13 @@ fn mul_div(a: u64, b: u64, c: u64) -> u64 {
 /// How throttling is measured when the kernel events ran, `attach` being
 /// "fentry" or "kprobe".
 pub fn kernel_method(attach: &str, per_thread: bool) -> String {
+    if attach == "sched_switch" {
+        return "kernel events (sched_switch): a target thread leaving its CPU with \
+                task->throttled set (task-based throttling) starts its hold and, first in a \
+                period, marks the quota running out; the hold ends at the refill \
+                (cfs_bandwidth.period_timer expiry) or its next switch-in"
+            .to_string();
+    }
     if per_thread {
         format!(
             "kernel events ({attach}): periods from sched_cfs_period_timer, throttle_cfs_rq and \
