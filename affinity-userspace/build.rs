@@ -9,10 +9,18 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no workspace root"))?
         .join("affinity-ebpf");
     let root = meta.to_str().context("non-UTF-8 path")?;
+    // The floor programs (bench only) are in the object only with our
+    // `bench-hooks` feature.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH_HOOKS").is_some() {
+        &["floor"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [Package {
             name: "affinity-ebpf",
             root_dir: root,
+            features,
             ..Default::default()
         }],
         Toolchain::default(),

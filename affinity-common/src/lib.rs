@@ -24,11 +24,20 @@ pub const MIG_CLASSES: usize = 4;
 /// [`ThreadStats::flags`]: the thread passed `sched_process_exit`; its entry is
 /// final after its last switch-out and userspace frees its slot after reading.
 pub const FLAG_EXITING: u32 = 1;
+/// [`ThreadStats::flags`]: seeded by userspace and not seen by the programs
+/// since: its first event tells what it did from `first_ns` on (a wakeup:
+/// it slept; a switch-in: it waited runnable; a switch-out: it ran).
+pub const FLAG_SEEDED: u32 = 2;
 
 /// [`ThreadStats::flags`]: the thread is held by CFS bandwidth throttling
 /// (it switched out with `task_struct.throttled` set); its next switch-in
 /// ends the hold (`BW_THREADS`).
-pub const FLAG_HELD: u32 = 2;
+pub const FLAG_HELD: u32 = 4;
+/// [`ThreadStats::flags`]: the thread's last hold ended at its switch-in
+/// and the run-queue wait that contains it (`sched_info.run_delay`) is read
+/// at its next switch-out: userspace does not take that hold out of the
+/// runnable time yet ([`BwThread::last_hold_ns`]).
+pub const FLAG_HELD_PENDING: u32 = 8;
 
 /// [`ThreadStats::runnable_kind`]: not waiting for a CPU.
 pub const RUNNABLE_NONE: u32 = 0;
@@ -47,8 +56,42 @@ pub const DROP_READ_FAILED: u32 = 2;
 /// The (source, destination) CPU pair map was full: a migration is in the
 /// per-thread counters but not in the pair matrix.
 pub const DROP_PAIRS_FULL: u32 = 3;
+/// The neighbour map was full: a wait is in the thread's counters but not
+/// charged to whoever held the CPU.
+pub const DROP_NEIGHBOURS_FULL: u32 = 4;
 /// Number of drop counters.
-pub const DROP_KINDS: u32 = 4;
+pub const DROP_KINDS: u32 = 5;
+
+/// Indexes into the `FORKS` per-CPU array: new processes started by a
+/// target process, traced from their first instruction (`--follow`).
+pub const FORK_FOLLOWED: u32 = 0;
+/// New processes started by a target process and not traced (no
+/// `--follow`, or the child's pid is above the bitmap).
+pub const FORK_MISSED: u32 = 1;
+/// Processes that joined the `--cgroup` target during the window (via
+/// `cgroup_attach_task`), traced from that moment.
+pub const FORK_JOINED: u32 = 2;
+/// Number of fork counters.
+pub const FORK_KINDS: u32 = 3;
+
+/// Value of the `NEIGHBOURS` hash (key: tgid): target wait time while this
+/// untargeted process held the CPU: each of its slices on a CPU where
+/// target threads waited runnable, times the number waiting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Neighbour {
+    /// Target run-queue wait charged to this process (ns).
+    pub wait_ns: u64,
+    /// Number of its slices charged.
+    pub waits: u64,
+    /// kernfs id (the directory's inode number) of its cgroup in the
+    /// cpu controller's hierarchy, 0 when unknown.
+    pub cgroup_id: u64,
+    /// `comm` of the task seen (the thread that ran), NUL padded.
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<Neighbour>() == 40);
 
 /// Per-thread counters, the value of the `STATS` array (index: the thread's
 /// slot, from `SLOTS`; slot 0 is never used).
@@ -115,9 +158,26 @@ pub struct ThreadStats {
     pub preempted_wait_ns: u64,
     /// log2 histogram of wakeup-to-run waits (ns).
     pub runq_hist: [u32; RUNQ_BUCKETS],
+    /// Voluntary off-CPU time (ns): from a switch-out in a sleeping state
+    /// to the `sched_wakeup` that ends it, both clock reads.
+    pub sleep_ns: u64,
+    /// `bpf_ktime_get_ns()` at the switch-out that began the sleep in
+    /// progress, 0 when not asleep (or asleep since before its entry).
+    pub sleep_since_ns: u64,
+    /// `bpf_ktime_get_ns()` when the entry was made: where the thread's
+    /// traced lifetime starts (userspace sets it for the threads it seeds).
+    pub first_ns: u64,
+    /// `bpf_ktime_get_ns()` at the thread's final switch-out (`TASK_DEAD`),
+    /// 0 while it lives: where its traced lifetime ends.
+    pub last_ns: u64,
+    /// CPU + 1 whose waiting count (`WAITQ`) holds this thread while it
+    /// waits runnable, 0 when not counted.
+    pub wait_cpu: u32,
+    /// Padding (explicit, so that both sides agree on it).
+    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ThreadStats>() == 288);
+const _: () = assert!(core::mem::size_of::<ThreadStats>() == 328);
 
 /// [`ThreadStats::run_delay_seen_ns`] before the programs first read it
 /// (entries userspace seeds).
@@ -194,9 +254,22 @@ pub struct TaskOffsets {
     /// `bpf_ktime_get_ns()` costs more than the rest of sched_switch's work
     /// on a VM).
     pub run_delay: u32,
+    /// `task_struct.cgroups` (the task's `css_set`), 0 without cgroups.
+    pub cgroups: u32,
+    /// `css_set.subsys[cpu_cgrp_id]`: the cpu controller's state, whose
+    /// hierarchy is v1 or v2 as the host mounts it.
+    pub css_cpu: u32,
+    /// `cgroup_subsys_state.cgroup`.
+    pub css_cgroup: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (the cgroup directory's inode number).
+    pub kn_id: u32,
+    /// Padding (explicit, so that both sides agree on it).
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 48);
 
 /// Key of the `MIGRATION_PAIRS` hash map: migrations of the targets'
 /// threads from one CPU to another (value: count). A hash keyed by the pair
@@ -422,9 +495,11 @@ pub struct BwThread {
     pub holds: u32,
     /// Thread group id.
     pub tgid: u32,
+    /// Length of the last ended hold (ns).
+    pub last_hold_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<BwThread>() == 32);
+const _: () = assert!(core::mem::size_of::<BwThread>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -441,4 +516,5 @@ mod pod {
     unsafe impl aya::Pod for super::BwPeriod {}
     unsafe impl aya::Pod for super::BwCpu {}
     unsafe impl aya::Pod for super::BwThread {}
+    unsafe impl aya::Pod for super::Neighbour {}
 }

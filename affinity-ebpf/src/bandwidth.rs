@@ -26,22 +26,55 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use affinity_common::{
     BW_LIMBO_MAX, BW_MODE_PROBES, BW_MODE_TRACEPOINT, BW_PERIODS, BwConfig, BwCpu, BwPeriod,
-    BwState, BwThread, FLAG_HELD, ThreadStats,
+    BwState, BwThread, FLAG_HELD, FLAG_HELD_PENDING, ThreadStats,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
+    cty::c_void,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_loop,
+        bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::{Array, HashMap},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 
-use crate::is_target;
+use crate::{Access, have_run_delay, is_target};
 
-/// CPUs whose cfs_rq the sched_switch path reads at exhaustion.
-const BW_COUNT_CPUS: u32 = 16;
+/// `task_struct.throttled` (task-based CFS bandwidth throttling, 6.18+);
+/// 0: the sched_switch path below is off (a frozen `.rodata` constant: the
+/// verifier drops it, so a trace without a quota pays nothing for it).
+#[unsafe(no_mangle)]
+static THROTTLED_OFF: u32 = 0;
+
+/// The sched_switch path is loaded (a quota binds the targets).
+#[inline(always)]
+pub fn on() -> bool {
+    // SAFETY: a frozen .rodata constant.
+    unsafe { core::ptr::read_volatile(&THROTTLED_OFF) != 0 }
+}
+
+/// The switch-out of target thread `prev` (sched_switch): true when it
+/// leaves held by throttling (`task->throttled`; it is then neither
+/// runnable nor asleep until the refill).
+#[inline(always)]
+pub fn switch_out<A: Access>(
+    prev: *const u8,
+    ids: (u32, u32),
+    cpu: u32,
+    prev_state: u64,
+    st: &mut ThreadStats,
+    now: u64,
+) -> bool {
+    // SAFETY: a frozen .rodata constant.
+    let off = unsafe { core::ptr::read_volatile(&THROTTLED_OFF) };
+    if off == 0 || prev_state != 0 || A::u8_at(prev, off) == 0 {
+        return false;
+    }
+    held_out(prev as u64, ids.0, ids.1, cpu, st, now);
+    st.flags & FLAG_HELD != 0
+}
 
 /// Offsets and the cgroup id; written by userspace before attaching.
 #[map]
@@ -175,29 +208,67 @@ fn on_period_timer(timer: u64) {
     }
 }
 
-/// Running CPUs and queued tasks of the group over every CPU's cfs_rq.
+/// The state of one [`count_group`] walk, on the caller's stack.
+#[repr(C)]
+struct CountWalk {
+    /// `tg->cfs_rq`: the group's per-CPU cfs_rq pointers.
+    arr: u64,
+    /// `cfs_rq.curr`, `cfs_rq.h_nr_queued`.
+    off_curr: u32,
+    off_queued: u32,
+    /// A CPU whose running task is counted already (u32::MAX: none).
+    skip: u32,
+    running: u32,
+    queued: u32,
+    _pad: u32,
+}
+
+/// One CPU of the walk (a `bpf_loop` callback).
+#[inline(never)]
+extern "C" fn count_cpu(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the CountWalk that count_group passed to bpf_loop.
+    let w = unsafe { &mut *(ctx as *mut CountWalk) };
+    let i = i as u32;
+    let rq = rd_u64(w.arr, i.wrapping_mul(8));
+    if rq != 0 {
+        if i != w.skip && rd_u64(rq, w.off_curr) != 0 {
+            w.running += 1;
+        }
+        w.queued += rd_u32(rq, w.off_queued);
+    }
+    0
+}
+
+/// Running CPUs and queued tasks of the group over every CPU's cfs_rq,
+/// starting from `base` (the CPU `skip` counted already). `bpf_loop`: the
+/// verifier checks the callback once, whatever the CPU count (an unrolled
+/// loop over 16 CPUs inside sched_switch cost ~3 s of load time).
 #[inline(always)]
-fn count_group(c: &BwConfig, tg: u64) -> (u32, u32) {
+fn count_group(c: &BwConfig, tg: u64, skip: u32, base: (u32, u32)) -> (u32, u32) {
     let arr = rd_u64(tg, c.tg_cfs_rq);
-    let (mut running, mut queued) = (0u32, 0u32);
     if arr == 0 {
-        return (0, 0);
+        return base;
     }
-    let n = c.nr_cpus.min(256);
-    for i in 0..256u32 {
-        if i >= n {
-            break;
-        }
-        let rq = rd_u64(arr, i * 8);
-        if rq == 0 {
-            continue;
-        }
-        if rd_u64(rq, c.cfs_rq_curr) != 0 {
-            running += 1;
-        }
-        queued += rd_u32(rq, c.cfs_rq_h_nr_queued);
-    }
-    (running, queued)
+    let mut w = CountWalk {
+        arr,
+        off_curr: c.cfs_rq_curr,
+        off_queued: c.cfs_rq_h_nr_queued,
+        skip,
+        running: base.0,
+        queued: base.1,
+        _pad: 0,
+    };
+    // SAFETY: a callback of the helper's signature and a context on this
+    // stack; bpf_loop caps the count at 1 << 23.
+    unsafe {
+        bpf_loop(
+            c.nr_cpus.min(1024),
+            count_cpu as *const () as *mut c_void,
+            &mut w as *mut CountWalk as *mut c_void,
+            0,
+        )
+    };
+    (w.running, w.queued)
 }
 
 fn on_throttle(cfs_rq: u64) {
@@ -237,7 +308,7 @@ fn on_throttle(cfs_rq: u64) {
             now,
         );
         if first {
-            let (running, queued) = count_group(c, tg);
+            let (running, queued) = count_group(c, tg, u32::MAX, (0, 0));
             (*p).running_at = running;
             (*p).queued_at = queued;
         }
@@ -300,6 +371,7 @@ fn on_throttle_work_done() {
         held_ns: 0,
         holds: 1,
         tgid,
+        last_hold_ns: 0,
     };
     if BW_THREADS.insert(&tid, &v, u64::from(BPF_NOEXIST)).is_err()
         && let Some(st) = BW_STATE.get_ptr_mut(0)
@@ -460,7 +532,7 @@ fn watched_group_of(c: &BwConfig, task: u64) -> Option<u64> {
 
 /// A target thread switched out held by throttling (`task->throttled`).
 #[inline(always)]
-pub fn held_out(task: u64, tid: u32, tgid: u32, cpu: u32, st: &mut ThreadStats, now: u64) {
+fn held_out(task: u64, tid: u32, tgid: u32, cpu: u32, st: &mut ThreadStats, now: u64) {
     let Some(c) = tp_config() else { return };
     let Some(tg) = watched_group_of(c, task) else {
         return;
@@ -487,7 +559,8 @@ pub fn held_out(task: u64, tid: u32, tgid: u32, cpu: u32, st: &mut ThreadStats, 
                 let seq =
                     atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&mut (*state).seq, 1) + 1;
                 if let Some(p) = BW_PERIODS_RING.get_ptr_mut((seq % u64::from(BW_PERIODS)) as u32) {
-                    let (running, queued) = count_group_at_hold(c, tg, cpu);
+                    // This CPU ran the held thread, no longer in h_nr_queued.
+                    let (running, queued) = count_group(c, tg, cpu, (1, 1));
                     *p = BwPeriod {
                         seq: 0,
                         start_ns: end.saturating_sub(period_ns),
@@ -534,6 +607,7 @@ pub fn held_out(task: u64, tid: u32, tgid: u32, cpu: u32, st: &mut ThreadStats, 
             held_ns: 0,
             holds: 1,
             tgid,
+            last_hold_ns: 0,
         };
         if BW_THREADS.insert(&tid, &v, u64::from(BPF_NOEXIST)).is_err() {
             // SAFETY: a live map value.
@@ -559,38 +633,16 @@ pub fn held_in(tid: u32, st: &mut ThreadStats, now: u64) {
                 } else {
                     now
                 };
-                (*t).held_ns += end.saturating_sub(since);
+                let held = end.saturating_sub(since);
+                (*t).held_ns += held;
+                (*t).last_hold_ns = held;
                 (*t).since_ns = 0;
+                if have_run_delay() {
+                    // The wait is read from run_delay at the next
+                    // switch-out, which clears the flag (main.rs).
+                    st.flags |= FLAG_HELD_PENDING;
+                }
             }
         }
     }
-}
-
-/// Running CPUs and queued tasks of the group when the thread leaving
-/// `cpu` was held: the other CPUs' cfs_rqs as they are, plus this CPU
-/// (it was running the held thread, no longer in `h_nr_queued`).
-#[inline(always)]
-fn count_group_at_hold(c: &BwConfig, tg: u64, cpu: u32) -> (u32, u32) {
-    let arr = rd_u64(tg, c.tg_cfs_rq);
-    let (mut running, mut queued) = (1u32, 1u32);
-    if arr == 0 {
-        return (running, queued);
-    }
-    // 16 CPUs at most: this runs inside sched_switch, and the verifier
-    // walks every iteration (a bound of 256 cost ~5 s of load time).
-    let n = c.nr_cpus.min(BW_COUNT_CPUS);
-    for i in 0..BW_COUNT_CPUS {
-        if i >= n {
-            break;
-        }
-        let rq = rd_u64(arr, i * 8);
-        if rq == 0 {
-            continue;
-        }
-        if i != cpu && rd_u64(rq, c.cfs_rq_curr) != 0 {
-            running += 1;
-        }
-        queued += rd_u32(rq, c.cfs_rq_h_nr_queued);
-    }
-    (running, queued)
 }

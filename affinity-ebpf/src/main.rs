@@ -9,6 +9,22 @@
 //!   by (source, destination) CPU pair.
 //! - `sched_wakeup(p)`, `sched_wakeup_new(p)`: start of run-queue waits.
 //! - `sched_process_exit(p)`: the entry becomes final.
+//! - `sched_process_fork(parent, child)`: with `FOLLOW`, a new process of a
+//!   target is a target before its first instruction.
+//! - `cgroup_attach_task(dst, path, task, threadgroup)`: a process moved
+//!   into the `JOIN_CGROUP` directory becomes a target.
+//!
+//! # Wait split and neighbours (target threads only)
+//!
+//! A target thread's lifetime (`first_ns` to `last_ns` or now) splits into
+//! running (`cpu_time_ns`), runnable (wakeup waits + preempted waits) and
+//! sleeping (`sleep_ns`: a voluntary switch-out, one clock read, to the
+//! wakeup, which reads the clock already). `WAITQ[cpu]` counts the target
+//! threads waiting runnable on each CPU (wakeup or preemption to switch-in,
+//! moved by migrations); every switch loads it (the one cost this adds to
+//! the untargeted path), and while it is not 0 the slice that ends is
+//! charged, times the number waiting, to the process that ran it, in
+//! `NEIGHBOURS` (a clock read and a hash lookup, only then).
 //!
 //! Each tracepoint has a `tp_btf` entry (preferred: cheapest, no tracefs) and a
 //! `raw_tp` entry (fallback where tp_btf cannot attach). Both receive the same
@@ -57,8 +73,9 @@
 //!   512 KiB at 4194304).
 //! - `SLOTS`: 4 bytes per possible tid (128 KiB at pid_max 32768, 16 MiB at
 //!   4194304).
-//! - `STATS`: `--max-threads` + 1 entries of 288 bytes (4.5 MiB at the
+//! - `STATS`: `--max-threads` + 1 entries of 328 bytes (5.1 MiB at the
 //!   default 16384).
+//! - `NEIGHBOURS`: 1024 entries of 40 bytes plus per-element overhead.
 //! - `FREE_SLOTS`: 4 bytes per `--max-threads`.
 //! - `THREAD_CPU`: `--max-threads` x min(possible CPUs, 16) entries of 16
 //!   bytes plus the kernel's per-element overhead (preallocated).
@@ -85,7 +102,9 @@
 //! that code, so the programs without `--timeline` are the ones above.
 //! Events are submitted without waking the reader (userspace drains the
 //! ring on a timer): a wakeup per event would cost the target's CPUs an
-//! inter-processor interrupt and a switch to affin-trace each time.
+//! inter-processor interrupt and a switch to affin-trace each time. The
+//! one exception is the event that takes the ring past half full
+//! (`TIMELINE_WAKE_BYTES`): a burst is drained then, not lost.
 //!
 //! # CFS bandwidth (`bandwidth.rs`)
 //!
@@ -103,18 +122,22 @@
 
 mod bandwidth;
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or, atomic_xadd};
 
 use affinity_common::{
-    CPU_ACC_NS_MASK, CPU_ACC_SHIFT, CpuPair, CpuTopo, DROP_PAIRS_FULL, DROP_READ_FAILED,
-    DROP_THREAD_CPU_FULL, DROP_THREADS_FULL, EV_MIGRATE, EV_SWITCH, EV_WAKEUP, EVF_DEAD, EVF_NEW,
-    EVF_PREEMPTED, FLAG_EXITING, FLAG_HELD, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT,
-    RUN_DELAY_UNKNOWN, RUNNABLE_NONE, RUNNABLE_PREEMPTED, RUNNABLE_WAKEUP, RUNQ_BUCKETS,
+    CPU_ACC_NS_MASK, CPU_ACC_SHIFT, CpuPair, CpuTopo, DROP_NEIGHBOURS_FULL, DROP_PAIRS_FULL,
+    DROP_READ_FAILED, DROP_THREAD_CPU_FULL, DROP_THREADS_FULL, EV_MIGRATE, EV_SWITCH, EV_WAKEUP,
+    EVF_DEAD, EVF_NEW, EVF_PREEMPTED, FLAG_EXITING, FLAG_HELD, FLAG_HELD_PENDING, FLAG_SEEDED,
+    FORK_FOLLOWED, FORK_JOINED, FORK_MISSED, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT,
+    Neighbour, RUN_DELAY_UNKNOWN, RUNNABLE_NONE, RUNNABLE_PREEMPTED, RUNNABLE_WAKEUP, RUNQ_BUCKETS,
     TaskOffsets, ThreadCpuKey, ThreadStats, TimelineEvent,
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
@@ -123,6 +146,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
+use aya_log_ebpf::warn;
 
 /// Bitmap of target thread-group ids: bit `tgid % 64` of word `tgid / 64`.
 /// An array lookup is inlined by the verifier, so an untargeted task costs one
@@ -141,6 +165,16 @@ static SLOTS: Array<[u32; 2]> = Array::with_max_entries(2_097_152, BPF_F_MMAPABL
 /// reads it in place each interval. Sized by userspace (`--max-threads` + 1).
 #[map]
 static STATS: Array<ThreadStats> = Array::with_max_entries(16_385, BPF_F_MMAPABLE);
+
+/// Untargeted processes that held a CPU while target threads waited for it,
+/// by tgid (see [`Neighbour`]). Touched only when a target thread gets a
+/// CPU back after a run-queue wait.
+#[map]
+static NEIGHBOURS: HashMap<u32, Neighbour> = HashMap::with_max_entries(1024, 0);
+
+/// New processes of the targets: followed, missed, joined (`FORK_*`).
+#[map]
+static FORKS: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 /// `ALLOC[0]`: the highest slot ever handed out; a new thread takes the next
 /// one when `FREE_SLOTS` is empty. Userspace (mmapped) allocates from it too,
@@ -190,6 +224,7 @@ static TIMELINE: RingBuf = RingBuf::with_byte_size(4096, 0);
 static TIMELINE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// Where `floor_clock_sched_switch` stores its clock reads (bench only).
+#[cfg(feature = "floor")]
 #[map]
 static CLOCK_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -202,13 +237,23 @@ static OFFSETS: TaskOffsets = TaskOffsets {
     cpu: 0,
     comm: 0,
     run_delay: 0,
+    cgroups: 0,
+    css_cpu: 0,
+    css_cgroup: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
+    _pad: 0,
 };
 
-/// `task_struct.throttled` (task-based CFS bandwidth throttling, 6.18+);
-/// 0: the sched_switch path of [`bandwidth`] is off (a frozen `.rodata`
-/// constant: the verifier drops it).
+/// 1: a process a target starts becomes a target (command mode, `--follow`,
+/// `--cgroup`, `--comm`). A frozen `.rodata` constant.
 #[unsafe(no_mangle)]
-static THROTTLED_OFF: u32 = 0;
+static FOLLOW: u32 = 0;
+
+/// kernfs id of the `--cgroup` directory (0: none): a process that joins
+/// it becomes a target. A frozen `.rodata` constant.
+#[unsafe(no_mangle)]
+static JOIN_CGROUP: u64 = 0;
 
 /// 1: write timeline events (`--timeline`). A frozen `.rodata` constant:
 /// with 0 the verifier drops every branch that tests it.
@@ -235,13 +280,30 @@ fn timeline_on() -> bool {
     unsafe { core::ptr::read_volatile(&TIMELINE_ON) != 0 }
 }
 
+/// Bytes of `TIMELINE` data past which the reader is woken (half the
+/// ring; set by userspace at load time).
+#[unsafe(no_mangle)]
+static TIMELINE_WAKE_BYTES: u64 = u64::MAX;
+
 /// Writes one timeline event, or counts it lost when the ring is full.
+///
+/// Without waking the reader (it drains on a timer), except the once the
+/// ring crosses half full: a burst is drained then, before it overflows.
 #[inline(always)]
 fn emit(ev: TimelineEvent) {
+    // SAFETY: a plain read of a static; volatile, as for `offset!`.
+    let wake_at = unsafe { core::ptr::read_volatile(&TIMELINE_WAKE_BYTES) };
+    let held = TIMELINE.query(BPF_RB_AVAIL_DATA as u64);
+    let crossing = held < wake_at && held + 2 * size_of::<TimelineEvent>() as u64 >= wake_at;
+    let flags = if crossing {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     match TIMELINE.reserve::<TimelineEvent>(0) {
         Some(mut slot) => {
             slot.write(ev);
-            slot.submit(BPF_RB_NO_WAKEUP as u64);
+            slot.submit(flags as u64);
             if let Some(p) = TIMELINE_LOST.get_ptr_mut(1) {
                 // SAFETY: per-CPU slot, no other writer on this CPU.
                 unsafe { *p += 1 };
@@ -256,12 +318,45 @@ fn emit(ev: TimelineEvent) {
     }
 }
 
+/// Counts a dropped event; returns this CPU's count of that kind so far
+/// (a log record is written at the first only: drops repeat per event).
 #[inline(always)]
-fn drop_event(kind: u32) {
-    if let Some(p) = DROPS.get_ptr_mut(kind) {
+fn drop_event(kind: u32) -> u64 {
+    match DROPS.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot, no other writer on this CPU.
-        unsafe { *p += 1 };
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
     }
+}
+
+// ---- the log (aya-log) ----------------------------------------------------------
+//
+// Rare conditions only, each behind the branch that detects it, so the
+// per-event paths are unchanged: the records go to aya-log's `AYA_LOGS`
+// ring, which userspace drains when it is readable. aya-log-ebpf 0.2 does
+// not use the context argument; `&()` stands for it where none is at hand.
+// Each record is a few hundred instructions (aya-log writes its header's
+// module and file names field by field), so each message is one short
+// function, not inlined: one copy per program, called from the cold branch
+// (a BPF-to-BPF call), and as few fields as will say it; userspace adds
+// the explanation (affinity-userspace kernel/log.rs).
+
+#[inline(never)]
+fn warn_threads_full(tid: u32) {
+    warn!(&(), "threads full: tid {}", tid);
+}
+
+#[inline(never)]
+fn warn_read_failed() {
+    warn!(&(), "task read failed");
+}
+
+#[inline(never)]
+fn warn_unmatched_switch_in(tid: u32) {
+    warn!(&(), "no switch-out: tid {}", tid);
 }
 
 /// Whether `tgid` is traced. The idle tasks (pid and tgid 0) never are:
@@ -365,7 +460,9 @@ impl Access for Raw {
                 is_target(tgid).then_some((pid, tgid))
             }
             Err(_) => {
-                drop_event(DROP_READ_FAILED);
+                if drop_event(DROP_READ_FAILED) == 1 {
+                    warn_read_failed();
+                }
                 None
             }
         }
@@ -415,12 +512,14 @@ fn slot_cell(tid: u32) -> Option<*mut u32> {
     Some(unsafe { (entry as *mut u32).add((tid & 1) as usize) })
 }
 
-/// Records which target thread runs on `cpu` (0: none).
+/// Records which target thread runs on `cpu` (0: none); returns the one
+/// recorded before.
 #[inline(always)]
-fn set_current(cpu: u32, tid: u32) {
-    if let Some(p) = CURRENT.get_ptr_mut(cpu) {
+fn set_current(cpu: u32, tid: u32) -> u32 {
+    match CURRENT.get_ptr_mut(cpu) {
         // SAFETY: a live map value; only this CPU writes its entry.
-        unsafe { *p = tid };
+        Some(p) => unsafe { core::ptr::replace(p, tid) },
+        None => 0,
     }
 }
 
@@ -471,7 +570,9 @@ fn create<A: Access>(task: *const u8, tid: u32, tgid: u32, base: u64) -> Option<
         }
     };
     let Some(st) = STATS.get_ptr_mut(slot) else {
-        drop_event(DROP_THREADS_FULL);
+        if drop_event(DROP_THREADS_FULL) == 1 {
+            warn_threads_full(tid);
+        }
         return None;
     };
     // SAFETY: a live map value nobody else uses: the slot is unpublished.
@@ -482,6 +583,7 @@ fn create<A: Access>(task: *const u8, tid: u32, tgid: u32, base: u64) -> Option<
         (*st).comm = A::comm(task);
         (*st).last_sum_exec_ns = base;
         (*st).run_delay_seen_ns = run_delay::<A>(task);
+        (*st).first_ns = bpf_ktime_get_ns();
     }
     // SAFETY: an aligned u32 in a live map value.
     let (cur, won) = unsafe {
@@ -616,7 +718,7 @@ fn switch_out<A: Access>(
     let Some((tid, tgid)) = A::current_target(prev) else {
         return;
     };
-    set_current(cpu, 0);
+    let _ = set_current(cpu, 0);
     let sum = A::u64_at(prev, offset!(sum_exec_runtime));
     let st = match lookup(tid) {
         Some(p) => p,
@@ -645,11 +747,9 @@ fn switch_out<A: Access>(
     } else {
         st.voluntary += 1;
     }
-    // Held by CFS bandwidth throttling (bandwidth.rs).
-    let throttled_off = unsafe { core::ptr::read_volatile(&THROTTLED_OFF) };
-    if throttled_off != 0 && prev_state == 0 && A::u8_at(prev, throttled_off) != 0 {
-        bandwidth::held_out(prev as u64, tid, tgid, cpu, st, clock.now());
-    }
+    // Held by CFS bandwidth throttling (bandwidth.rs; gone without a quota).
+    let held = bandwidth::on()
+        && bandwidth::switch_out::<A>(prev, (tid, tgid), cpu, prev_state, st, clock.now());
     if have_run_delay() {
         // run_delay grew by the wait that preceded this slice (added at its
         // switch-in, after that tracepoint: sched_info_arrive()). If that
@@ -675,6 +775,15 @@ fn switch_out<A: Access>(
         st.runnable_since_ns = 0;
         st.runnable_kind = RUNNABLE_NONE;
     }
+    // It ran: a wait still counted (its switch-in was not seen) is over.
+    wait_end(st);
+    if !preempted {
+        begin_sleep(st, prev_state, clock);
+    } else if !held {
+        wait_begin(st, cpu, clock);
+    }
+    // It ran since it was seeded; run_delay holds its last hold now.
+    st.flags &= !(FLAG_SEEDED | FLAG_HELD_PENDING);
 }
 
 /// Marks `next` as running and ends a wakeup-to-run wait (with
@@ -684,7 +793,12 @@ fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
     let Some((tid, tgid)) = A::target(next) else {
         return;
     };
-    set_current(cpu, tid);
+    let was = set_current(cpu, tid);
+    if was != 0 {
+        // A target thread was still marked on this CPU: its switch-out was
+        // not seen (its task read failed), so its slice is uncounted.
+        warn_unmatched_switch_in(was);
+    }
     let st = if have_run_delay() {
         // No entry yet: it gets one where it first needs one (threads that
         // existed before tracing are seeded by userspace, new ones at
@@ -705,10 +819,17 @@ fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
     };
     // SAFETY: a live map value; see switch_out.
     let st = unsafe { &mut *st };
-    if st.flags & FLAG_HELD != 0 {
+    if bandwidth::on() && st.flags & FLAG_HELD != 0 {
         bandwidth::held_in(tid, st, clock.now());
     }
+    if st.flags & FLAG_SEEDED != 0 {
+        seeded_switch_in(st);
+    }
+    wait_end(st);
     let kind = st.runnable_kind;
+    if st.sleep_since_ns != 0 {
+        end_sleep(st, clock.now()); // back on a CPU with no wakeup seen
+    }
     if have_run_delay() && kind != RUNNABLE_WAKEUP {
         return; // a wait after a preemption: read at switch-out
     }
@@ -729,6 +850,9 @@ fn on_switch<A: Access>(args: *const u64) {
     // Inlined by the verifier on x86-64 and arm64.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let mut clock = Clock(0);
+    // Before switch_out/switch_in: prev's slice is charged with the count
+    // of target threads that waited on this CPU during it.
+    neighbour_switch::<A>(prev as *const u8, cpu, &mut clock);
     switch_out::<A>(
         prev as *const u8,
         preempt,
@@ -832,8 +956,20 @@ fn on_wakeup<A: Access>(args: *const u64, new_task: bool) {
     if st.run_delay_seen_ns == RUN_DELAY_UNKNOWN {
         st.run_delay_seen_ns = run_delay::<A>(p);
     }
-    st.runnable_since_ns = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if st.flags & FLAG_SEEDED != 0 {
+        // Seeded, and first seen woken: it slept since it was seeded.
+        st.flags &= !FLAG_SEEDED;
+        if st.sleep_since_ns == 0 {
+            st.sleep_since_ns = st.first_ns;
+        }
+    }
+    if st.sleep_since_ns != 0 {
+        end_sleep(st, now);
+    }
+    st.runnable_since_ns = now;
     st.runnable_kind = RUNNABLE_WAKEUP;
+    wait_begin(st, A::u32_at(p, offset!(cpu)), &mut Clock(now));
 }
 
 #[inline(always)]
@@ -874,7 +1010,9 @@ fn count_pair(from: u32, to: u32) {
     // Another CPU inserted the pair first, or the map is full.
     match MIGRATION_PAIRS.get_ptr_mut(key) {
         Some(p) => add(p),
-        None => drop_event(DROP_PAIRS_FULL),
+        None => {
+            drop_event(DROP_PAIRS_FULL);
+        }
     }
 }
 
@@ -901,6 +1039,9 @@ fn on_migrate<A: Access>(args: *const u64) {
     let Some(st) = entry::<A>(p, tid, tgid, || A::u64_at(p, offset!(sum_exec_runtime))) else {
         return;
     };
+    // SAFETY: a live map value; a runnable task's migration holds its
+    // run-queue locks (set_task_cpu()), so its switch-in does not race.
+    wait_move(unsafe { &mut *st }, dest);
     let class = migration_class(orig, dest);
     // SAFETY: a live map value. A plain add is enough: set_task_cpu() runs
     // with the task's pi_lock or rq lock held (kernel/sched/core.c), so two
@@ -927,6 +1068,287 @@ fn on_exit() {
             st.comm = comm; // the final name (threads often rename themselves)
         }
     }
+}
+
+// ---- wait split, neighbours, followed processes ------------------------------
+//
+// Kept apart from the handlers above: these run only for target threads
+// (or forks and cgroup moves, which are rare), so the untargeted path of
+// sched_switch is unchanged.
+
+/// A voluntary switch-out (`prev_state` not runnable): the thread sleeps
+/// from now until its wakeup; its final switch-out ends its lifetime.
+/// One clock read per voluntary switch of a target thread.
+#[inline(always)]
+fn begin_sleep(st: &mut ThreadStats, prev_state: u64, clock: &mut Clock) {
+    if prev_state & TASK_DEAD != 0 {
+        st.last_ns = clock.now();
+    } else {
+        st.sleep_since_ns = clock.now();
+    }
+}
+
+/// A seeded thread first seen switching in: it waited runnable since it
+/// was seeded (a preempted wait: userspace seeded `run_delay_seen_ns` from
+/// /proc/<tid>/schedstat; without `sched_info`, timed from `first_ns`).
+#[inline(always)]
+fn seeded_switch_in(st: &mut ThreadStats) {
+    st.flags &= !FLAG_SEEDED;
+    if st.runnable_kind == RUNNABLE_NONE {
+        st.runnable_kind = RUNNABLE_PREEMPTED;
+        if !have_run_delay() {
+            st.runnable_since_ns = st.first_ns;
+        }
+    }
+}
+
+/// Ends the sleep in progress at `now`.
+#[inline(always)]
+fn end_sleep(st: &mut ThreadStats, now: u64) {
+    st.sleep_ns += now.saturating_sub(st.sleep_since_ns);
+    st.sleep_since_ns = 0;
+}
+
+/// Target threads waiting runnable on one CPU, and since when the task on
+/// it now has held it as far as neighbour accounting goes.
+#[repr(C)]
+struct WaitQ {
+    /// Target threads runnable on this CPU's run queue, not running.
+    waiting: u32,
+    _pad: u32,
+    /// `bpf_ktime_get_ns()` at the last switch on this CPU while a target
+    /// thread waited (or when the first one began waiting).
+    since_ns: u64,
+}
+
+/// Per CPU (index: CPU number), see [`WaitQ`]. Sized to possible CPUs.
+#[map]
+static WAITQ: Array<WaitQ> = Array::with_max_entries(1024, 0);
+
+/// Counts the thread as waiting on `cpu` (once: `wait_cpu` holds it).
+#[inline(always)]
+fn wait_begin(st: &mut ThreadStats, cpu: u32, clock: &mut Clock) {
+    if st.wait_cpu != 0 {
+        return;
+    }
+    if let Some(q) = WAITQ.get_ptr_mut(cpu) {
+        // SAFETY: a live map value; atomic, as wakeups on other CPUs
+        // count waiters here too.
+        let before = unsafe {
+            atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*q).waiting, 1)
+        };
+        if before == 0 {
+            // SAFETY: as above; a racing switch on that CPU at worst
+            // moves the start of the first charged slice.
+            unsafe { (*q).since_ns = clock.now() };
+        }
+        st.wait_cpu = cpu + 1;
+    }
+}
+
+/// Stops counting the thread as waiting.
+#[inline(always)]
+fn wait_end(st: &mut ThreadStats) {
+    let c = st.wait_cpu;
+    if c == 0 {
+        return;
+    }
+    st.wait_cpu = 0;
+    if let Some(q) = WAITQ.get_ptr_mut(c - 1) {
+        // SAFETY: a live map value; atomic (see wait_begin). Adding
+        // u32::MAX is subtracting one.
+        unsafe {
+            atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*q).waiting, u32::MAX)
+        };
+    }
+}
+
+/// A waiting thread moved to `dest` (load balancing): it waits there now.
+#[inline(always)]
+fn wait_move(st: &mut ThreadStats, dest: u32) {
+    if st.wait_cpu == 0 {
+        return;
+    }
+    wait_end(st);
+    wait_begin(st, dest, &mut Clock(0));
+}
+
+/// On every switch, the one untargeted-path cost of neighbour accounting:
+/// one load of this CPU's waiting count. Only while target threads wait
+/// here: the slice that ends now (since the last switch or the first
+/// wait) times the number waiting is charged to `prev`'s process, unless
+/// `prev` is the idle task or a target thread.
+#[inline(always)]
+fn neighbour_switch<A: Access>(prev: *const u8, cpu: u32, clock: &mut Clock) {
+    let Some(q) = WAITQ.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: a live map value; volatile, as other CPUs change it.
+    let waiting = unsafe { core::ptr::read_volatile(&raw const (*q).waiting) };
+    if waiting == 0 {
+        return;
+    }
+    let now = clock.now();
+    // SAFETY: a live map value; only switches on this CPU (and the first
+    // waiter) write it.
+    let since = unsafe { (*q).since_ns };
+    unsafe { (*q).since_ns = now };
+    let tgid = A::u32_at(prev, offset!(tgid));
+    if tgid == 0 || is_target(tgid) || since == 0 {
+        return;
+    }
+    charge_neighbour::<A>(prev, tgid, now.saturating_sub(since) * u64::from(waiting));
+}
+
+/// Adds `ns` of target wait to `tgid`'s `NEIGHBOURS` entry, made on first
+/// sight with the comm and cpu-controller cgroup of `task`.
+#[inline(always)]
+fn charge_neighbour<A: Access>(task: *const u8, tgid: u32, ns: u64) {
+    let p = match NEIGHBOURS.get_ptr_mut(tgid) {
+        Some(p) => p,
+        None => {
+            let n = Neighbour {
+                wait_ns: 0,
+                waits: 0,
+                cgroup_id: cgroup_id(task),
+                comm: A::comm(task),
+            };
+            // Another CPU may have inserted it first: the lookup finds it.
+            let _ = NEIGHBOURS.insert(tgid, n, BPF_NOEXIST as u64);
+            match NEIGHBOURS.get_ptr_mut(tgid) {
+                Some(p) => p,
+                None => {
+                    drop_event(DROP_NEIGHBOURS_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: a live map value; atomic, as several CPUs charge one process.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).wait_ns, ns);
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).waits, 1);
+    }
+}
+
+/// Reads a kernel pointer at `base + off` (0 on failure).
+#[inline(always)]
+fn read_ptr(base: *const u8, off: u32) -> *const u8 {
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const u64) }.unwrap_or(0)
+        as *const u8
+}
+
+/// `task->cgroups->subsys[cpu_cgrp_id]->cgroup->kn->id`: the task's cgroup
+/// in the cpu controller's hierarchy (v1 or v2, wherever it is mounted),
+/// as the inode number of its directory; 0 when unknown. Probe reads in
+/// both program sets: it runs once per neighbour.
+#[inline(always)]
+fn cgroup_id(task: *const u8) -> u64 {
+    if offset!(cgroups) == 0 {
+        return 0;
+    }
+    let cset = read_ptr(task, offset!(cgroups));
+    if cset.is_null() {
+        return 0;
+    }
+    let css = read_ptr(cset, offset!(css_cpu));
+    if css.is_null() {
+        return 0;
+    }
+    let cgrp = read_ptr(css, offset!(css_cgroup));
+    if cgrp.is_null() {
+        return 0;
+    }
+    kn_id(cgrp)
+}
+
+/// `cgrp->kn->id`, 0 when unreadable.
+#[inline(always)]
+fn kn_id(cgrp: *const u8) -> u64 {
+    let kn = read_ptr(cgrp, offset!(cgroup_kn));
+    if kn.is_null() {
+        return 0;
+    }
+    read_ptr(kn, offset!(kn_id)) as u64
+}
+
+#[inline(always)]
+fn count_fork(kind: u32) {
+    if let Some(p) = FORKS.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, no other writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Marks `tgid` as a target; false when it is above the bitmap.
+#[inline(always)]
+fn mark_target(tgid: u32) -> bool {
+    match TARGETS.get_ptr_mut(tgid >> 6) {
+        Some(word) => {
+            // SAFETY: a live map value; atomic, as forks on other CPUs and
+            // userspace set bits of the same word.
+            unsafe {
+                atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(word, 1 << (tgid & 63));
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+/// `sched_process_fork(parent, child)`: a new process of a target process
+/// is a target before it runs (the tracepoint fires before
+/// `wake_up_new_task`, whose `sched_wakeup_new` then makes its entry with a
+/// zero base: traced from its first instruction). New threads share their
+/// parent's tgid and need nothing.
+#[inline(always)]
+fn on_fork<A: Access>(args: *const u64) {
+    let (parent, child) = unsafe { (*args as *const u8, *args.add(1) as *const u8) };
+    let Some((_, ptgid)) = A::target(parent) else {
+        return;
+    };
+    let ctgid = A::u32_at(child, offset!(tgid));
+    if ctgid == ptgid || ctgid == 0 {
+        return;
+    }
+    // SAFETY: a plain read of a static; volatile, as for `offset!`.
+    let follow = unsafe { core::ptr::read_volatile(&FOLLOW) } != 0;
+    if follow && mark_target(ctgid) {
+        count_fork(FORK_FOLLOWED);
+    } else {
+        count_fork(FORK_MISSED);
+    }
+}
+
+/// `cgroup_attach_task(dst_cgrp, path, task, threadgroup)`: a task moved
+/// into the `--cgroup` directory makes its process a target, with an entry
+/// whose base is its CPU time now.
+#[inline(always)]
+fn on_cgroup_attach<A: Access>(args: *const u64) {
+    // SAFETY: a plain read of a static; volatile, as for `offset!`.
+    let want = unsafe { core::ptr::read_volatile(&JOIN_CGROUP) };
+    if want == 0 {
+        return;
+    }
+    let (cgrp, task) = unsafe { (*args as *const u8, *args.add(2) as *const u8) };
+    if kn_id(cgrp) != want {
+        return;
+    }
+    let tgid = A::u32_at(task, offset!(tgid));
+    if tgid == 0 {
+        return;
+    }
+    if !is_target(tgid) {
+        if !mark_target(tgid) {
+            return;
+        }
+        count_fork(FORK_JOINED);
+    }
+    let tid = A::u32_at(task, offset!(pid));
+    let _ = entry::<A>(task, tid, tgid, || {
+        A::u64_at(task, offset!(sum_exec_runtime))
+    });
 }
 
 // ---- tp_btf entries -------------------------------------------------------
@@ -963,6 +1385,7 @@ pub fn btf_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
 
 /// An empty sched_switch program: the floor any tracer pays per switch, for
 /// `cargo xtask bench`. Never attached by a trace run.
+#[cfg(feature = "floor")]
 #[btf_tracepoint(function = "sched_switch")]
 pub fn floor_sched_switch(_ctx: BtfTracePointContext) -> i32 {
     0
@@ -970,6 +1393,7 @@ pub fn floor_sched_switch(_ctx: BtfTracePointContext) -> i32 {
 
 /// The empty program plus one `bpf_ktime_get_ns()`: what one clock read
 /// costs, for `cargo xtask bench`. Never attached by a trace run.
+#[cfg(feature = "floor")]
 #[btf_tracepoint(function = "sched_switch")]
 pub fn floor_clock_sched_switch(_ctx: BtfTracePointContext) -> i32 {
     let t = unsafe { bpf_ktime_get_ns() };
@@ -978,6 +1402,18 @@ pub fn floor_clock_sched_switch(_ctx: BtfTracePointContext) -> i32 {
         // SAFETY: per-CPU slot, no other writer on this CPU.
         unsafe { *p = t };
     }
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn btf_sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    on_fork::<Btf>(ctx.as_ptr() as *const u64);
+    0
+}
+
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn btf_cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
+    on_cgroup_attach::<Btf>(ctx.as_ptr() as *const u64);
     0
 }
 
@@ -1010,6 +1446,18 @@ pub fn raw_sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn raw_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     on_exit();
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn raw_sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    on_fork::<Raw>(ctx.as_ptr() as *const u64);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn raw_cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
+    on_cgroup_attach::<Raw>(ctx.as_ptr() as *const u64);
     0
 }
 

@@ -16,9 +16,8 @@ fn main() -> ExitCode {
         // Usage errors: one line with the fix, exit 2 (clap's own text runs
         // to several lines); --help and --version print as usual.
         Err(e) if e.use_stderr() => {
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let argv: Vec<String> = std::env::args().collect();
+            let first = affinity::cli::usage_message(&e, &argv);
             eprintln!("affin-trace: {first} (see affin-trace --help)");
             return ExitCode::from(EXIT_USAGE as u8);
         }
@@ -30,8 +29,19 @@ fn main() -> ExitCode {
             0
         }
         Some(Command::Topology { format }) => run::topology(format),
+        #[cfg(feature = "bench-hooks")]
         Some(Command::BenchFloor { seconds }) => run::bench_floor(seconds),
-        Some(Command::Revert { pid }) => run::revert(pid),
+        Some(Command::Revert {
+            pid,
+            comm,
+            cgroup,
+            all,
+        }) => run::revert(&run::RevertTargets {
+            pids: pid,
+            comms: comm,
+            cgroup,
+            all,
+        }),
         Some(Command::Docs {
             man,
             completions,

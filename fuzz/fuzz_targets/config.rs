@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    // Config::load reads with read_to_string: UTF-8 only.
+    // cli::load_config reads with read_to_string: UTF-8 only.
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

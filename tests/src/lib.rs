@@ -6,6 +6,8 @@
 //! (`cargo xtask test` passes `--test-threads=1`). They never skip: without
 //! root they fail and say so.
 
+pub mod cgroup;
+
 use std::{
     io::{BufRead as _, BufReader},
     path::PathBuf,
@@ -305,4 +307,24 @@ pub fn have(tool: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Cpus_allowed_list of every thread of `pid`, by tid (status read as
+/// bytes: a thread name need not be UTF-8).
+pub fn masks(pid: u32) -> std::collections::BTreeMap<u32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read(e.path().join("status")).ok()?;
+            let status = String::from_utf8_lossy(&status);
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+                .trim()
+                .to_string();
+            Some((tid, list))
+        })
+        .collect()
 }

@@ -2,33 +2,14 @@
 //! prove it helped, undo it). Root only; one at a time.
 
 use std::{
-    collections::BTreeMap,
     os::unix::fs::MetadataExt as _,
     path::Path,
     process::{Command, Stdio},
 };
 
-use affinity::host::cgroup::TestCgroup;
+use affinity_tests::cgroup::TestCgroup;
 use affinity_tests::*;
 use nix::{sched::CpuSet, unistd::Pid};
-
-/// Cpus_allowed_list of every thread of `pid`, by tid.
-fn masks(pid: u32) -> BTreeMap<u32, String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            let list = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
-                .trim()
-                .to_string();
-            Some((tid, list))
-        })
-        .collect()
-}
 
 fn pin(tid: u32, cpus: &[usize]) {
     let mut set = CpuSet::new();

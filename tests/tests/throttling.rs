@@ -5,7 +5,7 @@
 
 use std::process::{Command, Stdio};
 
-use affinity::host::cgroup::TestCgroup;
+use affinity_tests::cgroup::TestCgroup;
 use affinity_tests::*;
 
 const QUOTA_US: u64 = 50_000;

@@ -199,7 +199,7 @@ fn timeline_with_a_too_small_ring_buffer_reports_lost_events() {
 fn timeline_marks_throttled_intervals_adding_up_to_the_reports_count() {
     require_root();
     let name = format!("affin-timeline-{}", std::process::id());
-    let cg = affinity::host::cgroup::TestCgroup::create_v1_cpu(&name, 50_000, 100_000)
+    let cg = affinity_tests::cgroup::TestCgroup::create_v1_cpu(&name, 50_000, 100_000)
         .expect("create test cgroup");
     let file = scratch("timeline-throttled.json");
     let w = Gated::start(&["spinners", "4", "1500"]);

@@ -10,18 +10,32 @@ use std::process::Command;
 
 const INSTALL_DIR: &str = "/usr/local/bin";
 
+/// Which build of affin-trace: the product, or with the test and bench
+/// hooks (the `bench-hooks` feature: `bench-floor`, the floor programs,
+/// the AFFIN_TRACE_* environment hooks).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hooks {
+    /// The product (`build`, `run`, `install`, `docs`).
+    Off,
+    /// For the root tests and the bench.
+    On,
+}
+
 /// `cargo build -p affinity-userspace [--release]`, after setup.
 pub fn build(release: bool) -> Result<()> {
     setup::run()?;
-    cargo_build(release)
+    cargo_build(release, Hooks::Off)
 }
 
 /// The build alone (setup already done).
-pub fn cargo_build(release: bool) -> Result<()> {
+pub fn cargo_build(release: bool, hooks: Hooks) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["build", "-p", "affinity-userspace"]);
     if release {
         cmd.arg("--release");
+    }
+    if hooks == Hooks::On {
+        cmd.args(["--features", "bench-hooks"]);
     }
     run_checked(
         &mut cmd,
@@ -33,7 +47,7 @@ pub fn cargo_build(release: bool) -> Result<()> {
 /// Release build, then `affin-trace ARGS` (default `demo`); exits with its code.
 pub fn run(args: Vec<String>) -> Result<()> {
     setup::run()?;
-    cargo_build(true)?;
+    cargo_build(true, Hooks::Off)?;
     let args = if args.is_empty() {
         vec!["demo".to_string()]
     } else {
@@ -61,7 +75,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
 /// Release build, copied to /usr/local/bin/affin-trace with mode 0755.
 pub fn install() -> Result<()> {
     setup::run()?;
-    cargo_build(true)?;
+    cargo_build(true, Hooks::Off)?;
     let src = release_bin();
     let dest = Path::new(INSTALL_DIR).join("affin-trace");
     // Copy next to the target and rename, so a running affin-trace is replaced

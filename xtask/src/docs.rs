@@ -11,7 +11,7 @@ use std::process::Command;
 /// Release build, then `affin-trace docs --out target/docs`.
 pub fn run() -> Result<()> {
     setup::run()?;
-    binary::cargo_build(true)?;
+    binary::cargo_build(true, binary::Hooks::Off)?;
     let out = workspace_root().join("target/docs");
     // Start empty, so pages of renamed or removed subcommands do not linger.
     if out.exists() {

@@ -6,8 +6,10 @@
 //!   build.rs builds the eBPF crate with aya-build).
 //! - `run [-- ARGS...]`: setup, release build, then runs `affin-trace ARGS`
 //!   (`demo` when no ARGS), through sudo when not root and sudo exists.
-//! - `test [--unit|--root] [FILTER]`: setup, unit tests, then the root
+//! - `test [--unit|--root] [FILTER]`: setup, the purity check, unit tests, then the root
 //!   integration tests (one at a time), then a pass/fail summary.
+//! - `purity`: model/, analyze/ and report/ import nothing that touches the
+//!   system (also the first step of `test`).
 //! - `install`: release build, copied to /usr/local/bin/affin-trace.
 //!
 //! A new command is a new `Cmd` variant plus a file holding its `run`.
@@ -16,6 +18,7 @@ mod bench;
 mod binary;
 mod docs;
 mod fuzz;
+mod purity;
 mod setup;
 mod test;
 mod util;
@@ -51,6 +54,12 @@ enum Cmd {
     },
     /// Run unit tests, then root integration tests, and summarize.
     Test(test::Args),
+    /// Check that model/, analyze/ and report/ touch nothing of the system.
+    Purity {
+        /// The crate's src/ to check (default: affinity-userspace/src here).
+        #[arg(long)]
+        src: Option<std::path::PathBuf>,
+    },
     /// Build in release mode and copy affin-trace to /usr/local/bin.
     Install,
     /// Build in release mode, then write man pages and shell completions to target/docs.
@@ -79,6 +88,7 @@ fn main() {
         Cmd::Build { release } => binary::build(release),
         Cmd::Run { args } => binary::run(args),
         Cmd::Test(args) => test::run(args),
+        Cmd::Purity { src } => purity::run(src.as_deref()),
         Cmd::Install => binary::install(),
         Cmd::Docs => docs::run(),
         Cmd::Bench(args) => bench::run(args),

@@ -1,7 +1,7 @@
-//! `cargo xtask test`: unit tests, then root integration tests against the
+//! `cargo xtask test`: the purity check, unit tests, then root integration tests against the
 //! release binary, then a summary parsed from cargo test's result lines.
 
-use crate::binary::cargo_build;
+use crate::binary::{Hooks, cargo_build};
 use crate::setup;
 use crate::util::{cargo, is_root, release_bin};
 use anyhow::{Context as _, Result};
@@ -43,6 +43,8 @@ pub fn run(args: Args) -> Result<()> {
     setup::run()?;
     let mut phases = Vec::new();
     if !args.root {
+        // Before the unit phase: a pure-core violation fails the run early.
+        crate::purity::run(None)?;
         let mut cmd = cargo();
         cmd.args(["test", "--workspace"])
             .args(["--exclude", "affinity-tests", "--exclude", "affinity-ebpf"])
@@ -85,7 +87,7 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
         phase.problem = Some(msg.into());
         return Ok(phase);
     }
-    if let Err(err) = cargo_build(true) {
+    if let Err(err) = cargo_build(true, Hooks::On) {
         eprintln!("xtask: {err:#}");
         phase.problem = Some("release build failed".into());
         return Ok(phase);
@@ -102,6 +104,9 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
         "--no-fail-fast",
         "-p",
         "affinity-tests",
+        // The library as the binary was built (one build, not two).
+        "--features",
+        "affinity-userspace/bench-hooks",
     ]);
     // A file name selects the file; anything else filters test names.
     match filter {
@@ -118,8 +123,9 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
     Ok(phase)
 }
 
-/// Takes /run/affin-trace-root-tests.lock (flock, exclusive, blocking).
-fn machine_lock() -> Result<std::fs::File> {
+/// Takes /run/affin-trace-root-tests.lock (flock, exclusive, blocking);
+/// the bench takes it too.
+pub fn machine_lock() -> Result<std::fs::File> {
     use std::os::fd::AsRawFd as _;
     let path = "/run/affin-trace-root-tests.lock";
     let file = std::fs::OpenOptions::new()

@@ -148,6 +148,60 @@ pub struct Classification {
     /// Each test tried, in order, with the value and threshold
     /// ("avg_cpu 3.1% <= 80", ..., "avg_cpu 3.1% < 20").
     pub reasons: Vec<String>,
+    /// Each test of `reasons`, in the same order, with its margin to the
+    /// threshold.
+    #[serde(default)]
+    pub margins: Vec<Margin>,
+    /// Set when a test that decided the class lies within
+    /// [`BORDERLINE`] of its threshold: the class could flip on the next
+    /// window, to the runner-up.
+    #[serde(default)]
+    pub borderline: Option<Borderline>,
+}
+
+/// Relative distance to a threshold under which a verdict is borderline.
+pub const BORDERLINE: f64 = 0.05;
+
+/// One test's distance to its threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Margin {
+    /// The figure ("avg_cpu", "variance", "migration_rate", ...).
+    pub test: String,
+    /// Its value.
+    pub value: f64,
+    /// The threshold it was compared with.
+    pub threshold: f64,
+    /// The test held (`>` for above-tests, `<` for below-tests).
+    pub held: bool,
+    /// value - threshold, in the figure's unit.
+    pub margin: f64,
+    /// |margin| / threshold (null for a zero threshold).
+    pub relative: Option<f64>,
+}
+
+/// A verdict close to flipping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Borderline {
+    /// The test nearest its threshold.
+    pub test: String,
+    /// Its relative margin (0.001 = 0.1%).
+    pub relative: f64,
+    /// The class the verdict would be if that test went the other way.
+    pub runner_up: Class,
+}
+
+impl Borderline {
+    /// "borderline: migration_rate is 0.1% from its threshold; runner-up
+    /// balanced".
+    pub fn summary(&self) -> String {
+        format!(
+            "borderline: {} is {:.1}% from its threshold (within {:.0}%); runner-up {}",
+            self.test,
+            self.relative * 100.0,
+            BORDERLINE * 100.0,
+            self.runner_up
+        )
+    }
 }
 
 impl Classification {
@@ -171,6 +225,9 @@ pub struct ThreadClassification {
 /// Verdicts for the process and each thread.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TraceClassification {
+    /// The seed's key: the class of the target as a whole (the same as
+    /// `process.class`).
+    pub workload_type: Class,
     /// The target as a whole.
     pub process: Classification,
     /// Each selected thread.
@@ -179,8 +236,10 @@ pub struct TraceClassification {
 
 /// Classifies the process and each thread.
 pub fn classify_trace(f: &TraceFeatures, t: &Thresholds) -> TraceClassification {
+    let process = classify(&f.process, t);
     TraceClassification {
-        process: classify(&f.process, t),
+        workload_type: process.class,
+        process,
         threads: f
             .threads
             .iter()
@@ -196,8 +255,21 @@ pub fn classify_trace(f: &TraceFeatures, t: &Thresholds) -> TraceClassification 
 /// Classifies one set of features, in the seed's order of tests.
 pub fn classify(f: &Features, t: &Thresholds) -> Classification {
     let mut test = Reasons::default();
-    let cpu = Figure::new("avg_cpu", f.avg_cpu_usage, "%", 1);
-    let class = if test.above(cpu, t.cpu_intensive_pct) {
+    let class = decide(f, t, &mut test);
+    let borderline = borderline(f, t, &test);
+    Classification {
+        class,
+        reasons: test.reasons,
+        margins: test.margins,
+        borderline,
+    }
+}
+
+/// The seed's chain of tests; `test` records each one tried (and may flip
+/// one, to find the runner-up).
+fn decide(f: &Features, t: &Thresholds, test: &mut Reasons) -> Class {
+    let cpu = cpu_figure(f);
+    if test.above(cpu, t.cpu_intensive_pct) {
         let var = Figure::new("variance", f.cpu_variance, "", 1);
         if test.below(var, t.steady_variance) {
             Class::CpuIntensiveSteady
@@ -214,16 +286,58 @@ pub fn classify(f: &Features, t: &Thresholds) -> Classification {
         t.cache_miss_ratio,
     ) {
         Class::CacheSensitive
-    } else if test.below(cpu, t.io_bound_pct) {
+    } else if test.below(cpu, t.io_bound_pct) && test.sleeps(f) {
         Class::IoBound
     } else {
         Class::Balanced
-    };
-    Classification {
-        class,
-        reasons: test.0,
     }
 }
+
+/// The test tried nearest its threshold, when within [`BORDERLINE`], with
+/// the class the chain gives when that one test goes the other way.
+fn borderline(f: &Features, t: &Thresholds, tried: &Reasons) -> Option<Borderline> {
+    let (i, m, rel) = tried
+        .margins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.relative.map(|r| (i, m, r)))
+        .filter(|&(_, _, r)| r <= BORDERLINE)
+        .min_by(|a, b| a.2.total_cmp(&b.2))?;
+    let mut flipped = Reasons {
+        flip: Some(i),
+        ..Reasons::default()
+    };
+    let runner_up = decide(f, t, &mut flipped);
+    Some(Borderline {
+        test: m.test.clone(),
+        relative: rel,
+        runner_up,
+    })
+}
+
+/// Demand above usage by more than this (points of % of one CPU, or this
+/// share of usage, whichever is more) decides instead of usage: below it,
+/// the difference is the ordinary wakeup latency of any thread.
+const DEMAND_MARGIN_PCT: f64 = 5.0;
+/// The relative part of [`DEMAND_MARGIN_PCT`].
+const DEMAND_MARGIN_SHARE: f64 = 0.10;
+
+/// The CPU figure the class is decided on: demand (running + runnable)
+/// where usage understates it, so that a thread other processes kept off
+/// the CPU reads as what it asked for, not what it got (a starved spinner
+/// is CPU-intensive, not I/O-bound).
+fn cpu_figure(f: &Features) -> Figure {
+    let margin = DEMAND_MARGIN_PCT.max(f.avg_cpu_usage * DEMAND_MARGIN_SHARE);
+    if f.avg_cpu_demand > f.avg_cpu_usage + margin {
+        Figure::new("avg_cpu_demand", f.avg_cpu_demand, "%", 1)
+    } else {
+        Figure::new("avg_cpu", f.avg_cpu_usage, "%", 1)
+    }
+}
+
+/// Share of the off-CPU time spent asleep (voluntarily) that an I/O-bound
+/// verdict needs: waiting for a CPU is not waiting for I/O.
+const IO_SLEEP_SHARE: f64 = 0.5;
 
 /// A feature as printed in a reason: name, value, unit, decimals.
 #[derive(Clone, Copy)]
@@ -251,25 +365,61 @@ impl Figure {
     }
 }
 
-/// The tests tried so far, each with its reason.
+/// The tests tried so far, each with its reason and margin. `flip` turns
+/// the outcome of the test with that index around (the runner-up's path).
 #[derive(Default)]
-struct Reasons(Vec<String>);
+struct Reasons {
+    reasons: Vec<String>,
+    margins: Vec<Margin>,
+    flip: Option<usize>,
+}
 
 impl Reasons {
     /// `value > threshold`, recorded.
     fn above(&mut self, f: Figure, threshold: f64) -> bool {
-        let held = f.value > threshold;
-        self.0
+        let held = self.record(f, threshold, f.value > threshold);
+        self.reasons
             .push(f.reason(threshold, if held { ">" } else { "<=" }));
+        held
+    }
+
+    /// Whether the off-CPU time is mostly sleep, recorded; true without a
+    /// wait split (traces recorded before it), as before.
+    fn sleeps(&mut self, f: &Features) -> bool {
+        let off = f.sleep_ns.saturating_add(f.runnable_ns);
+        if f.lifetime_ns == 0 || off == 0 {
+            return true;
+        }
+        let share = f.sleep_ns as f64 / off as f64;
+        let held = share >= IO_SLEEP_SHARE;
+        self.reasons.push(format!(
+            "off-CPU asleep {:.0}% {} {:.0}%",
+            share * 100.0,
+            if held { ">=" } else { "<" },
+            IO_SLEEP_SHARE * 100.0
+        ));
         held
     }
 
     /// `value < threshold`, recorded.
     fn below(&mut self, f: Figure, threshold: f64) -> bool {
-        let held = f.value < threshold;
-        self.0
+        let held = self.record(f, threshold, f.value < threshold);
+        self.reasons
             .push(f.reason(threshold, if held { "<" } else { ">=" }));
         held
+    }
+
+    fn record(&mut self, f: Figure, threshold: f64, held: bool) -> bool {
+        let margin = f.value - threshold;
+        self.margins.push(Margin {
+            test: f.name.to_string(),
+            value: f.value,
+            threshold,
+            held,
+            margin,
+            relative: (threshold != 0.0).then(|| (margin / threshold).abs()),
+        });
+        held != (self.flip == Some(self.margins.len() - 1))
     }
 }
 
@@ -291,6 +441,54 @@ fn fmt_near(value: f64, threshold: f64, decimals: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread that got `usage`% of a CPU and waited runnable for
+    /// `runnable`% and slept `sleep`% of a 10 s window.
+    fn split(usage: f64, runnable: f64, sleep: f64) -> Features {
+        let ns = |pct: f64| (pct * 1e8) as u64;
+        let demand = ns(usage) + ns(runnable);
+        Features {
+            avg_cpu_usage: usage,
+            cpu_variance: 1.0,
+            cpu_time_ns: ns(usage),
+            runnable_ns: ns(runnable),
+            sleep_ns: ns(sleep),
+            lifetime_ns: ns(usage) + ns(runnable) + ns(sleep),
+            cpu_demand_ns: demand,
+            avg_cpu_demand: demand as f64 / 1e8,
+            demand_parallelism: demand as f64 / 1e10,
+            window_ns: 10_000_000_000,
+            ..Features::default()
+        }
+    }
+
+    #[test]
+    fn a_starved_spinner_is_cpu_intensive_on_demand() {
+        // Issue 13: 9% on CPU, 91% waiting runnable behind other processes.
+        let c = classify(&split(9.0, 91.0, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::CpuIntensiveSteady, "{c:?}");
+        assert!(
+            c.reasons[0].starts_with("avg_cpu_demand 100.0% > 80"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_cpu_is_not_io() {
+        // Low demand but the off-CPU time is mostly runnable: not io_bound.
+        let c = classify(&split(2.0, 12.0, 5.0), &Thresholds::default());
+        assert_eq!(c.class, Class::Balanced, "{c:?}");
+        assert!(c.summary().contains("off-CPU asleep 29% < 50%"), "{c:?}");
+        let c = classify(&split(2.0, 1.0, 97.0), &Thresholds::default());
+        assert_eq!(c.class, Class::IoBound, "{c:?}");
+        assert!(c.summary().contains("avg_cpu 2.0% < 20"), "{c:?}");
+    }
+
+    #[test]
+    fn ordinary_wakeup_latency_leaves_the_usage_figure() {
+        let c = classify(&split(50.0, 3.0, 47.0), &Thresholds::default());
+        assert!(c.reasons[0].starts_with("avg_cpu 50.0%"), "{c:?}");
+    }
 
     fn feat(cpu: f64, var: f64, rate: f64, miss: f64) -> Features {
         Features {
@@ -410,6 +608,7 @@ mod tests {
             &Thresholds::default(),
         );
         assert_eq!(tc.process.class, Class::CpuIntensiveSteady);
+        assert_eq!(tc.workload_type, Class::CpuIntensiveSteady);
         assert_eq!(
             tc.threads[0].classification.class,
             Class::CpuIntensiveSteady
@@ -428,6 +627,48 @@ mod tests {
         let edge = mk_trace(vec![mk_thread(1, &[90.0, 110.0], &[0, 1])]);
         let c = classify(&extract(&edge, 0).process, &Thresholds::default());
         assert_eq!(c.class, Class::CpuIntensiveBursty, "{:?}", c.reasons);
+    }
+
+    #[test]
+    fn a_verdict_within_5_percent_of_a_threshold_is_borderline_with_its_runner_up() {
+        // The nginx case: 4.997 migrations/s against 5.
+        let c = classify(&feat(50.0, 0.0, 4.997, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::Balanced);
+        let b = c.borderline.as_ref().expect("borderline");
+        assert_eq!(b.test, "migration_rate");
+        assert_eq!(b.runner_up, Class::MigrationHeavy);
+        assert!((b.relative - 0.0006).abs() < 1e-9, "{}", b.relative);
+        assert!(
+            b.summary().contains("runner-up migration_heavy"),
+            "{}",
+            b.summary()
+        );
+        // Just above: the runner-up goes the other way.
+        let c = classify(&feat(50.0, 0.0, 5.1, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::MigrationHeavy);
+        assert_eq!(c.borderline.unwrap().runner_up, Class::Balanced);
+        // avg_cpu 82% is 2.5% from 80: steady, runner-up what the rest says.
+        let c = classify(&feat(82.0, 10.0, 20.0, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::CpuIntensiveSteady);
+        assert_eq!(c.borderline.unwrap().runner_up, Class::MigrationHeavy);
+        // The nearest of several near tests decides; io_bound edge too.
+        let c = classify(&feat(19.5, 0.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(c.class, Class::IoBound);
+        assert_eq!(c.borderline.unwrap().runner_up, Class::Balanced);
+    }
+
+    #[test]
+    fn a_verdict_far_from_every_threshold_is_not_borderline_and_margins_match_reasons() {
+        let c = classify(&feat(3.1, 0.0, 0.0, 0.0), &Thresholds::default());
+        assert_eq!(c.borderline, None);
+        assert_eq!(c.margins.len(), c.reasons.len());
+        assert_eq!(c.margins[0].test, "avg_cpu");
+        assert!((c.margins[0].margin - (3.1 - 80.0)).abs() < 1e-9);
+        assert!(!c.margins[0].held);
+        assert!(c.margins[3].held, "avg_cpu < 20 held");
+        // 6% away is not borderline.
+        let c = classify(&feat(50.0, 0.0, 4.7, 0.0), &Thresholds::default());
+        assert_eq!(c.borderline, None);
     }
 
     #[test]

@@ -84,15 +84,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and checks a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
     /// Parses and checks config text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -187,14 +178,25 @@ fn find_key(text: &str, section: &str, key: &str) -> Location {
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/config")
-            .join(name)
+    /// tests/fixtures/config/<name>, parsed (cli::load_config opens files).
+    fn load(name: &str) -> Result<Config, ConfigError> {
+        let text = match name {
+            "defaults.toml" => include_str!("../../../tests/fixtures/config/defaults.toml"),
+            "partial.toml" => include_str!("../../../tests/fixtures/config/partial.toml"),
+            "unknown_key.toml" => include_str!("../../../tests/fixtures/config/unknown_key.toml"),
+            "unknown_table.toml" => {
+                include_str!("../../../tests/fixtures/config/unknown_table.toml")
+            }
+            "bad_type.toml" => include_str!("../../../tests/fixtures/config/bad_type.toml"),
+            "bad_syntax.toml" => include_str!("../../../tests/fixtures/config/bad_syntax.toml"),
+            "out_of_range.toml" => include_str!("../../../tests/fixtures/config/out_of_range.toml"),
+            _ => panic!("no config fixture {name:?}"),
+        };
+        Config::parse(text, Path::new(name))
     }
 
     fn load_err(name: &str) -> String {
-        let e = Config::load(&fixture(name)).unwrap_err();
+        let e = load(name).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains(name), "names the file: {msg}");
         msg
@@ -202,7 +204,7 @@ mod tests {
 
     #[test]
     fn defaults_file_equals_built_in_defaults() {
-        let c = Config::load(&fixture("defaults.toml")).unwrap();
+        let c = load("defaults.toml").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.thresholds.cpu_intensive_pct, 80.0);
         assert_eq!(c.thresholds.cache_miss_ratio, 0.3);
@@ -210,7 +212,7 @@ mod tests {
 
     #[test]
     fn missing_keys_keep_defaults_and_integers_are_accepted() {
-        let c = Config::load(&fixture("partial.toml")).unwrap();
+        let c = load("partial.toml").unwrap();
         assert_eq!(c.thresholds.cpu_intensive_pct, 90.0);
         assert_eq!(c.thresholds.migration_rate, 2.5);
         assert_eq!(c.thresholds.io_bound_pct, 20.0);
@@ -254,18 +256,12 @@ mod tests {
 
     #[test]
     fn out_of_range_value_names_line_and_key() {
-        let e = Config::load(&fixture("out_of_range.toml")).unwrap_err();
+        let e = load("out_of_range.toml").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { .. }));
         let msg = e.to_string();
         assert!(msg.contains("line 3"), "{msg}");
         assert!(msg.contains("thresholds.cache_miss_ratio"), "{msg}");
         assert!(msg.contains("between 0 and 1"), "{msg}");
-    }
-
-    #[test]
-    fn missing_file_says_so() {
-        let msg = load_err("no_such_file.toml");
-        assert!(msg.contains("cannot read"), "{msg}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     analyze::classify::{self, Thresholds, TraceClassification},
+    analyze::contention::{self, Contention},
     analyze::features::{self, TraceFeatures},
     analyze::recommend::{self, Recommendation},
     model::Trace,
@@ -35,6 +36,8 @@ pub struct Analysis {
     pub classification: TraceClassification,
     /// Recommended CPUs for the process.
     pub recommendation: Recommendation,
+    /// What the targets waited for and who held the CPUs.
+    pub contention: Contention,
 }
 
 /// Runs the pure pipeline on `trace`.
@@ -44,10 +47,15 @@ pub fn analyze(
     thresholds: &Thresholds,
     facts: &TargetFacts,
 ) -> Analysis {
-    let features = features::extract(trace, trace.mem_total_bytes);
+    let mut features = features::extract(trace, trace.mem_total_bytes);
     let classification = classify::classify_trace(&features, thresholds);
-    let recommendation = recommend::recommend(&recommend::Request {
-        pid: trace.pids.first().copied().unwrap_or(0),
+    // The seed reports the class among the features (`workload_type`).
+    features.process.workload_type = Some(classification.process.class);
+    for (f, c) in features.threads.iter_mut().zip(&classification.threads) {
+        f.features.workload_type = Some(c.classification.class);
+    }
+    let mut recommendation = recommend::recommend(&recommend::Request {
+        pids: &trace.pids,
         class: classification.process.class,
         features: &features.process,
         trace,
@@ -55,9 +63,15 @@ pub fn analyze(
         allowed: facts.allowed.as_deref(),
         numa_memory: facts.numa_memory.as_ref(),
     });
+    let contention = contention::assess(trace, &recommendation.cpus, &topology.online());
+    // The cause of the waiting, not the target's size, is what to change.
+    recommendation
+        .rationale
+        .extend(contention.advice.iter().map(|a| format!("contention: {a}")));
     Analysis {
         features,
         classification,
         recommendation,
+        contention,
     }
 }

@@ -56,8 +56,33 @@ pub struct Features {
     pub window_ns: u64,
     /// Number of interval samples behind the CPU figures.
     pub samples: usize,
+    /// Time waiting runnable for a CPU in the window (ns).
+    #[serde(default)]
+    pub runnable_ns: u64,
+    /// Voluntary off-CPU time in the window (ns).
+    #[serde(default)]
+    pub sleep_ns: u64,
+    /// Traced lifetime (summed over threads; ns): running (`cpu_time_ns`)
+    /// + runnable + sleeping. 0 in traces recorded before the wait split.
+    #[serde(default)]
+    pub lifetime_ns: u64,
+    /// CPU demand (ns): running + runnable, what it would have used had a
+    /// CPU been free whenever it was ready to run.
+    #[serde(default)]
+    pub cpu_demand_ns: u64,
+    /// CPU demand as % of one CPU over the window (usage's counterpart:
+    /// `avg_cpu_usage` counts only what it got).
+    #[serde(default)]
+    pub avg_cpu_demand: f64,
+    /// CPU demand / wall time: how many CPUs it would have kept busy.
+    #[serde(default)]
+    pub demand_parallelism: f64,
     /// Threads counted.
     pub threads: usize,
+    /// The seed's key: the class these features were given (set once
+    /// classified; null before).
+    #[serde(default)]
+    pub workload_type: Option<crate::analyze::classify::Class>,
 }
 
 /// One thread's features.
@@ -164,6 +189,15 @@ pub fn process(trace: &Trace, mem_total_bytes: u64) -> Features {
                 voluntary: totals.voluntary_switches,
                 involuntary: totals.involuntary_switches,
                 runq: &totals.runq,
+                // Held by a quota, a thread still wants a CPU.
+                runnable_ns: totals.runnable_ns.saturating_add(totals.throttled_ns),
+                sleep_ns: totals.sleep_ns,
+                lifetime_ns: totals.lifetime_ns,
+                span_ns: trace
+                    .selected_threads()
+                    .map(|t| t.lifetime_ns)
+                    .max()
+                    .unwrap_or(0),
             },
             mem_total_bytes,
         )
@@ -184,6 +218,10 @@ pub fn thread(trace: &Trace, t: &ThreadTrace, mem_total_bytes: u64) -> Features 
                 voluntary: t.voluntary_switches,
                 involuntary: t.involuntary_switches,
                 runq: &t.runq,
+                runnable_ns: t.runnable_ns.saturating_add(t.throttled_ns),
+                sleep_ns: t.sleep_ns,
+                lifetime_ns: t.lifetime_ns,
+                span_ns: t.lifetime_ns,
             },
             mem_total_bytes,
         )
@@ -197,6 +235,13 @@ struct Counts<'a> {
     voluntary: u64,
     involuntary: u64,
     runq: &'a crate::model::RunqLatency,
+    runnable_ns: u64,
+    sleep_ns: u64,
+    lifetime_ns: u64,
+    /// The longest thread lifetime: a command's threads start before the
+    /// window's clock does, so demand is taken over whichever is longer
+    /// (one thread never demands more than one CPU).
+    span_ns: u64,
 }
 
 fn common(trace: &Trace, samples: &[Sample], c: Counts, mem_total_bytes: u64) -> Features {
@@ -205,6 +250,7 @@ fn common(trace: &Trace, samples: &[Sample], c: Counts, mem_total_bytes: u64) ->
     let secs = window_ns as f64 / 1e9;
     let total = c.migrations.total();
     let switches = c.voluntary.saturating_add(c.involuntary);
+    let demand_ns = c.cpu_time_ns.saturating_add(c.runnable_ns);
     Features {
         avg_cpu_usage: stats.mean,
         max_cpu_usage: stats.max,
@@ -223,6 +269,14 @@ fn common(trace: &Trace, samples: &[Sample], c: Counts, mem_total_bytes: u64) ->
         window_ns,
         samples: samples.len(),
         threads: 0,
+        runnable_ns: c.runnable_ns,
+        sleep_ns: c.sleep_ns,
+        lifetime_ns: c.lifetime_ns,
+        cpu_demand_ns: demand_ns,
+        // ns*100/wall keeps exact integers exact, as in cpu_stats.
+        avg_cpu_demand: ratio(demand_ns as f64 * 100.0, window_ns.max(c.span_ns) as f64),
+        demand_parallelism: ratio(demand_ns as f64, window_ns.max(c.span_ns) as f64),
+        workload_type: None,
     }
 }
 
@@ -364,10 +418,7 @@ pub(crate) mod testutil {
                     .iter()
                     .filter_map(|t| t.cpu_ns_per_interval.get(i))
                     .sum(),
-                migrations: 0,
-                rss_bytes: 0,
-                read_ns: 0,
-                read_cpu_ns: 0,
+                ..Interval::default()
             })
             .collect();
         Trace {

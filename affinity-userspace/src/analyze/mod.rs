@@ -7,6 +7,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod contention;
 pub mod decision;
 pub mod features;
 pub mod fix;

@@ -37,8 +37,9 @@ const DEMAND_SLACK: f64 = 0.01;
 /// What to recommend for.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
-    /// The process the command applies to.
-    pub pid: u32,
+    /// The processes the command applies to: every one of the target, so
+    /// the advice is one decision for all of them.
+    pub pids: &'a [u32],
     /// Its class (process-wide).
     pub class: Class,
     /// Its process-wide features.
@@ -98,10 +99,17 @@ fn node_count(token: &str) -> Option<(u32, u64)> {
     Some((node.parse().ok()?, pages.parse().ok()?))
 }
 
-/// CPUs the measured demand calls for: effective parallelism rounded up,
-/// at least 1.
+/// CPUs the measured demand calls for: CPU demand (running + runnable)
+/// per wall second rounded up, at least 1. Usage (effective parallelism)
+/// where there is no wait split: a target other processes kept off the
+/// CPU is sized for what it asked for, not shrunk to what it got.
 pub fn demand(f: &Features) -> usize {
-    ceil_cpus(f.effective_parallelism)
+    ceil_cpus(demand_cores(f))
+}
+
+/// CPUs' worth of demand: the larger of demand and usage.
+pub fn demand_cores(f: &Features) -> f64 {
+    f.demand_parallelism.max(f.effective_parallelism)
 }
 
 fn ceil_cpus(x: f64) -> usize {
@@ -114,7 +122,7 @@ fn ceil_cpus(x: f64) -> usize {
 
 /// Recommends CPUs for the request's class.
 pub fn recommend(req: &Request) -> Recommendation {
-    let mut rationale = vec![strategy(req.class).to_string()];
+    let mut rationale = vec![strategy(req.class, req.topology.llc_groups().len())];
     let (want, why) = sized(req);
     rationale.push(why);
     let online = req.topology.online();
@@ -150,7 +158,24 @@ pub fn recommend(req: &Request) -> Recommendation {
     finish(req, pick, rationale)
 }
 
-fn strategy(class: Class) -> &'static str {
+/// What the class's placement aims at, said only as far as it is true on
+/// this machine: with one L3 every migration already stays inside it, so
+/// no "cache-local" promise is made there.
+fn strategy(class: Class, llc_groups: usize) -> String {
+    match (class, llc_groups) {
+        (Class::MigrationHeavy, 0 | 1) => {
+            return "migration_heavy: as few CPUs as its demand needs, so its threads have \
+                    fewer CPUs to move between (this machine has one L3: its migrations \
+                    already stay inside it)"
+                .into();
+        }
+        (Class::CacheSensitive, 0 | 1) => {
+            return "cache_sensitive: the CPUs where its threads ran most (this machine has \
+                    one L3: there is no other cache to keep it away from)"
+                .into();
+        }
+        _ => {}
+    }
     match class {
         Class::CpuIntensiveSteady => {
             "cpu_intensive_steady: one logical CPU per physical core, SMT siblings left idle, \
@@ -170,6 +195,7 @@ fn strategy(class: Class) -> &'static str {
         Class::IoBound => "io_bound: few CPUs, efficiency cores on hybrid parts",
         Class::Balanced => "balanced: one NUMA node, the one holding most of its memory",
     }
+    .into()
 }
 
 /// CPUs wanted and a line saying why.
@@ -182,7 +208,21 @@ fn sized(req: &Request) -> (usize, String) {
             peak,
             format!(
                 "demand: peak interval {:.1}% of one CPU -> {peak} CPU(s) (average {:.2} -> {avg})",
-                f.max_cpu_usage, f.effective_parallelism
+                f.max_cpu_usage,
+                demand_cores(f)
+            ),
+        );
+    }
+    if f.demand_parallelism > f.effective_parallelism + DEMAND_SLACK {
+        return (
+            avg,
+            format!(
+                "demand: running {:.2} + runnable {:.2} = {:.2} CPUs -> {avg} CPU(s) (usage {:.2}: \
+                 it waited for CPUs it did not get)",
+                f.effective_parallelism,
+                f.demand_parallelism - f.effective_parallelism,
+                f.demand_parallelism,
+                f.effective_parallelism
             ),
         );
     }
@@ -195,12 +235,28 @@ fn sized(req: &Request) -> (usize, String) {
     )
 }
 
+/// The shell command that sets `list` on every thread of every pid:
+/// `taskset -p` takes one pid, so several get a loop.
+pub fn taskset(list: &str, pids: &[u32]) -> String {
+    match pids {
+        [] => format!("taskset -a -c -p {list} 0"),
+        [pid] => format!("taskset -a -c -p {list} {pid}"),
+        _ => format!(
+            "for p in {}; do taskset -a -c -p {list} $p; done",
+            pids.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    }
+}
+
 fn finish(req: &Request, pick: Pick, mut rationale: Vec<String>) -> Recommendation {
     rationale.extend(pick.notes);
     let mut cpus = pick.cpus;
     cpus.sort_unstable();
     let list = cpulist::format(&cpus);
-    let command = (!cpus.is_empty()).then(|| format!("taskset -a -c -p {list} {}", req.pid));
+    let command = (!cpus.is_empty()).then(|| taskset(&list, req.pids));
     if let Some(c) = &command {
         rationale.push(format!("apply to all threads: {c}"));
     }
@@ -638,17 +694,13 @@ struct LlcUnit {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use super::*;
     use crate::analyze::features::testutil::{mk_thread, mk_trace};
     use crate::analyze::features::{self, Features};
 
     fn topo(name: &str) -> Topology {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/sysfs")
-            .join(name);
-        Topology::read(&crate::host::Root::new(root)).unwrap_or_else(|e| panic!("{name}: {e}"))
+        crate::model::topology::fixtures::machine(name)
     }
 
     /// A trace of `threads` threads, each at `pct`% (4 intervals), running
@@ -669,7 +721,7 @@ mod tests {
         fn run(&self) -> Recommendation {
             let f: Features = features::process(&self.trace, 0);
             recommend(&Request {
-                pid: 4242,
+                pids: &[4242],
                 class: self.class,
                 features: &f,
                 trace: &self.trace,
@@ -704,6 +756,33 @@ mod tests {
             "not all equal: {all:?}"
         );
         all.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn one_l3_gets_no_cache_local_claim() {
+        let vm = topo("vm-2cpu");
+        assert_eq!(vm.llc_groups().len(), 1);
+        for class in [Class::MigrationHeavy, Class::CacheSensitive] {
+            let r = case(&vm, workload(1, &[40.0], &[0, 1]), class).run();
+            assert!(
+                !r.rationale[0].contains("cache-local") && r.rationale[0].contains("one L3"),
+                "{:?}",
+                r.rationale
+            );
+        }
+        let epyc = topo("epyc-64c");
+        assert!(epyc.llc_groups().len() > 1);
+        let r = case(&epyc, workload(1, &[40.0], &[0, 1]), Class::MigrationHeavy).run();
+        assert!(r.rationale[0].contains("cache-local"), "{:?}", r.rationale);
+    }
+
+    #[test]
+    fn the_command_names_every_pid_of_the_target() {
+        assert_eq!(taskset("1", &[42]), "taskset -a -c -p 1 42");
+        assert_eq!(
+            taskset("0-1", &[42, 43]),
+            "for p in 42 43; do taskset -a -c -p 0-1 $p; done"
+        );
     }
 
     #[test]
@@ -746,6 +825,13 @@ mod tests {
         assert_eq!(demand(&f(2.004)), 2);
         assert_eq!(demand(&f(2.02)), 3);
         assert_eq!(demand(&f(f64::NAN)), 1);
+        // Starved: 0.24 CPUs used, 1.24 asked for -> 2 CPUs, not 1.
+        let starved = Features {
+            effective_parallelism: 0.24,
+            demand_parallelism: 1.24,
+            ..Features::default()
+        };
+        assert_eq!(demand(&starved), 2);
     }
 
     #[test]
@@ -1016,14 +1102,12 @@ mod tests {
 
     #[test]
     fn isolated_cpus_are_left_out() {
-        // A copy of the VM tree whose cpu0 is isolated.
-        let dir = tempfile::tempdir().unwrap();
-        copy_tree(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs/vm-2cpu"),
-            dir.path(),
-        );
-        std::fs::write(dir.path().join("sys/devices/system/cpu/isolated"), "0\n").unwrap();
-        let t = Topology::read(&crate::host::Root::new(dir.path())).unwrap();
+        // The VM with cpu0 isolated.
+        let mut v: serde_json::Value =
+            serde_json::from_str(crate::model::topology::fixtures::machine_json("vm-2cpu"))
+                .unwrap();
+        v["isolated"] = serde_json::json!([0]);
+        let t: Topology = serde_json::from_value(v).unwrap();
         assert_eq!(t.isolated(), &[0]);
         let r = case(&t, workload(1, &[3.0; 4], &[0]), Class::IoBound).run();
         assert_eq!(r.cpus, vec![1]);
@@ -1039,18 +1123,5 @@ mod tests {
         assert!(r.cpus.is_empty());
         assert_eq!(r.command, None);
         assert!(r.rationale.iter().any(|l| l.contains("is online")));
-    }
-
-    fn copy_tree(from: &Path, to: &Path) {
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            let dst = to.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                std::fs::create_dir_all(&dst).unwrap();
-                copy_tree(&e.path(), &dst);
-            } else {
-                std::fs::copy(e.path(), dst).unwrap();
-            }
-        }
     }
 }

@@ -181,6 +181,33 @@ pub fn apply(
     Ok(done)
 }
 
+/// The number of threads of `pids` when every one of them already has
+/// exactly `cpus` as its mask (an apply would change nothing), else `None`.
+/// Threads that vanish while listed are skipped; no threads at all is
+/// `None` (nothing shows the masks are equal).
+pub fn already_set(sys: &dyn Affinity, pids: &[u32], cpus: &[u32]) -> Option<usize> {
+    let mut want = cpus.to_vec();
+    want.sort_unstable();
+    want.dedup();
+    let mut n = 0;
+    for &pid in pids {
+        for tid in sys.threads(pid) {
+            match sys.get(tid) {
+                Ok(mut mask) => {
+                    mask.sort_unstable();
+                    if mask != want {
+                        return None;
+                    }
+                    n += 1;
+                }
+                Err(Errno::ESRCH) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+    (n > 0).then_some(n)
+}
+
 /// Restores changed threads; returns those that could not be restored
 /// (vanished ones are fine).
 fn restore(sys: &mut dyn Affinity, done: &Applied, changed: &[(u32, u32)]) -> Vec<u32> {
@@ -318,6 +345,21 @@ mod tests {
 
     fn ok(_: &Applied) -> Result<(), String> {
         Ok(())
+    }
+
+    #[test]
+    fn a_set_every_thread_already_has_is_a_no_op_and_changes_nothing() {
+        let mut f = Fake {
+            masks: BTreeMap::from([(10, vec![1, 0]), (11, vec![0, 1])]),
+            ..Fake::default()
+        };
+        assert_eq!(already_set(&f, &[10], &[0, 1]), Some(2));
+        assert_eq!(already_set(&f, &[10], &[1]), None);
+        assert!(f.sets.is_empty(), "the check only reads");
+        f.masks.insert(11, vec![1]);
+        assert_eq!(already_set(&f, &[10], &[0, 1]), None, "one thread differs");
+        let empty = Fake::default();
+        assert_eq!(already_set(&empty, &[10], &[0]), None);
     }
 
     #[test]

@@ -4,18 +4,30 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{analyze::classify::Thresholds, analyze::config::Config, kernel::probe::AttachChoice};
+use crate::{analyze::classify::Thresholds, kernel::probe::AttachChoice};
 
 /// Exit code for bad input (unknown pid, bad flag values): nothing was done.
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code for a failure while running (load, attach, I/O).
 pub const EXIT_FAILURE: i32 = 1;
 
+/// Shown at the end of `--help` (and in the man page).
+pub const EXAMPLES: &str = "\
+EXAMPLES:
+  affin-trace --pid 1234                       trace 30 s, report, change nothing
+  affin-trace --pid 1234 -d 10s -f json -o r.json
+  affin-trace --comm nginx                     every process named nginx
+  affin-trace --cgroup /mypod                  a cgroup, as the report prints it
+  affin-trace -- stress-ng --cpu 2             a command, from its first instruction
+  affin-trace --pid 1234 --apply --verify      apply the advice, check it, undo if worse
+  affin-trace revert --comm nginx              put back what --apply changed
+  affin-trace topology                         the machine's CPUs, caches and nodes";
+
 /// affin-trace: per-thread scheduler facts from eBPF (real migrations, time on
 /// each CPU, voluntary and involuntary switches, run-queue delay), turned
 /// into a CPU-affinity recommendation.
 #[derive(Debug, Parser)]
-#[command(name = "affin-trace", version, about, long_about = None)]
+#[command(name = "affin-trace", version, about, long_about = None, after_help = EXAMPLES)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// Subcommand; without one, trace the targets given by the options.
@@ -36,11 +48,25 @@ pub enum Command {
         #[command(flatten)]
         trace: Box<TraceArgs>,
     },
-    /// Restore the CPU masks a previous `--apply` recorded for a process.
+    /// Restore the CPU masks a previous `--apply` recorded, for the
+    /// processes named (pids, names, a cgroup) or for every record (--all).
+    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true)
+        .args(["pid", "comm", "cgroup", "all"])))]
     Revert {
-        /// The process to restore.
-        #[arg(short, long = "pid", value_name = "PID")]
-        pid: u32,
+        /// Processes to restore; repeat or separate with commas. Each must
+        /// have a record.
+        #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',', value_parser = parse_pid)]
+        pid: Vec<u32>,
+        /// Every process with this exact name that has a record; repeatable.
+        #[arg(long = "comm", value_name = "NAME")]
+        comm: Vec<String>,
+        /// Every process in this cgroup (directory, or /NAME as the report
+        /// prints it) that has a record.
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
+        /// Every process with a record.
+        #[arg(long, conflicts_with_all = ["pid", "comm", "cgroup"])]
+        all: bool,
     },
     /// Print the CPU topology (no root needed).
     Topology {
@@ -49,7 +75,9 @@ pub enum Command {
         format: Format,
     },
     /// Attach only an empty sched_switch program until SIGINT/SIGTERM or
-    /// SECS pass: the overhead floor for `cargo xtask bench`.
+    /// SECS pass: the overhead floor for `cargo xtask bench` (only in
+    /// builds with the `bench-hooks` feature).
+    #[cfg(feature = "bench-hooks")]
     #[command(hide = true)]
     BenchFloor {
         /// How long to stay attached, in seconds.
@@ -94,21 +122,27 @@ pub enum Format {
 pub struct TraceArgs {
     /// Process to trace (all its threads, including ones created during the
     /// run). Repeat or separate with commas for several.
-    #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',')]
+    #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',', value_parser = parse_pid)]
     pub pids: Vec<u32>,
     /// Where /proc, /sys and cgroupfs are read: the live system's `/`
     /// (not an option; the seam for tests that build arguments in code).
     #[arg(skip)]
     pub root: crate::host::Root,
     /// Thread to trace (its process is traced, the report shows this thread).
-    #[arg(short, long = "tid", value_name = "TID", value_delimiter = ',')]
+    #[arg(short, long = "tid", value_name = "TID", value_delimiter = ',', value_parser = parse_tid)]
     pub tids: Vec<u32>,
     /// Trace every process with this exact name (as `pgrep -x`); repeatable.
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
-    /// Trace every process in this cgroup directory (its cgroup.procs).
+    /// Trace every process in this cgroup directory (its cgroup.procs),
+    /// and the processes that join it or that they start during the run.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// With --pid/--tid: also trace the processes the targets start during
+    /// the run, from their first instruction (always on with a command,
+    /// --cgroup and --comm).
+    #[arg(long)]
+    pub follow: bool,
     /// After tracing, set the recommended CPUs on every thread of the
     /// targets (one transaction; revert with `affin-trace revert --pid P`).
     /// Without it nothing is changed.
@@ -130,13 +164,14 @@ pub struct TraceArgs {
     /// With --verify: keep the new CPUs even if they made things worse.
     #[arg(long, requires = "verify")]
     pub keep: bool,
-    /// How long to trace, in seconds (Ctrl-C ends early and still reports).
-    /// With a command, the run ends when the command exits.
-    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
+    /// How long to trace: seconds (0.3) or with units (500ms, 10s, 1m);
+    /// Ctrl-C ends early and still reports [default: 30s; with a command:
+    /// until it exits].
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_seconds)]
     pub duration: Option<f64>,
-    /// How often the kernel maps are read, in seconds [default: 1, or the
-    /// duration when that is shorter].
-    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
+    /// How often the kernel maps are read: seconds or with units
+    /// [default: 1s, or the duration when that is shorter].
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_seconds)]
     pub interval: Option<f64>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
@@ -173,7 +208,8 @@ pub struct TraceArgs {
     /// avg_cpu below this (% of one CPU) is I/O-bound [default: 20].
     #[arg(long, value_name = "PCT")]
     pub io_bound_pct: Option<f64>,
-    /// Print start-up timings and attach details on stderr.
+    /// Print start-up timings, attach details and the BPF programs' warnings
+    /// on stderr.
     #[arg(short, long)]
     pub verbose: bool,
     /// Show a live view while tracing: per-CPU busy bars, a row per thread,
@@ -184,7 +220,7 @@ pub struct TraceArgs {
     /// Also draw the trace as SVG into FILE: on-CPU time per thread and CPU,
     /// migrations per thread by distance, and the source x destination CPU
     /// migration matrix. Opened before tracing.
-    #[arg(long = "plot", visible_alias = "svg", value_name = "FILE.svg")]
+    #[arg(long = "plot", visible_alias = "svg", value_name = "FILE.svg", value_parser = parse_svg_path)]
     pub plot: Option<PathBuf>,
     /// Also record every switch, migration and wakeup of the targets'
     /// threads and write them to FILE as a Chrome JSON trace (open it in
@@ -215,7 +251,11 @@ impl TraceArgs {
     /// Thresholds: defaults, then the config file, then the flags.
     pub fn thresholds(&self) -> Result<Thresholds, String> {
         let mut t = match &self.config {
-            Some(path) => Config::load(path).map_err(|e| e.to_string())?.thresholds,
+            Some(path) => {
+                crate::cli::load_config(path)
+                    .map_err(|e| e.to_string())?
+                    .thresholds
+            }
             None => Thresholds::default(),
         };
         let set = |dst: &mut f64, v: Option<f64>| {
@@ -231,6 +271,90 @@ impl TraceArgs {
         t.validate().map_err(|e| e.to_string())?;
         Ok(t)
     }
+}
+
+/// Parses a process id; a name gets pointed at `--comm`.
+pub fn parse_pid(s: &str) -> Result<u32, String> {
+    parse_id(s, "process", "--comm")
+}
+
+/// Parses a thread id; a name gets pointed at `--comm`.
+pub fn parse_tid(s: &str) -> Result<u32, String> {
+    parse_id(s, "thread", "--comm")
+}
+
+fn parse_id(s: &str, what: &str, by_name: &str) -> Result<u32, String> {
+    let t = s.trim();
+    match t.parse::<u32>() {
+        Ok(v) => Ok(v),
+        Err(_) if !t.is_empty() && !t.starts_with(|c: char| c.is_ascii_digit() || c == '-') => Err(
+            format!("{t:?} is not a {what} id; to trace processes by name use {by_name} {t}"),
+        ),
+        Err(_) => Err(format!("{t:?} is not a {what} id (a positive number)")),
+    }
+}
+
+/// `--plot` writes SVG, so the file must say so: a picture named .png
+/// holding SVG opens nowhere.
+pub fn parse_svg_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    // A device or FIFO (/dev/stdout, a pipe) has no name to fix: it is
+    // written in place (cli::output), so only files are held to .svg.
+    let special = std::fs::metadata(&p).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    match p.extension().and_then(|e| e.to_str()) {
+        _ if special => Ok(p),
+        Some(e) if e.eq_ignore_ascii_case("svg") => Ok(p),
+        _ => Err(format!(
+            "--plot writes SVG: name the file with .svg (e.g. {})",
+            p.with_extension("svg").display()
+        )),
+    }
+}
+
+/// Flags that only mean something with another one, and what they do: a
+/// missing partner gets a message naming both, not clap's bare list.
+const NEEDS: &[(&str, &str, &str)] = &[
+    ("--cpus", "--apply", "it names the CPUs to apply"),
+    ("--yes", "--apply", "it answers the apply's question"),
+    ("-y", "--apply", "it answers the apply's question"),
+    ("--verify", "--apply", "it checks an apply"),
+    ("--force", "--apply", "it allows applying to pid 1"),
+    (
+        "--keep",
+        "--verify",
+        "it keeps an apply that --verify found worse",
+    ),
+    (
+        "--timeline-buffer",
+        "--timeline",
+        "it sizes the timeline's ring buffer",
+    ),
+];
+
+/// The one-line message for a usage error: clap's first line, except for
+/// a flag given without the flag it works with, which gets both named.
+pub fn usage_message(e: &clap::Error, argv: &[String]) -> String {
+    if e.kind() == clap::error::ErrorKind::MissingRequiredArgument {
+        let missing: Vec<String> = match e.get(clap::error::ContextKind::InvalidArg) {
+            Some(clap::error::ContextValue::Strings(v)) => v.clone(),
+            Some(clap::error::ContextValue::String(v)) => vec![v.clone()],
+            _ => Vec::new(),
+        };
+        for &(flag, partner, why) in NEEDS {
+            let given = argv
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+            if given && missing.iter().any(|m| m.starts_with(partner)) {
+                return format!("{flag} needs {partner} ({why}): add {partner}, or drop {flag}");
+            }
+        }
+        if !missing.is_empty() {
+            return format!("missing {}", missing.join(", "));
+        }
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
 }
 
 /// A CPU list given on the command line (one value, "0-3,8").
@@ -271,12 +395,21 @@ pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
 /// Longest accepted duration or interval: a day.
 pub const MAX_SECONDS: f64 = 86_400.0;
 
-/// Parses a positive number of seconds ("30", "0.5"), at most a day.
+/// Parses a duration, at most a day: a bare number is seconds ("30",
+/// "0.5"), anything else goes through humantime ("500ms", "10s", "1m",
+/// "1h 30m").
 pub fn parse_seconds(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 30 or 0.5)"))?;
+    let t = s.trim();
+    let v: f64 = match t.parse::<f64>() {
+        Ok(v) => v,
+        // A number that does not parse as f64 may still be a duration with
+        // units; humantime says what is wrong with it otherwise.
+        Err(_) => humantime::parse_duration(t)
+            .map_err(|e| {
+                format!("{s:?} is not a duration ({e}): give seconds (30, 0.5) or units (500ms, 10s, 1m)")
+            })?
+            .as_secs_f64(),
+    };
     if !v.is_finite() || v <= 0.0 {
         return Err(format!("{s} must be more than 0 seconds"));
     }
@@ -395,11 +528,121 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_units_and_a_bare_number_is_seconds() {
+        for (given, secs) in [
+            ("0.3", 0.3),
+            ("30", 30.0),
+            ("500ms", 0.5),
+            ("10s", 10.0),
+            ("1m", 60.0),
+            ("1h", 3600.0),
+        ] {
+            assert_eq!(parse_seconds(given), Ok(secs), "{given}");
+        }
+        for bad in ["10x", "2d", "5ms", "ten"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+        let e = parse_seconds("10x").unwrap_err();
+        assert!(e.contains("500ms, 10s, 1m"), "{e}");
+        assert_eq!(
+            parse(&["-p", "1", "-d", "1m", "-i", "500ms"])
+                .unwrap()
+                .trace
+                .interval(),
+            0.5
+        );
+    }
+
+    #[test]
+    fn a_name_given_to_pid_points_at_comm() {
+        let e = parse_pid("nginx").unwrap_err();
+        assert!(e.contains("use --comm nginx"), "{e}");
+        assert!(parse_pid("12x").unwrap_err().contains("not a process id"));
+        assert_eq!(parse_pid("42"), Ok(42));
+        let err = parse(&["--pid", "nginx"]).unwrap_err();
+        let argv: Vec<String> = ["affin-trace", "--pid", "nginx"].map(String::from).to_vec();
+        assert!(usage_message(&err, &argv).contains("--comm nginx"));
+    }
+
+    #[test]
+    fn plot_needs_an_svg_name() {
+        assert!(parse(&["-p", "1", "--plot", "x.png"]).is_err());
+        let e = parse_svg_path("out/x.png").unwrap_err();
+        assert!(e.contains("out/x.svg"), "{e}");
+        assert!(parse_svg_path("noext").is_err());
+        assert_eq!(parse_svg_path("A.SVG"), Ok(PathBuf::from("A.SVG")));
+    }
+
+    #[test]
+    fn a_flag_without_its_partner_is_named_with_it() {
+        for (args, want) in [
+            (&["-p", "1", "--cpus", "1"][..], "--cpus needs --apply"),
+            (&["-p", "1", "--yes"][..], "--yes needs --apply"),
+            (&["-p", "1", "--verify"][..], "--verify needs --apply"),
+            (
+                &["-p", "1", "--apply", "--keep"][..],
+                "--keep needs --verify",
+            ),
+            (
+                &["-p", "1", "--timeline-buffer", "1M"][..],
+                "--timeline-buffer needs --timeline",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            let argv: Vec<String> = std::iter::once("affin-trace")
+                .chain(args.iter().copied())
+                .map(String::from)
+                .collect();
+            let msg = usage_message(&err, &argv);
+            assert!(msg.starts_with(want), "{args:?}: {msg}");
+            assert!(msg.contains("add "), "{msg}");
+        }
+    }
+
+    #[test]
+    fn help_shows_defaults_and_examples() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("EXAMPLES:"), "{help}");
+        assert!(help.contains("revert --comm nginx"), "{help}");
+        assert!(help.contains("[default: 30s"), "{help}");
+        assert!(help.contains("[default: text]"), "{help}");
+    }
+
+    #[test]
     fn revert_takes_a_pid() {
         assert!(matches!(
             parse(&["revert", "--pid", "7"]).unwrap().command,
-            Some(Command::Revert { pid: 7 })
+            Some(Command::Revert { pid, .. }) if pid == [7]
         ));
+    }
+
+    #[test]
+    fn revert_takes_lists_names_cgroups_or_all_and_needs_one() {
+        let Some(Command::Revert {
+            pid,
+            comm,
+            cgroup,
+            all,
+        }) = parse(&[
+            "revert", "--pid", "7,8", "--comm", "spin", "--cgroup", "/pod",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not a revert");
+        };
+        assert_eq!(pid, [7, 8]);
+        assert_eq!(comm, ["spin"]);
+        assert_eq!(cgroup, Some(PathBuf::from("/pod")));
+        assert!(!all);
+        assert!(matches!(
+            parse(&["revert", "--all"]).unwrap().command,
+            Some(Command::Revert { all: true, .. })
+        ));
+        assert!(parse(&["revert"]).is_err());
+        assert!(parse(&["revert", "--all", "--pid", "1"]).is_err());
+        assert!(parse(&["revert", "--pid", "nginx"]).is_err());
     }
 
     #[test]

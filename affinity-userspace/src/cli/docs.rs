@@ -88,9 +88,9 @@ pub fn write_all(dir: &Path) -> io::Result<Vec<PathBuf>> {
     fs::create_dir_all(&comp)?;
     for shell in Shell::value_variants() {
         let path = comp.join(shell.file_name(BIN));
-        let mut file = fs::File::create(&path)?;
+        let mut file = open(&path)?;
         completions(*shell, &mut file)?;
-        file.flush()?;
+        file.commit()?;
         written.push(path);
     }
     Ok(written)
@@ -100,8 +100,19 @@ fn man_pages(cmd: Command, dir: &Path, written: &mut Vec<PathBuf>) -> io::Result
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         man_pages(sub.clone(), dir, written)?;
     }
-    written.push(clap_mangen::Man::new(cmd).generate_to(dir)?);
+    let man = clap_mangen::Man::new(cmd);
+    let path = dir.join(man.get_filename());
+    let mut file = open(&path)?;
+    man.render(&mut file)?;
+    file.commit()?;
+    written.push(path);
     Ok(())
+}
+
+/// An output opened by [`crate::cli::output`] (no symlinks followed, written
+/// aside and renamed), its refusal as an I/O error.
+fn open(path: &Path) -> io::Result<crate::cli::output::Output> {
+    crate::cli::output::open(path).map_err(io::Error::other)
 }
 
 #[cfg(test)]

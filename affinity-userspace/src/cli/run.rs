@@ -10,6 +10,7 @@ use crate::{
     analyze::verify::{self, Figures},
     apply::state::STATE_DIR,
     cli::actions::{self, ActionError},
+    cli::output::Output,
     cli::{EXIT_FAILURE, EXIT_USAGE, Format, TraceArgs},
     collect::session::{self, Outcome},
     host::Root,
@@ -25,7 +26,12 @@ fn fail(msg: impl std::fmt::Display, code: i32) -> i32 {
 /// Traces, reports, and applies/verifies when asked.
 pub fn trace(args: &TraceArgs) -> i32 {
     // Everything the user can get wrong is checked before anything runs:
-    // the output path, the thresholds, and how an apply will be confirmed.
+    // CPUs and cgroup paths, the output path, the thresholds, and how an
+    // apply will be confirmed.
+    let args = &match crate::cli::check::early(args) {
+        Ok(a) => a,
+        Err(e) => return fail(e, EXIT_USAGE),
+    };
     let mut files = match Outputs::open(args) {
         Ok(f) => f,
         Err(msg) => return fail(msg, EXIT_USAGE),
@@ -37,15 +43,31 @@ pub fn trace(args: &TraceArgs) -> i32 {
     if args.apply && !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return fail(ActionError::NeedYes, EXIT_USAGE);
     }
+    // From here until the apply starts, Ctrl-C, SIGTERM or SIGHUP cancel it.
+    let cancel = if args.apply {
+        match crate::cli::cancel::Cancel::new() {
+            Ok(c) => Some(c),
+            Err(e) => return fail(format!("installing signal handlers: {e}"), EXIT_FAILURE),
+        }
+    } else {
+        None
+    };
     let outcome = match observe(args, &thresholds) {
         Ok(o) => o,
         Err(code) => return code,
     };
-    if let Some((path, file)) = &mut files.svg {
-        write_svg(&outcome, path, file);
+    // An output that could not be written makes the exit non-zero; the
+    // report still follows.
+    let mut write_failed = false;
+    if let Some(file) = files.svg.take() {
+        write_failed |= !write_svg(&outcome, file);
     }
-    let timeline = match (&mut files.timeline, &outcome.timeline) {
-        (Some((path, file)), Some(cap)) => Some(write_timeline(&outcome, cap, path, file)),
+    let timeline = match (files.timeline.take(), &outcome.timeline) {
+        (Some(file), Some(cap)) => {
+            let (json, ok) = write_timeline(&outcome, cap, file);
+            write_failed |= !ok;
+            Some(json)
+        }
         _ => None,
     };
     let analysis = analyze(&outcome, &thresholds);
@@ -60,8 +82,11 @@ pub fn trace(args: &TraceArgs) -> i32 {
         ));
     report.timeline = timeline;
     let mut code = outcome.exit_status.unwrap_or(0);
-    if args.apply {
-        match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report) {
+    if write_failed && code == 0 {
+        code = EXIT_FAILURE;
+    }
+    if let Some(cancel) = &cancel {
+        match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report, cancel) {
             Ok(()) => {}
             Err(e) => code = fail(&e, e.exit_code()),
         }
@@ -70,31 +95,38 @@ pub fn trace(args: &TraceArgs) -> i32 {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",
     };
-    let out = &mut files.report;
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    let written = match files.report.take() {
+        Some(mut f) => f.write_all(text.as_bytes()).and_then(|()| f.commit()),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+        }
+    };
+    if let Err(e) = written {
         return fail(format!("writing the report: {e}"), EXIT_FAILURE);
     }
     code
 }
 
-/// The files a trace writes, all opened before anything runs.
-struct Outputs<'a> {
-    /// `--output`, or stdout.
-    report: Box<dyn std::io::Write>,
+/// The files a trace writes, all opened before anything runs. Nothing is
+/// truncated here: each regular file is written aside and renamed over its
+/// path only once complete (cli::output); dropped, it leaves the path as it
+/// was.
+struct Outputs {
+    /// `--output` (None: stdout).
+    report: Option<Output>,
     /// `--plot`.
-    svg: Option<(&'a Path, std::fs::File)>,
+    svg: Option<Output>,
     /// `--timeline`.
-    timeline: Option<(&'a Path, std::fs::File)>,
+    timeline: Option<Output>,
 }
 
-impl<'a> Outputs<'a> {
-    fn open(args: &'a TraceArgs) -> Result<Self, String> {
-        let report: Box<dyn std::io::Write> = match create(args.output.as_deref(), "--output")? {
-            Some((_, f)) => Box::new(f),
-            None => Box::new(std::io::stdout()),
-        };
+impl Outputs {
+    fn open(args: &TraceArgs) -> Result<Self, String> {
         Ok(Self {
-            report,
+            report: create(args.output.as_deref(), "--output")?,
             svg: create(args.plot.as_deref(), "--plot")?,
             timeline: create(args.timeline.as_deref(), "--timeline")?,
         })
@@ -118,18 +150,24 @@ fn observe(args: &TraceArgs, thresholds: &Thresholds) -> Result<Outcome, i32> {
     result.map_err(|e| fail(&e, e.exit_code()))
 }
 
-/// Draws the SVG; a picture that cannot be drawn is reported and the report
-/// still follows.
-fn write_svg(outcome: &Outcome, path: &Path, file: &mut std::fs::File) {
+/// Draws the SVG; a picture that cannot be drawn is reported (false) and
+/// the report still follows.
+fn write_svg(outcome: &Outcome, mut file: Output) -> bool {
+    let path = file.path().to_path_buf();
     let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
         .map_err(|e| e.to_string())
-        .and_then(|s| file.write_all(s.as_bytes()).map_err(|e| e.to_string()));
-    if let Err(e) = drawn {
+        .and_then(|s| {
+            file.write_all(s.as_bytes())
+                .and_then(|()| file.commit())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = &drawn {
         fail(
             format!("writing the SVG to {}: {e}", path.display()),
             EXIT_FAILURE,
         );
     }
+    drawn.is_ok()
 }
 
 /// Builds and writes the timeline; returns its summary for the report (a
@@ -137,41 +175,36 @@ fn write_svg(outcome: &Outcome, path: &Path, file: &mut std::fs::File) {
 fn write_timeline(
     outcome: &Outcome,
     cap: &crate::report::timeline::Capture,
-    path: &Path,
-    file: &mut std::fs::File,
-) -> TimelineJson {
+    mut file: Output,
+) -> (TimelineJson, bool) {
+    let path = file.path().to_path_buf();
     let chrome = crate::report::timeline::build(cap, &outcome.trace, &outcome.topology);
-    if let Err(e) = chrome.write(file) {
+    let written = chrome.write(&mut file).and_then(|()| file.commit());
+    if let Err(e) = &written {
         fail(
             format!("writing the timeline to {}: {e}", path.display()),
             EXIT_FAILURE,
         );
     }
     let s = chrome.summary;
-    TimelineJson {
+    let json = TimelineJson {
         file: path.display().to_string(),
         events: s.events,
         lost_events: s.lost_events,
         ring_buffer_bytes: cap.ring_buffer_bytes,
         migration_flows: s.migration_flows,
         cpu_slices: s.cpu_slices,
-    }
+    };
+    (json, written.is_ok())
 }
 
 /// Creates an output file named by `flag` before anything runs, so that a
 /// bad path fails at once rather than after the trace.
-fn create<'a>(
-    path: Option<&'a Path>,
-    flag: &str,
-) -> Result<Option<(&'a Path, std::fs::File)>, String> {
+fn create(path: Option<&Path>, flag: &str) -> Result<Option<Output>, String> {
     let Some(path) = path else { return Ok(None) };
-    match std::fs::File::create(path) {
-        Ok(f) => Ok(Some((path, f))),
-        Err(e) => Err(format!(
-            "cannot write {}: {e}; choose a writable {flag} path",
-            path.display()
-        )),
-    }
+    crate::cli::output::open(path)
+        .map(Some)
+        .map_err(|e| format!("{e}; choose a writable {flag} path"))
 }
 
 fn analyze(outcome: &Outcome, thresholds: &Thresholds) -> Analysis {
@@ -189,20 +222,43 @@ fn apply_and_verify(
     outcome: &Outcome,
     analysis: &Analysis,
     report: &mut Report,
+    cancel: &crate::cli::cancel::Cancel,
 ) -> Result<(), ActionError> {
     let dir = Path::new(STATE_DIR);
     let cpus = actions::chosen_cpus(args.cpus.as_ref(), analysis);
+    // A signal during the window: its report stands, the apply does not
+    // (it would rest on a truncated window).
+    if let Some(sig) = cancel.signal() {
+        report.not_applied = Some(actions::NotApplied::cancelled(
+            &cpus,
+            crate::cli::cancel::name(sig),
+        ));
+        return Err(ActionError::Cancelled(sig));
+    }
     let plan = actions::plan(&args.root, outcome, &cpus, args.force)?;
+    if let Some(n) = crate::apply::already_set(&crate::apply::System, &outcome.trace.pids, &cpus) {
+        report.not_applied = Some(actions::NotApplied::nothing_to_change(&cpus, n));
+        return Ok(());
+    }
     let _locks = actions::lock_all(dir, &outcome.trace.pids)?;
     let threads: usize = outcome.trace.threads.iter().filter(|t| !t.exited).count();
-    actions::confirm(
+    if let Err(e) = actions::confirm(
         args.yes,
         &format!(
             "affin-trace: set CPUs {} on the {threads} thread(s) of pid {:?}?",
             crate::model::cpulist::format(&cpus),
             outcome.trace.pids
         ),
-    )?;
+        cancel,
+    ) {
+        if let ActionError::Cancelled(sig) = e {
+            report.not_applied = Some(actions::NotApplied::cancelled(
+                &cpus,
+                crate::cli::cancel::name(sig),
+            ));
+        }
+        return Err(e);
+    }
     let mut applied = actions::apply_cpus(dir, &plan)?;
     report.applied = Some(applied.clone());
     if !args.verify {
@@ -214,16 +270,20 @@ fn apply_and_verify(
         timeline: None,
         ..args.clone()
     };
-    let after = session::run(&again).map_err(|e| ActionError::Verify(e.to_string()))?;
+    let after =
+        session::run_again(&again, outcome).map_err(|e| ActionError::Verify(e.to_string()))?;
     let after_analysis = analyze(&after, thresholds);
     let class = analysis.classification.process.class;
-    let v = verify::judge(
+    let figure = verify::target_figure(class);
+    let v = verify::judge_with_samples(
         class,
         Figures::new(&analysis.features.process, class),
         Figures::new(
             &after_analysis.features.process,
             after_analysis.classification.process.class,
         ),
+        &verify::samples(&outcome.trace, figure),
+        &verify::samples(&after.trace, figure),
         args.keep,
     );
     if !v.kept {
@@ -237,24 +297,49 @@ fn apply_and_verify(
     Ok(())
 }
 
-/// `affin-trace revert --pid P`.
-pub fn revert(pid: u32) -> i32 {
+/// What `affin-trace revert` was asked to restore.
+#[derive(Clone, Debug, Default)]
+pub struct RevertTargets {
+    /// `--pid`: each must have a record.
+    pub pids: Vec<u32>,
+    /// `--comm`: the processes of these names that have a record.
+    pub comms: Vec<String>,
+    /// `--cgroup`: the processes in it that have a record.
+    pub cgroup: Option<std::path::PathBuf>,
+    /// `--all`: every live process with a record.
+    pub all: bool,
+}
+
+/// `affin-trace revert --pid P[,P] | --comm NAME | --cgroup PATH | --all`.
+pub fn revert(t: &RevertTargets) -> i32 {
     let root = Root::host();
     if let Err(e) = crate::host::preflight::check_apply(&root) {
         return fail(e, EXIT_FAILURE);
     }
     let dir = Path::new(STATE_DIR);
-    let _lock = match actions::lock_all(dir, &[pid]) {
+    let pids = match actions::revert_selection(&root, dir, t) {
+        Ok(p) => p,
+        Err(e) => return fail(e, EXIT_USAGE),
+    };
+    let _lock = match actions::lock_all(dir, &pids) {
         Ok(l) => l,
         Err(e) => return fail(&e, e.exit_code()),
     };
-    match actions::revert(&root, dir, pid) {
-        Ok(n) => {
-            println!("affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}");
-            0
+    let mut code = 0;
+    for pid in pids {
+        match actions::revert(&root, dir, pid) {
+            Ok(n) => println!(
+                "affin-trace: restored the previous CPU masks of {n} thread(s) of pid {pid}"
+            ),
+            Err(e) => {
+                let c = fail(&e, e.exit_code());
+                if code == 0 {
+                    code = c;
+                }
+            }
         }
-        Err(e) => fail(&e, e.exit_code()),
     }
+    code
 }
 
 /// `affin-trace topology`.
@@ -274,11 +359,12 @@ pub fn topology(format: Format) -> i32 {
 }
 
 /// `affin-trace bench-floor`: the empty program, attached until a signal.
+#[cfg(feature = "bench-hooks")]
 pub fn bench_floor(seconds: f64) -> i32 {
     if let Err(e) = crate::host::preflight::check(&Root::host(), false) {
         return fail(e, EXIT_FAILURE);
     }
-    let mut waiter = match crate::collect::wake::Waiter::new() {
+    let sleeper = match crate::collect::wake::Sleeper::new() {
         Ok(w) => w,
         Err(e) => return fail(e, EXIT_FAILURE),
     };
@@ -287,6 +373,6 @@ pub fn bench_floor(seconds: f64) -> i32 {
         Err(e) => return fail(e, EXIT_FAILURE),
     };
     eprintln!("affin-trace: floor attached");
-    let _ = waiter.wait(std::time::Duration::from_secs_f64(seconds));
+    sleeper.sleep(std::time::Duration::from_secs_f64(seconds));
     0
 }

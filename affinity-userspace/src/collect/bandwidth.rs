@@ -88,8 +88,11 @@ impl BandwidthCollector {
                 .map(|(tid, t)| ThreadHeld {
                     tid,
                     tgid: t.tgid,
-                    held_ns: t.held_ns,
+                    // read_threads left the hold in progress in since_ns.
+                    held_ns: t.held_ns + t.since_ns,
                     holds: t.holds,
+                    open_ns: t.since_ns,
+                    last_hold_ns: t.last_hold_ns,
                 })
                 .collect();
         }

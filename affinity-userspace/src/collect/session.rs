@@ -1,57 +1,42 @@
-//! One trace run, start to finish: check the input, load and attach, mark the
-//! targets, read the maps each interval until the window ends, and return
-//! the [`Trace`]. The only module that sequences kernel-touching steps.
-//!
-//! With `--timeline`, the ring buffer is drained every [`DRAIN_EVERY`]
-//! within the same poll loop, rather than woken by the ring's fd: poll(2)
-//! on a ring buffer fd is level-triggered, so with events streaming in it
-//! returns at once after every drain, unless every event wakes the reader
-//! (the kernel's default), which costs the traced CPUs an interrupt and a
-//! switch to affin-trace per event.
+//! One trace run, start to finish, as a sequence of roles: the targets
+//! are checked and resolved ([`crate::collect::targets`]), the programs
+//! loaded and the targets marked ([`attach`]), the window runs in one
+//! event loop ([`crate::collect::window`]), and the collector's whole
+//! [`Trace`] comes back in an [`Outcome`] with the facts read at the end.
+//! The only module that sequences kernel-touching steps.
 
 use std::{
-    collections::BTreeMap,
     io::IsTerminal as _,
-    os::fd::BorrowedFd,
     time::{Duration, Instant},
 };
 
 use thiserror::Error;
 
+pub use crate::collect::observer::{Observer, Snapshot};
+pub use crate::collect::window::{DRAIN_EVERY, monotonic_ns};
 use crate::{
     analyze::decision::TargetFacts,
     cli::TraceArgs,
-    collect::collector::Collector,
-    collect::wake::{Waiter, Wake},
-    host::cgroup::{CgroupLimit, CpuStat, CpuStatDelta},
+    collect::collector::{Collector, WindowEnd, WindowInfo},
+    collect::quota::QuotaWatch,
+    collect::targets::{self, Launch},
+    collect::wake::{self, Signals},
+    collect::window::{End, Sources, Timing, Window},
+    host::Root,
+    host::cgroup::{CgroupLimit, CpuStatDelta},
     host::command::{CommandError, GatedChild, spawn_gated},
-    host::preflight::{self, PreflightError},
+    host::contention,
+    host::preflight::PreflightError,
     host::procs::{self, TargetError},
-    host::root::Root,
     kernel::btf,
     kernel::probe::{Probe, ProbeConfig, ProbeError},
-    model::Trace,
     model::topology::Topology,
-    report::timeline::{Capture, ThrottledSpan},
+    model::{PressureDelta, Trace},
+    report::timeline::Capture,
 };
 
 /// Default window when tracing pids (a command runs until it exits).
 pub const DEFAULT_DURATION_S: f64 = 30.0;
-
-/// How often the timeline ring buffer is drained: the buffer must hold
-/// this long's events (plus any delay in scheduling affin-trace).
-pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
-
-/// CLOCK_MONOTONIC now (ns): the clock of `bpf_ktime_get_ns()`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Why a run failed. [`SessionError::exit_code`] maps each to an exit code.
 #[derive(Debug, Error)]
@@ -98,6 +83,9 @@ pub enum SessionError {
     /// The command could not be started.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// A second window's target is another process now.
+    #[error("process {0} exited and its pid now names another process: nothing to trace again")]
+    Replaced(u32),
 }
 
 impl SessionError {
@@ -108,7 +96,8 @@ impl SessionError {
             | SessionError::TargetAndCommand
             | SessionError::ApplyToCommand
             | SessionError::IntervalTooLong { .. }
-            | SessionError::Target(_) => crate::cli::EXIT_USAGE,
+            | SessionError::Target(_)
+            | SessionError::Replaced(_) => crate::cli::EXIT_USAGE,
             SessionError::Command(CommandError::Exec { .. }) => 127,
             _ => crate::cli::EXIT_FAILURE,
         }
@@ -141,70 +130,42 @@ pub struct Outcome {
     pub timeline: Option<Capture>,
 }
 
-/// Resolved targets.
-struct Targets {
-    tgids: Vec<u32>,
-    tids: Vec<u32>,
+/// Whether new processes of the targets are traced: always for a command,
+/// `--cgroup` and `--comm` (what they name grows during the run), on
+/// request (`--follow`) for `--pid` and `--tid`.
+fn follows(args: &TraceArgs) -> bool {
+    args.follow || !args.command.is_empty() || args.cgroup.is_some() || !args.comms.is_empty()
 }
 
-fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
-    let root = &args.root;
-    let mut tgids = Vec::new();
-    for name in &args.comms {
-        let found = procs::pids_by_comm(root, name);
-        if found.is_empty() {
-            return Err(TargetError::NoSuchComm(name.clone()).into());
-        }
-        tgids.extend(found);
-    }
-    if let Some(dir) = &args.cgroup {
-        let found = procs::pids_in_cgroup(dir)?;
-        if found.is_empty() {
-            return Err(TargetError::EmptyCgroup(dir.display().to_string()).into());
-        }
-        tgids.extend(found);
-    }
-    for &pid in &args.pids {
-        tgids.push(procs::check_target(root, pid)?);
-    }
-    for &tid in &args.tids {
-        tgids.push(procs::tgid_of(root, tid)?);
-    }
-    tgids.sort_unstable();
-    tgids.dedup();
-    Ok(Targets {
-        tgids,
-        tids: args.tids.clone(),
-    })
+/// CPU pressure (PSI) at the window's start: the machine's, and the
+/// `--cgroup` directory's own where it is a v2 one.
+struct Pressures {
+    host: Option<contention::Pressure>,
+    cgroup: Option<(std::path::PathBuf, contention::Pressure)>,
 }
 
-/// Checks the arguments and the system; no side effects.
-fn validate(args: &TraceArgs) -> Result<Targets, SessionError> {
-    let command = !args.command.is_empty();
-    let targets = !args.pids.is_empty()
-        || !args.tids.is_empty()
-        || !args.comms.is_empty()
-        || args.cgroup.is_some();
-    if command && targets {
-        return Err(SessionError::TargetAndCommand);
+impl Pressures {
+    fn before(cgroup: Option<&std::path::Path>) -> Self {
+        Self {
+            host: contention::read_pressure(std::path::Path::new(contention::HOST_CPU_PRESSURE)),
+            cgroup: cgroup
+                .and_then(contention::cgroup_pressure_file)
+                .and_then(|f| contention::read_pressure(&f).map(|p| (f, p))),
+        }
     }
-    if !command && !targets {
-        return Err(SessionError::NoTarget);
+
+    /// Growth since [`Pressures::before`]: (machine, cgroup).
+    fn after(&self) -> (Option<PressureDelta>, Option<PressureDelta>) {
+        let delta = |f: &std::path::Path, b: &contention::Pressure| {
+            contention::read_pressure(f).map(|a| contention::pressure_delta(b, &a))
+        };
+        (
+            self.host
+                .as_ref()
+                .and_then(|b| delta(std::path::Path::new(contention::HOST_CPU_PRESSURE), b)),
+            self.cgroup.as_ref().and_then(|(f, b)| delta(f, b)),
+        )
     }
-    if command && args.apply {
-        return Err(SessionError::ApplyToCommand);
-    }
-    if let Some(d) = args.duration
-        && args.interval() > d
-    {
-        return Err(SessionError::IntervalTooLong {
-            interval: args.interval(),
-            duration: d,
-        });
-    }
-    let targets = resolve(args)?;
-    preflight::check(&args.root, args.apply)?;
-    Ok(targets)
 }
 
 fn pid_max(root: &Root) -> u32 {
@@ -214,40 +175,21 @@ fn pid_max(root: &Root) -> u32 {
         .unwrap_or(4_194_304)
 }
 
-fn seed(root: &Root, probe: &mut Probe, tgid: u32) {
-    for t in procs::threads(root, tgid) {
-        probe.seed_thread(t.tid, tgid, t.comm, t.sum_exec_ns);
-    }
+/// `--verbose`'s start-up timings.
+struct Verbose {
+    on: bool,
+    t0: Instant,
 }
 
-/// What a live view sees after each interval's read.
-pub struct Snapshot<'a> {
-    /// The trace so far (`duration_ns`: time since tracing started).
-    pub trace: &'a Trace,
-    /// System-wide busy ns per CPU in the last interval (/proc/stat).
-    pub interval_busy_ns: &'a BTreeMap<u32, u64>,
-    /// Wall ns of the last interval.
-    pub interval_ns: u64,
-    /// The machine.
-    pub topology: &'a Topology,
-    /// The quota in force on the target's cgroup path, if any.
-    pub cgroup_limit: Option<&'a CgroupLimit>,
-    /// Its cpu.stat since tracing started.
-    pub cgroup_window: Option<&'a CpuStatDelta>,
-}
-
-/// A live view of a running window (`--watch`).
-pub trait Observer {
-    /// An fd to wake up on between intervals (the terminal, for keys).
-    fn input_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
+impl Verbose {
+    fn say(&self, what: &str) {
+        if self.on {
+            eprintln!(
+                "affin-trace: {what} at {:.1} ms",
+                self.t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
-    /// The input fd is readable; false ends the window.
-    fn on_input(&mut self) -> bool {
-        true
-    }
-    /// An interval was read; false ends the window.
-    fn on_interval(&mut self, snap: &Snapshot<'_>) -> bool;
 }
 
 /// Runs one trace window.
@@ -258,282 +200,141 @@ pub fn run(args: &TraceArgs) -> Result<Outcome, SessionError> {
 /// Runs one trace window, showing each interval to `observer`.
 pub fn run_observed(
     args: &TraceArgs,
-    mut observer: Option<&mut dyn Observer>,
+    observer: Option<&mut dyn Observer>,
 ) -> Result<Outcome, SessionError> {
     let t0 = Instant::now();
-    let root = &args.root;
-    let targets = validate(args)?;
-    let start_times = targets
-        .tgids
-        .iter()
-        .filter_map(|&p| procs::start_time(root, p).ok().map(|t| (p, t)))
-        .collect();
-    let verbose = |what: &str| {
-        if args.verbose {
-            eprintln!(
-                "affin-trace: {what} at {:.1} ms",
-                t0.elapsed().as_secs_f64() * 1e3
-            );
-        }
+    let launch = targets::validate(args)?;
+    run_launch(args, launch, observer, t0)
+}
+
+/// A second window on the processes `first` traced (`--verify`), with
+/// `args`' timing: the same pids, not a new `--comm` or `--cgroup` lookup.
+pub fn run_again(args: &TraceArgs, first: &Outcome) -> Result<Outcome, SessionError> {
+    let t0 = Instant::now();
+    let launch = targets::again(
+        &args.root,
+        &first.trace.pids,
+        &first.trace.tids,
+        &first.start_times,
+    )?;
+    run_launch(args, launch, None, t0)
+}
+
+fn run_launch(
+    args: &TraceArgs,
+    launch: Launch,
+    mut observer: Option<&mut dyn Observer>,
+    t0: Instant,
+) -> Result<Outcome, SessionError> {
+    let verbose = Verbose {
+        on: args.verbose,
+        t0,
     };
+    let root = &args.root;
+    let start_times = targets::start_times(root, &launch);
+    let rt = wake::runtime().map_err(SessionError::Signals)?;
+    let _in = rt.enter();
     // Ctrl-C, kill or a closed terminal end the window; the report and the
     // programs' detachment (Probe's Drop) still happen.
-    let mut waiter = Waiter::new().map_err(SessionError::Signals)?;
-    let topology = Topology::read(root).map_err(|e| SessionError::Topology(e.to_string()))?;
-    verbose("topology read");
-    let offsets = btf::task_offsets_cached(
-        std::path::Path::new(btf::VMLINUX_BTF),
-        std::path::Path::new(btf::CACHE_DIR),
-    )?;
-    verbose("offsets resolved");
-    let cfg = ProbeConfig {
-        max_threads: args.max_threads,
-        attach: args.attach,
-        offsets,
-        pid_max: pid_max(root),
-        timeline_bytes: args.timeline.as_ref().map(|_| args.timeline_buffer),
-        // A quota on the first target's path (a command runs in ours).
-        bandwidth: crate::host::cgroup::resolve(
-            root,
-            targets
-                .tgids
-                .first()
-                .copied()
-                .unwrap_or_else(std::process::id),
-        )
-        .is_ok_and(|cg| cg.limit().is_some()),
+    let signals = Signals::new().map_err(SessionError::Signals)?;
+    let mut run = attach(args, launch, &verbose)?;
+    let mut src = Sources::new(signals, &run.tgids, &run.probe, observer.as_deref());
+    let timing = Timing {
+        interval: Duration::from_secs_f64(args.interval()),
+        duration: args
+            .duration
+            .or(run.child.is_none().then_some(DEFAULT_DURATION_S))
+            .map(Duration::from_secs_f64),
     };
-    let mut probe = Probe::load(&cfg, &topology)?;
-    verbose(&format!("programs attached ({:?})", probe.mode()));
-
-    let mut timeline = cfg.timeline_bytes.map(|_| Capture {
-        start_ns: monotonic_ns(),
-        ring_buffer_bytes: u64::from(probe.timeline_bytes()),
-        ..Capture::default()
-    });
-    let mut child: Option<GatedChild> = None;
-    let mut tgids = targets.tgids;
-    if !args.command.is_empty() {
-        let mut c = spawn_gated(&args.command)?;
-        probe.add_target(c.pid())?;
-        seed(root, &mut probe, c.pid());
-        c.release()?;
-        tgids = vec![c.pid()];
-        child = Some(c);
-    } else {
-        for &tgid in &tgids {
-            probe.add_target(tgid)?;
-            seed(root, &mut probe, tgid);
-        }
-    }
-    verbose("tracing");
-
-    let duration = args.duration.or(if child.is_some() {
-        None
-    } else {
-        Some(DEFAULT_DURATION_S)
-    });
-    let interval = Duration::from_secs_f64(args.interval());
-    let start = Instant::now();
-    let deadline = duration.map(|d| start + Duration::from_secs_f64(d));
-    let bar = progress_bar(duration, child.is_none() && observer.is_none());
+    let info = WindowInfo {
+        pids: run.tgids.clone(),
+        tids: run.tids.clone(),
+        interval_ns: timing.interval.as_nanos() as u64,
+        attach_mode: run.probe.mode(),
+        nr_cpus: run.topology.cpus.len() as u32,
+        mem_total_bytes: procs::mem_total_bytes(root),
+    };
+    let bar = progress_bar(timing.duration, run.child.is_none() && observer.is_none());
     let busy_before = procs::cpu_busy_ns(root);
-    waiter.watch(&tgids);
-    // The quota on the target's cgroup path, and its counters from now on.
-    let cgroup_limit = tgids
+    let pressure = Pressures::before(args.cgroup.as_deref());
+    let quota = run
+        .tgids
         .first()
-        .and_then(|&p| match crate::host::cgroup::resolve(root, p) {
-            Ok(cg) => cg.limit().cloned(),
-            Err(e) => {
-                eprintln!("affin-trace: {e}; continuing without the cgroup quota check");
-                None
-            }
-        });
-    let stat_before = cgroup_limit
-        .as_ref()
-        .and_then(|l| crate::host::cgroup::read_stat(l).ok());
-    // The quota's own events from the kernel's throttle path, when they attach.
-    let mut bandwidth =
-        crate::collect::bandwidth::BandwidthCollector::start(&mut probe, cgroup_limit.as_ref());
-    let mut runtime = None;
-    // Per-interval throttling, for the timeline only.
-    let mut stat_prev = stat_before.filter(|_| timeline.is_some());
-    let mut mono_prev = monotonic_ns();
-    if let (Some(tl), Some(l)) = (timeline.as_mut(), cgroup_limit.as_ref()) {
-        tl.quota = Some(format!(
-            "{:.2} CPUs ({}/{} us) on {}",
-            l.quota_cores(),
-            l.quota.quota_us,
-            l.quota.period_us,
-            l.cgroup
-        ));
-    }
-    let drain_every = if timeline.is_some() {
-        DRAIN_EVERY
-    } else {
-        Duration::MAX
-    };
-    let mut collector = Collector::new();
-    let mut busy_prev = busy_before.clone();
-    let mem_total = procs::mem_total_bytes(root);
-    let mut last = start;
-    let mut exit_status = None;
-    let mut stopped = false;
-    loop {
-        let next = (last + interval).min(deadline.unwrap_or(last + interval));
-        let mut ended = waiter.all_exited();
-        while !ended {
-            let now = Instant::now();
-            if now >= next {
-                break;
-            }
-            let input = observer.as_ref().and_then(|o| o.input_fd());
-            let wake = waiter.wait_with((next - now).min(drain_every), input);
-            if let Some(tl) = timeline.as_mut() {
-                probe.drain_timeline(&mut tl.events);
-            }
-            match wake {
-                Wake::Input => {
-                    if let Some(o) = observer.as_mut()
-                        && !o.on_input()
-                    {
-                        stopped = true;
-                        ended = true;
-                    }
-                }
-                Wake::Timeout => {}
-                Wake::Signal => {
-                    stopped = true;
-                    ended = true;
-                }
-                Wake::AllExited => ended = true,
-            }
-        }
-        let now = Instant::now();
-        let rss = tgids.iter().map(|&p| procs::rss_bytes(root, p)).sum();
-        let wall_ns = (now - last).as_nanos() as u64;
-        collector.sample(&mut probe, wall_ns, rss);
-        if let Some(b) = bandwidth.as_mut() {
-            b.sample(&probe);
-        }
-        // What sizes the program's threads, read once it runs its own image.
-        if runtime.is_none() && cgroup_limit.is_some() {
-            runtime = tgids.first().and_then(|&p| crate::host::runtime::read(p));
-        }
-        last = now;
-        if let Some(tl) = timeline.as_mut() {
-            probe.drain_timeline(&mut tl.events);
-            let mono = monotonic_ns();
-            if let (Some(l), Some(prev)) = (&cgroup_limit, &stat_prev)
-                && let Ok(stat) = crate::host::cgroup::read_stat(l)
-            {
-                let d = CpuStat::delta(prev, &stat);
-                tl.throttled.push(ThrottledSpan {
-                    start_ns: mono_prev,
-                    end_ns: mono,
-                    nr_periods: d.nr_periods,
-                    nr_throttled: d.nr_throttled,
-                    throttled_ns: d.throttled_ns,
-                });
-                stat_prev = Some(stat);
-            }
-            mono_prev = mono;
-        }
-        if let Some(o) = observer.as_mut() {
-            let busy_now = procs::cpu_busy_ns(root);
-            let interval_busy = procs::busy_delta(&busy_prev, &busy_now);
-            busy_prev = busy_now;
-            let mut so_far = collector.finish();
-            so_far.pids = tgids.clone();
-            so_far.tids = targets.tids.clone();
-            so_far.duration_ns = (now - start).as_nanos() as u64;
-            so_far.interval_ns = interval.as_nanos() as u64;
-            so_far.nr_cpus = topology.cpus.len() as u32;
-            so_far.mem_total_bytes = mem_total;
-            let window = match (&cgroup_limit, &stat_before) {
-                (Some(l), Some(before)) => crate::host::cgroup::read_stat(l)
-                    .ok()
-                    .map(|after| CpuStat::delta(before, &after)),
-                _ => None,
-            };
-            let snap = Snapshot {
-                trace: &so_far,
-                interval_busy_ns: &interval_busy,
-                interval_ns: wall_ns,
-                topology: &topology,
-                cgroup_limit: cgroup_limit.as_ref(),
-                cgroup_window: window.as_ref(),
-            };
-            if !o.on_interval(&snap) {
-                stopped = true;
-                ended = true;
-            }
-        }
-        if let Some(b) = &bar {
-            b.set_position((now - start).as_millis() as u64);
-            b.set_message(format!("{} threads", collector.thread_count()));
-        }
-        if ended || deadline.is_some_and(|d| now >= d) {
-            break;
-        }
-    }
+        .and_then(|&p| QuotaWatch::start(root, p, monotonic_ns()))
+        .map(|q| q.with_events(&mut run.probe));
+    let timeline = run.timeline.take().map(|mut tl| {
+        tl.quota = quota.as_ref().map(QuotaWatch::describe);
+        tl
+    });
+    let mut window = Window::new(
+        &mut run.probe,
+        Collector::new(info),
+        timeline,
+        quota,
+        observer.take(),
+        &run.topology,
+        root,
+        &run.tgids,
+        timing,
+        bar,
+    )
+    .rescanning(&args.comms);
+    let end = rt.block_on(window.run(&mut src));
     let window_end = monotonic_ns();
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let facts = target_facts(root, tgids.first().copied(), &topology);
-    let cgroup_window = match (&cgroup_limit, &stat_before) {
-        (Some(l), Some(before)) => crate::host::cgroup::read_stat(l)
-            .ok()
-            .map(|after| CpuStat::delta(before, &after)),
-        _ => None,
-    };
-    let wall = start.elapsed();
+    window.clear_bar();
+    let wall = window.started().elapsed();
+    let facts = target_facts(root, run.tgids.first().copied(), &run.topology);
     let busy_after = procs::cpu_busy_ns(root);
+    let Window {
+        collector,
+        mut timeline,
+        quota,
+        rescanned,
+        ..
+    } = window;
     // The command may still run (the window ended first): wait for it, so
     // affin-trace exits with its status, as `time` does.
-    if let Some(c) = child.as_mut()
-        && exit_status.is_none()
-    {
-        if stopped {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.pid() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        exit_status = Some(c.wait());
-    }
-    let mut trace = collector.finish();
-    trace.pids = tgids.clone();
-    trace.tids = targets.tids;
-    trace.duration_ns = wall.as_nanos() as u64;
-    trace.interval_ns = interval.as_nanos() as u64;
-    trace.system_busy_ns = procs::busy_delta(&busy_before, &busy_after);
-    trace.exited_pids = if child.is_some() {
-        tgids.clone()
+    let exit_status = run.child.as_mut().map(|c| wait_child(c, end));
+    let exited_pids = if run.child.is_some() {
+        run.tgids.clone()
     } else {
-        tgids
+        run.tgids
             .iter()
             .copied()
             .filter(|&p| !procs::alive(root, p))
             .collect()
     };
-    trace.attach_mode = probe.mode();
-    trace.nr_cpus = topology.cpus.len() as u32;
-    trace.mem_total_bytes = mem_total;
     if let Some(tl) = timeline.as_mut() {
-        // The targets' last switches (an exiting thread's final one comes
-        // after its pidfd woke us) are in the ring by now. Events written
-        // (counted before this last drain) but not received would be a bug
-        // in the reader: counted as lost rather than let pass.
-        let written = probe.timeline_written();
-        probe.drain_timeline(&mut tl.events);
-        tl.end_ns = window_end;
-        let unread = written.saturating_sub(tl.events.len() as u64);
-        tl.lost_events = probe.timeline_lost() + unread;
+        last_drain(&mut run.probe, tl, window_end);
     }
-    let bandwidth = bandwidth.map(|b| b.finish(&probe, window_end, &tgids));
-    drop(probe); // detach before reporting
+    let (quota, bandwidth, runtime) = match quota {
+        Some(q) => {
+            let (q, b, r) = q.finish_events(&run.probe, window_end, &run.tgids);
+            (Some(q), b, r)
+        }
+        None => (None, None, None),
+    };
+    run.probe.drain_log();
+    let cgroups = contention::neighbour_cgroups(&collector.neighbour_cgroups());
+    let mut trace = collector.finish(WindowEnd {
+        duration_ns: wall.as_nanos() as u64,
+        system_busy_ns: procs::busy_delta(&busy_before, &busy_after),
+        exited_pids,
+    });
+    trace.kernel_warnings = run.probe.kernel_warnings();
+    trace.followed.enabled = follows(args);
+    trace.followed.rescanned = rescanned;
+    (trace.pressure_host, trace.pressure_cgroup) = pressure.after();
+    for n in &mut trace.neighbours {
+        if let Some(path) = cgroups.get(&n.tgid) {
+            n.cgroup = path.clone();
+        }
+    }
+    if let Some(b) = &bandwidth {
+        crate::model::bandwidth::join_wait_split(&mut trace.threads, &b.threads);
+    }
+    drop(src);
+    drop(run.probe); // detach before reporting
     if let Some(line) = args
         .verbose
         .then(|| read_summary(&trace.intervals))
@@ -541,10 +342,14 @@ pub fn run_observed(
     {
         eprintln!("affin-trace: {line}");
     }
+    let (cgroup_limit, cgroup_window) = match quota.map(QuotaWatch::into_parts) {
+        Some((l, w)) => (Some(l), w),
+        None => (None, None),
+    };
     Ok(Outcome {
         trace,
         exit_status,
-        topology,
+        topology: run.topology,
         facts,
         cgroup_limit,
         cgroup_window,
@@ -553,6 +358,120 @@ pub fn run_observed(
         start_times,
         timeline,
     })
+}
+
+/// What [`attach`] set up.
+struct Attached {
+    probe: Probe,
+    topology: Topology,
+    /// The command, in command mode.
+    child: Option<GatedChild>,
+    /// The marked targets.
+    tgids: Vec<u32>,
+    tids: Vec<u32>,
+    /// An empty capture, with `--timeline`.
+    timeline: Option<Capture>,
+}
+
+/// Reads the machine, loads and attaches the programs, and marks the
+/// targets (starting the command at its gate first, in command mode).
+fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attached, SessionError> {
+    let root = &args.root;
+    let topology = Topology::read(root).map_err(|e| SessionError::Topology(e.to_string()))?;
+    verbose.say("topology read");
+    let offsets = btf::task_offsets_cached(
+        std::path::Path::new(btf::VMLINUX_BTF),
+        std::path::Path::new(btf::CACHE_DIR),
+    )?;
+    verbose.say("offsets resolved");
+    let cfg = ProbeConfig {
+        max_threads: args.max_threads,
+        attach: args.attach,
+        offsets,
+        pid_max: pid_max(root),
+        timeline_bytes: args.timeline.as_ref().map(|_| args.timeline_buffer),
+        log_to_stderr: args.verbose,
+        follow: follows(args),
+        join_cgroup: args.cgroup.as_deref().map_or(0, procs::dir_inode),
+        bandwidth: quota_binds(root, &launch),
+    };
+    let mut probe = Probe::load(&cfg, &topology)?;
+    verbose.say(&format!("programs attached ({:?})", probe.mode()));
+    let timeline = cfg.timeline_bytes.map(|_| Capture {
+        start_ns: monotonic_ns(),
+        ring_buffer_bytes: u64::from(probe.timeline_bytes()),
+        ..Capture::default()
+    });
+    let (child, tgids, tids) = match launch {
+        Launch::Command(argv) => {
+            let mut c = spawn_gated(&argv)?;
+            mark(root, &mut probe, c.pid())?;
+            c.release()?;
+            let pid = c.pid();
+            (Some(c), vec![pid], Vec::new())
+        }
+        Launch::Running(t) => {
+            for &tgid in &t.tgids {
+                mark(root, &mut probe, tgid)?;
+            }
+            (None, t.tgids, t.tids)
+        }
+    };
+    verbose.say("tracing");
+    Ok(Attached {
+        probe,
+        topology,
+        child,
+        tgids,
+        tids,
+        timeline,
+    })
+}
+
+/// Whether a CPU quota is in force on the first target's cgroup path (a
+/// command runs in ours): the bandwidth programs' sched_switch path is
+/// loaded only then.
+fn quota_binds(root: &Root, launch: &Launch) -> bool {
+    let pid = match launch {
+        Launch::Command(_) => std::process::id(),
+        Launch::Running(t) => match t.tgids.first() {
+            Some(&p) => p,
+            None => return false,
+        },
+    };
+    crate::host::cgroup::resolve(root, pid).is_ok_and(|cg| cg.limit().is_some())
+}
+
+/// Traces `tgid` from now on, with its threads seeded from /proc.
+fn mark(root: &Root, probe: &mut Probe, tgid: u32) -> Result<(), SessionError> {
+    probe.add_target(tgid)?;
+    targets::seed(root, probe, tgid);
+    Ok(())
+}
+
+/// The command's exit status; stopped early by the user, it is asked to
+/// stop too.
+fn wait_child(c: &mut GatedChild, end: End) -> i32 {
+    if end.stopped() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    c.wait()
+}
+
+/// The timeline's last events, and what was lost.
+fn last_drain(probe: &mut Probe, tl: &mut Capture, window_end: u64) {
+    // The targets' last switches (an exiting thread's final one comes
+    // after its pidfd woke us) are in the ring by now. Events written
+    // (counted before this last drain) but not received would be a bug
+    // in the reader: counted as lost rather than let pass.
+    let written = probe.timeline_written();
+    probe.drain_timeline(&mut tl.events);
+    tl.end_ns = window_end;
+    let unread = written.saturating_sub(tl.events.len() as u64);
+    tl.lost_events = probe.timeline_lost() + unread;
 }
 
 /// `--verbose`'s account of the per-interval reads (maps and /proc): wall
@@ -594,8 +513,8 @@ fn target_facts(root: &Root, pid: Option<u32>, topology: &Topology) -> TargetFac
     }
 }
 
-fn progress_bar(duration: Option<f64>, allowed: bool) -> Option<indicatif::ProgressBar> {
-    let d = duration?;
+fn progress_bar(duration: Option<Duration>, allowed: bool) -> Option<indicatif::ProgressBar> {
+    let d = duration?.as_secs_f64();
     if !allowed || !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
         return None;
     }

@@ -1,36 +1,64 @@
-//! Sleeping until something matters: the next interval, a target's exit, or
-//! a signal. One poll(2) on pidfds and a signal self-pipe, so the window
-//! ends within microseconds of the target's exit (a late end would add an
-//! idle tail to the last interval and skew the CPU variance) and the tool
-//! does not wake up between intervals for nothing.
+//! What a trace window waits on, as tokio sources for its one
+//! current-thread event loop ([`crate::collect::window`]): termination
+//! signals, the targets' exits (pidfds), and readable fds (the ring
+//! buffers, the live view's terminal).
+//!
+//! A pidfd is readable once its process has exited, and epoll reports it
+//! at once, so the window ends within microseconds of the target's exit (a
+//! late end would add an idle tail to the last interval and skew the CPU
+//! variance), and the tool does not wake up between intervals for nothing.
 
 use std::{
-    os::{
-        fd::{AsFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
-        unix::net::UnixStream,
-    },
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd},
     time::Duration,
 };
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use tokio::{
+    io::unix::AsyncFd,
+    runtime::Runtime,
+    signal::unix::{Signal, SignalKind, signal},
+};
 
-/// What ended a wait.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Wake {
-    /// The timeout passed.
-    Timeout,
-    /// SIGINT, SIGTERM or SIGHUP arrived.
-    Signal,
-    /// Every watched process has exited.
-    AllExited,
-    /// The extra input fd (a live view's terminal) is readable.
-    Input,
+/// The one runtime of a window: current-thread, so the handlers run on the
+/// thread that owns the [`crate::kernel::probe::Probe`], with no locks; IO
+/// for the fds and time for the interval.
+pub fn runtime() -> io::Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
 }
 
-/// Watches processes and termination signals.
-pub struct Waiter {
-    pidfds: Vec<OwnedFd>,
-    signals: UnixStream,
+/// SIGINT, SIGTERM and SIGHUP: from [`Signals::new`] on, they end the
+/// window instead of the process (Ctrl-C, kill, a closed terminal), so the
+/// report and the programs' detachment still happen. Made inside the
+/// runtime's context (`Runtime::enter`).
+pub struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Registers the handlers. A signal that arrives before the loop
+    /// first waits is kept, and ends the window at once.
+    pub fn new() -> io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for any of the three.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -39,71 +67,20 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-impl Waiter {
-    /// Registers the termination signals: from here on they end the wait
-    /// instead of the process.
-    pub fn new() -> std::io::Result<Waiter> {
-        let (read, write) = UnixStream::pair()?;
-        read.set_nonblocking(true)?;
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
-        }
-        Ok(Waiter {
-            pidfds: Vec::new(),
-            signals: read,
-        })
-    }
+/// The targets' exits. Processes already gone when watched are left out.
+pub struct Exits {
+    pidfds: Vec<AsyncFd<OwnedFd>>,
+}
 
-    /// Watches `pids` (those already gone are left out).
-    pub fn watch(&mut self, pids: &[u32]) {
-        self.pidfds
-            .extend(pids.iter().filter_map(|&p| pidfd_open(p)));
-    }
-
-    /// Waits up to `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> Wake {
-        self.wait_with(timeout, None)
-    }
-
-    /// Waits up to `timeout`, also for `input` to become readable.
-    pub fn wait_with(&mut self, timeout: Duration, input: Option<BorrowedFd<'_>>) -> Wake {
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds: Vec<PollFd> = std::iter::once(self.signals.as_fd())
-            .chain(self.pidfds.iter().map(|f| f.as_fd()))
-            .chain(input)
-            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
-            .collect();
-        let n = match poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(n) => n,
-            // A signal without our pipe (e.g. SIGCHLD) interrupted: let the
-            // caller re-check its clock.
-            Err(_) => return Wake::Timeout,
-        };
-        if n == 0 {
-            return Wake::Timeout;
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        if ready[0] {
-            return Wake::Signal;
-        }
-        if input.is_some() && ready[ready.len() - 1] {
-            return Wake::Input;
-        }
-        let mut i = 0;
-        self.pidfds.retain(|_| {
-            i += 1;
-            !ready[i]
-        });
-        if self.pidfds.is_empty() {
-            Wake::AllExited
-        } else {
-            Wake::Timeout
+impl Exits {
+    /// Watches `pids` (inside the runtime's context).
+    pub fn watch(pids: &[u32]) -> Exits {
+        Exits {
+            pidfds: pids
+                .iter()
+                .filter_map(|&p| pidfd_open(p))
+                .filter_map(|fd| register(fd).ok())
+                .collect(),
         }
     }
 
@@ -111,10 +88,75 @@ impl Waiter {
     pub fn all_exited(&self) -> bool {
         self.pidfds.is_empty()
     }
+
+    /// Waits until every watched process has exited. Cancel-safe: a
+    /// process seen gone is dropped from the set, and a pidfd stays
+    /// readable, so waiting again resumes where this left off.
+    pub async fn all(&mut self) {
+        while let Some(fd) = self.pidfds.last() {
+            let _ = fd.readable().await;
+            self.pidfds.pop();
+        }
+    }
+}
+
+/// A readable-fd source on a duplicate of `fd` (the original stays with
+/// its owner, which reads it: a ring buffer, the terminal).
+pub fn readable(fd: BorrowedFd<'_>) -> io::Result<AsyncFd<OwnedFd>> {
+    register(fd.try_clone_to_owned()?)
+}
+
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns `fd` and nothing else closes or replaces
+    // it while registered (it is closed when the AsyncFd drops, after
+    // deregistering).
+    Ok(unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? })
+}
+
+/// Waits until `fd` is readable, then marks it drained: the caller reads
+/// everything there is before it waits again (epoll is edge-triggered
+/// under tokio; a new arrival during the read is not lost, tokio keeps it).
+pub async fn wait_readable<T: AsRawFd>(fd: &AsyncFd<T>) {
+    if let Ok(mut guard) = fd.readable().await {
+        guard.clear_ready();
+    }
+}
+
+/// A sleep that a termination signal cuts short (the benchmark floor:
+/// attached until told to stop). The handlers are in place from
+/// [`Sleeper::new`] on.
+pub struct Sleeper {
+    rt: Runtime,
+    signals: Signals,
+}
+
+impl Sleeper {
+    /// Registers the handlers.
+    pub fn new() -> io::Result<Sleeper> {
+        let rt = runtime()?;
+        let signals = {
+            let _in = rt.enter();
+            Signals::new()?
+        };
+        Ok(Sleeper { rt, signals })
+    }
+
+    /// Sleeps for `d` or until a signal.
+    pub fn sleep(mut self, d: Duration) {
+        let signals = &mut self.signals;
+        self.rt.block_on(async {
+            tokio::select! {
+                () = signals.recv() => {}
+                () = tokio::time::sleep(d) => {}
+            }
+        });
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]
@@ -123,10 +165,16 @@ mod tests {
             .arg("0.1")
             .spawn()
             .unwrap();
-        let mut w = Waiter::new().unwrap();
-        w.watch(&[child.id()]);
-        let t = std::time::Instant::now();
-        assert_eq!(w.wait(Duration::from_secs(10)), Wake::AllExited);
+        let rt = runtime().unwrap();
+        let t = Instant::now();
+        let exited = rt.block_on(async {
+            let mut exits = Exits::watch(&[child.id()]);
+            tokio::select! {
+                () = exits.all() => exits.all_exited(),
+                () = tokio::time::sleep(Duration::from_secs(10)) => false,
+            }
+        });
+        assert!(exited);
         assert!(t.elapsed() < Duration::from_secs(2));
         child.wait().unwrap();
     }
@@ -137,10 +185,16 @@ mod tests {
             .arg("5")
             .spawn()
             .unwrap();
-        let mut w = Waiter::new().unwrap();
-        w.watch(&[child.id()]);
-        assert_eq!(w.wait(Duration::from_millis(50)), Wake::Timeout);
-        assert!(!w.all_exited());
+        let rt = runtime().unwrap();
+        let timed_out = rt.block_on(async {
+            let mut exits = Exits::watch(&[child.id()]);
+            let r = tokio::select! {
+                () = exits.all() => false,
+                () = tokio::time::sleep(Duration::from_millis(50)) => true,
+            };
+            r && !exits.all_exited()
+        });
+        assert!(timed_out);
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod command;
+pub mod contention;
 pub mod preflight;
 pub mod procs;
 pub mod root;

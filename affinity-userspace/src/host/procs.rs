@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use procfs::{FromReadSI as _, process::Process};
 
 use crate::host::root::Root;
+use crate::model::snapshot::TaskNow;
 
 /// The process `pid` under `root` (procfs's own `Process::new` reads `/proc`).
 fn process(root: &Root, pid: u32) -> procfs::ProcResult<Process> {
@@ -27,6 +28,8 @@ pub struct ThreadInfo {
     pub comm: [u8; 16],
     /// `se.sum_exec_runtime` (ns).
     pub sum_exec_ns: u64,
+    /// `sched_info.run_delay` (ns): its run-queue waits so far.
+    pub run_delay_ns: u64,
 }
 
 /// Why a target cannot be traced.
@@ -36,7 +39,7 @@ pub enum TargetError {
     #[error("no such process: {0}")]
     NoSuchProcess(u32),
     /// No process has that name.
-    #[error("no process named {0:?} (comm, as in pgrep -x)")]
+    #[error("no process named {} (comm, as in pgrep -x){}", shown(.0), long_name_hint(.0))]
     NoSuchComm(String),
     /// Not a cgroup directory.
     #[error(
@@ -51,12 +54,73 @@ pub enum TargetError {
     Zombie(u32),
 }
 
+/// Longest comm: TASK_COMM_LEN is 16 with the NUL.
+pub const COMM_MAX: usize = 15;
+
+/// A name as an error shows it: quoted, and cut short (a 100 KB argument
+/// is not echoed back).
+fn shown(name: &str) -> String {
+    const MAX: usize = 64;
+    if name.chars().count() <= MAX {
+        format!("{name:?}")
+    } else {
+        let head: String = name.chars().take(MAX).collect();
+        format!("{head:?}... ({} bytes)", name.len())
+    }
+}
+
+fn long_name_hint(name: &str) -> String {
+    if name.len() > COMM_MAX {
+        format!(
+            "; the kernel keeps only the first {COMM_MAX} bytes of a name, so a longer one matches a process whose name is those bytes and whose executable or argv[0] has the full name"
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// True when `pid`'s comm `comm` answers to `name`: equal, or, for a name
+/// longer than the kernel keeps, its first 15 bytes with the full name as
+/// the basename of argv[0] or of the executable (what pkill/killall do).
+fn comm_matches(pid: &Process, comm: &str, name: &str) -> bool {
+    if comm == name {
+        return true;
+    }
+    if name.len() <= COMM_MAX || !name.as_bytes().starts_with(comm.as_bytes()) {
+        return false;
+    }
+    if comm.len() < COMM_MAX.min(name.len()) {
+        return false;
+    }
+    let base = |p: &std::path::Path| {
+        p.file_name()
+            .is_some_and(|f| f.as_encoded_bytes() == name.as_bytes())
+    };
+    pid.cmdline()
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .is_some_and(|a| base(std::path::Path::new(&a)))
+        || pid.exe().is_ok_and(|e| base(&e))
+}
+
 /// The process (thread group) a thread id belongs to.
+///
+/// Read from the raw bytes of /proc/<tid>/status, not procfs's `Status`:
+/// that parser wants the whole file as UTF-8, and its `Name:` line holds
+/// whatever bytes the thread named itself with (`prctl(PR_SET_NAME,
+/// "\xff")`), which made such a process "no such process".
 pub fn tgid_of(root: &Root, tid: u32) -> Result<u32, TargetError> {
-    let status = process(root, tid)
-        .and_then(|p| p.status())
+    let status = std::fs::read(root.join(format!("proc/{tid}/status")))
         .map_err(|_| TargetError::NoSuchProcess(tid))?;
-    Ok(status.tgid as u32)
+    parse_tgid(&status).ok_or(TargetError::NoSuchProcess(tid))
+}
+
+/// `Tgid:` of a /proc/<pid>/status text, whatever bytes the name holds.
+pub fn parse_tgid(status: &[u8]) -> Option<u32> {
+    status
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"Tgid:"))
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
 }
 
 /// Checks that `pid` is a live process and returns its tgid (a thread id
@@ -95,7 +159,10 @@ pub fn pids_by_comm(root: &Root, name: &str) -> Vec<u32> {
     };
     let mut pids: Vec<u32> = all
         .filter_map(Result::ok)
-        .filter(|p| p.stat().is_ok_and(|s| s.comm == name && s.state != 'Z'))
+        .filter(|p| {
+            p.stat()
+                .is_ok_and(|s| s.state != 'Z' && comm_matches(p, &s.comm, name))
+        })
         .map(|p| p.pid as u32)
         .collect();
     pids.sort_unstable();
@@ -110,6 +177,13 @@ pub fn pids_in_cgroup(dir: &std::path::Path) -> Result<Vec<u32>, TargetError> {
     pids.sort_unstable();
     pids.dedup();
     Ok(pids)
+}
+
+/// The inode number of a directory (a cgroup's kernfs id), 0 when it
+/// cannot be read.
+pub fn dir_inode(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir).map_or(0, |m| m.ino())
 }
 
 /// True while `pid` exists and is not a zombie.
@@ -132,20 +206,29 @@ pub fn threads(root: &Root, pid: u32) -> Vec<ThreadInfo> {
     tasks
         .filter_map(Result::ok)
         .filter_map(|t| {
-            let sum_exec_ns = t.schedstat().ok()?.sum_exec_runtime;
+            let st = t.schedstat().ok()?;
+            let (sum_exec_ns, run_delay_ns) = (st.sum_exec_runtime, st.run_delay);
             // The `comm` file, not `stat`: the kernel builds all of stat's
             // 52 fields for it, which for 1,000 threads is most of the seed.
+            // Raw bytes: a name need not be UTF-8.
             let comm = std::fs::read(root.join(format!("proc/{pid}/task/{}/comm", t.tid)))
                 .map(|b| {
-                    comm_bytes(
-                        String::from_utf8_lossy(b.strip_suffix(b"\n").unwrap_or(&b)).as_ref(),
-                    )
+                    let mut out = [0u8; 16];
+                    for (o, c) in out
+                        .iter_mut()
+                        .zip(b.strip_suffix(b"\n").unwrap_or(&b))
+                        .take(15)
+                    {
+                        *o = *c;
+                    }
+                    out
                 })
                 .unwrap_or_default();
             Some(ThreadInfo {
                 tid: t.tid as u32,
                 comm,
                 sum_exec_ns,
+                run_delay_ns,
             })
         })
         .collect()
@@ -181,6 +264,24 @@ pub fn thread_sum_exec(root: &Root, pid: u32, tid: u32) -> Option<u64> {
 pub fn thread_comm(root: &Root, pid: u32, tid: u32) -> Option<String> {
     let t = process(root, pid).ok()?.task_from_tid(tid as i32).ok()?;
     t.stat().ok().map(|s| s.comm)
+}
+
+/// The CPU thread `tid` of process `tgid` last ran on and its name, from
+/// `<root>/proc/<tgid>/task/<tid>/stat` fields 39 and 2 (proc(5):
+/// `processor`, `comm`); `None` when the thread is gone. The procfs crate
+/// parses the line, so a name holding spaces or ')' does not shift the
+/// fields.
+pub fn task_now(root: &Root, tgid: u32, tid: u32) -> Option<TaskNow> {
+    let stat = process(root, tgid)
+        .ok()?
+        .task_from_tid(i32::try_from(tid).ok()?)
+        .ok()?
+        .stat()
+        .ok()?;
+    Some(TaskNow {
+        cpu: stat.processor.and_then(|p| u32::try_from(p).ok())?,
+        comm: stat.comm,
+    })
 }
 
 /// Resident set size in bytes (0 if gone).
@@ -255,6 +356,15 @@ pub fn comm_bytes(s: &str) -> [u8; 16] {
     out
 }
 
+/// The raw bytes of a NUL-padded comm as hex when they are not valid
+/// UTF-8 (JSON `comm_bytes`), else None.
+pub fn comm_hex(b: &[u8; 16]) -> Option<String> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    std::str::from_utf8(&b[..end])
+        .is_err()
+        .then(|| b[..end].iter().map(|c| format!("{c:02x}")).collect())
+}
+
 /// The kernel's NUL-padded comm as a string.
 pub fn comm_str(b: &[u8; 16]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
@@ -264,6 +374,41 @@ pub fn comm_str(b: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_name_error_says_why_and_does_not_echo_it_all() {
+        let e = TargetError::NoSuchComm("x".repeat(100_000)).to_string();
+        assert!(e.len() < 500, "{} bytes", e.len());
+        assert!(
+            e.contains("first 15 bytes") && e.contains("100000 bytes"),
+            "{e}"
+        );
+        let e = TargetError::NoSuchComm("short".into()).to_string();
+        assert_eq!(e, "no process named \"short\" (comm, as in pgrep -x)");
+    }
+
+    #[test]
+    fn a_name_longer_than_comm_matches_its_own_process() {
+        // This test binary's name is longer than 15 bytes.
+        let me = std::env::current_exe().unwrap();
+        let full = me.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(full.len() > COMM_MAX, "{full}");
+        let pids = pids_by_comm(&Root::default(), &full);
+        assert!(pids.contains(&std::process::id()), "{pids:?}");
+        assert!(pids_by_comm(&Root::default(), &format!("{full}-not")).is_empty());
+    }
+
+    #[test]
+    fn tgid_is_read_whatever_bytes_the_name_holds() {
+        let status =
+            b"Name:\t\xff\xfe\nUmask:\t0022\nState:\tR (running)\nTgid:\t4242\nPid:\t4243\n";
+        assert_eq!(parse_tgid(status), Some(4242));
+        assert_eq!(parse_tgid(b"Name:\tx\n"), None);
+        let mut raw = [0u8; 16];
+        raw[0] = 0xff;
+        assert_eq!(comm_hex(&raw).as_deref(), Some("ff"));
+        assert_eq!(comm_hex(&comm_bytes("worker")), None);
+    }
 
     /// The input of the proc_misc crash (`cargo xtask fuzz`), shortened: a
     /// field name ending in a multi-byte character broke procfs's Meminfo.
@@ -277,6 +422,49 @@ mod tests {
         assert_eq!(parse_mem_total("MemTotal: 12 MB\n"), None);
         let real = std::fs::read_to_string("/proc/meminfo").unwrap();
         assert!(parse_mem_total(&real).is_some_and(|b| b > 1 << 20));
+    }
+
+    /// A stat line as Linux 6.x writes it (52 fields), for a thread whose
+    /// name holds a space and a ')', last run on CPU 3.
+    fn stat_line(tid: u32) -> String {
+        let mut f: Vec<String> = vec![tid.to_string(), "(we) ird)".into(), "R".into()];
+        // Fields 4..=52; 39 (processor) is index 38.
+        f.extend((4..=52).map(|i| if i == 39 { "3".into() } else { "0".into() }));
+        f.join(" ") + "\n"
+    }
+
+    #[test]
+    fn task_now_reads_cpu_and_name_from_the_task_stat() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let task = dir.path().join("proc/4242/task/4243");
+        std::fs::create_dir_all(&task).expect("mkdir");
+        std::fs::write(task.join("stat"), stat_line(4243)).expect("write");
+        let root = Root::new(dir.path());
+        let now = task_now(&root, 4242, 4243).expect("read");
+        assert_eq!(now.cpu, 3);
+        assert_eq!(now.comm, "we) ird");
+        assert_eq!(task_now(&root, 4242, 4244), None, "an exited thread");
+        assert_eq!(task_now(&root, 4241, 4243), None, "an exited process");
+    }
+
+    #[test]
+    fn task_now_of_a_live_thread_is_an_online_cpu_and_its_name() {
+        let now = std::thread::Builder::new()
+            .name("watch-probe".into())
+            .spawn(|| {
+                let tid = nix::unistd::gettid().as_raw() as u32;
+                task_now(&Root::host(), std::process::id(), tid)
+            })
+            .expect("spawn")
+            .join()
+            .expect("join")
+            .expect("its stat");
+        assert_eq!(now.comm, "watch-probe");
+        let online = crate::model::cpulist::parse(
+            &std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online"),
+        )
+        .expect("cpu list");
+        assert!(online.contains(&now.cpu), "{} not in {online:?}", now.cpu);
     }
 
     #[test]

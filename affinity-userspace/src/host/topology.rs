@@ -584,4 +584,44 @@ mod tests {
         assert_eq!(v["llc_groups"].as_array().unwrap().len(), 2);
         assert_eq!(v["nodes"][0]["distances"]["1"], 21);
     }
+
+    /// The fixture machines as values, for the pure folders' tests (which
+    /// read no files): tests/fixtures/topology/<name>.json must be what the
+    /// sysfs tree reads as. `cargo test -p affinity-userspace
+    /// write_topology_json -- --ignored` writes them again.
+    const MACHINES: [&str; 4] = ["vm-2cpu", "server-2s-smt", "epyc-64c", "hybrid-laptop"];
+
+    fn json_fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/topology")
+            .join(format!("{name}.json"))
+    }
+
+    #[test]
+    fn topology_json_fixtures_match_the_sysfs_trees() {
+        for name in MACHINES {
+            let path = json_fixture(name);
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let value: Topology =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                value,
+                read(name),
+                "{} is stale: run `cargo test -p affinity-userspace write_topology_json -- --ignored`",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    #[ignore = "writes tests/fixtures/topology/*.json"]
+    fn write_topology_json() {
+        for name in MACHINES {
+            let path = json_fixture(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let text = serde_json::to_string_pretty(&read(name)).unwrap() + "\n";
+            std::fs::write(&path, text).unwrap();
+        }
+    }
 }

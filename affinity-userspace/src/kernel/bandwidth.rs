@@ -241,7 +241,14 @@ pub fn read_threads(ebpf: &Ebpf, now_ns: u64) -> BwThreads {
         .filter_map(Result::ok)
         .map(|(tid, mut t)| {
             if t.since_ns != 0 {
-                t.held_ns += now_ns.saturating_sub(t.since_ns);
+                // The hold in progress, to now or to the refill that ends
+                // it (the sched_switch path knows when that is).
+                let end = if t.until_ns != 0 {
+                    now_ns.min(t.until_ns)
+                } else {
+                    now_ns
+                };
+                t.since_ns = end.saturating_sub(t.since_ns);
             }
             (tid, t)
         })

@@ -50,7 +50,7 @@ pub struct KernelBtf {
     pub offsets: TaskOffsets,
     /// BTF type ids of `btf_trace_<tp>` for [`crate::kernel::probe::TRACEPOINTS`], in
     /// that order (0: not found, so tp_btf cannot attach to it).
-    pub tracepoint_ids: [u32; 5],
+    pub tracepoint_ids: [u32; crate::kernel::probe::TRACEPOINTS.len()],
 }
 
 struct Bytes<'a>(&'a [u8]);
@@ -110,7 +110,7 @@ pub fn kernel_btf_cached(path: &Path, cache_dir: &Path) -> Result<KernelBtf, Btf
 
 /// The cache's format: its key line starts with this, so that a file
 /// written by an older version (other fields) is not misread.
-const CACHE_FORMAT: &str = "v3";
+const CACHE_FORMAT: &str = "v4";
 
 fn cache_key(path: &Path) -> Option<String> {
     let u = nix::sys::utsname::uname().ok()?;
@@ -123,7 +123,8 @@ fn cache_key(path: &Path) -> Option<String> {
 }
 
 /// Parses a cache file: the key line, then "pid tgid sum_exec_runtime cpu
-/// comm run_delay", then the tracepoint type ids.
+/// comm run_delay cgroups css_cpu css_cgroup cgroup_kn kn_id", then the
+/// tracepoint type ids.
 pub fn parse_cache(text: &str, key: &str) -> Option<KernelBtf> {
     let mut lines = text.lines();
     if lines.next()? != key {
@@ -140,13 +141,31 @@ pub fn parse_cache(text: &str, key: &str) -> Option<KernelBtf> {
     let off = numbers()?;
     let ids = numbers()?;
     let offsets = match off[..] {
-        [pid, tgid, sum_exec_runtime, cpu, comm, run_delay] if tgid == pid + 4 => TaskOffsets {
+        [
             pid,
             tgid,
             sum_exec_runtime,
             cpu,
             comm,
             run_delay,
+            cgroups,
+            css_cpu,
+            css_cgroup,
+            cgroup_kn,
+            kn_id,
+        ] if tgid == pid + 4 => TaskOffsets {
+            pid,
+            tgid,
+            sum_exec_runtime,
+            cpu,
+            comm,
+            run_delay,
+            cgroups,
+            css_cpu,
+            css_cgroup,
+            cgroup_kn,
+            kn_id,
+            _pad: 0,
         },
         _ => return None,
     };
@@ -187,13 +206,18 @@ fn write_cache(dir: &Path, file: &Path, key: &str, k: &KernelBtf) {
     let off = &k.offsets;
     let ids: Vec<String> = k.tracepoint_ids.iter().map(u32::to_string).collect();
     let text = format!(
-        "{key}\n{} {} {} {} {} {}\n{}\n",
+        "{key}\n{} {} {} {} {} {} {} {} {} {} {}\n{}\n",
         off.pid,
         off.tgid,
         off.sum_exec_runtime,
         off.cpu,
         off.comm,
         off.run_delay,
+        off.cgroups,
+        off.css_cpu,
+        off.css_cgroup,
+        off.cgroup_kn,
+        off.kn_id,
         ids.join(" ")
     );
     let written = std::fs::OpenOptions::new()
@@ -247,6 +271,8 @@ pub fn task_offsets_from(data: &[u8]) -> Result<TaskOffsets, BtfError> {
     let comm = byte_offset("comm")?;
     // Optional: without CONFIG_SCHED_INFO the programs read a clock instead.
     let run_delay = byte_offset("sched_info.run_delay").unwrap_or(0);
+    // Optional: without them neighbours are reported without a cgroup.
+    let cg = cgroup_offsets(&info, byte_offset("cgroups").ok()).unwrap_or_default();
     Ok(TaskOffsets {
         pid,
         tgid,
@@ -254,7 +280,48 @@ pub fn task_offsets_from(data: &[u8]) -> Result<TaskOffsets, BtfError> {
         cpu,
         comm,
         run_delay,
+        cgroups: cg[0],
+        css_cpu: cg[1],
+        css_cgroup: cg[2],
+        cgroup_kn: cg[3],
+        kn_id: cg[4],
+        _pad: 0,
     })
+}
+
+/// The offsets of `task->cgroups->subsys[cpu_cgrp_id]->cgroup->kn->id`:
+/// `[task.cgroups, css_set.subsys + 8 * cpu_cgrp_id, css.cgroup, cgroup.kn,
+/// kernfs_node.id]`. The cpu controller's, not the default hierarchy's
+/// (`css_set.dfl_cgrp`): on a hybrid host the cpu controller is on a v1
+/// hierarchy and the unified one holds no controllers. `None` without
+/// CONFIG_CGROUP_SCHED or any of the fields.
+fn cgroup_offsets(info: &TypeInformation, cgroups: Option<u32>) -> Option<[u32; 5]> {
+    let cgroups = cgroups?;
+    let field = |ty: &str, path: &str| -> Option<u32> {
+        match info.offset_of(info.id_of(ty)?, path) {
+            Ok((_, Offset::ByteOffset(o))) => Some(o),
+            _ => None,
+        }
+    };
+    let subsys = field("css_set", "subsys")?;
+    let cpu_id = match info.from_id(info.id_of("cgroup_subsys_id")?)? {
+        btfparse::TypeVariant::Enum(e) => e
+            .named_value_list()
+            .iter()
+            .find(|v| v.name == "cpu_cgrp_id")
+            .map(|v| match v.value {
+                btfparse::Integer32Value::Signed(x) => x as u32,
+                btfparse::Integer32Value::Unsigned(x) => x,
+            })?,
+        _ => return None,
+    };
+    Some([
+        cgroups,
+        subsys + 8 * cpu_id,
+        field("cgroup_subsys_state", "cgroup")?,
+        field("cgroup", "kn")?,
+        field("kernfs_node", "id")?,
+    ])
 }
 
 /// BTF kinds (include/uapi/linux/btf.h) whose records this walk must size.
@@ -390,8 +457,9 @@ mod tests {
 
     #[test]
     fn cache_round_trip_and_rejections() {
-        let ok = "v3 6.18 #1 SMP 123\n1264 1268 200 20 3000 1100\n10306 10310 10302 10304 10316\n";
-        let k = parse_cache(ok, "v3 6.18 #1 SMP 123").unwrap();
+        let ok = "v4 6.18 #1 SMP 123\n1264 1268 200 20 3000 1100 2900 8 120 72 80\n\
+                  10306 10310 10302 10304 10316 10326 11999\n";
+        let k = parse_cache(ok, "v4 6.18 #1 SMP 123").unwrap();
         let off = k.offsets;
         assert_eq!(
             (
@@ -404,17 +472,30 @@ mod tests {
             ),
             (1264, 1268, 200, 20, 3000, 1100)
         );
-        assert_eq!(k.tracepoint_ids, [10306, 10310, 10302, 10304, 10316]);
-        assert_eq!(parse_cache(ok, "v3 6.19 #1 SMP 123"), None, "other kernel");
         assert_eq!(
-            parse_cache("k\n1 2 3 4 5 6\n1 2 3 4 5\n", "k"),
+            (
+                off.cgroups,
+                off.css_cpu,
+                off.css_cgroup,
+                off.cgroup_kn,
+                off.kn_id
+            ),
+            (2900, 8, 120, 72, 80)
+        );
+        assert_eq!(
+            k.tracepoint_ids,
+            [10306, 10310, 10302, 10304, 10316, 10326, 11999]
+        );
+        assert_eq!(parse_cache(ok, "v4 6.19 #1 SMP 123"), None, "other kernel");
+        assert_eq!(
+            parse_cache("k\n1 2 3 4 5 6 7 8 9 10 11\n1 2 3 4 5 6 7\n", "k"),
             None,
             "tgid must follow pid"
         );
         assert_eq!(parse_cache("k\n1 5\n", "k"), None, "short");
         assert_eq!(parse_cache("k\nx y z w\n", "k"), None, "garbage");
         assert_eq!(
-            parse_cache("k\n1264 1268 200 20 3000 0\n1 2 3\n", "k"),
+            parse_cache("k\n1264 1268 200 20 3000 0 0 0 0 0 0\n1 2 3\n", "k"),
             None,
             "too few ids"
         );
@@ -499,5 +580,8 @@ mod tests {
         assert!(off.comm > 0);
         // CONFIG_SCHED_INFO is on here (TASK_DELAY_ACCT); 0 would mean "none".
         assert!(off.run_delay > 0 && off.run_delay % 8 == 0);
+        // CONFIG_CGROUP_SCHED is on here: the cpu controller's chain.
+        assert!(off.cgroups > 0 && off.css_cpu > 0 && off.cgroup_kn > 0);
+        assert!(off.css_cpu % 8 == 0 && off.kn_id % 8 == 0);
     }
 }

@@ -1,7 +1,8 @@
 //! Loading and attaching the BPF programs, and the maps they fill.
 //!
 //! Tracepoints: sched_switch, sched_migrate_task, sched_wakeup,
-//! sched_wakeup_new, sched_process_exit (see affinity-ebpf). The tp_btf set is
+//! sched_wakeup_new, sched_process_exit, sched_process_fork,
+//! cgroup_attach_task (see affinity-ebpf). The tp_btf set is
 //! preferred; the raw_tp set is the fallback where tp_btf cannot attach.
 //!
 //! Per-thread counters live in `STATS`, an array of slots; `SLOTS` maps a
@@ -29,8 +30,8 @@ use std::{
 };
 
 use affinity_common::{
-    CpuPair, CpuTopo, DROP_KINDS, RUN_DELAY_UNKNOWN, TaskOffsets, ThreadCpuKey, ThreadStats,
-    TimelineEvent,
+    CpuPair, CpuTopo, DROP_KINDS, FLAG_SEEDED, FORK_FOLLOWED, FORK_JOINED, FORK_MISSED, Neighbour,
+    RUN_DELAY_UNKNOWN, TaskOffsets, ThreadCpuKey, ThreadStats, TimelineEvent,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -39,18 +40,23 @@ use aya::{
 };
 use thiserror::Error;
 
-use crate::{kernel::btf, model::AttachMode, model::topology::Topology};
+use crate::{kernel::btf, kernel::log::KernelLog, model::AttachMode, model::topology::Topology};
 
 /// The BPF object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/affinity"));
 
-/// The five tracepoints, in attach order.
-pub const TRACEPOINTS: [&str; 5] = [
+/// Number of tracepoints.
+pub const NR_TRACEPOINTS: usize = 7;
+
+/// The tracepoints, in attach order.
+pub const TRACEPOINTS: [&str; NR_TRACEPOINTS] = [
     "sched_switch",
     "sched_migrate_task",
     "sched_wakeup",
     "sched_wakeup_new",
     "sched_process_exit",
+    "sched_process_fork",
+    "cgroup_attach_task",
 ];
 
 /// What to attach.
@@ -82,6 +88,15 @@ pub struct ProbeConfig {
     /// CFS bandwidth programs (it costs the verifier ~3 s here, so only
     /// when it can be of use).
     pub bandwidth: bool,
+    /// Print the programs' log records on stderr (`--verbose`); they are
+    /// counted either way.
+    pub log_to_stderr: bool,
+    /// New processes of a target become targets (command mode, `--follow`,
+    /// `--cgroup`, `--comm`).
+    pub follow: bool,
+    /// Inode number of the `--cgroup` directory: processes that join it
+    /// become targets (0: none).
+    pub join_cgroup: u64,
 }
 
 /// Most entries of `MIGRATION_PAIRS`: every pair of up to 128 CPUs; past
@@ -283,8 +298,11 @@ pub struct Probe {
     pairs: HashMap<MapData, CpuPair, u64>,
     timeline: Option<RingBuf<MapData>>,
     timeline_lost: PerCpuArray<MapData, u64>,
+    neighbours: HashMap<MapData, u32, Neighbour>,
+    forks: PerCpuArray<MapData, u64>,
     timeline_bytes: u32,
     batch: Batch,
+    log: Option<KernelLog>,
     ebpf: Ebpf,
     mode: AttachMode,
     max_threads: u32,
@@ -304,12 +322,14 @@ impl Probe {
             .map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")));
         match cfg.attach {
             AttachChoice::TpBtf => Self::load_mode(cfg, topo, &ids?, AttachMode::TpBtf),
-            AttachChoice::RawTp => Self::load_mode(cfg, topo, &[0; 5], AttachMode::RawTp),
+            AttachChoice::RawTp => {
+                Self::load_mode(cfg, topo, &[0; NR_TRACEPOINTS], AttachMode::RawTp)
+            }
             AttachChoice::Auto => ids
                 .and_then(|ids| Self::load_mode(cfg, topo, &ids, AttachMode::TpBtf))
                 .or_else(|e| {
                     eprintln!("affin-trace: {e}; continuing with raw tracepoints");
-                    Self::load_mode(cfg, topo, &[0; 5], AttachMode::RawTp)
+                    Self::load_mode(cfg, topo, &[0; NR_TRACEPOINTS], AttachMode::RawTp)
                 }),
         }
     }
@@ -317,7 +337,7 @@ impl Probe {
     fn load_mode(
         cfg: &ProbeConfig,
         topo: &Topology,
-        ids: &[u32; 5],
+        ids: &[u32; NR_TRACEPOINTS],
         mode: AttachMode,
     ) -> Result<Probe, ProbeError> {
         let nr_possible =
@@ -339,10 +359,15 @@ impl Probe {
         let timeline_on = u32::from(cfg.timeline_bytes.is_some());
         let timeline_bytes = cfg.timeline_bytes.unwrap_or(page).max(page);
         let pairs = (nr_possible as u32).saturating_mul(nr_possible as u32);
+        // The programs wake the reader once as the ring crosses half full.
+        let wake_bytes = u64::from(timeline_bytes / 2);
         let mut ebpf = loader(&kernel_btf)
             .override_global("OFFSETS", &cfg.offsets, true)
             .override_global("TIMELINE_ON", &timeline_on, true)
             .override_global("THROTTLED_OFF", &throttled_off, true)
+            .override_global("TIMELINE_WAKE_BYTES", &wake_bytes, true)
+            .override_global("FOLLOW", &u32::from(cfg.follow), true)
+            .override_global("JOIN_CGROUP", &cfg.join_cgroup, true)
             .map_max_entries("TIMELINE", timeline_bytes)
             .map_max_entries("MIGRATION_PAIRS", pairs.clamp(1, MAX_PAIRS))
             .map_max_entries("TARGETS", pid_max.div_ceil(64))
@@ -352,6 +377,7 @@ impl Probe {
             .map_max_entries("THREAD_CPU", thread_cpu_entries)
             .map_max_entries("CPU_TOPO", nr_possible as u32)
             .map_max_entries("CURRENT", nr_possible as u32)
+            .map_max_entries("WAITQ", nr_possible as u32)
             .map_max_entries("DROPS", DROP_KINDS)
             .map_max_entries("BW_CPU", nr_possible as u32)
             .map_max_entries("BW_THREADS", max_threads)
@@ -395,7 +421,9 @@ impl Probe {
                 AttachMode::RawTp => attach_raw(&mut ebpf, tp)?,
             }
         }
+        let log = KernelLog::init(&mut ebpf, cfg.log_to_stderr);
         Ok(Probe {
+            log,
             slots,
             targets: take(&mut ebpf, "TARGETS")?,
             free_slots: take(&mut ebpf, "FREE_SLOTS")?,
@@ -409,6 +437,8 @@ impl Probe {
                 None
             },
             timeline_lost: take(&mut ebpf, "TIMELINE_LOST")?,
+            neighbours: take(&mut ebpf, "NEIGHBOURS")?,
+            forks: take(&mut ebpf, "FORKS")?,
             timeline_bytes,
             batch: Batch::default(),
             ebpf,
@@ -457,6 +487,20 @@ impl Probe {
     /// fill it, publish it in `SLOTS` with a compare-and-swap from 0; the
     /// loser of a race gives its slot back.
     pub fn seed_thread(&mut self, tid: u32, tgid: u32, comm: [u8; 16], sum_exec_ns: u64) {
+        self.seed_thread_at(tid, tgid, comm, sum_exec_ns, RUN_DELAY_UNKNOWN);
+    }
+
+    /// [`Probe::seed_thread`] with the thread's `run_delay` now (from
+    /// /proc/<tid>/schedstat), so that a wait in progress is counted.
+    pub fn seed_thread_at(
+        &mut self,
+        tid: u32,
+        tgid: u32,
+        comm: [u8; 16],
+        sum_exec_ns: u64,
+        run_delay_ns: u64,
+    ) {
+        let now_ns = monotonic_ns();
         let s = &self.slots;
         let Some(cell) = s.cell(tid) else { return };
         if cell.load(Ordering::Acquire) != 0 {
@@ -473,8 +517,13 @@ impl Probe {
                 tgid,
                 comm,
                 last_sum_exec_ns: sum_exec_ns,
-                // Read by the programs at the thread's next event.
-                run_delay_seen_ns: RUN_DELAY_UNKNOWN,
+                // Unknown: read by the programs at the thread's next event.
+                run_delay_seen_ns: run_delay_ns,
+                // Its traced lifetime starts now (CLOCK_MONOTONIC is
+                // bpf_ktime_get_ns's clock); its first event tells what
+                // it did since.
+                first_ns: now_ns,
+                flags: FLAG_SEEDED,
                 ..ThreadStats::default()
             },
         );
@@ -565,6 +614,32 @@ impl Probe {
             .sum()
     }
 
+    /// Untargeted processes charged with target threads' run-queue waits
+    /// so far, into `out` (cleared first): (tgid, what they were charged).
+    pub fn neighbours(&self, out: &mut Vec<(u32, Neighbour)>) {
+        out.clear();
+        out.extend(self.neighbours.iter().filter_map(Result::ok));
+    }
+
+    /// New processes of the targets so far: (followed, missed, joined).
+    pub fn forks(&self) -> (u64, u64, u64) {
+        let sum = |k: u32| {
+            self.forks
+                .get(&k, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0)
+        };
+        (sum(FORK_FOLLOWED), sum(FORK_MISSED), sum(FORK_JOINED))
+    }
+
+    /// Whether `tgid` is marked as a target (by userspace or by the
+    /// programs, which mark the processes they follow).
+    pub fn is_target(&self, tgid: u32) -> bool {
+        self.targets
+            .get(&(tgid / 64), 0)
+            .is_ok_and(|w| w & (1 << (tgid % 64)) != 0)
+    }
+
     /// Migrations per (source, destination) CPU so far, into `out` (cleared
     /// first). The map holds a few entries (pairs really used).
     pub fn migration_pairs(&self, out: &mut Vec<(CpuPair, u64)>) {
@@ -588,6 +663,30 @@ impl Probe {
             }
         }
         out.len() - before
+    }
+
+    /// The timeline ring's fd (readable while events wait), with a
+    /// timeline.
+    pub fn timeline_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.timeline.as_ref().map(|r| r.as_fd())
+    }
+
+    /// The programs' log ring's fd (readable while records wait).
+    pub fn log_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.log.as_ref().map(KernelLog::fd)
+    }
+
+    /// Reads the programs' waiting log records (counted, and printed under
+    /// `--verbose`).
+    pub fn drain_log(&mut self) {
+        if let Some(l) = self.log.as_mut() {
+            l.drain();
+        }
+    }
+
+    /// Log records the programs wrote and were read so far.
+    pub fn kernel_warnings(&self) -> u64 {
+        self.log.as_ref().map_or(0, KernelLog::count)
     }
 
     /// Timeline events the programs could not write (ring full), all CPUs.
@@ -640,6 +739,19 @@ impl Probe {
     pub fn bandwidth_threads(&self, now_ns: u64) -> crate::kernel::bandwidth::BwThreads {
         crate::kernel::bandwidth::read_threads(&self.ebpf, now_ns)
     }
+}
+
+/// CLOCK_MONOTONIC now (ns): the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Fills `out` from the hash map `fd` with `BPF_MAP_LOOKUP_BATCH` calls.
@@ -717,11 +829,11 @@ fn loader(btf: &Btf) -> EbpfLoader<'_> {
 /// of parsed types alive while the programs loaded, on top of the copy
 /// `EbpfLoader::new()` makes; this BTF is as large as the highest id
 /// (about 10,000 placeholders on 6.18: ~0.8 MiB parsed).
-fn attach_btf(ids: &[u32; 5]) -> Result<Btf, ProbeError> {
+fn attach_btf(ids: &[u32; NR_TRACEPOINTS]) -> Result<Btf, ProbeError> {
     const KIND_PTR: u32 = 2;
     const KIND_TYPEDEF: u32 = 8;
     let mut strings = vec![0u8];
-    let mut names = [0u32; 5];
+    let mut names = [0u32; NR_TRACEPOINTS];
     for (i, tp) in TRACEPOINTS.iter().enumerate() {
         names[i] = strings.len() as u32;
         strings.extend_from_slice(format!("btf_trace_{tp}").as_bytes());
@@ -746,12 +858,14 @@ fn attach_btf(ids: &[u32; 5]) -> Result<Btf, ProbeError> {
 /// Environment variable: [`attach_floor`] also attaches
 /// `floor_clock_sched_switch` (the empty program plus one clock read), so
 /// that `cargo xtask bench` measures what a clock read costs.
+#[cfg(feature = "bench-hooks")]
 pub const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
 
 /// Attaches only the empty sched_switch program (`floor_sched_switch`) and
 /// returns the object that keeps it attached: the baseline cost of any
 /// sched_switch tracer, for benchmarks. With [`FLOOR_CLOCK_ENV`] set, also
-/// `floor_clock_sched_switch`.
+/// `floor_clock_sched_switch`. Only with the `bench-hooks` feature.
+#[cfg(feature = "bench-hooks")]
 pub fn attach_floor() -> Result<Ebpf, ProbeError> {
     let k = btf::kernel_btf_cached(Path::new(btf::VMLINUX_BTF), Path::new(btf::CACHE_DIR))
         .map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
@@ -850,7 +964,7 @@ mod tests {
 
     #[test]
     fn the_attach_btf_names_each_typedef_at_its_id() {
-        let ids = [7, 3, 9, 0, 1];
+        let ids = [7, 3, 9, 0, 1, 11, 12];
         let btf = attach_btf(&ids).unwrap();
         for (tp, id) in TRACEPOINTS.iter().zip(ids) {
             let found = btf

@@ -33,10 +33,37 @@ pub struct ThreadHeld {
     pub tid: u32,
     /// Its process.
     pub tgid: u32,
-    /// Held off the run queue by throttling (ns).
+    /// Held off the run queue by throttling (ns), the hold in progress
+    /// included.
     pub held_ns: u64,
     /// Times it was held.
     pub holds: u32,
+    /// The part of `held_ns` still in progress at the window's end.
+    #[serde(skip)]
+    pub open_ns: u64,
+    /// The last ended hold (ns).
+    #[serde(skip)]
+    pub last_hold_ns: u64,
+}
+
+/// Joins the measured held time to the threads' wait split: a hold is a
+/// run-queue wait to `sched_info.run_delay` (the task switched out
+/// TASK_RUNNING), so the held time that wait already counts moves from
+/// `runnable_ns` to `throttled_ns`; running + runnable + throttled +
+/// sleeping is then the lifetime. A hold the runnable time does not hold
+/// yet (in progress, or ended at a switch-in whose wait is read at the
+/// next switch-out: `held_pending`) is only added.
+pub fn join_wait_split(threads: &mut [crate::model::trace::ThreadTrace], held: &[ThreadHeld]) {
+    for t in threads {
+        let Ok(i) = held.binary_search_by_key(&t.tid, |h| h.tid) else {
+            continue;
+        };
+        let h = &held[i];
+        let not_yet = h.open_ns + if t.held_pending { h.last_hold_ns } else { 0 };
+        let counted = h.held_ns.saturating_sub(not_yet);
+        t.runnable_ns = t.runnable_ns.saturating_sub(counted);
+        t.throttled_ns = h.held_ns;
+    }
 }
 
 /// What the bandwidth programs recorded over the window.

@@ -531,3 +531,27 @@ fn core_line(s: &mut String, t: &Topology, c: &Core) {
         extra
     );
 }
+
+/// The fixture machines as values, for tests that read no files. The JSON
+/// is what `host::topology` reads from tests/fixtures/sysfs/<name> (its
+/// tests keep the two equal).
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::Topology;
+
+    /// The JSON of one fixture machine.
+    pub(crate) fn machine_json(name: &str) -> &'static str {
+        match name {
+            "vm-2cpu" => include_str!("../../../tests/fixtures/topology/vm-2cpu.json"),
+            "server-2s-smt" => include_str!("../../../tests/fixtures/topology/server-2s-smt.json"),
+            "epyc-64c" => include_str!("../../../tests/fixtures/topology/epyc-64c.json"),
+            "hybrid-laptop" => include_str!("../../../tests/fixtures/topology/hybrid-laptop.json"),
+            _ => panic!("no fixture machine {name:?}"),
+        }
+    }
+
+    /// One fixture machine.
+    pub(crate) fn machine(name: &str) -> Topology {
+        serde_json::from_str(machine_json(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+}

@@ -136,8 +136,11 @@ pub struct ThreadTrace {
     pub tid: u32,
     /// Process (thread group) id.
     pub tgid: u32,
-    /// Thread name.
+    /// Thread name (U+FFFD where the kernel's bytes are not UTF-8).
     pub comm: String,
+    /// The name's raw bytes as hex, only when they are not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_bytes: Option<String>,
     /// On-CPU time in the window (ns).
     pub cpu_time_ns: u64,
     /// On-CPU time per CPU (ns), keyed by CPU number.
@@ -155,9 +158,77 @@ pub struct ThreadTrace {
     pub preempted_wait_ns: u64,
     /// The thread exited during the window.
     pub exited: bool,
+    /// Time runnable and waiting for a CPU (ns): wakeup-to-run waits plus
+    /// preempted waits, including the wait in progress at the end. With
+    /// `cpu_time_ns` (running) and `sleep_ns`, the thread's traced lifetime.
+    #[serde(default)]
+    pub runnable_ns: u64,
+    /// Voluntary off-CPU time (ns): from each switch-out in a sleeping
+    /// state to its wakeup, including the sleep in progress at the end.
+    #[serde(default)]
+    pub sleep_ns: u64,
+    /// The thread's traced lifetime in the window (ns): from its entry (the
+    /// window's start, or its creation) to its exit or the window's end.
+    /// 0 in traces recorded before the wait split.
+    #[serde(default)]
+    pub lifetime_ns: u64,
+    /// Held by CFS bandwidth throttling (ns), from the kernel's events: off
+    /// the run queue until the refill, so not in `runnable_ns`. 0 without
+    /// a quota or without the events.
+    #[serde(default)]
+    pub throttled_ns: u64,
+    /// The thread's last hold is not in `runnable_ns` yet (the kernel adds
+    /// that wait to `run_delay` at its next switch-out): the join in
+    /// `model::bandwidth` takes it out only once it is.
+    #[serde(skip)]
+    pub held_pending: bool,
     /// On-CPU ns in each interval of the window (index = interval number;
     /// intervals before the thread appeared are 0).
     pub cpu_ns_per_interval: Vec<u64>,
+}
+
+/// An untargeted process that held a CPU while target threads waited for
+/// it (charged by the kernel when a target thread got the CPU back).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeighbourTrace {
+    /// Its process id.
+    pub tgid: u32,
+    /// Its thread's name.
+    pub comm: String,
+    /// Its cgroup in the cpu controller's hierarchy, relative to that
+    /// hierarchy's mount ("/system.slice/x"); empty when unknown.
+    pub cgroup: String,
+    /// Target wait charged to it (ns).
+    pub wait_ns: u64,
+    /// Waits charged to it.
+    pub waits: u64,
+}
+
+/// Processes the targets started or that joined the target during the
+/// window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Followed {
+    /// Whether new processes of the targets were followed.
+    pub enabled: bool,
+    /// New processes traced from their first instruction.
+    pub followed: u64,
+    /// New processes of the targets not traced (no `--follow`).
+    pub missed: u64,
+    /// Processes that joined the `--cgroup` target, traced from then on.
+    pub joined: u64,
+    /// Processes found by the per-interval rescan (`--comm`), traced from
+    /// the interval they were found in: their earlier time is not counted.
+    pub rescanned: u64,
+}
+
+/// CPU pressure stall time over the window (PSI, µs), from a `cpu.pressure`
+/// file: "some" (at least one task waited for a CPU) and "full".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PressureDelta {
+    /// `some total=` growth (µs).
+    pub some_us: u64,
+    /// `full total=` growth (µs), where the kernel reports it.
+    pub full_us: Option<u64>,
 }
 
 /// One process-wide sample per interval.
@@ -171,6 +242,17 @@ pub struct Interval {
     pub migrations: u64,
     /// Resident set size of the targets at the end of the interval (bytes).
     pub rss_bytes: u64,
+    /// Context switches (voluntary + involuntary) of all target threads in
+    /// this interval.
+    #[serde(default)]
+    pub switches: u64,
+    /// Time target threads waited runnable in this interval (ns): preempted
+    /// wait plus wakeup-to-run wait.
+    #[serde(default)]
+    pub runnable_ns: u64,
+    /// CPUs the target threads ran on in this interval, sorted.
+    #[serde(default)]
+    pub cpus: Vec<u32>,
     /// How long affin-trace took to read this interval's values from the
     /// kernel maps and /proc (ns): its own cost, not the targets'.
     #[serde(default)]
@@ -217,6 +299,11 @@ pub struct Trace {
     pub migration_pairs: Vec<MigrationPair>,
     /// Events the kernel side could not record (maps full, failed reads).
     pub dropped_events: u64,
+    /// Rare conditions the kernel side reported through its log (thread
+    /// table full, a failed task_struct read, a switch-in without its
+    /// switch-out). 0 in traces recorded before the log existed.
+    #[serde(default)]
+    pub kernel_warnings: u64,
     /// Targets that exited before the window ended.
     pub exited_pids: Vec<u32>,
     /// How the programs were attached.
@@ -226,6 +313,18 @@ pub struct Trace {
     /// MemTotal (bytes), for RSS percentages.
     #[serde(default)]
     pub mem_total_bytes: u64,
+    /// Who held the CPUs while the targets waited, most wait first.
+    #[serde(default)]
+    pub neighbours: Vec<NeighbourTrace>,
+    /// New processes of the targets.
+    #[serde(default)]
+    pub followed: Followed,
+    /// The machine's CPU pressure over the window (/proc/pressure/cpu).
+    #[serde(default)]
+    pub pressure_host: Option<PressureDelta>,
+    /// The target cgroup's own `cpu.pressure` (v2 only; `None` on v1).
+    #[serde(default)]
+    pub pressure_cgroup: Option<PressureDelta>,
 }
 
 impl Trace {
@@ -248,6 +347,10 @@ impl Trace {
             t.migrations.add(&th.migrations);
             t.runq.merge(&th.runq);
             t.preempted_wait_ns = t.preempted_wait_ns.saturating_add(th.preempted_wait_ns);
+            t.runnable_ns = t.runnable_ns.saturating_add(th.runnable_ns);
+            t.sleep_ns = t.sleep_ns.saturating_add(th.sleep_ns);
+            t.lifetime_ns = t.lifetime_ns.saturating_add(th.lifetime_ns);
+            t.throttled_ns = t.throttled_ns.saturating_add(th.throttled_ns);
             for (cpu, ns) in &th.per_cpu_ns {
                 let sum = t.per_cpu_ns.entry(*cpu).or_default();
                 *sum = sum.saturating_add(*ns);
@@ -277,6 +380,14 @@ pub struct Totals {
     pub runq: RunqLatency,
     /// Preempted-wait ns.
     pub preempted_wait_ns: u64,
+    /// Runnable (waiting for a CPU) ns.
+    pub runnable_ns: u64,
+    /// Sleeping ns.
+    pub sleep_ns: u64,
+    /// Traced lifetime ns (summed over threads).
+    pub lifetime_ns: u64,
+    /// Held by throttling ns.
+    pub throttled_ns: u64,
 }
 
 #[cfg(test)]

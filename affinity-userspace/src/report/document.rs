@@ -49,8 +49,11 @@ pub struct ThreadJson {
     pub tid: u32,
     /// Process id.
     pub tgid: u32,
-    /// Thread name.
+    /// Thread name (U+FFFD where the kernel's bytes are not UTF-8).
     pub comm: String,
+    /// The name's raw bytes as hex, only when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_bytes: Option<String>,
     /// On-CPU ns in the window.
     pub cpu_time_ns: u64,
     /// On-CPU share of one CPU over the window, in percent.
@@ -71,6 +74,40 @@ pub struct ThreadJson {
     pub preempted_wait_ns: u64,
     /// Exited during the window.
     pub exited: bool,
+    /// Its lifetime in the window split into running, runnable, sleeping.
+    pub wait_split: WaitSplitJson,
+}
+
+/// A lifetime split by what the thread did, each part from kernel events.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WaitSplitJson {
+    /// On a CPU (ns).
+    pub running_ns: u64,
+    /// Runnable, waiting for a CPU: woken and waiting, preempted and
+    /// waiting (ns).
+    pub runnable_ns: u64,
+    /// Voluntarily off the CPU: sleep, I/O, locks (ns).
+    pub sleeping_ns: u64,
+    /// Held by CFS bandwidth throttling until the quota's refill, measured
+    /// from the kernel's events (ns; 0 without them). Not in `runnable_ns`.
+    pub throttled_ns: u64,
+    /// Traced lifetime in the window (ns); the four parts sum to it.
+    pub lifetime_ns: u64,
+    /// CPU demand: running + runnable + throttled (ns).
+    pub cpu_demand_ns: u64,
+}
+
+impl WaitSplitJson {
+    fn new(running: u64, runnable: u64, throttled: u64, sleeping: u64, lifetime: u64) -> Self {
+        Self {
+            running_ns: running,
+            runnable_ns: runnable,
+            sleeping_ns: sleeping,
+            throttled_ns: throttled,
+            lifetime_ns: lifetime,
+            cpu_demand_ns: running.saturating_add(runnable).saturating_add(throttled),
+        }
+    }
 }
 
 /// Process totals in the JSON report.
@@ -99,6 +136,12 @@ pub struct ProcessJson {
     pub runq_latency_ns: RunqJson,
     /// Runnable-but-preempted wait (ns).
     pub preempted_wait_ns: u64,
+    /// The threads' lifetimes split into running, runnable, sleeping
+    /// (summed over threads).
+    pub wait_split: WaitSplitJson,
+    /// CPU demand / wall time: the CPUs it would have kept busy had one
+    /// been free whenever it was ready (`effective_parallelism` is usage).
+    pub demand_parallelism: f64,
 }
 
 /// What was traced.
@@ -154,6 +197,10 @@ pub struct Report {
     pub threads: Vec<ThreadJson>,
     /// Events the kernel side could not record.
     pub dropped_events: u64,
+    /// Rare conditions the kernel side logged (`--verbose` prints each).
+    pub kernel_warnings: u64,
+    /// Per-interval series (the seed's monitor action's lists).
+    pub series: crate::report::series::Series,
     /// The event timeline, with `--timeline`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<TimelineJson>,
@@ -178,10 +225,17 @@ pub struct Report {
     pub throttling: Option<Throttling>,
     /// What --apply changed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub applied: Option<crate::cli::actions::AppliedJson>,
+    pub applied: Option<crate::report::applied::AppliedJson>,
     /// Before/after comparison of --verify.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::analyze::verify::Verification>,
+    /// Why --apply changed nothing: nothing to change, or cancelled by a
+    /// signal before it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_applied: Option<crate::report::applied::NotApplied>,
+    /// Who held the CPUs while the targets waited, PSI, followed processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contention: Option<crate::analyze::contention::Contention>,
 }
 
 fn keyed(m: &BTreeMap<u32, u64>) -> BTreeMap<String, u64> {
@@ -201,6 +255,7 @@ fn thread_json(t: &ThreadTrace, wall_ns: u64) -> ThreadJson {
         tid: t.tid,
         tgid: t.tgid,
         comm: t.comm.clone(),
+        comm_bytes: t.comm_bytes.clone(),
         cpu_time_ns: t.cpu_time_ns,
         on_cpu_pct: pct(t.cpu_time_ns, wall_ns),
         per_cpu_ns: keyed(&t.per_cpu_ns),
@@ -211,6 +266,13 @@ fn thread_json(t: &ThreadTrace, wall_ns: u64) -> ThreadJson {
         runq_latency_ns: (&t.runq).into(),
         preempted_wait_ns: t.preempted_wait_ns,
         exited: t.exited,
+        wait_split: WaitSplitJson::new(
+            t.cpu_time_ns,
+            t.runnable_ns,
+            t.throttled_ns,
+            t.sleep_ns,
+            t.lifetime_ns,
+        ),
     }
 }
 
@@ -247,12 +309,39 @@ impl Report {
                 involuntary_switches: tot.involuntary_switches,
                 runq_latency_ns: (&tot.runq).into(),
                 preempted_wait_ns: tot.preempted_wait_ns,
+                wait_split: WaitSplitJson::new(
+                    tot.cpu_time_ns,
+                    tot.runnable_ns,
+                    tot.throttled_ns,
+                    tot.sleep_ns,
+                    tot.lifetime_ns,
+                ),
+                demand_parallelism: {
+                    // Over the window or the longest thread lifetime, as
+                    // in features (a command starts before the window).
+                    let span = trace
+                        .selected_threads()
+                        .map(|t| t.lifetime_ns)
+                        .max()
+                        .unwrap_or(0)
+                        .max(wall);
+                    if span == 0 {
+                        0.0
+                    } else {
+                        (tot.cpu_time_ns)
+                            .saturating_add(tot.runnable_ns)
+                            .saturating_add(tot.throttled_ns) as f64
+                            / span as f64
+                    }
+                },
             },
             threads: trace
                 .selected_threads()
                 .map(|t| thread_json(t, wall))
                 .collect(),
             dropped_events: trace.dropped_events,
+            kernel_warnings: trace.kernel_warnings,
+            series: trace.into(),
             timeline: None,
             command_exit_status: exit_status,
             topology: None,
@@ -262,6 +351,8 @@ impl Report {
             throttling: None,
             applied: None,
             verification: None,
+            not_applied: None,
+            contention: None,
         }
     }
 
@@ -277,6 +368,7 @@ impl Report {
         self.features = Some(a.features.clone());
         self.classification = Some(a.classification.clone());
         self.recommendation = Some(a.recommendation.clone());
+        self.contention = Some(a.contention.clone());
         self
     }
 
@@ -292,6 +384,7 @@ impl Report {
         self.text_header(&mut s);
         self.text_threads(&mut s);
         self.text_process(&mut s);
+        s.push_str(&self.wait_text());
         self.text_classification(&mut s);
         self.text_recommendation(&mut s);
         self.text_throttling(&mut s);
@@ -360,7 +453,7 @@ impl Report {
                 s,
                 "{:>8} {:<16} {:>6.1}% {:<22} {:>6} {:>17} {:>7} {:>7} {:>9} {:>9}{}",
                 t.tid,
-                truncate(&t.comm, 16),
+                crate::report::escape::text(&truncate(&t.comm, 16)),
                 t.on_cpu_pct,
                 truncate(&per_cpu, 22),
                 t.migrations,
@@ -412,12 +505,20 @@ impl Report {
             return;
         };
         let _ = writeln!(s);
+        // The contention finding comes first: it explains the class.
+        s.push_str(&self.contention_text());
         let _ = writeln!(s, "class: {} ({})", c.process.class, c.process.summary());
+        if let Some(b) = &c.process.borderline {
+            let _ = writeln!(s, "{}", b.summary());
+        }
         let mixed: Vec<String> = c
             .threads
             .iter()
             .filter(|t| t.classification.class != c.process.class)
-            .map(|t| format!("{} {}: {}", t.tid, t.comm, t.classification.class))
+            .map(|t| {
+                let comm = crate::report::escape::text(&t.comm);
+                format!("{} {comm}: {}", t.tid, t.classification.class)
+            })
             .collect();
         if !mixed.is_empty() {
             let _ = writeln!(s, "threads of another class: {}", mixed.join(", "));
@@ -459,20 +560,37 @@ impl Report {
         }
     }
 
-    /// What `--apply` changed and how to undo it.
+    /// What `--apply` changed and how to undo it, or why it changed
+    /// nothing. Each line says what `revert` will find.
     fn text_applied(&self, s: &mut String) {
+        if let Some(n) = &self.not_applied {
+            let _ = writeln!(s, "{}", n.message);
+        }
         let Some(a) = &self.applied else {
             return;
         };
-        let _ = writeln!(
-            s,
-            "applied: CPUs {} on {} thread(s){}; undo with `affin-trace revert --pid {}` (state: {})",
-            a.cpulist,
-            a.threads_changed,
-            if a.active { "" } else { ", then reverted" },
-            self.target.pids.first().copied().unwrap_or(0),
-            a.state_file
-        );
+        if a.active {
+            let pids = self
+                .target
+                .pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let _ = writeln!(
+                s,
+                "applied: CPUs {} on {} thread(s); undo with `affin-trace revert --pid {pids}` (state: {})",
+                a.cpulist,
+                a.threads_changed,
+                a.state_files.join(", ")
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "applied: CPUs {} on {} thread(s), then reverted by --verify: the previous masks are back, nothing is left to revert",
+                a.cpulist, a.threads_changed
+            );
+        }
     }
 
     /// The before/after table of `--verify`.
@@ -512,6 +630,84 @@ impl Report {
                 self.dropped_events
             );
         }
+        if self.kernel_warnings > 0 {
+            let _ = writeln!(
+                s,
+                "warning: the kernel side logged {} warning(s) (a full thread table, an unreadable task or a switch-in without its switch-out): run with --verbose to see them",
+                self.kernel_warnings
+            );
+        }
+    }
+}
+
+impl Report {
+    /// The process's wait split and demand, one line.
+    fn wait_text(&self) -> String {
+        let w = &self.process.wait_split;
+        if w.lifetime_ns == 0 {
+            return String::new();
+        }
+        let share = |ns: u64| ns as f64 * 100.0 / w.lifetime_ns as f64;
+        let throttled = if w.throttled_ns == 0 {
+            String::new()
+        } else {
+            format!(
+                ", throttled {:.2} s ({:.0}%)",
+                w.throttled_ns as f64 / 1e9,
+                share(w.throttled_ns)
+            )
+        };
+        format!(
+            "wait split: running {:.2} s ({:.0}%), runnable {:.2} s ({:.0}%){throttled}, sleeping \
+             {:.2} s ({:.0}%) of {:.2} s thread lifetime; CPU demand {:.2} CPUs, usage {:.2}\n",
+            w.running_ns as f64 / 1e9,
+            share(w.running_ns),
+            w.runnable_ns as f64 / 1e9,
+            share(w.runnable_ns),
+            w.sleeping_ns as f64 / 1e9,
+            share(w.sleeping_ns),
+            w.lifetime_ns as f64 / 1e9,
+            self.process.demand_parallelism,
+            self.process.effective_parallelism
+        )
+    }
+
+    /// The contention finding (before the class: it explains it), the
+    /// neighbours, PSI and the followed processes.
+    fn contention_text(&self) -> String {
+        let Some(c) = &self.contention else {
+            return String::new();
+        };
+        let mut s = String::new();
+        if let Some(f) = &c.finding {
+            let _ = writeln!(s, "contention: {f}");
+            for n in &c.neighbours {
+                let _ = writeln!(
+                    s,
+                    "  {:>5.1}%  pid {:<7} {:<16} {}",
+                    n.wait_share * 100.0,
+                    n.tgid,
+                    truncate(&n.comm, 16),
+                    if n.cgroup.is_empty() { "-" } else { &n.cgroup }
+                );
+            }
+        }
+        let psi = |p: &Option<crate::model::PressureDelta>| match p {
+            Some(d) => format!("some {:.2} s", d.some_us as f64 / 1e6),
+            None => "n/a".to_string(),
+        };
+        if c.finding.is_some() || c.pressure.host.is_some_and(|p| p.some_us > 0) {
+            let _ = writeln!(
+                s,
+                "cpu pressure (PSI) over the window: machine {}, target cgroup {}",
+                psi(&c.pressure.host),
+                psi(&c.pressure.cgroup)
+            );
+        }
+        if let Some(l) = crate::analyze::contention::followed_line(&c.followed) {
+            let _ = writeln!(s, "{l}");
+        }
+        s
     }
 }
 
@@ -656,6 +852,24 @@ mod tests {
             Report::new(&t, &[], None)
                 .to_text()
                 .contains("7 events were not recorded")
+        );
+    }
+
+    #[test]
+    fn kernel_warnings_are_counted_in_the_json_and_told_in_the_text() {
+        let mut t = trace();
+        let quiet = Report::new(&t, &[], None);
+        let v: serde_json::Value = serde_json::from_str(&quiet.to_json()).unwrap();
+        assert_eq!(v["kernel_warnings"], 0);
+        assert!(!quiet.to_text().contains("logged"));
+        t.kernel_warnings = 2;
+        let r = Report::new(&t, &[], None);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["kernel_warnings"], 2);
+        assert!(
+            r.to_text().contains("logged 2 warning(s)"),
+            "{}",
+            r.to_text()
         );
     }
 

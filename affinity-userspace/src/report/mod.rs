@@ -3,8 +3,11 @@
 //! view ([`watch`], whose terminal handling is the one exception). Values
 //! in, bytes out; the CLI decides where they go.
 
+pub mod applied;
 pub mod document;
+pub mod escape;
 pub mod plot;
+pub mod series;
 pub mod timeline;
 pub mod watch;
 

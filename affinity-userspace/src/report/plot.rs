@@ -146,7 +146,8 @@ fn rows(trace: &Trace) -> (Vec<&ThreadTrace>, usize) {
 
 fn row_label(t: &ThreadTrace) -> String {
     let exited = if t.exited { " (exited)" } else { "" };
-    format!("{} {}{exited}", t.tid, t.comm)
+    // Control characters are not allowed in XML, even as references.
+    format!("{} {}{exited}", t.tid, crate::report::escape::text(&t.comm))
 }
 
 /// "pid 4242", "pids 1, 2, 3, 4 and 2 more", plus a `--tid` selection.
@@ -1005,21 +1006,17 @@ fn migrations(trace: &Trace, threads: &[&ThreadTrace]) -> Matrix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-    }
 
     /// The recorded 4-thread trace of pid 4242 on the 2-socket machine.
     fn trace() -> Trace {
-        let path = fixtures().join("traces/server-2s-smt.json");
-        let text = std::fs::read_to_string(&path).unwrap();
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        serde_json::from_str(include_str!(
+            "../../../tests/fixtures/traces/server-2s-smt.json"
+        ))
+        .unwrap_or_else(|e| panic!("traces/server-2s-smt.json: {e}"))
     }
 
     fn topology(name: &str) -> Topology {
-        Topology::read(&crate::host::Root::new(fixtures().join("sysfs").join(name))).unwrap()
+        crate::model::topology::fixtures::machine(name)
     }
 
     #[derive(Debug)]
@@ -1379,16 +1376,13 @@ mod tests {
     }
 
     /// Every fixture machine renders a well-formed SVG with one heatmap
-    /// column per CPU; the files land in target/plot-examples/ for a person
-    /// to look at.
+    /// column per CPU (the tests crate's plot_examples writes them to
+    /// target/plot-examples/ for a person to look at).
     #[test]
     fn every_fixture_machine_renders() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plot-examples");
-        std::fs::create_dir_all(&dir).unwrap();
         for topo in ["server-2s-smt", "epyc-64c", "hybrid-laptop", "vm-2cpu"] {
             let svg = render_svg(&trace(), &topology(topo)).unwrap();
             roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{topo}: {e}"));
-            std::fs::write(dir.join(format!("{topo}.svg")), svg).unwrap();
         }
     }
 }

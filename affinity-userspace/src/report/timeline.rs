@@ -769,9 +769,7 @@ mod tests {
     }
 
     fn topo() -> Topology {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/sysfs/vm-2cpu");
-        Topology::read(&crate::host::Root::new(p)).unwrap()
+        crate::model::topology::fixtures::machine("vm-2cpu")
     }
 
     fn capture(events: Vec<TimelineEvent>) -> Capture {

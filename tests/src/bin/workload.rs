@@ -21,9 +21,19 @@
 //! - `flip MS`: a `flipped` thread, 1/3 busy for MS ms of wall time, while
 //!   the main thread moves it to the next CPU of its own allowed set every
 //!   5 ms.
+//! - `hog CPU MS`: pin to CPU, print `ready`, spin MS ms of wall time: a
+//!   neighbour that holds one CPU.
+//! - `pinspin CPU MS PID`: pin to CPU, spin MS ms of thread CPU time; prints
+//!   `schedstat` (its sum_exec_runtime), `run_delay` (its run-queue wait,
+//!   the kernel's sched_info) and `hog_ns`: how much CPU time process PID
+//!   used while it spun (what a neighbour took).
+//! - `spinstat MS`: spin MS ms of CPU time, then print `schedstat`.
 //! - `yield N MS`: N threads named `yield-<i>`, all pinned to CPU 0, call
 //!   sched_yield() for MS ms of wall time: a context switch between them
 //!   every few microseconds, a storm of events.
+//! - `named HEX MS`: the main thread names itself with the raw bytes HEX
+//!   (prctl PR_SET_NAME: any bytes, not only UTF-8), prints `ready`, then
+//!   spins MS ms of wall time: a target with a hostile or non-UTF-8 name.
 
 use std::{
     io::BufRead as _,
@@ -123,6 +133,39 @@ fn main() {
             }
         }
         Some("spin") => spin_cpu_ms(arg(&args, 1)),
+        Some("hog") => {
+            pin(0, arg(&args, 1) as usize);
+            println!("ready");
+            let until = Instant::now() + Duration::from_millis(arg(&args, 2));
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+        Some("pinspin") => {
+            let (cpu, ms, hog) = (arg(&args, 1), arg(&args, 2), arg(&args, 3));
+            let hog_ns = || {
+                let s = std::fs::read_to_string(format!("/proc/{hog}/schedstat")).expect("hog");
+                s.split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .expect("schedstat format")
+            };
+            pin(0, cpu as usize);
+            let before = hog_ns();
+            spin_cpu_ms(ms);
+            let after = hog_ns();
+            let own = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+            let mut f = own.split_whitespace();
+            println!("tid {tid}");
+            println!("schedstat {}", f.next().expect("sum_exec"));
+            println!("run_delay {}", f.next().expect("run_delay"));
+            println!("hog_ns {}", after - before);
+        }
+        Some("spinstat") => {
+            spin_cpu_ms(arg(&args, 1));
+            println!("pid {}", std::process::id());
+            println!("schedstat {}", schedstat());
+        }
         Some("churn") => {
             // churn MS [MAKERS [CHILD_MS]]: threads that live CHILD_MS (2)
             // each, created back to back by MAKERS (4) makers: any apply
@@ -256,6 +299,23 @@ fn main() {
                 .collect();
             for h in hs {
                 h.join().expect("join");
+            }
+        }
+        Some("named") => {
+            let hex = args.get(1).map(String::as_str).unwrap_or("");
+            let mut name: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex name"))
+                .collect();
+            name.push(0);
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel
+            // keeps the first 15 bytes).
+            let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+            assert_eq!(rc, 0, "prctl(PR_SET_NAME)");
+            let ms = arg(&args, 2);
+            println!("ready");
+            let until = Instant::now() + Duration::from_millis(ms);
+            while Instant::now() < until {
+                std::hint::spin_loop();
             }
         }
         _ => {

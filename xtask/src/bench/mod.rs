@@ -20,17 +20,23 @@
 //!    read time while tracing 1,000 threads.
 //! 6. `scale`: 10,000 threads for 5 s: dropped events, threads seen, map
 //!    read time.
+//! 7. `criterion`: the criterion benches of the pure hot paths
+//!    (affinity-userspace/benches/, no root needed on their own), their
+//!    figures read back into the same report.
 //!
-//! Every path stops the processes it started, restores the sysctls it
-//! changed, and the end checks that no affin-trace program stays loaded.
+//! The run holds the root tests' machine-wide lock, so that neither
+//! distorts the other. Every path stops the processes it started, restores
+//! the sysctls it changed, and the end checks that no affin-trace program
+//! stays loaded.
 //! `bench-threads N SECS [PERIOD_MS]` (hidden) is the workload of 5 and 6.
 //!
 //! Files by role: `sys` (libc calls, the interrupt flag), `process` (child
 //! processes, sysctls, the temp dir), `parse` (reading the tools'
 //! output), `programs` (which BPF programs are loaded and by whom), `pipe`,
-//! `startup` and `threads` (the phases), `results` (what a run gathered),
+//! `startup`, `threads` and `criterion` (the phases), `results` (what a run gathered),
 //! `render` (BENCHMARKS.md).
 
+mod criterion;
 mod parse;
 mod pipe;
 mod process;
@@ -67,14 +73,17 @@ pub enum Phase {
     Threads,
     /// Section 6: 10,000 threads.
     Scale,
+    /// Section 7: the criterion benches of the pure hot paths.
+    Criterion,
 }
 
-const ALL_PHASES: [Phase; 5] = [
+const ALL_PHASES: [Phase; 6] = [
     Phase::Pipe,
     Phase::BpfStats,
     Phase::Startup,
     Phase::Threads,
     Phase::Scale,
+    Phase::Criterion,
 ];
 
 #[derive(clap::Args)]
@@ -145,7 +154,11 @@ pub fn run(args: Args) -> Result<()> {
         bail!("the benchmark loads eBPF programs and changes sysctls: run it as root");
     }
     sys::on_stop_signals(on_signal);
-    binary::build(true)?;
+    crate::setup::run()?;
+    // Kernel state and CPU time are machine-wide: wait for a root test run
+    // (any checkout) to end, and keep it out until this one is done.
+    let _lock = crate::test::machine_lock()?;
+    binary::cargo_build(true, binary::Hooks::On)?;
     let bpftool = tool("bpftool", "bpftool")?;
     let result = bench(&args, &bpftool);
     // Programs are freed a moment after their last fd closes: allow that.
@@ -256,6 +269,9 @@ fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
     if wants(Phase::Scale) {
         r.large = Some(phase_result("10,000 threads", threads::large(&ctx))?);
     }
+    if wants(Phase::Criterion) {
+        r.criterion = Some(phase_result("criterion", criterion::phase())?);
+    }
 
     // Stop everything started before writing anything.
     sleeper.stop()?;
@@ -285,6 +301,10 @@ fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
         (
             "10,000 threads",
             r.large.as_ref().is_some_and(|x| x.is_err()),
+        ),
+        (
+            "criterion",
+            r.criterion.as_ref().is_some_and(|x| x.is_err()),
         ),
     ]
     .into_iter()

@@ -1,6 +1,7 @@
 //! BENCHMARKS.md from [`Results`]: one section per phase, the targets of
 //! issue #6, the checks and the known gaps.
 
+use super::criterion;
 use super::parse::{TraceReport, median, min_max, quantile};
 use super::pipe::{CFGS, Cfg};
 use super::results::{Env, Results};
@@ -120,6 +121,7 @@ pub fn render(env: &Env, r: &Results, took: Duration) -> String {
     startup_section(w, r);
     threads_section(w, r);
     scale_section(w, r);
+    criterion_section(w, r);
     targets(w, r);
     md!(w, "\n## Checks\n");
     if r.checks.is_empty() {
@@ -714,6 +716,41 @@ fn scale_section(w: &mut String, r: &Results) {
         );
     } else {
         phase_missing(w, &r.large);
+    }
+}
+
+/// Section 7: the criterion benches.
+fn criterion_section(w: &mut String, r: &Results) {
+    md!(w, "\n## 7. Pure hot paths (criterion)\n");
+    let Some(Ok(figures)) = &r.criterion else {
+        phase_missing(w, &r.criterion);
+        return;
+    };
+    md!(
+        w,
+        "`{}` (affinity-userspace/benches/; needs no root, and runs on its own the same \
+         way): the code after the collector, on synthetic or recorded input, no kernel. \
+         Per iteration, criterion's estimates.\n",
+        criterion::COMMAND
+    );
+    md!(w, "| bench | median | mean (95% CI) | per element |");
+    md!(w, "|---|---|---|---|");
+    for f in figures {
+        let per = f.elements.map_or("-".into(), |n| {
+            format!(
+                "{} ({n} elements)",
+                criterion::duration(f.median_ns / n as f64)
+            )
+        });
+        md!(
+            w,
+            "| {} | {} | {} ({} to {}) | {per} |",
+            f.name,
+            criterion::duration(f.median_ns),
+            criterion::duration(f.mean_ns),
+            criterion::duration(f.mean_ci_ns.0),
+            criterion::duration(f.mean_ci_ns.1)
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! What a bench run gathered ([`Results`]), derived figures (medians,
 //! paired differences, ratios), and the environment it ran in.
 
+use super::criterion::Figure;
 use super::parse::{Prog, TraceReport, median, quantile};
 use super::pipe::{Cfg, Stats};
 use super::render::{met, times};
@@ -50,6 +51,7 @@ pub struct Results {
     pub startup: Option<Result<Startup, String>>,
     pub small: Option<Result<ThreadsRun, String>>,
     pub large: Option<Result<ThreadsRun, String>>,
+    pub criterion: Option<Result<Vec<Figure>, String>>,
     pub checks: Vec<(String, bool)>,
 }
 

@@ -15,7 +15,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use crate::{
     analyze::classify::{Classification, Thresholds},
     analyze::decision::{self, TargetFacts},
-    collect::session::Snapshot,
+    model::snapshot::Snapshot,
 };
 
 /// How the thread rows are ordered.
@@ -68,14 +68,7 @@ pub struct ThreadRow {
     pub exited: bool,
 }
 
-/// What /proc says about a live thread now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskNow {
-    /// The CPU it last ran on.
-    pub cpu: u32,
-    /// Its current name.
-    pub comm: String,
-}
+pub use crate::model::snapshot::TaskNow;
 
 /// One CPU's busy share in the last interval.
 #[derive(Clone, Debug, PartialEq)]
@@ -290,7 +283,6 @@ impl WatchState {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::path::Path;
 
     use super::*;
     use crate::{
@@ -301,10 +293,7 @@ pub(crate) mod tests {
     pub(crate) const SEC: u64 = 1_000_000_000;
 
     pub(crate) fn vm_2cpu() -> Topology {
-        Topology::read(&crate::host::Root::new(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs/vm-2cpu"),
-        ))
-        .expect("fixture topology")
+        crate::model::topology::fixtures::machine("vm-2cpu")
     }
 
     fn runq(bucket: usize, count: u64) -> RunqLatency {

@@ -230,7 +230,7 @@ fn thread_row(r: &ThreadRow) -> Row<'static> {
     };
     let row = Row::new(vec![
         right(r.tid.to_string()),
-        Cell::from(r.comm.clone()),
+        Cell::from(crate::report::escape::text(&r.comm).into_owned()),
         right(r.cpu_now.map_or_else(|| "-".to_string(), |c| c.to_string())),
         right(format!("{:.1}%", r.on_cpu_pct)),
         right(migr),
@@ -326,7 +326,7 @@ mod tests {
     use super::*;
     use crate::{
         analyze::classify::Thresholds,
-        host::cgroup::CpuStatDelta,
+        model::cgroup::{CgroupLimit, CgroupVersion, CpuQuota, CpuStatDelta},
         report::watch::state::tests::{SEC, busy, demo_trace, now, snap, vm_2cpu},
     };
 
@@ -374,6 +374,20 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_name_is_shown_escaped() {
+        let mut s = state();
+        s.rows[0].comm = "\u{202e}evil\x1b[2J".into();
+        let sc = screen(&s, 110, 30);
+        // The column is 16 wide: the escaped name is cut there.
+        let row = line_with(&sc, "evil");
+        assert!(row.contains("\\u{202e}evil\\x1b"), "{row}");
+        assert!(
+            !sc.iter()
+                .any(|l| l.contains('\u{202e}') || l.contains('\x1b'))
+        );
+    }
+
+    #[test]
     fn shows_the_class_with_a_reason() {
         let s = state();
         let class = s.class.clone().expect("classified");
@@ -416,11 +430,22 @@ mod tests {
 
     #[test]
     fn shows_the_throttling_finding_under_a_quota() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/cgroup/v2-kubepods");
-        let cg = crate::host::cgroup::resolve(&crate::host::Root::new(root), 4242)
-            .expect("fixture cgroup");
-        let limit = cg.limit().expect("the pod's 0.5 CPU quota").clone();
+        // The pod's 0.5 CPU quota (as host::cgroup resolves the
+        // v2-kubepods fixture).
+        let pod = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7f3c.slice";
+        let ctr = format!("{pod}/cri-containerd-9a1b.scope");
+        let limit = CgroupLimit {
+            version: CgroupVersion::V2,
+            cgroup: pod.to_string(),
+            dir: format!("/sys/fs/cgroup{pod}").into(),
+            quota: CpuQuota {
+                quota_us: 50_000,
+                period_us: 100_000,
+            },
+            target_cgroup: ctr.clone(),
+            target_dir: format!("/sys/fs/cgroup{ctr}").into(),
+            pressure_dir: Some(format!("/sys/fs/cgroup{ctr}").into()),
+        };
         let window = CpuStatDelta {
             nr_periods: 20,
             nr_throttled: 18,
