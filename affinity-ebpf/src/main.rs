@@ -143,7 +143,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use aya_log_ebpf::warn;
@@ -1306,6 +1306,7 @@ fn mark_target(tgid: u32) -> bool {
 fn on_fork<A: Access>(args: *const u64) {
     let (parent, child) = unsafe { (*args as *const u8, *args.add(1) as *const u8) };
     let Some((_, ptgid)) = A::target(parent) else {
+        let _ = cgroup_set_fork::<A>(child);
         return;
     };
     let ctgid = A::u32_at(child, offset!(tgid));
@@ -1316,7 +1317,7 @@ fn on_fork<A: Access>(args: *const u64) {
     let follow = unsafe { core::ptr::read_volatile(&FOLLOW) } != 0;
     if follow && mark_target(ctgid) {
         count_fork(FORK_FOLLOWED);
-    } else {
+    } else if !cgroup_set_fork::<A>(child) {
         count_fork(FORK_MISSED);
     }
 }
@@ -1329,6 +1330,7 @@ fn on_cgroup_attach<A: Access>(args: *const u64) {
     // SAFETY: a plain read of a static; volatile, as for `offset!`.
     let want = unsafe { core::ptr::read_volatile(&JOIN_CGROUP) };
     if want == 0 {
+        cgroup_set_attach::<A>(args);
         return;
     }
     let (cgrp, task) = unsafe { (*args as *const u8, *args.add(2) as *const u8) };
@@ -1349,6 +1351,93 @@ fn on_cgroup_attach<A: Access>(args: *const u64) {
     let _ = entry::<A>(task, tid, tgid, || {
         A::u64_at(task, offset!(sum_exec_runtime))
     });
+}
+
+// ---- the cgroup set (`affin-trace serve`) ------------------------------------
+//
+// The agent traces every process of a set of cgroups that changes as
+// containers come and go: userspace adds and removes cgroups in
+// `CGROUP_TARGETS` (a map update, no new attach), and a process that joins
+// one, or is forked inside one, becomes a target before it runs. The key is
+// the kernfs id of the cgroup's directory in the cpu controller's
+// hierarchy (on a hybrid host the v1 cpu mount, not the default
+// hierarchy's `bpf_get_current_cgroup_id()`). Only with `CGROUP_SET` set
+// (a frozen `.rodata` constant, 0 in one-shot runs, where the verifier
+// drops these paths); they run on forks and cgroup moves only, never on a
+// switch.
+
+/// 1: `CGROUP_TARGETS` is in use (`serve`). A frozen `.rodata` constant.
+#[unsafe(no_mangle)]
+static CGROUP_SET: u32 = 0;
+
+/// Traced cgroups: kernfs id of the cpu-controller directory -> 1.
+#[map]
+static CGROUP_TARGETS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// tgid -> the `CGROUP_TARGETS` key it was marked for: userspace charges
+/// the threads of a process that came and went between two of its reads.
+#[map]
+static JOINED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+#[inline(always)]
+fn cgroup_set_on() -> bool {
+    // SAFETY: a plain read of a static; volatile, as for `offset!`.
+    unsafe { core::ptr::read_volatile(&CGROUP_SET) != 0 }
+}
+
+/// Marks `tgid` (of `task`) for cgroup `id` and gives `task` an entry.
+#[inline(always)]
+fn cgroup_set_mark<A: Access>(task: *const u8, tgid: u32, id: u64) {
+    if !is_target(tgid) {
+        if !mark_target(tgid) {
+            return;
+        }
+        count_fork(FORK_JOINED);
+    }
+    let _ = JOINED.insert(tgid, id, BPF_ANY as u64);
+    let tid = A::u32_at(task, offset!(pid));
+    let _ = entry::<A>(task, tid, tgid, || {
+        A::u64_at(task, offset!(sum_exec_runtime))
+    });
+}
+
+/// A new process (or a thread of an untargeted one): a target when its
+/// cpu cgroup (inherited, set before `sched_process_fork` fires) is in the
+/// set, whoever its parent is (the agent does not follow children out of
+/// their cgroup). Returns whether it was marked.
+#[inline(always)]
+fn cgroup_set_fork<A: Access>(child: *const u8) -> bool {
+    if !cgroup_set_on() {
+        return false;
+    }
+    let id = cgroup_id(child);
+    if id == 0 || CGROUP_TARGETS.get_ptr(id).is_none() {
+        return false;
+    }
+    let tgid = A::u32_at(child, offset!(tgid));
+    if tgid == 0 {
+        return false;
+    }
+    cgroup_set_mark::<A>(child, tgid, id);
+    true
+}
+
+/// `cgroup_attach_task`: a task moved into a cgroup of the set. Fires once
+/// per hierarchy; only the cpu hierarchy's directories are in the set.
+#[inline(always)]
+fn cgroup_set_attach<A: Access>(args: *const u64) {
+    if !cgroup_set_on() {
+        return;
+    }
+    let (cgrp, task) = unsafe { (*args as *const u8, *args.add(2) as *const u8) };
+    let id = kn_id(cgrp);
+    if id == 0 || CGROUP_TARGETS.get_ptr(id).is_none() {
+        return;
+    }
+    let tgid = A::u32_at(task, offset!(tgid));
+    if tgid != 0 {
+        cgroup_set_mark::<A>(task, tgid, id);
+    }
 }
 
 // ---- tp_btf entries -------------------------------------------------------

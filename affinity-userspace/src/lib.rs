@@ -27,3 +27,4 @@ pub mod host;
 pub mod kernel;
 pub mod model;
 pub mod report;
+pub mod serve;

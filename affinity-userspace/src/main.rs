@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             0
         }
         Some(Command::Topology { format }) => run::topology(format),
+        Some(Command::Serve(args)) => affinity::serve::run(&args),
         #[cfg(feature = "bench-hooks")]
         Some(Command::BenchFloor { seconds }) => run::bench_floor(seconds),
         Some(Command::Revert {

@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 
 /// llvm-22-dev, libpolly-22-dev, libzstd-dev build bpf-linker; linux-perf and
 /// bpftool are test oracles; ffmpeg and golang-go (a Go program that sizes
-/// itself by GOMAXPROCS) are test workloads.
+/// itself by GOMAXPROCS) are test workloads; prometheus scrapes
+/// `affin-trace serve` in its root test; python3-venv holds the manifests'
+/// validator (see [`kubernetes_validate`]).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -17,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "ffmpeg",
     "golang-go",
+    "prometheus",
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -26,6 +30,40 @@ pub fn run() -> Result<()> {
     nightly()?;
     rust_src()?;
     bpf_linker()?;
+    kubernetes_validate()?;
+    Ok(())
+}
+
+/// Where `kubernetes-validate` (PyPI) lives: the deploy/ tests run it.
+pub const K8S_VENV: &str = "target/venv-k8s";
+
+/// `kubernetes-validate` in a venv under target/: validates the DaemonSet
+/// and Service against the Kubernetes schemas it ships (offline).
+fn kubernetes_validate() -> Result<()> {
+    let step = "pip kubernetes-validate";
+    let venv = crate::util::workspace_root().join(K8S_VENV);
+    let bin = venv.join("bin/kubernetes-validate");
+    if bin.is_file() {
+        present(step);
+        return Ok(());
+    }
+    installing(step);
+    let fix = "needs python3-venv (apt step) and PyPI reachable";
+    run_checked(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+        fix,
+    )?;
+    run_checked(
+        Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "kubernetes-validate==1.37.0",
+        ]),
+        "pip install kubernetes-validate",
+        fix,
+    )?;
+    installed(step);
     Ok(())
 }
 

@@ -18,6 +18,8 @@ EXAMPLES:
   affin-trace --pid 1234 -d 10s -f json -o r.json
   affin-trace --comm nginx                     every process named nginx
   affin-trace --cgroup /mypod                  a cgroup, as the report prints it
+  affin-trace --pod shop/encoder-0             a Kubernetes pod's containers on this node
+  affin-trace serve                            the node agent: /metrics on 127.0.0.1:9464
   affin-trace -- stress-ng --cpu 2             a command, from its first instruction
   affin-trace --pid 1234 --apply --verify      apply the advice, check it, undo if worse
   affin-trace revert --comm nginx              put back what --apply changed
@@ -99,6 +101,11 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Run as a node agent: trace every cgroup with a CPU quota (or the
+    /// --cgroup ones) continuously and serve /metrics (Prometheus),
+    /// /findings (JSON) and /healthz. Changes no affinity; SIGTERM detaches
+    /// everything and exits 0.
+    Serve(ServeArgs),
     /// The demo's workload itself (run by `demo`).
     #[command(hide = true)]
     DemoWorker {
@@ -106,6 +113,50 @@ pub enum Command {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+}
+
+/// Options of `affin-trace serve`.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address and port to serve on. The default answers only on this
+    /// host; a DaemonSet sets the pod's address.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Seconds between reads of the kernel maps and cgroupfs (0.1 to 3600).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_serve_interval)]
+    pub interval: f64,
+    /// Trace these cgroups only (a directory in the cpu controller's
+    /// hierarchy, or its path there as /NAME); repeatable. Default: every
+    /// cgroup with a CPU quota of its own, found again at each interval.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroup: Vec<PathBuf>,
+    /// Most cgroups traced at once (bounds the series); the rest are
+    /// counted in affin_trace_agent_cgroups_left_out.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_cgroups: u32,
+    /// Where the container runtime keeps its OCI bundles (<DIR>/<id>/config.json);
+    /// repeatable. Default: containerd's, cri-o's and docker's state directories.
+    #[arg(long = "bundle-dir", value_name = "DIR")]
+    pub bundle_dir: Vec<PathBuf>,
+    /// Seconds of history the findings look at.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_serve_interval)]
+    pub window: f64,
+    /// Program type.
+    #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
+    pub attach: AttachChoice,
+    /// Per-thread map capacity.
+    #[arg(long, value_name = "N", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_threads: u32,
+}
+
+fn parse_serve_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds (e.g. 5 or 0.5)"))?;
+    if !(0.1..=3600.0).contains(&v) {
+        return Err(format!("{v} s is out of range: use 0.1 to 3600 seconds"));
+    }
+    Ok(v)
 }
 
 /// Report format.
@@ -138,6 +189,14 @@ pub struct TraceArgs {
     /// and the processes that join it or that they start during the run.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// Trace every container of this Kubernetes pod on this node (names
+    /// from the container runtime's OCI bundles); repeatable.
+    #[arg(long = "pod", value_name = "NAMESPACE/NAME")]
+    pub pods: Vec<String>,
+    /// Trace the processes of this container (its id, or a prefix that
+    /// names one container); repeatable.
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
     /// With --pid/--tid: also trace the processes the targets start during
     /// the run, from their first instruction (always on with a command,
     /// --cgroup and --comm).

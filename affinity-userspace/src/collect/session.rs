@@ -46,7 +46,7 @@ pub enum SessionError {
     ApplyToCommand,
     /// Nothing to trace was given.
     #[error(
-        "nothing to trace: give --pid PID, --tid TID, --comm NAME, --cgroup PATH or -- COMMAND (see --help)"
+        "nothing to trace: give --pid PID, --tid TID, --comm NAME, --cgroup PATH, --pod NAMESPACE/NAME, --container ID or -- COMMAND (see --help)"
     )]
     NoTarget,
     /// A command and pids at once.
@@ -168,7 +168,8 @@ impl Pressures {
     }
 }
 
-fn pid_max(root: &Root) -> u32 {
+/// `kernel.pid_max`, sizing the per-pid maps.
+pub fn pid_max(root: &Root) -> u32 {
     std::fs::read_to_string(root.join("proc/sys/kernel/pid_max"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -394,6 +395,7 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
         follow: follows(args),
         join_cgroup: args.cgroup.as_deref().map_or(0, procs::dir_inode),
         bandwidth: quota_binds(root, &launch),
+        cgroup_set: false,
     };
     let mut probe = Probe::load(&cfg, &topology)?;
     verbose.say(&format!("programs attached ({:?})", probe.mode()));

@@ -9,6 +9,7 @@ use crate::{
     cli::TraceArgs,
     collect::session::SessionError,
     host::Root,
+    host::kube,
     host::preflight,
     host::procs::{self, TargetError},
     kernel::probe::Probe,
@@ -50,7 +51,9 @@ fn check_args(args: &TraceArgs) -> Result<Launch, SessionError> {
     let targets = !args.pids.is_empty()
         || !args.tids.is_empty()
         || !args.comms.is_empty()
-        || args.cgroup.is_some();
+        || args.cgroup.is_some()
+        || !args.pods.is_empty()
+        || !args.containers.is_empty();
     if command && targets {
         return Err(SessionError::TargetAndCommand);
     }
@@ -92,6 +95,9 @@ fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
         }
         tgids.extend(found);
     }
+    if !args.pods.is_empty() || !args.containers.is_empty() {
+        tgids.extend(kube_pids(root, &args.pods, &args.containers)?);
+    }
     for &pid in &args.pids {
         tgids.push(procs::check_target(root, pid)?);
     }
@@ -104,6 +110,29 @@ fn resolve(args: &TraceArgs) -> Result<Targets, SessionError> {
         tgids,
         tids: args.tids.clone(),
     })
+}
+
+/// The processes of the containers named by `--pod` and `--container`,
+/// found in the cpu controller's hierarchy.
+fn kube_pids(root: &Root, pods: &[String], ids: &[String]) -> Result<Vec<u32>, SessionError> {
+    // No cpu hierarchy: no container is found, and the error says which.
+    let all = crate::host::cgroup::cpu_hierarchy(root)
+        .map(|(_, m)| kube::containers(&m, &crate::host::oci::Bundles::defaults(root)))
+        .unwrap_or_default();
+    let mut pids = Vec::new();
+    for dir in kube::select(&all, pods, ids)? {
+        pids.extend(procs::pids_in_cgroup(&dir)?);
+    }
+    if pids.is_empty() {
+        let what = pods
+            .iter()
+            .chain(ids)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(TargetError::EmptyCgroup(what).into());
+    }
+    Ok(pids)
 }
 
 /// The targets of a window that already ran (`pids`, `tids`), for a

@@ -635,6 +635,26 @@ pub fn cpu_hierarchy(root: &Root) -> Result<(CgroupVersion, PathBuf), CgroupErro
     }
 }
 
+/// The quota set on one cgroup directory itself (not its ancestors):
+/// `cpu.cfs_quota_us`/`cpu.cfs_period_us` on v1, `cpu.max` on v2.
+pub fn quota_at(version: CgroupVersion, dir: &Path) -> Result<Option<CpuQuota>, CgroupError> {
+    match version {
+        CgroupVersion::V1 => quota_v1(dir),
+        CgroupVersion::V2 => quota_v2(dir),
+    }
+}
+
+/// Where the unified (v2) hierarchy is mounted, whatever its controllers
+/// (on a hybrid host it has none but still holds `cpu.pressure`).
+pub fn unified_dir(root: &Root) -> Option<PathBuf> {
+    let (_, mounts) = cgroup_mounts(root).ok()?;
+    mounts
+        .iter()
+        .filter(|m| m.version == CgroupVersion::V2)
+        .min_by_key(|m| m.root.len())
+        .map(|m| m.dir(root))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,11 @@
 pub mod cgroup;
 pub mod command;
 pub mod contention;
+pub mod kube;
+pub mod oci;
 pub mod preflight;
 pub mod procs;
+pub mod quotas;
 pub mod root;
 pub mod runtime;
 pub mod topology;

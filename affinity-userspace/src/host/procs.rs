@@ -49,6 +49,19 @@ pub enum TargetError {
     /// The cgroup is empty.
     #[error("cgroup {0} has no processes")]
     EmptyCgroup(String),
+    /// No container of that pod on this node.
+    #[error(
+        "no container of pod {0} on this node: names come from the container runtime's OCI \
+         bundles (/run/containerd, /run/containers/storage); without them, give the container \
+         with --container ID or --cgroup PATH"
+    )]
+    NoSuchPod(String),
+    /// No container with that id (prefix).
+    #[error("no container {0} on this node (a kubepods cgroup whose id starts with it)")]
+    NoSuchContainer(String),
+    /// The prefix names several containers.
+    #[error("container id prefix {given} matches {n} containers: give more of the id")]
+    AmbiguousContainer { given: String, n: usize },
     /// It is a zombie: nothing left to trace.
     #[error("process {0} is a zombie (exited, not yet reaped): nothing to trace")]
     Zombie(u32),

@@ -97,6 +97,9 @@ pub struct ProbeConfig {
     /// Inode number of the `--cgroup` directory: processes that join it
     /// become targets (0: none).
     pub join_cgroup: u64,
+    /// `serve`: trace the processes of the cgroups in `CGROUP_TARGETS`
+    /// ([`Probe::add_cgroup`]), joined or forked there.
+    pub cgroup_set: bool,
 }
 
 /// Most entries of `MIGRATION_PAIRS`: every pair of up to 128 CPUs; past
@@ -300,6 +303,8 @@ pub struct Probe {
     timeline_lost: PerCpuArray<MapData, u64>,
     neighbours: HashMap<MapData, u32, Neighbour>,
     forks: PerCpuArray<MapData, u64>,
+    cgroup_targets: HashMap<MapData, u64, u32>,
+    joined: HashMap<MapData, u32, u64>,
     timeline_bytes: u32,
     batch: Batch,
     log: Option<KernelLog>,
@@ -368,6 +373,7 @@ impl Probe {
             .override_global("TIMELINE_WAKE_BYTES", &wake_bytes, true)
             .override_global("FOLLOW", &u32::from(cfg.follow), true)
             .override_global("JOIN_CGROUP", &cfg.join_cgroup, true)
+            .override_global("CGROUP_SET", &u32::from(cfg.cgroup_set), true)
             .map_max_entries("TIMELINE", timeline_bytes)
             .map_max_entries("MIGRATION_PAIRS", pairs.clamp(1, MAX_PAIRS))
             .map_max_entries("TARGETS", pid_max.div_ceil(64))
@@ -439,6 +445,8 @@ impl Probe {
             timeline_lost: take(&mut ebpf, "TIMELINE_LOST")?,
             neighbours: take(&mut ebpf, "NEIGHBOURS")?,
             forks: take(&mut ebpf, "FORKS")?,
+            cgroup_targets: take(&mut ebpf, "CGROUP_TARGETS")?,
+            joined: take(&mut ebpf, "JOINED")?,
             timeline_bytes,
             batch: Batch::default(),
             ebpf,
@@ -738,6 +746,54 @@ impl Probe {
     /// Per-thread held time, open holds counted to `now_ns` (CLOCK_MONOTONIC).
     pub fn bandwidth_threads(&self, now_ns: u64) -> crate::kernel::bandwidth::BwThreads {
         crate::kernel::bandwidth::read_threads(&self.ebpf, now_ns)
+    }
+
+    /// Stops tracing `tgid` (the agent, for a process that left its
+    /// cgroups or exited, so a reused pid is not traced).
+    pub fn remove_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        let word = tgid / 64;
+        if tgid == 0 || word >= self.targets.len() {
+            return Ok(());
+        }
+        let cur = self.targets.get(&word, 0).map_err(map_err("TARGETS"))?;
+        self.targets
+            .set(word, cur & !(1 << (tgid % 64)), 0)
+            .map_err(map_err("TARGETS"))?;
+        let _ = self.joined.remove(&tgid);
+        Ok(())
+    }
+
+    /// Adds a cgroup (the kernfs id of its cpu-controller directory, its
+    /// inode number) to the traced set: processes that join it or are
+    /// forked in it become targets in the kernel (needs `cgroup_set`).
+    pub fn add_cgroup(&mut self, id: u64) -> Result<(), ProbeError> {
+        self.cgroup_targets
+            .insert(id, 1, 0)
+            .map_err(map_err("CGROUP_TARGETS"))
+    }
+
+    /// Removes a cgroup from the traced set.
+    pub fn remove_cgroup(&mut self, id: u64) {
+        let _ = self.cgroup_targets.remove(&id);
+    }
+
+    /// The processes the programs marked for a cgroup of the set, into
+    /// `out` (cleared first): (tgid, cgroup id).
+    pub fn joined(&self, out: &mut Vec<(u32, u64)>) {
+        out.clear();
+        out.extend(self.joined.iter().filter_map(Result::ok));
+    }
+
+    /// Run time of each attached program so far (ns), while
+    /// `kernel.bpf_stats_enabled` is 1 (else the kernel counts nothing).
+    pub fn program_run_ns(&self) -> Vec<(String, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(n, p)| {
+                let info = p.info().ok()?;
+                Some((n.to_string(), info.run_time().as_nanos() as u64))
+            })
+            .collect()
     }
 }
 

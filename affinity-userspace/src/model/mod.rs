@@ -6,6 +6,7 @@
 pub mod bandwidth;
 pub mod cgroup;
 pub mod cpulist;
+pub mod kube;
 pub mod runtime;
 pub mod snapshot;
 pub mod topology;

@@ -16,6 +16,9 @@
 //!   1 ms / sleep 1 ms for MS ms; `idle N MS`: the same, asleep 10 ms.
 //! - `churn MS`: print `ready`, then 4 threads keep creating threads that
 //!   live ~2 ms, for MS ms.
+//! - `nap N PERIOD MS`: N threads named `nap-<i>` each sleep PERIOD ms in a
+//!   loop for MS ms of wall time, doing nothing awake: many threads, few
+//!   events (the agent's overhead bench).
 //! - `spinners N MS`: print `ready`, wait for a line on stdin, then N
 //!   threads named `spinner-<i>` spin for MS ms of wall time.
 //! - `flip MS`: a `flipped` thread, 1/3 busy for MS ms of wall time, while
@@ -217,6 +220,26 @@ fn main() {
                                 } else {
                                     std::thread::sleep(Duration::from_millis(10));
                                 }
+                            }
+                        })
+                        .expect("spawn")
+                })
+                .collect();
+            for h in hs {
+                h.join().expect("join");
+            }
+        }
+        Some("nap") => {
+            let (n, period, ms) = (arg(&args, 1), arg(&args, 2), arg(&args, 3));
+            let until = Instant::now() + Duration::from_millis(ms);
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name(format!("nap-{i}"))
+                        .stack_size(64 << 10)
+                        .spawn(move || {
+                            while Instant::now() < until {
+                                std::thread::sleep(Duration::from_millis(period));
                             }
                         })
                         .expect("spawn")
