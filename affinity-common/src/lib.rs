@@ -29,6 +29,16 @@ pub const FLAG_EXITING: u32 = 1;
 /// it slept; a switch-in: it waited runnable; a switch-out: it ran).
 pub const FLAG_SEEDED: u32 = 2;
 
+/// [`ThreadStats::flags`]: the thread is held by CFS bandwidth throttling
+/// (it switched out with `task_struct.throttled` set); its next switch-in
+/// ends the hold (`BW_THREADS`).
+pub const FLAG_HELD: u32 = 4;
+/// [`ThreadStats::flags`]: the thread's last hold ended at its switch-in
+/// and the run-queue wait that contains it (`sched_info.run_delay`) is read
+/// at its next switch-out: userspace does not take that hold out of the
+/// runnable time yet ([`BwThread::last_hold_ns`]).
+pub const FLAG_HELD_PENDING: u32 = 8;
+
 /// [`ThreadStats::runnable_kind`]: not waiting for a CPU.
 pub const RUNNABLE_NONE: u32 = 0;
 /// Waiting for a CPU since a wakeup (`sched_wakeup`, `sched_wakeup_new`).
@@ -334,6 +344,167 @@ pub struct TimelineEvent {
 
 const _: () = assert!(core::mem::size_of::<TimelineEvent>() == 40);
 
+// ---- CFS bandwidth (throttling from the kernel's own events) ----------------
+
+/// Entries of the `BW_PERIODS` ring: enforcement periods kept between two
+/// reads (512 periods of 100 ms: 51 s; userspace reads each interval).
+pub const BW_PERIODS: u32 = 512;
+
+/// Most tasks walked on one `throttled_limbo_list` at unthrottle: a bound
+/// the verifier needs; tasks past it are counted in `BwState::limbo_cut`.
+pub const BW_LIMBO_MAX: u32 = 256;
+
+/// What the bandwidth programs need to know, written by userspace before
+/// it attaches them (the value of `BW_CONFIG[0]`): the limiting cgroup and
+/// the kernel's field offsets, resolved from its BTF at load time. Read
+/// with `bpf_probe_read_kernel`, so the offsets need not be constants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwConfig {
+    /// kernfs id (the directory's inode number) of the cgroup whose quota
+    /// binds; 0: the programs do nothing.
+    pub cgroup_id: u64,
+    /// CPUs walked to count running / queued tasks at exhaustion.
+    pub nr_cpus: u32,
+    /// `cfs_rq.tg`.
+    pub cfs_rq_tg: u32,
+    /// `cfs_rq.rq`.
+    pub cfs_rq_rq: u32,
+    /// `cfs_rq.curr`.
+    pub cfs_rq_curr: u32,
+    /// `cfs_rq.h_nr_queued` (`h_nr_running` before 6.14).
+    pub cfs_rq_h_nr_queued: u32,
+    /// `cfs_rq.throttle_count`.
+    pub cfs_rq_throttle_count: u32,
+    /// `cfs_rq.throttled_limbo_list` (0: no task-based throttling).
+    pub cfs_rq_limbo: u32,
+    /// `task_group.cfs_rq` (the per-CPU `cfs_rq *` array).
+    pub tg_cfs_rq: u32,
+    /// `task_group.cfs_bandwidth` + `cfs_bandwidth.period_timer`.
+    pub tg_period_timer: u32,
+    /// `task_group.css` + `cgroup_subsys_state.cgroup`.
+    pub tg_cgroup: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`.
+    pub kn_id: u32,
+    /// `rq.cpu`.
+    pub rq_cpu: u32,
+    /// `task_struct.throttle_node` (0: no task-based throttling).
+    pub task_throttle_node: u32,
+    /// `task_struct.throttled`.
+    pub task_throttled: u32,
+    /// `task_struct.pid` (tgid follows it).
+    pub task_pid: u32,
+    /// Which path records: [`BW_MODE_PROBES`] or [`BW_MODE_TRACEPOINT`]
+    /// (0: none), so that the two never both count.
+    pub mode: u32,
+    /// `task_struct.se` + `sched_entity.cfs_rq`.
+    pub task_cfs_rq: u32,
+    /// `task_group.parent`.
+    pub tg_parent: u32,
+    /// `task_group.cfs_bandwidth` + `cfs_bandwidth.period` (ktime ns).
+    pub tg_period: u32,
+    /// `hrtimer.node` + `timerqueue_node.expires`.
+    pub hrtimer_expires: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BwConfig>() == 96);
+
+/// [`BwConfig::mode`]: the fentry/kprobe programs on the throttle path record.
+pub const BW_MODE_PROBES: u32 = 1;
+/// [`BwConfig::mode`]: sched_switch records, from `task_struct.throttled`
+/// (where fentry and kprobes are not available).
+pub const BW_MODE_TRACEPOINT: u32 = 2;
+
+/// `BW_STATE[0]`: the period count of the limiting cgroup since attach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwState {
+    /// Periods begun (period-timer runs); the current one's record is
+    /// `BW_PERIODS[seq % BW_PERIODS]`. 0: none yet.
+    pub seq: u64,
+    /// Throttles seen before the first period began (not in any record).
+    pub early_throttles: u64,
+    /// Limbo-list walks cut at [`BW_LIMBO_MAX`].
+    pub limbo_cut: u64,
+    /// Per-thread entries that found `BW_THREADS` full.
+    pub threads_full: u64,
+    /// Tracepoint mode: the end (period-timer expiry) of the period whose
+    /// record is current.
+    pub cur_end_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<BwState>() == 40);
+
+/// One enforcement period of the limiting cgroup (`BW_PERIODS` value).
+/// Times are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC); 0: did not happen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwPeriod {
+    /// Period number (`BwState::seq` when it began); a record whose `seq`
+    /// is not the one expected was overwritten.
+    pub seq: u64,
+    /// The period timer ran (quota refilled).
+    pub start_ns: u64,
+    /// First `throttle_cfs_rq` of the group in this period, on any CPU:
+    /// when the quota ran out.
+    pub first_throttle_ns: u64,
+    /// Last unthrottle of a cfs_rq throttled in this period.
+    pub last_unthrottle_ns: u64,
+    /// Throttled time summed over CPUs (each cfs_rq, throttle to
+    /// unthrottle), as cpu.stat `throttled_usec` counts it.
+    pub throttled_sum_ns: u64,
+    /// cfs_rq throttles in this period (one per CPU that ran out).
+    pub throttles: u32,
+    /// CPUs on which the group had a task on the CPU at exhaustion.
+    pub running_at: u32,
+    /// Tasks queued in the group (running or runnable, `h_nr_queued`
+    /// summed over CPUs) at exhaustion.
+    pub queued_at: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BwPeriod>() == 56);
+
+/// Per-CPU throttle state (`BW_CPU`, by CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwCpu {
+    /// When this CPU's cfs_rq of the group was throttled; 0: it is not.
+    pub throttled_ns: u64,
+    /// The period it was throttled in.
+    pub seq: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<BwCpu>() == 16);
+
+/// One thread's time held by throttling (`BW_THREADS`, by tid): from
+/// `throttle_cfs_rq_work` taking it off the run queue to `tg_unthrottle_up`
+/// putting it back (task-based throttling, kernel 6.18+).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BwThread {
+    /// Held since (0: not held now).
+    pub since_ns: u64,
+    /// Tracepoint mode: the hold ends by then at the latest (the period
+    /// timer's expiry when it began: the refill unthrottles).
+    pub until_ns: u64,
+    /// Held in total (ns), ended holds only.
+    pub held_ns: u64,
+    /// Holds begun.
+    pub holds: u32,
+    /// Thread group id.
+    pub tgid: u32,
+    /// Length of the last ended hold (ns).
+    pub last_hold_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<BwThread>() == 40);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of them are #[repr(C)], contain only integers, and have no
@@ -344,5 +515,10 @@ mod pod {
     unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::CpuPair {}
     unsafe impl aya::Pod for super::TimelineEvent {}
+    unsafe impl aya::Pod for super::BwConfig {}
+    unsafe impl aya::Pod for super::BwState {}
+    unsafe impl aya::Pod for super::BwPeriod {}
+    unsafe impl aya::Pod for super::BwCpu {}
+    unsafe impl aya::Pod for super::BwThread {}
     unsafe impl aya::Pod for super::Neighbour {}
 }

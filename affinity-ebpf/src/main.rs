@@ -107,6 +107,12 @@
 //! inter-processor interrupt and a switch to affin-trace each time. The
 //! one exception is the event that takes the ring past half full
 //! (`TIMELINE_WAKE_BYTES`): a burst is drained then, not lost.
+//!
+//! # CFS bandwidth (`bandwidth.rs`)
+//!
+//! When a quota binds the targets, userspace also attaches the programs of
+//! [`bandwidth`] to the kernel's throttle path: per-period records of when
+//! the quota ran out, and per-thread time held by throttling.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -116,15 +122,17 @@
               instructions exist with alu32 (see build.rs)"
 )]
 
+mod bandwidth;
+
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or, atomic_xadd};
 
 use affinity_common::{
     CPU_ACC_NS_MASK, CPU_ACC_SHIFT, CpuPair, CpuTopo, DROP_NEIGHBOURS_FULL, DROP_PAIRS_FULL,
     DROP_READ_FAILED, DROP_THREAD_CPU_FULL, DROP_THREADS_FULL, EV_MIGRATE, EV_SWITCH, EV_WAKEUP,
-    EVF_DEAD, EVF_NEW, EVF_PREEMPTED, FLAG_EXITING, FLAG_SEEDED, FORK_FOLLOWED, FORK_JOINED,
-    FORK_MISSED, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT, Neighbour, RUN_DELAY_UNKNOWN,
-    RUNNABLE_NONE, RUNNABLE_PREEMPTED, RUNNABLE_WAKEUP, RUNQ_BUCKETS, TaskOffsets, ThreadCpuKey,
-    ThreadStats, TimelineEvent,
+    EVF_DEAD, EVF_NEW, EVF_PREEMPTED, FLAG_EXITING, FLAG_HELD, FLAG_HELD_PENDING, FLAG_SEEDED,
+    FORK_FOLLOWED, FORK_JOINED, FORK_MISSED, MIG_CROSS_LLC, MIG_CROSS_NUMA, MIG_LLC, MIG_SMT,
+    Neighbour, RUN_DELAY_UNKNOWN, RUNNABLE_NONE, RUNNABLE_PREEMPTED, RUNNABLE_WAKEUP, RUNQ_BUCKETS,
+    TaskOffsets, ThreadCpuKey, ThreadStats, TimelineEvent,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -377,6 +385,8 @@ trait Access {
     fn u64_at(task: *const u8, off: u32) -> u64;
     /// A `u32` field.
     fn u32_at(task: *const u8, off: u32) -> u32;
+    /// A `u8` (bool) field.
+    fn u8_at(task: *const u8, off: u32) -> u8;
     /// `task->comm`.
     fn comm(task: *const u8) -> [u8; 16];
 }
@@ -420,6 +430,12 @@ impl Access for Btf {
     fn u32_at(task: *const u8, off: u32) -> u32 {
         // SAFETY: as above.
         unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize) as *const u32) }
+    }
+
+    #[inline(always)]
+    fn u8_at(task: *const u8, off: u32) -> u8 {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(task.wrapping_add(off as usize)) }
     }
 
     #[inline(always)]
@@ -471,6 +487,12 @@ impl Access for Raw {
     fn u32_at(task: *const u8, off: u32) -> u32 {
         // SAFETY: as above.
         unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const u32) }.unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn u8_at(task: *const u8, off: u32) -> u8 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize)) }.unwrap_or(0)
     }
 
     #[inline(always)]
@@ -727,6 +749,9 @@ fn switch_out<A: Access>(
     } else {
         st.voluntary += 1;
     }
+    // Held by CFS bandwidth throttling (bandwidth.rs; gone without a quota).
+    let held = bandwidth::on()
+        && bandwidth::switch_out::<A>(prev, (tid, tgid), cpu, prev_state, st, clock.now());
     if have_run_delay() {
         // run_delay grew by the wait that preceded this slice (added at its
         // switch-in, after that tracepoint: sched_info_arrive()). If that
@@ -754,12 +779,13 @@ fn switch_out<A: Access>(
     }
     // It ran: a wait still counted (its switch-in was not seen) is over.
     wait_end(st);
-    if preempted {
-        wait_begin(st, cpu, clock);
-    } else {
+    if !preempted {
         begin_sleep(st, prev_state, clock);
+    } else if !held {
+        wait_begin(st, cpu, clock);
     }
-    st.flags &= !FLAG_SEEDED; // it ran since it was seeded
+    // It ran since it was seeded; run_delay holds its last hold now.
+    st.flags &= !(FLAG_SEEDED | FLAG_HELD_PENDING);
 }
 
 /// Marks `next` as running and ends a wakeup-to-run wait (with
@@ -795,6 +821,9 @@ fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
     };
     // SAFETY: a live map value; see switch_out.
     let st = unsafe { &mut *st };
+    if bandwidth::on() && st.flags & FLAG_HELD != 0 {
+        bandwidth::held_in(tid, st, clock.now());
+    }
     if st.flags & FLAG_SEEDED != 0 {
         seeded_switch_in(st);
     }

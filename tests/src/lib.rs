@@ -231,7 +231,9 @@ pub fn our_programs() -> Vec<String> {
         .map(|a| {
             a.iter()
                 .filter_map(|p| p["name"].as_str())
-                .filter(|n| n.starts_with("btf_sched") || n.starts_with("raw_sched"))
+                .filter(|n| {
+                    n.starts_with("btf_sched") || n.starts_with("raw_sched") || n.starts_with("bw_")
+                })
                 .map(String::from)
                 .collect()
         })

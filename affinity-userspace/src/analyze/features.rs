@@ -189,7 +189,8 @@ pub fn process(trace: &Trace, mem_total_bytes: u64) -> Features {
                 voluntary: totals.voluntary_switches,
                 involuntary: totals.involuntary_switches,
                 runq: &totals.runq,
-                runnable_ns: totals.runnable_ns,
+                // Held by a quota, a thread still wants a CPU.
+                runnable_ns: totals.runnable_ns.saturating_add(totals.throttled_ns),
                 sleep_ns: totals.sleep_ns,
                 lifetime_ns: totals.lifetime_ns,
                 span_ns: trace
@@ -217,7 +218,7 @@ pub fn thread(trace: &Trace, t: &ThreadTrace, mem_total_bytes: u64) -> Features 
                 voluntary: t.voluntary_switches,
                 involuntary: t.involuntary_switches,
                 runq: &t.runq,
-                runnable_ns: t.runnable_ns,
+                runnable_ns: t.runnable_ns.saturating_add(t.throttled_ns),
                 sleep_ns: t.sleep_ns,
                 lifetime_ns: t.lifetime_ns,
                 span_ns: t.lifetime_ns,

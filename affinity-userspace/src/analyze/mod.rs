@@ -10,6 +10,7 @@ pub mod config;
 pub mod contention;
 pub mod decision;
 pub mod features;
+pub mod fix;
 pub mod recommend;
 pub mod throttle;
 pub mod verify;

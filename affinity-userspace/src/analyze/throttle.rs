@@ -20,7 +20,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::analyze::fix::{Fix, fix_for};
+use crate::model::bandwidth::BandwidthTrace;
 use crate::model::cgroup::{CgroupLimit, CgroupVersion, CpuStatDelta};
+use crate::model::runtime::RuntimeFacts;
 use crate::model::{ThreadTrace, Trace};
 
 /// How [`ThreadThrottling::throttled_share_ns`] is computed.
@@ -45,6 +48,40 @@ pub struct ThreadThrottling {
     /// times this thread's share of all preempted wait, capped at its own
     /// preempted wait; `None` without throttling counters. See [`METHOD`].
     pub throttled_share_ns: Option<u64>,
+    /// Time held off the run queue by throttling (ns), measured by the
+    /// kernel events (`throttle_cfs_rq_work` to `tg_unthrottle_up`); `None`
+    /// where they did not run.
+    pub throttled_ns: Option<u64>,
+    /// Times it was held.
+    pub throttle_holds: Option<u32>,
+}
+
+/// The enforcement periods of the limiting cgroup, from the kernel's
+/// throttle path (nearest-rank percentiles over the throttled periods).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PeriodSummary {
+    /// How the programs were attached ("fentry" or "kprobe").
+    pub attach: String,
+    /// Complete periods seen.
+    pub periods: u64,
+    /// Of which throttled.
+    pub throttled_periods: u64,
+    /// Periods lost before they were read.
+    pub lost_periods: u64,
+    /// When the quota ran out, ms into the period (first throttle of the
+    /// group on any CPU), p50.
+    pub quota_exhausted_at_ms_p50: Option<f64>,
+    /// The same, p90.
+    pub quota_exhausted_at_ms_p90: Option<f64>,
+    /// Wall time throttled per throttled period (first throttle to last
+    /// unthrottle), ms, p50.
+    pub throttled_ms_p50: Option<f64>,
+    /// Throttled time summed over CPUs per throttled period, ms, p50.
+    pub throttled_cpu_ms_p50: Option<f64>,
+    /// CPUs running a task of the group when the quota ran out, p50.
+    pub running_threads_at_exhaustion_p50: Option<u32>,
+    /// Tasks of the group queued (running or runnable) then, p50.
+    pub queued_threads_at_exhaustion_p50: Option<u32>,
 }
 
 /// Throttling of the traced threads under their cgroup's CPU quota.
@@ -101,6 +138,15 @@ pub struct Throttling {
     pub method: String,
     /// One sentence with the numbers and the fix.
     pub finding: String,
+    /// Per-period figures from the kernel events; `None` where they did
+    /// not run (the cpu.stat estimate stands alone).
+    pub periods: Option<PeriodSummary>,
+    /// Threads that are demand: on a CPU or waiting for one for at least
+    /// 5% of the window (a runtime's idle monitor thread is not).
+    pub busy_threads: u32,
+    /// The knob that sizes the program's threads, and its value
+    /// (`recommended_threads`); with a quota only.
+    pub fix: Option<Fix>,
     /// Per selected thread, in trace order (by tid).
     pub threads: Vec<ThreadThrottling>,
 }
@@ -158,6 +204,70 @@ fn mul_div(a: u64, b: u64, c: u64) -> u64 {
     u64::try_from(u128::from(a) * u128::from(b) / u128::from(c)).unwrap_or(u64::MAX)
 }
 
+/// How throttling is measured when the kernel events ran, `attach` being
+/// "fentry" or "kprobe".
+pub fn kernel_method(attach: &str, per_thread: bool) -> String {
+    if attach == "sched_switch" {
+        return "kernel events (sched_switch): a target thread leaving its CPU with \
+                task->throttled set (task-based throttling) starts its hold and, first in a \
+                period, marks the quota running out; the hold ends at the refill \
+                (cfs_bandwidth.period_timer expiry) or its next switch-in"
+            .to_string();
+    }
+    if per_thread {
+        format!(
+            "kernel events ({attach}): periods from sched_cfs_period_timer, throttle_cfs_rq and \
+             unthrottle_cfs_rq; per-thread throttled_ns from throttle_cfs_rq_work to \
+             tg_unthrottle_up"
+        )
+    } else {
+        format!(
+            "kernel events ({attach}) per period; per thread: {METHOD} (no task-based throttling \
+             on this kernel)"
+        )
+    }
+}
+
+/// Nearest-rank percentile `q` (0..=1) of `v` (sorted here).
+fn percentile<T: Copy + Ord>(v: &mut [T], q: f64) -> Option<T> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+/// [`PeriodSummary`] of the recorded periods.
+pub fn summarize_periods(bw: &BandwidthTrace) -> PeriodSummary {
+    let throttled: Vec<_> = bw
+        .periods
+        .iter()
+        .filter(|p| p.exhausted_after_ns.is_some())
+        .collect();
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut at: Vec<u64> = throttled
+        .iter()
+        .filter_map(|p| p.exhausted_after_ns)
+        .collect();
+    let mut wall: Vec<u64> = throttled.iter().map(|p| p.throttled_wall_ns).collect();
+    let mut cpu: Vec<u64> = throttled.iter().map(|p| p.throttled_cpu_ns).collect();
+    let mut running: Vec<u32> = throttled.iter().map(|p| p.running_at_exhaustion).collect();
+    let mut queued: Vec<u32> = throttled.iter().map(|p| p.queued_at_exhaustion).collect();
+    PeriodSummary {
+        attach: bw.attach.clone(),
+        periods: bw.periods.len() as u64,
+        throttled_periods: throttled.len() as u64,
+        lost_periods: bw.lost_periods,
+        quota_exhausted_at_ms_p50: percentile(&mut at, 0.5).map(ms),
+        quota_exhausted_at_ms_p90: percentile(&mut at, 0.9).map(ms),
+        throttled_ms_p50: percentile(&mut wall, 0.5).map(ms),
+        throttled_cpu_ms_p50: percentile(&mut cpu, 0.5).map(ms),
+        running_threads_at_exhaustion_p50: percentile(&mut running, 0.5),
+        queued_threads_at_exhaustion_p50: percentile(&mut queued, 0.5),
+    }
+}
+
 /// Analyzes throttling of `trace`'s selected threads under `limit`, with
 /// the counters of `window` (the delta over the trace window, if read).
 /// A window without a limit is ignored: with no quota nothing throttles.
@@ -166,12 +276,39 @@ pub fn analyze(
     limit: Option<&CgroupLimit>,
     window: Option<&CpuStatDelta>,
 ) -> Throttling {
+    analyze_with(trace, limit, window, None, None)
+}
+
+/// [`analyze`], with the kernel's own throttle events `bw` where they ran:
+/// per-period figures and measured per-thread throttled time.
+pub fn analyze_with(
+    trace: &Trace,
+    limit: Option<&CgroupLimit>,
+    window: Option<&CpuStatDelta>,
+    bw: Option<&BandwidthTrace>,
+    runtime: Option<&RuntimeFacts>,
+) -> Throttling {
+    let bw = limit.and(bw);
+    let held = |tid: u32| {
+        bw.filter(|b| b.per_thread).map(|b| {
+            b.threads
+                .iter()
+                .find(|h| h.tid == tid)
+                .map_or((0, 0), |h| (h.held_ns, h.holds))
+        })
+    };
     let threads: Vec<&ThreadTrace> = trace.selected_threads().collect();
     let wall = wall_ns(trace);
     let cpu: u64 = threads.iter().map(|t| t.cpu_time_ns).sum();
     let preempted: u64 = threads.iter().map(|t| t.preempted_wait_ns).sum();
     let ran = threads.iter().filter(|t| t.cpu_time_ns > 0).count() as u32;
     let runnable_p50 = runnable_threads_p50(&threads, trace.intervals.len(), ran);
+    let busy = threads
+        .iter()
+        .filter(|t| {
+            t.cpu_time_ns > 0 && t.cpu_time_ns.saturating_add(t.preempted_wait_ns) * 20 >= wall
+        })
+        .count() as u32;
     let demand = ratio(cpu.saturating_add(preempted), wall);
 
     let window = limit.and(window);
@@ -190,6 +327,8 @@ pub fn analyze(
                     mul_div(th, t.preempted_wait_ns, preempted).min(t.preempted_wait_ns)
                 }
             }),
+            throttled_ns: held(t.tid).map(|h| h.0),
+            throttle_holds: held(t.tid).map(|h| h.1),
         })
         .collect();
 
@@ -217,8 +356,14 @@ pub fn analyze(
         runnable_threads_p50: runnable_p50,
         recommended_threads: None,
         raise_limit_to_cores: None,
-        method: METHOD.to_string(),
+        method: match bw {
+            Some(b) => kernel_method(&b.attach, b.per_thread),
+            None => METHOD.to_string(),
+        },
         finding: NO_LIMIT.to_string(),
+        periods: bw.map(summarize_periods),
+        busy_threads: busy,
+        fix: None,
         threads: per_thread,
     };
     let Some(limit) = limit else {
@@ -232,10 +377,22 @@ pub fn analyze(
     let above_quota = u32::try_from(q.quota_us / q.period_us.max(1))
         .unwrap_or(u32::MAX)
         .saturating_add(1);
-    let raise = (demand.ceil() as u32).min(ran).max(1).max(above_quota);
+    // Idle threads (a runtime's monitor) are not demand: the cap is the
+    // busy threads where some are busy. Never more than the node has.
+    let cap = if busy > 0 { busy } else { ran };
+    let mut raise = (demand.ceil() as u32).min(cap).max(1).max(above_quota);
+    if trace.nr_cpus > 0 {
+        raise = raise.min(trace.nr_cpus);
+    }
     out.recommended_threads = Some(fit);
     out.raise_limit_to_cores = Some(raise);
-    out.finding = finding(&out, trace, fit, raise);
+    let main_comm = main_comm(trace);
+    out.fix = Some(fix_for(runtime, &main_comm, fit));
+    let how = match runtime {
+        Some(_) => out.fix.as_ref().map(|f| format!("e.g. {}", f.how)),
+        None => None,
+    };
+    out.finding = finding(&out, trace, fit, raise, how);
     out
 }
 
@@ -255,13 +412,18 @@ fn plural(n: u32) -> &'static str {
 
 /// How to set the thread count of the traced program, judged by the name
 /// of its main thread.
-fn knob(trace: &Trace, n: u32) -> String {
-    let main = trace
+fn main_comm(trace: &Trace) -> String {
+    trace
         .threads
         .iter()
         .find(|t| t.tid == t.tgid)
-        .or_else(|| trace.selected_threads().next());
-    match main.map(|t| t.comm.as_str()).unwrap_or_default() {
+        .or_else(|| trace.selected_threads().next())
+        .map(|t| t.comm.clone())
+        .unwrap_or_default()
+}
+
+fn knob(trace: &Trace, n: u32) -> String {
+    match main_comm(trace).as_str() {
         "ffmpeg" | "ffprobe" => format!("e.g. ffmpeg -threads {n}"),
         "java" => format!("e.g. java -XX:ActiveProcessorCount={n}"),
         "x264" | "x265" => format!("e.g. --threads {n}"),
@@ -270,7 +432,7 @@ fn knob(trace: &Trace, n: u32) -> String {
     }
 }
 
-fn finding(t: &Throttling, trace: &Trace, fit: u32, raise: u32) -> String {
+fn finding(t: &Throttling, trace: &Trace, fit: u32, raise: u32, how: Option<String>) -> String {
     let qc = t.quota_cores.unwrap_or(0.0);
     let quota = format!("quota {} {}", cores(qc), cpus(qc));
     let ran = format!(
@@ -282,7 +444,7 @@ fn finding(t: &Throttling, trace: &Trace, fit: u32, raise: u32) -> String {
         format!(
             "run it with {fit} thread{} ({}) or raise the limit to {raise} CPU{}",
             plural(fit),
-            knob(trace, fit),
+            how.unwrap_or_else(|| knob(trace, fit)),
             plural(raise)
         )
     } else {

@@ -94,10 +94,12 @@ pub fn trace(args: &TraceArgs) -> i32 {
     let analysis = analyze(&outcome, &thresholds);
     let mut report = Report::new(&outcome.trace, &args.command, outcome.exit_status)
         .with_analysis(&outcome.topology, &analysis)
-        .with_throttling(crate::analyze::throttle::analyze(
+        .with_throttling(crate::analyze::throttle::analyze_with(
             &outcome.trace,
             outcome.cgroup_limit.as_ref(),
             outcome.cgroup_window.as_ref(),
+            outcome.bandwidth.as_ref(),
+            outcome.runtime.as_ref(),
         ));
     report.timeline = timeline;
     let mut code = outcome.exit_status.unwrap_or(0);

@@ -24,7 +24,8 @@ use std::{
 };
 
 use affinity_common::{
-    CpuPair, FLAG_EXITING, FLAG_SEEDED, Neighbour, RUNNABLE_WAKEUP, ThreadCpuKey, ThreadStats,
+    CpuPair, FLAG_EXITING, FLAG_HELD_PENDING, FLAG_SEEDED, Neighbour, RUNNABLE_WAKEUP,
+    ThreadCpuKey, ThreadStats,
 };
 
 use crate::{
@@ -316,6 +317,7 @@ impl Collector {
         set_runq(&mut t.runq, st);
         t.preempted_wait_ns = st.preempted_wait_ns;
         set_wait_split(t, st, now);
+        t.held_pending = st.flags & FLAG_HELD_PENDING != 0;
         let migs = t.migrations.total();
         let switches = t.voluntary_switches.saturating_add(t.involuntary_switches);
         let runnable = t.preempted_wait_ns.saturating_add(t.runq.total_ns);

@@ -6,6 +6,7 @@
 //! watched alongside ([`quota`]). A live view plugs in as an
 //! [`observer::Observer`].
 
+pub mod bandwidth;
 pub mod collector;
 pub mod observer;
 pub mod quota;

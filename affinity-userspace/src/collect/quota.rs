@@ -5,8 +5,11 @@
 //! the window's delta is computed once, from the last read.
 
 use crate::{
+    collect::bandwidth::BandwidthCollector,
     host::Root,
     host::cgroup::{self, CgroupLimit, CpuStat, CpuStatDelta},
+    kernel::probe::Probe,
+    model::{bandwidth::BandwidthTrace, runtime::RuntimeFacts},
     report::timeline::ThrottledSpan,
 };
 
@@ -20,6 +23,10 @@ pub struct QuotaWatch {
     mono_prev: u64,
     /// From `before` to the last read.
     window: Option<CpuStatDelta>,
+    /// The quota's own events (kernel's throttle path), when they attached.
+    events: Option<BandwidthCollector>,
+    /// What sizes the target's threads, read once it runs its own image.
+    runtime: Option<RuntimeFacts>,
 }
 
 impl QuotaWatch {
@@ -40,7 +47,40 @@ impl QuotaWatch {
             before,
             mono_prev: mono_now,
             window: None,
+            events: None,
+            runtime: None,
         })
+    }
+
+    /// Attaches the bandwidth programs for this quota's cgroup (the
+    /// cpu.stat estimate stays when they cannot attach).
+    pub fn with_events(mut self, probe: &mut Probe) -> Self {
+        self.events = BandwidthCollector::start(probe, Some(&self.limit));
+        self
+    }
+
+    /// An interval's read of the kernel events, and of the first target's
+    /// runtime until it is known.
+    pub fn read_events(&mut self, probe: &Probe, tgids: &[u32]) {
+        if let Some(b) = self.events.as_mut() {
+            b.sample(probe);
+        }
+        if self.runtime.is_none() {
+            self.runtime = tgids.first().and_then(|&p| crate::host::runtime::read(p));
+        }
+    }
+
+    /// The last read of the kernel events, before the programs detach:
+    /// the watch, the events' trace and the runtime.
+    pub fn finish_events(
+        mut self,
+        probe: &Probe,
+        now_ns: u64,
+        tgids: &[u32],
+    ) -> (Self, Option<BandwidthTrace>, Option<RuntimeFacts>) {
+        let b = self.events.take().map(|b| b.finish(probe, now_ns, tgids));
+        let r = self.runtime.take();
+        (self, b, r)
     }
 
     /// The quota.

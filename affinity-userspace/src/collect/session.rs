@@ -119,6 +119,11 @@ pub struct Outcome {
     pub cgroup_limit: Option<CgroupLimit>,
     /// Its cpu.stat over the window.
     pub cgroup_window: Option<CpuStatDelta>,
+    /// The quota's periods and per-thread held time from the kernel's
+    /// throttle path, when its programs attached.
+    pub bandwidth: Option<crate::model::bandwidth::BandwidthTrace>,
+    /// What sizes the target's threads (with a quota only).
+    pub runtime: Option<crate::model::runtime::RuntimeFacts>,
     /// Start time of each target when the trace began: an apply later
     /// checks it to catch a recycled pid.
     pub start_times: std::collections::BTreeMap<u32, u64>,
@@ -269,7 +274,8 @@ fn run_launch(
     let quota = run
         .tgids
         .first()
-        .and_then(|&p| QuotaWatch::start(root, p, monotonic_ns()));
+        .and_then(|&p| QuotaWatch::start(root, p, monotonic_ns()))
+        .map(|q| q.with_events(&mut run.probe));
     let timeline = run.timeline.take().map(|mut tl| {
         tl.quota = quota.as_ref().map(QuotaWatch::describe);
         tl
@@ -315,6 +321,13 @@ fn run_launch(
             .filter(|&p| !procs::alive(root, p))
             .collect()
     };
+    let (quota, bandwidth, runtime) = match quota {
+        Some(q) => {
+            let (q, b, r) = q.finish_events(&run.probe, window_end, &run.tgids);
+            (Some(q), b, r)
+        }
+        None => (None, None, None),
+    };
     run.probe.drain_log();
     let cgroups = contention::neighbour_cgroups(&collector.neighbour_cgroups());
     let mut trace = collector.finish(WindowEnd {
@@ -330,6 +343,9 @@ fn run_launch(
         if let Some(path) = cgroups.get(&n.tgid) {
             n.cgroup = path.clone();
         }
+    }
+    if let Some(b) = &bandwidth {
+        crate::model::bandwidth::join_wait_split(&mut trace.threads, &b.threads);
     }
     drop(src);
     drop(run.probe); // detach before reporting
@@ -351,6 +367,8 @@ fn run_launch(
         facts,
         cgroup_limit,
         cgroup_window,
+        bandwidth,
+        runtime,
         start_times,
         timeline,
     })
@@ -389,6 +407,7 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
         log_to_stderr: args.verbose,
         follow: follows(args),
         join_cgroup: args.cgroup.as_deref().map_or(0, procs::dir_inode),
+        bandwidth: quota_binds(root, &launch),
         cgroup_set: false,
     };
     let mut probe = Probe::load(&cfg, &topology)?;
@@ -422,6 +441,20 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
         tids,
         timeline,
     })
+}
+
+/// Whether a CPU quota is in force on the first target's cgroup path (a
+/// command runs in ours): the bandwidth programs' sched_switch path is
+/// loaded only then.
+fn quota_binds(root: &Root, launch: &Launch) -> bool {
+    let pid = match launch {
+        Launch::Command(_) => std::process::id(),
+        Launch::Running(t) => match t.tgids.first() {
+            Some(&p) => p,
+            None => return false,
+        },
+    };
+    crate::host::cgroup::resolve(root, pid).is_ok_and(|cg| cg.limit().is_some())
 }
 
 /// Traces `tgid` from now on, with its threads seeded from /proc.

@@ -302,6 +302,9 @@ impl<'a, 'o> Window<'a, 'o> {
         self.drain_timeline();
         let mono = monotonic_ns();
         let span = self.quota.as_mut().and_then(|q| q.read(mono));
+        if let Some(q) = self.quota.as_mut() {
+            q.read_events(self.probe, self.tgids);
+        }
         if let (Some(tl), Some(span)) = (self.timeline.as_mut(), span) {
             tl.throttled.push(span);
         }

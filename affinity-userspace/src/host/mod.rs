@@ -13,6 +13,7 @@ pub mod preflight;
 pub mod procs;
 pub mod quotas;
 pub mod root;
+pub mod runtime;
 pub mod topology;
 
 pub use root::Root;

@@ -4,6 +4,7 @@
 //! ([`probe`]), and the programs' log of rare conditions ([`log`]). The only
 //! code that calls `bpf()`.
 
+pub mod bandwidth;
 pub mod btf;
 pub mod log;
 pub mod probe;

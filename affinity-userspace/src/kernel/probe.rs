@@ -84,6 +84,10 @@ pub struct ProbeConfig {
     /// Bytes of the timeline ring buffer (a power of two, at least a page),
     /// `None` without a timeline.
     pub timeline_bytes: Option<u32>,
+    /// A CPU quota binds the targets: load the sched_switch path of the
+    /// CFS bandwidth programs (it costs the verifier ~3 s here, so only
+    /// when it can be of use).
+    pub bandwidth: bool,
     /// Print the programs' log records on stderr (`--verbose`); they are
     /// counted either way.
     pub log_to_stderr: bool,
@@ -307,6 +311,8 @@ pub struct Probe {
     ebpf: Ebpf,
     mode: AttachMode,
     max_threads: u32,
+    /// Loaded with the sched_switch path of the bandwidth programs.
+    bandwidth_ready: bool,
 }
 
 impl Probe {
@@ -348,6 +354,12 @@ impl Probe {
             .saturating_mul((nr_possible as u32).clamp(1, 16))
             .min(1 << 22);
         let kernel_btf = attach_btf(ids)?;
+        // The sched_switch path of the bandwidth programs (kernel/bandwidth.rs).
+        let throttled_off = if cfg.bandwidth {
+            crate::kernel::bandwidth::throttled_offset()
+        } else {
+            0
+        };
         let page = procfs::page_size() as u32;
         let timeline_on = u32::from(cfg.timeline_bytes.is_some());
         let timeline_bytes = cfg.timeline_bytes.unwrap_or(page).max(page);
@@ -357,6 +369,7 @@ impl Probe {
         let mut ebpf = loader(&kernel_btf)
             .override_global("OFFSETS", &cfg.offsets, true)
             .override_global("TIMELINE_ON", &timeline_on, true)
+            .override_global("THROTTLED_OFF", &throttled_off, true)
             .override_global("TIMELINE_WAKE_BYTES", &wake_bytes, true)
             .override_global("FOLLOW", &u32::from(cfg.follow), true)
             .override_global("JOIN_CGROUP", &cfg.join_cgroup, true)
@@ -372,6 +385,8 @@ impl Probe {
             .map_max_entries("CURRENT", nr_possible as u32)
             .map_max_entries("WAITQ", nr_possible as u32)
             .map_max_entries("DROPS", DROP_KINDS)
+            .map_max_entries("BW_CPU", nr_possible as u32)
+            .map_max_entries("BW_THREADS", max_threads)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
 
@@ -437,6 +452,7 @@ impl Probe {
             ebpf,
             mode,
             max_threads,
+            bandwidth_ready: throttled_off != 0,
         })
     }
 
@@ -706,6 +722,30 @@ impl Probe {
     /// Names of the attached programs (for diagnostics).
     pub fn program_names(&self) -> Vec<String> {
         self.ebpf.programs().map(|(n, _)| n.to_string()).collect()
+    }
+
+    // ---- CFS bandwidth (kernel/bandwidth.rs) ----
+
+    /// Attaches the CFS bandwidth programs for the cgroup with kernfs id
+    /// `cgroup_id` (its directory's inode number): the kind attached, and
+    /// whether per-thread held time is measured.
+    pub fn attach_bandwidth(
+        &mut self,
+        cgroup_id: u64,
+    ) -> Result<(crate::kernel::bandwidth::BwAttach, bool), ProbeError> {
+        let nr = aya::util::nr_cpus().map_or(1, |n| n as u32);
+        let ready = self.bandwidth_ready;
+        crate::kernel::bandwidth::attach(&mut self.ebpf, cgroup_id, nr, ready)
+    }
+
+    /// Periods completed since `*last` (see [`crate::kernel::bandwidth::read_periods`]).
+    pub fn bandwidth_periods(&self, last: &mut u64) -> crate::kernel::bandwidth::BwRead {
+        crate::kernel::bandwidth::read_periods(&self.ebpf, last)
+    }
+
+    /// Per-thread held time, open holds counted to `now_ns` (CLOCK_MONOTONIC).
+    pub fn bandwidth_threads(&self, now_ns: u64) -> crate::kernel::bandwidth::BwThreads {
+        crate::kernel::bandwidth::read_threads(&self.ebpf, now_ns)
     }
 
     /// Stops tracing `tgid` (the agent, for a process that left its

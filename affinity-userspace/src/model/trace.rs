@@ -172,6 +172,16 @@ pub struct ThreadTrace {
     /// 0 in traces recorded before the wait split.
     #[serde(default)]
     pub lifetime_ns: u64,
+    /// Held by CFS bandwidth throttling (ns), from the kernel's events: off
+    /// the run queue until the refill, so not in `runnable_ns`. 0 without
+    /// a quota or without the events.
+    #[serde(default)]
+    pub throttled_ns: u64,
+    /// The thread's last hold is not in `runnable_ns` yet (the kernel adds
+    /// that wait to `run_delay` at its next switch-out): the join in
+    /// `model::bandwidth` takes it out only once it is.
+    #[serde(skip)]
+    pub held_pending: bool,
     /// On-CPU ns in each interval of the window (index = interval number;
     /// intervals before the thread appeared are 0).
     pub cpu_ns_per_interval: Vec<u64>,
@@ -340,6 +350,7 @@ impl Trace {
             t.runnable_ns = t.runnable_ns.saturating_add(th.runnable_ns);
             t.sleep_ns = t.sleep_ns.saturating_add(th.sleep_ns);
             t.lifetime_ns = t.lifetime_ns.saturating_add(th.lifetime_ns);
+            t.throttled_ns = t.throttled_ns.saturating_add(th.throttled_ns);
             for (cpu, ns) in &th.per_cpu_ns {
                 let sum = t.per_cpu_ns.entry(*cpu).or_default();
                 *sum = sum.saturating_add(*ns);
@@ -375,6 +386,8 @@ pub struct Totals {
     pub sleep_ns: u64,
     /// Traced lifetime ns (summed over threads).
     pub lifetime_ns: u64,
+    /// Held by throttling ns.
+    pub throttled_ns: u64,
 }
 
 #[cfg(test)]

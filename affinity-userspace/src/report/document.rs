@@ -88,20 +88,24 @@ pub struct WaitSplitJson {
     pub runnable_ns: u64,
     /// Voluntarily off the CPU: sleep, I/O, locks (ns).
     pub sleeping_ns: u64,
-    /// Traced lifetime in the window (ns); the three parts sum to it.
+    /// Held by CFS bandwidth throttling until the quota's refill, measured
+    /// from the kernel's events (ns; 0 without them). Not in `runnable_ns`.
+    pub throttled_ns: u64,
+    /// Traced lifetime in the window (ns); the four parts sum to it.
     pub lifetime_ns: u64,
-    /// CPU demand: running + runnable (ns).
+    /// CPU demand: running + runnable + throttled (ns).
     pub cpu_demand_ns: u64,
 }
 
 impl WaitSplitJson {
-    fn new(running: u64, runnable: u64, sleeping: u64, lifetime: u64) -> Self {
+    fn new(running: u64, runnable: u64, throttled: u64, sleeping: u64, lifetime: u64) -> Self {
         Self {
             running_ns: running,
             runnable_ns: runnable,
             sleeping_ns: sleeping,
+            throttled_ns: throttled,
             lifetime_ns: lifetime,
-            cpu_demand_ns: running.saturating_add(runnable),
+            cpu_demand_ns: running.saturating_add(runnable).saturating_add(throttled),
         }
     }
 }
@@ -286,7 +290,13 @@ fn thread_json(t: &ThreadTrace, wall_ns: u64) -> ThreadJson {
         runq_latency_ns: (&t.runq).into(),
         preempted_wait_ns: t.preempted_wait_ns,
         exited: t.exited,
-        wait_split: WaitSplitJson::new(t.cpu_time_ns, t.runnable_ns, t.sleep_ns, t.lifetime_ns),
+        wait_split: WaitSplitJson::new(
+            t.cpu_time_ns,
+            t.runnable_ns,
+            t.throttled_ns,
+            t.sleep_ns,
+            t.lifetime_ns,
+        ),
     }
 }
 
@@ -326,6 +336,7 @@ impl Report {
                 wait_split: WaitSplitJson::new(
                     tot.cpu_time_ns,
                     tot.runnable_ns,
+                    tot.throttled_ns,
                     tot.sleep_ns,
                     tot.lifetime_ns,
                 ),
@@ -341,7 +352,10 @@ impl Report {
                     if span == 0 {
                         0.0
                     } else {
-                        tot.cpu_time_ns.saturating_add(tot.runnable_ns) as f64 / span as f64
+                        (tot.cpu_time_ns)
+                            .saturating_add(tot.runnable_ns)
+                            .saturating_add(tot.throttled_ns) as f64
+                            / span as f64
                     }
                 },
             },
@@ -554,7 +568,8 @@ impl Report {
                 .unwrap_or_default()
         );
         for line in &r.rationale {
-            let _ = writeln!(s, "  - {line}");
+            // A rationale may name a neighbour process: escaped.
+            let _ = writeln!(s, "  - {}", crate::report::escape::text(line));
         }
     }
 
@@ -658,9 +673,18 @@ impl Report {
             return String::new();
         }
         let share = |ns: u64| ns as f64 * 100.0 / w.lifetime_ns as f64;
+        let throttled = if w.throttled_ns == 0 {
+            String::new()
+        } else {
+            format!(
+                ", throttled {:.2} s ({:.0}%)",
+                w.throttled_ns as f64 / 1e9,
+                share(w.throttled_ns)
+            )
+        };
         format!(
-            "wait split: running {:.2} s ({:.0}%), runnable {:.2} s ({:.0}%), sleeping {:.2} s \
-             ({:.0}%) of {:.2} s thread lifetime; CPU demand {:.2} CPUs, usage {:.2}\n",
+            "wait split: running {:.2} s ({:.0}%), runnable {:.2} s ({:.0}%){throttled}, sleeping \
+             {:.2} s ({:.0}%) of {:.2} s thread lifetime; CPU demand {:.2} CPUs, usage {:.2}\n",
             w.running_ns as f64 / 1e9,
             share(w.running_ns),
             w.runnable_ns as f64 / 1e9,
@@ -681,15 +705,20 @@ impl Report {
         };
         let mut s = String::new();
         if let Some(f) = &c.finding {
-            let _ = writeln!(s, "contention: {f}");
+            // Thread names and cgroup paths are the traced side's: escaped.
+            let _ = writeln!(s, "contention: {}", crate::report::escape::text(f));
             for n in &c.neighbours {
                 let _ = writeln!(
                     s,
                     "  {:>5.1}%  pid {:<7} {:<16} {}",
                     n.wait_share * 100.0,
                     n.tgid,
-                    truncate(&n.comm, 16),
-                    if n.cgroup.is_empty() { "-" } else { &n.cgroup }
+                    crate::report::escape::text(&truncate(&n.comm, 16)),
+                    if n.cgroup.is_empty() {
+                        "-".into()
+                    } else {
+                        crate::report::escape::text(&n.cgroup)
+                    }
                 );
             }
         }

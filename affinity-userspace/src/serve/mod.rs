@@ -134,6 +134,8 @@ fn run_inner(args: &ServeArgs) -> Result<(), ServeError> {
             follow: false,
             join_cgroup: 0,
             cgroup_set: true,
+            // The agent reads no quota's kernel events.
+            bandwidth: false,
         };
         let probe = Probe::load(&cfg, &topology).map_err(|e| ServeError::Load(e.to_string()))?;
         let targets = targets::Targets::new(

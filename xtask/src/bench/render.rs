@@ -219,8 +219,14 @@ fn bpf(r: &Results) -> Value {
     };
     let floor_ratios = vec![
         ("btf_sched_switch in (d)", ratio(switch_ns, 2.0)),
-        ("all programs per sched_switch event in (d)", ratio(per_switch(r, Cfg::D), 3.0)),
-        ("btf_sched_switch on the filter path (c)", ratio(filter_ns, 1.3)),
+        (
+            "all programs per sched_switch event in (d)",
+            ratio(per_switch(r, Cfg::D), 3.0),
+        ),
+        (
+            "btf_sched_switch on the filter path (c)",
+            ratio(filter_ns, 1.3),
+        ),
     ];
     context! {
         floor_ratios,

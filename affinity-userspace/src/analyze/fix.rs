@@ -1,0 +1,243 @@
+//! The fix that fits the program: which knob sizes its threads and to what
+//! value, from the [`RuntimeFacts`] `host::runtime` read. Pure.
+//!
+//! Runtimes that size their pools from the host's CPU count rather than
+//! the cgroup quota: Go before 1.25 (GOMAXPROCS; 1.25+ reads the quota,
+//! rounding it up), the JVM (`-XX:ActiveProcessorCount`; JDK 10+ reads the
+//! quota), ffmpeg and its libx264/x265 (`-threads`), OpenMP and BLAS,
+//! .NET, libuv, rayon and tokio, and multi-process programs such as
+//! stress-ng (their own worker count).
+
+use serde::Serialize;
+
+use crate::model::runtime::RuntimeFacts;
+
+/// How to run the program with `value` threads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fix {
+    /// What the program is ("go1.19.8", "ffmpeg", "jvm", "openmp", ...;
+    /// "unknown" when nothing matched).
+    pub runtime: String,
+    /// The knob: an environment variable, an option, or "threads".
+    pub knob: String,
+    /// The thread (or worker) count to set.
+    pub value: u32,
+    /// How to set it, one line ("GOMAXPROCS=1 ./prog").
+    pub how: String,
+}
+
+/// Go minor version from "go1.19.8" (None if unparsable).
+fn go_minor(v: &str) -> Option<u32> {
+    let rest = v.strip_prefix("go1.")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn has_lib(f: &RuntimeFacts, prefix: &str) -> bool {
+    f.libs.iter().any(|l| l.starts_with(prefix))
+}
+
+fn env_fix(runtime: &str, var: &str, n: u32, f: &RuntimeFacts) -> Fix {
+    Fix {
+        runtime: runtime.into(),
+        knob: var.into(),
+        value: n,
+        how: format!("{var}={n} {}", f.exe),
+    }
+}
+
+/// The worker-count option of a multi-process program such as stress-ng:
+/// the first `--name N` pair of its arguments ("--cpu 4").
+fn worker_option(args: &[String]) -> Option<&str> {
+    args.windows(2)
+        .find(|w| w[0].starts_with("--") && w[1].parse::<u32>().is_ok())
+        .map(|w| w[0].as_str())
+}
+
+/// The fix for `facts` (or, without them, the main thread's name `comm`)
+/// running `n` threads.
+pub fn fix_for(facts: Option<&RuntimeFacts>, comm: &str, n: u32) -> Fix {
+    let unknown = |name: &str| Fix {
+        runtime: "unknown".into(),
+        knob: "threads".into(),
+        value: n,
+        how: format!(
+            "run {} with {n} thread{}",
+            if name.is_empty() { "it" } else { name },
+            if n == 1 { "" } else { "s" }
+        ),
+    };
+    let Some(f) = facts else {
+        return unknown(comm);
+    };
+    if let Some(v) = &f.go_version {
+        let follows = go_minor(v).is_some_and(|m| m >= 25);
+        let how = if follows {
+            format!(
+                "GOMAXPROCS={n} {} ({v} sizes GOMAXPROCS from the quota, rounded up; set it to \
+                 the whole CPUs the quota grants)",
+                f.exe
+            )
+        } else {
+            format!(
+                "GOMAXPROCS={n} {} ({v} sizes GOMAXPROCS from the host's CPUs, not the quota)",
+                f.exe
+            )
+        };
+        return Fix {
+            runtime: v.clone(),
+            knob: "GOMAXPROCS".into(),
+            value: n,
+            how,
+        };
+    }
+    if has_lib(f, "libjvm") || f.exe == "java" {
+        return Fix {
+            runtime: "jvm".into(),
+            knob: "-XX:ActiveProcessorCount".into(),
+            value: n,
+            how: format!("java -XX:ActiveProcessorCount={n} ..."),
+        };
+    }
+    if f.exe == "ffmpeg" || f.exe == "ffprobe" {
+        return Fix {
+            runtime: if has_lib(f, "libx265") {
+                "ffmpeg (libx265)".into()
+            } else if has_lib(f, "libx264") {
+                "ffmpeg (libx264)".into()
+            } else {
+                "ffmpeg".into()
+            },
+            knob: "-threads".into(),
+            value: n,
+            how: format!("ffmpeg -threads {n} ... (as an output option, before the output file)"),
+        };
+    }
+    if f.exe == "x264" || f.exe == "x265" {
+        return Fix {
+            runtime: f.exe.clone(),
+            knob: "--threads".into(),
+            value: n,
+            how: format!("{} --threads {n} ...", f.exe),
+        };
+    }
+    if f.exe == "stress-ng" || f.same_exe_children > 0 {
+        let opt = worker_option(&f.args).unwrap_or("--<stressor>");
+        let runtime = if f.exe == "stress-ng" {
+            "stress-ng (processes)".to_string()
+        } else {
+            format!("{} (processes)", f.exe)
+        };
+        let how = if f.exe == "stress-ng" {
+            format!("stress-ng {opt} {n} ... (one worker process per CPU of the quota)")
+        } else {
+            format!(
+                "run {n} worker process{} of {}",
+                if n == 1 { "" } else { "es" },
+                f.exe
+            )
+        };
+        return Fix {
+            runtime,
+            knob: if f.exe == "stress-ng" {
+                opt.to_string()
+            } else {
+                "processes".into()
+            },
+            value: n,
+            how,
+        };
+    }
+    if f.exe == "make" {
+        return Fix {
+            runtime: "make".into(),
+            knob: "-j".into(),
+            value: n,
+            how: format!("make -j{n}"),
+        };
+    }
+    if has_lib(f, "libcoreclr") || f.exe == "dotnet" {
+        return env_fix("dotnet", "DOTNET_PROCESSOR_COUNT", n, f);
+    }
+    if has_lib(f, "libmkl") {
+        return env_fix("mkl", "MKL_NUM_THREADS", n, f);
+    }
+    if has_lib(f, "libopenblas") {
+        return env_fix("openblas", "OPENBLAS_NUM_THREADS", n, f);
+    }
+    if has_lib(f, "libgomp") || has_lib(f, "libomp") || has_lib(f, "libiomp") {
+        return env_fix("openmp", "OMP_NUM_THREADS", n, f);
+    }
+    if has_lib(f, "libuv") || f.exe == "node" {
+        return env_fix("libuv", "UV_THREADPOOL_SIZE", n, f);
+    }
+    if f.thread_names
+        .iter()
+        .any(|t| t.starts_with("tokio-runtime"))
+    {
+        return env_fix("tokio", "TOKIO_WORKER_THREADS", n, f);
+    }
+    if f.thread_names.iter().any(|t| t.starts_with("rayon")) {
+        return env_fix("rayon", "RAYON_NUM_THREADS", n, f);
+    }
+    unknown(&f.exe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(exe: &str) -> RuntimeFacts {
+        RuntimeFacts {
+            exe: exe.into(),
+            args: vec![exe.into()],
+            ..RuntimeFacts::default()
+        }
+    }
+
+    #[test]
+    fn go_names_gomaxprocs_and_whether_the_version_follows_the_quota() {
+        let mut f = facts("server");
+        f.go_version = Some("go1.19.8".into());
+        let x = fix_for(Some(&f), "server", 1);
+        assert_eq!((x.knob.as_str(), x.value), ("GOMAXPROCS", 1));
+        assert!(x.how.starts_with("GOMAXPROCS=1 server"), "{}", x.how);
+        assert!(x.how.contains("not the quota"), "{}", x.how);
+        f.go_version = Some("go1.25.1".into());
+        assert!(
+            fix_for(Some(&f), "server", 2)
+                .how
+                .contains("from the quota")
+        );
+    }
+
+    #[test]
+    fn ffmpeg_stress_ng_openmp_and_unknown() {
+        let mut f = facts("ffmpeg");
+        f.libs = vec!["libx264.so.164".into()];
+        let x = fix_for(Some(&f), "ffmpeg", 1);
+        assert_eq!(x.knob, "-threads");
+        assert_eq!(x.runtime, "ffmpeg (libx264)");
+        let mut s = facts("stress-ng");
+        s.args = ["stress-ng", "--cpu", "4", "--timeout", "5"]
+            .map(String::from)
+            .to_vec();
+        let x = fix_for(Some(&s), "stress-ng", 1);
+        assert_eq!(x.knob, "--cpu");
+        assert!(x.how.starts_with("stress-ng --cpu 1"), "{}", x.how);
+        let mut o = facts("solver");
+        o.libs = vec!["libgomp.so.1".into()];
+        assert_eq!(
+            fix_for(Some(&o), "solver", 2).how,
+            "OMP_NUM_THREADS=2 solver"
+        );
+        let u = fix_for(Some(&facts("spin")), "spin", 1);
+        assert_eq!(
+            (u.runtime.as_str(), u.how.as_str()),
+            ("unknown", "run spin with 1 thread")
+        );
+        assert_eq!(fix_for(None, "", 3).how, "run it with 3 threads");
+    }
+}

@@ -1,0 +1,145 @@
+//! CFS bandwidth from the kernel's own throttle events (issue 14), against
+//! truth by construction on this 2-CPU machine: k >= 2 spinners in a quota
+//! of q < 2 CPUs run the quota out q*P/2 into each period (two CPUs spend
+//! q*P in q*P/2), and each is then held until the period ends, (1 - q/2)
+//! of its life; one spinner in q < 1 runs q*P and is held (1 - q). The
+//! tolerance on the exhaustion time is 10% or one 5 ms local slice
+//! (sched_cfs_bandwidth_slice_us), whichever is larger: each CPU takes
+//! runtime in slices, so CPUs run out up to a slice apart.
+//! Each test makes its own cgroup; `TestCgroup` removes it on every path.
+//! Root only; one at a time (`cargo xtask test --root bandwidth`).
+
+use affinity_tests::cgroup::TestCgroup;
+use affinity_tests::*;
+
+const PERIOD_US: u64 = 100_000;
+const SPIN_MS: u64 = 4_000;
+
+/// Runs `k` spinners for SPIN_MS in a fresh cgroup with `quota_us` per
+/// PERIOD_US, traced by pid; returns the report.
+fn spinners_in_quota(name: &str, k: u32, quota_us: u64) -> serde_json::Value {
+    let name = format!("{name}-{}", std::process::id());
+    let cg = TestCgroup::create_v1_cpu(&name, quota_us, PERIOD_US).expect("create test cgroup");
+    // The construction assumes the CPUs are free; other work on the machine
+    // (builds) would make the quota run out later than q*P/2.
+    cg.favour().expect("favour test cgroup");
+    let mut w = Gated::start(&["spinners", &k.to_string(), &SPIN_MS.to_string()]);
+    cg.add(w.pid()).expect("add to cgroup");
+    let pid = w.pid().to_string();
+    let tracer = Tracer::start(&["--pid", &pid, "--duration", "60", "--interval", "0.5"]);
+    w.go();
+    w.finish();
+    let (code, json) = tracer.finish();
+    assert_eq!(code, 0);
+    wait_split_adds_up(&json);
+    json
+}
+
+/// Item 2: each spinner's running + runnable + throttled + sleeping is its
+/// lifetime within 1%, and the split's throttled time is the measured one.
+fn wait_split_adds_up(json: &serde_json::Value) {
+    let held: std::collections::BTreeMap<u64, u64> = json["throttling"]["threads"]
+        .as_array()
+        .expect("throttling.threads")
+        .iter()
+        .map(|t| (u(&t["tid"]), u(&t["throttled_ns"])))
+        .collect();
+    let spinners = json["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .filter(|t| t["comm"].as_str().unwrap_or("").starts_with("spinner-"));
+    for t in spinners {
+        let w = &t["wait_split"];
+        let sum = u(&w["running_ns"])
+            + u(&w["runnable_ns"])
+            + u(&w["throttled_ns"])
+            + u(&w["sleeping_ns"]);
+        let life = u(&w["lifetime_ns"]) as f64;
+        assert!(
+            (sum as f64 - life).abs() <= 0.01 * life,
+            "split {sum} vs lifetime {life}: {w:#}"
+        );
+        assert_eq!(
+            Some(&u(&w["throttled_ns"])),
+            held.get(&u(&t["tid"])),
+            "{w:#}"
+        );
+    }
+}
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Each spinner's measured throttled time as a share of its life.
+fn held_shares(t: &serde_json::Value) -> Vec<f64> {
+    t["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .filter(|x| x["comm"].as_str().unwrap_or("").starts_with("spinner-"))
+        .map(|x| u(&x["throttled_ns"]) as f64 / (SPIN_MS as f64 * 1e6))
+        .collect()
+}
+
+fn exhausted_within(t: &serde_json::Value, expect_ms: f64) {
+    let p = &t["periods"];
+    let at = f(&p["quota_exhausted_at_ms_p50"]);
+    let tol = (expect_ms * 0.10).max(5.0);
+    assert!(
+        (at - expect_ms).abs() <= tol,
+        "quota ran out at {at:.1} ms (p50), expected {expect_ms:.1} +- {tol:.1}: {p:#}"
+    );
+}
+
+#[test]
+fn three_spinners_in_one_cpu_run_out_at_half_period_and_are_held_half() {
+    require_root();
+    let (k, q) = (3, 1.0);
+    let t = spinners_in_quota("affin-bw3", k, (q * PERIOD_US as f64) as u64)["throttling"].clone();
+    let method = t["method"].as_str().unwrap();
+    assert!(method.starts_with("kernel events ("), "{method}");
+    let p = &t["periods"];
+    assert!(u(&p["throttled_periods"]) >= 30, "{p:#}");
+    exhausted_within(&t, q * PERIOD_US as f64 / 1e3 / 2.0);
+    // Two CPUs, both running the group's threads when the quota ran out;
+    // all three queued in the group.
+    assert_eq!(p["running_threads_at_exhaustion_p50"], 2, "{p:#}");
+    assert_eq!(p["queued_threads_at_exhaustion_p50"], k, "{p:#}");
+    let shares = held_shares(&t);
+    assert_eq!(shares.len(), k as usize, "{t:#}");
+    for s in &shares {
+        assert!(
+            (s - (1.0 - q / 2.0)).abs() <= 0.05,
+            "held {s:.3} of the window: {shares:?}"
+        );
+    }
+}
+
+#[test]
+fn two_spinners_in_half_a_cpu_run_out_at_a_quarter_period() {
+    require_root();
+    let (k, q) = (2, 0.5);
+    let t = spinners_in_quota("affin-bw2", k, (q * PERIOD_US as f64) as u64)["throttling"].clone();
+    exhausted_within(&t, q * PERIOD_US as f64 / 1e3 / 2.0);
+    for s in held_shares(&t) {
+        assert!((s - (1.0 - q / 2.0)).abs() <= 0.05, "held {s:.3}");
+    }
+}
+
+#[test]
+fn one_spinner_in_half_a_cpu_is_held_half_the_time() {
+    require_root();
+    let q = 0.5;
+    let t = spinners_in_quota("affin-bw1", 1, (q * PERIOD_US as f64) as u64)["throttling"].clone();
+    exhausted_within(&t, q * PERIOD_US as f64 / 1e3);
+    assert_eq!(t["periods"]["running_threads_at_exhaustion_p50"], 1);
+    let shares = held_shares(&t);
+    assert_eq!(shares.len(), 1);
+    assert!(
+        (shares[0] - (1.0 - q)).abs() <= 0.05,
+        "held {:.3}",
+        shares[0]
+    );
+}
