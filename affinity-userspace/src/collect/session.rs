@@ -253,21 +253,8 @@ fn run_launch(
     let signals = Signals::new().map_err(SessionError::Signals)?;
     let mut run = attach(args, launch, &verbose)?;
     let mut src = Sources::new(signals, &run.tgids, &run.probe, observer.as_deref());
-    let timing = Timing {
-        interval: Duration::from_secs_f64(args.interval()),
-        duration: args
-            .duration
-            .or(run.child.is_none().then_some(DEFAULT_DURATION_S))
-            .map(Duration::from_secs_f64),
-    };
-    let info = WindowInfo {
-        pids: run.tgids.clone(),
-        tids: run.tids.clone(),
-        interval_ns: timing.interval.as_nanos() as u64,
-        attach_mode: run.probe.mode(),
-        nr_cpus: run.topology.cpus.len() as u32,
-        mem_total_bytes: procs::mem_total_bytes(root),
-    };
+    let timing = timing(args, &run);
+    let info = window_info(root, &run, &timing);
     let bar = progress_bar(timing.duration, run.child.is_none() && observer.is_none());
     let busy_before = procs::cpu_busy_ns(root);
     let pressure = Pressures::before(args.cgroup.as_deref());
@@ -312,15 +299,7 @@ fn run_launch(
         rescanned,
         ..
     } = window;
-    let exited_pids = if run.child.is_some() {
-        run.tgids.clone()
-    } else {
-        run.tgids
-            .iter()
-            .copied()
-            .filter(|&p| !procs::alive(root, p))
-            .collect()
-    };
+    let exited_pids = exited_pids(root, &run);
     let (quota, bandwidth, runtime) = match quota {
         Some(q) => {
             let (q, b, r) = q.finish_events(&run.probe, window_end, &run.tgids);
@@ -339,11 +318,7 @@ fn run_launch(
     trace.followed.enabled = follows(args);
     trace.followed.rescanned = rescanned;
     (trace.pressure_host, trace.pressure_cgroup) = pressure.after();
-    for n in &mut trace.neighbours {
-        if let Some(path) = cgroups.get(&n.tgid) {
-            n.cgroup = path.clone();
-        }
-    }
+    name_neighbour_cgroups(&mut trace, &cgroups);
     if let Some(b) = &bandwidth {
         crate::model::bandwidth::join_wait_split(&mut trace.threads, &b.threads);
     }
@@ -372,6 +347,52 @@ fn run_launch(
         start_times,
         timeline,
     })
+}
+
+/// The window's timing: `--interval`, and `--duration` (a default one
+/// when tracing pids; a command's window lasts until it exits).
+fn timing(args: &TraceArgs, run: &Attached) -> Timing {
+    Timing {
+        interval: Duration::from_secs_f64(args.interval()),
+        duration: args
+            .duration
+            .or(run.child.is_none().then_some(DEFAULT_DURATION_S))
+            .map(Duration::from_secs_f64),
+    }
+}
+
+/// What the collector knows of the window before it starts.
+fn window_info(root: &Root, run: &Attached, timing: &Timing) -> WindowInfo {
+    WindowInfo {
+        pids: run.tgids.clone(),
+        tids: run.tids.clone(),
+        interval_ns: timing.interval.as_nanos() as u64,
+        attach_mode: run.probe.mode(),
+        nr_cpus: run.topology.cpus.len() as u32,
+        mem_total_bytes: procs::mem_total_bytes(root),
+    }
+}
+
+/// The targets that exited before the window ended (a command's, always:
+/// it was waited for).
+fn exited_pids(root: &Root, run: &Attached) -> Vec<u32> {
+    if run.child.is_some() {
+        return run.tgids.clone();
+    }
+    run.tgids
+        .iter()
+        .copied()
+        .filter(|&p| !procs::alive(root, p))
+        .collect()
+}
+
+/// Each neighbour's cpu-controller cgroup path, from its id.
+fn name_neighbour_cgroups(trace: &mut Trace, cgroups: &std::collections::BTreeMap<u32, String>) {
+    for n in &mut trace.neighbours {
+        if let Some(path) = cgroups.get(&n.tgid) {
+            n.cgroup = path.clone();
+        }
+    }
 }
 
 /// What [`attach`] set up.

@@ -157,181 +157,191 @@ fn hist(f: &mut prometheus_client::encoding::MetricEncoder, b: &Buckets) -> Res 
 impl Collector for Shared {
     fn encode(&self, mut enc: DescriptorEncoder) -> Res {
         let s = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let rows = &s.cgroups;
-        use MetricType::{Counter, Gauge, Histogram};
-        use names::*;
-        family(
-            &mut enc,
-            QUOTA_CORES,
-            "CPU quota of the cgroup, in CPUs (quota / period)",
-            Gauge,
-            rows,
-            |r| r.quota_cores,
-            gauge_f,
-        )?;
-        family(
-            &mut enc,
-            PERIODS,
-            "CFS bandwidth enforcement periods (cpu.stat nr_periods)",
-            Counter,
-            rows,
-            |r| r.periods,
-            counter_u,
-        )?;
-        family(
-            &mut enc,
-            THROTTLED_PERIODS,
-            "Periods in which the cgroup was throttled (cpu.stat nr_throttled)",
-            Counter,
-            rows,
-            |r| r.throttled_periods,
-            counter_u,
-        )?;
-        family(
-            &mut enc,
-            THROTTLED_SECONDS,
-            "Time the cgroup's runnable tasks were throttled (cpu.stat throttled_time / throttled_usec)",
-            Counter,
-            rows,
-            |r| r.throttled_seconds,
-            counter_f,
-        )?;
-        family(
-            &mut enc,
-            RUNNING_THREADS,
-            "Threads running at once when the quota ran out, per throttled period",
-            Histogram,
-            rows,
-            |r| r.running_threads.clone(),
-            hist,
-        )?;
-        family(
-            &mut enc,
-            RECOMMENDED_THREADS,
-            "Threads to run to fit the quota when the cgroup is throttled and over-threaded; 0: nothing to change",
-            Gauge,
-            rows,
-            |r| Some(f64::from(r.recommended_threads)),
-            gauge_f,
-        )?;
-        family(
-            &mut enc,
-            CPU_SECONDS,
-            "On-CPU time of the cgroup's traced threads (sched_switch, sum_exec_runtime deltas)",
-            Counter,
-            rows,
-            |r| Some(r.cpu_seconds),
-            counter_f,
-        )?;
-        family(
-            &mut enc,
-            RUNNABLE_SECONDS,
-            "Time the cgroup's threads were runnable but not running (wakeup-to-run and preempted waits)",
-            Counter,
-            rows,
-            |r| Some(r.runnable_seconds),
-            counter_f,
-        )?;
-        {
-            let mut m = enc.encode_descriptor(
-                MIGRATIONS,
-                "Migrations of the cgroup's threads by distance",
-                None,
-                Counter,
-            )?;
-            for r in rows {
-                for (d, v) in DISTANCES.iter().zip(r.migrations) {
-                    let mut labels = r.labels.clone();
-                    labels.push(("distance", (*d).to_string()));
-                    let mut f = m.encode_family(&labels)?;
-                    counter_u(&mut f, &v)?;
-                }
-            }
-        }
-        family(
-            &mut enc,
-            RUNQ_LATENCY,
-            "Wakeup-to-run latency of the cgroup's threads",
-            Histogram,
-            rows,
-            |r| Some(r.runq.clone()),
-            hist,
-        )?;
-        family(
-            &mut enc,
-            PRESSURE_SOME,
-            "PSI cpu some total of the cgroup (cpu.pressure), where the kernel has it",
-            Counter,
-            rows,
-            |r| r.pressure_some_seconds,
-            counter_f,
-        )?;
-
-        let a = &s.agent;
-        let mut one = |name: &str, help: &str, ty: MetricType, v: f64| -> Res {
-            let mut m = enc.encode_descriptor(name, help, None, ty)?;
-            match ty {
-                MetricType::Counter => m.encode_counter::<NoLabelSet, _, f64>(&v, None),
-                _ => m.encode_gauge(&v),
-            }
-        };
-        one(
-            EVENTS,
-            "Scheduler events of traced threads counted in the kernel (switches, migrations, wakeup-to-run waits)",
-            Counter,
-            a.events as f64,
-        )?;
-        one(
-            DROPPED,
-            "Events the programs could not record (maps full, failed reads)",
-            Counter,
-            a.dropped as f64,
-        )?;
-        one(
-            TRACKED_THREADS,
-            "Threads the agent follows now",
-            Gauge,
-            a.tracked_threads as f64,
-        )?;
-        one(
-            TRACKED_CGROUPS,
-            "Cgroups the agent traces now",
-            Gauge,
-            a.tracked_cgroups as f64,
-        )?;
-        one(
-            LEFT_OUT,
-            "Cgroups with a quota left out by --max-cgroups",
-            Gauge,
-            a.left_out as f64,
-        )?;
-        one(
-            AGENT_CPU,
-            "CPU time of the agent's process (user + system)",
-            Counter,
-            a.cpu_seconds,
-        )?;
-        one(
-            RESIDENT,
-            "Resident memory of the agent's process",
-            Gauge,
-            a.resident_bytes as f64,
-        )?;
-        if let Some(progs) = &a.bpf_run_seconds {
-            let mut m = enc.encode_descriptor(
-                BPF_RUN,
-                "Run time of each BPF program (kernel.bpf_stats_enabled)",
-                None,
-                Counter,
-            )?;
-            for (p, v) in progs {
-                let labels = [("program", p.as_str())];
-                let mut f = m.encode_family(&labels)?;
-                counter_f(&mut f, v)?;
-            }
-        }
-        Ok(())
+        cgroup_families(&mut enc, &s.cgroups)?;
+        agent_families(&mut enc, &s.agent)
     }
+}
+
+/// The per-cgroup families, each over the cgroups that feed it.
+fn cgroup_families(enc: &mut DescriptorEncoder, rows: &[CgroupRow]) -> Res {
+    use MetricType::{Counter, Gauge, Histogram};
+    use names::*;
+    family(
+        enc,
+        QUOTA_CORES,
+        "CPU quota of the cgroup, in CPUs (quota / period)",
+        Gauge,
+        rows,
+        |r| r.quota_cores,
+        gauge_f,
+    )?;
+    family(
+        enc,
+        PERIODS,
+        "CFS bandwidth enforcement periods (cpu.stat nr_periods)",
+        Counter,
+        rows,
+        |r| r.periods,
+        counter_u,
+    )?;
+    family(
+        enc,
+        THROTTLED_PERIODS,
+        "Periods in which the cgroup was throttled (cpu.stat nr_throttled)",
+        Counter,
+        rows,
+        |r| r.throttled_periods,
+        counter_u,
+    )?;
+    family(
+        enc,
+        THROTTLED_SECONDS,
+        "Time the cgroup's runnable tasks were throttled (cpu.stat throttled_time / throttled_usec)",
+        Counter,
+        rows,
+        |r| r.throttled_seconds,
+        counter_f,
+    )?;
+    family(
+        enc,
+        RUNNING_THREADS,
+        "Threads running at once when the quota ran out, per throttled period",
+        Histogram,
+        rows,
+        |r| r.running_threads.clone(),
+        hist,
+    )?;
+    family(
+        enc,
+        RECOMMENDED_THREADS,
+        "Threads to run to fit the quota when the cgroup is throttled and over-threaded; 0: nothing to change",
+        Gauge,
+        rows,
+        |r| Some(f64::from(r.recommended_threads)),
+        gauge_f,
+    )?;
+    family(
+        enc,
+        CPU_SECONDS,
+        "On-CPU time of the cgroup's traced threads (sched_switch, sum_exec_runtime deltas)",
+        Counter,
+        rows,
+        |r| Some(r.cpu_seconds),
+        counter_f,
+    )?;
+    family(
+        enc,
+        RUNNABLE_SECONDS,
+        "Time the cgroup's threads were runnable but not running (wakeup-to-run and preempted waits)",
+        Counter,
+        rows,
+        |r| Some(r.runnable_seconds),
+        counter_f,
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            MIGRATIONS,
+            "Migrations of the cgroup's threads by distance",
+            None,
+            Counter,
+        )?;
+        for r in rows {
+            for (d, v) in DISTANCES.iter().zip(r.migrations) {
+                let mut labels = r.labels.clone();
+                labels.push(("distance", (*d).to_string()));
+                let mut f = m.encode_family(&labels)?;
+                counter_u(&mut f, &v)?;
+            }
+        }
+    }
+    family(
+        enc,
+        RUNQ_LATENCY,
+        "Wakeup-to-run latency of the cgroup's threads",
+        Histogram,
+        rows,
+        |r| Some(r.runq.clone()),
+        hist,
+    )?;
+    family(
+        enc,
+        PRESSURE_SOME,
+        "PSI cpu some total of the cgroup (cpu.pressure), where the kernel has it",
+        Counter,
+        rows,
+        |r| r.pressure_some_seconds,
+        counter_f,
+    )?;
+    Ok(())
+}
+
+/// The agent's own families.
+fn agent_families(enc: &mut DescriptorEncoder, a: &AgentRow) -> Res {
+    use MetricType::{Counter, Gauge};
+    use names::*;
+    let mut one = |name: &str, help: &str, ty: MetricType, v: f64| -> Res {
+        let mut m = enc.encode_descriptor(name, help, None, ty)?;
+        match ty {
+            MetricType::Counter => m.encode_counter::<NoLabelSet, _, f64>(&v, None),
+            _ => m.encode_gauge(&v),
+        }
+    };
+    one(
+        EVENTS,
+        "Scheduler events of traced threads counted in the kernel (switches, migrations, wakeup-to-run waits)",
+        Counter,
+        a.events as f64,
+    )?;
+    one(
+        DROPPED,
+        "Events the programs could not record (maps full, failed reads)",
+        Counter,
+        a.dropped as f64,
+    )?;
+    one(
+        TRACKED_THREADS,
+        "Threads the agent follows now",
+        Gauge,
+        a.tracked_threads as f64,
+    )?;
+    one(
+        TRACKED_CGROUPS,
+        "Cgroups the agent traces now",
+        Gauge,
+        a.tracked_cgroups as f64,
+    )?;
+    one(
+        LEFT_OUT,
+        "Cgroups with a quota left out by --max-cgroups",
+        Gauge,
+        a.left_out as f64,
+    )?;
+    one(
+        AGENT_CPU,
+        "CPU time of the agent's process (user + system)",
+        Counter,
+        a.cpu_seconds,
+    )?;
+    one(
+        RESIDENT,
+        "Resident memory of the agent's process",
+        Gauge,
+        a.resident_bytes as f64,
+    )?;
+    if let Some(progs) = &a.bpf_run_seconds {
+        let mut m = enc.encode_descriptor(
+            BPF_RUN,
+            "Run time of each BPF program (kernel.bpf_stats_enabled)",
+            None,
+            Counter,
+        )?;
+        for (p, v) in progs {
+            let labels = [("program", p.as_str())];
+            let mut f = m.encode_family(&labels)?;
+            counter_f(&mut f, v)?;
+        }
+    }
+    Ok(())
 }
 
 /// The run-queue histogram's buckets from log2 counts (`[2^b, 2^(b+1))`
