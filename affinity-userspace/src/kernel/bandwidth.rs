@@ -351,28 +351,9 @@ fn member_offsets(
     want: &[(&str, &[&str])],
 ) -> Result<Vec<(String, String, u32)>, BtfError> {
     let bad = |what: &str| BtfError::Parse(format!("raw BTF: {what}"));
-    let u32_at = |at: usize| -> Option<u32> {
-        let b = data.get(at..at.checked_add(4)?)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if data.get(..2) != Some(&0xeb9f_u16.to_le_bytes()[..]) {
-        return Err(bad("no little-endian BTF magic"));
-    }
-    let field = |i: usize| {
-        u32_at(4 + 4 * i)
-            .map(|v| v as usize)
-            .ok_or_else(|| bad("short header"))
-    };
-    let hdr_len = field(0)?;
-    let (type_off, type_len, str_off, str_len) = (field(1)?, field(2)?, field(3)?, field(4)?);
-    let start = hdr_len + type_off;
-    let end = start + type_len;
-    if end > data.len() {
-        return Err(bad("type section out of bounds"));
-    }
-    let strings = data
-        .get(hdr_len + str_off..hdr_len + str_off + str_len)
-        .ok_or_else(|| bad("string section out of bounds"))?;
+    let u32_at = |at: usize| crate::kernel::btf::raw_u32(data, at);
+    let (types, strings) = crate::kernel::btf::raw_sections(data)?;
+    let (start, end) = (types.start, types.end);
     let name = |off: u32| -> &[u8] {
         let s = strings.get(off as usize..).unwrap_or(&[]);
         &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())]

@@ -338,28 +338,23 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_ENUM64: u32 = 19;
 const KIND_MAX: u32 = 19;
 
-/// The type ids of the typedefs `btf_trace_<tp>` for each of `tracepoints`
-/// (0 where there is none), found by walking the raw type records: each is
-/// a 12-byte `struct btf_type` followed by kind-specific data whose size
-/// follows from the kind and `vlen` (Documentation/bpf/btf.rst, "Type
-/// encoding"). This reads no more than it must: no type is built, only
-/// typedef names are compared.
-pub fn tracepoint_type_ids<const N: usize>(
-    data: &[u8],
-    tracepoints: &[&str; N],
-) -> Result<[u32; N], BtfError> {
+/// The little-endian u32 at byte `at` of raw BTF, if it is there.
+pub(crate) fn raw_u32(data: &[u8], at: usize) -> Option<u32> {
+    let b = data.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The type section (its byte range in `data`) and the string section of
+/// raw BTF, from its header: magic u16, version u8, flags u8, hdr_len,
+/// type_off, type_len, str_off, str_len (u32s, offsets relative to the
+/// header end).
+pub(crate) fn raw_sections(data: &[u8]) -> Result<(std::ops::Range<usize>, &[u8]), BtfError> {
     let bad = |what: &str| BtfError::Parse(format!("raw BTF: {what}"));
-    let u32_at = |at: usize| -> Option<u32> {
-        let b = data.get(at..at.checked_add(4)?)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    // struct btf_header: magic u16, version u8, flags u8, hdr_len, type_off,
-    // type_len, str_off, str_len (u32s, offsets relative to the header end).
     if data.get(..2) != Some(&0xeb9f_u16.to_le_bytes()[..]) {
         return Err(bad("no little-endian BTF magic"));
     }
     let field = |i: usize| {
-        u32_at(4 + 4 * i)
+        raw_u32(data, 4 + 4 * i)
             .map(|v| v as usize)
             .ok_or_else(|| bad("short header"))
     };
@@ -374,6 +369,22 @@ pub fn tracepoint_type_ids<const N: usize>(
         .checked_add(str_off)
         .and_then(|s| data.get(s..s.checked_add(str_len)?))
         .ok_or_else(|| bad("string section out of bounds"))?;
+    Ok((types, strings))
+}
+
+/// The type ids of the typedefs `btf_trace_<tp>` for each of `tracepoints`
+/// (0 where there is none), found by walking the raw type records: each is
+/// a 12-byte `struct btf_type` followed by kind-specific data whose size
+/// follows from the kind and `vlen` (Documentation/bpf/btf.rst, "Type
+/// encoding"). This reads no more than it must: no type is built, only
+/// typedef names are compared.
+pub fn tracepoint_type_ids<const N: usize>(
+    data: &[u8],
+    tracepoints: &[&str; N],
+) -> Result<[u32; N], BtfError> {
+    let bad = |what: &str| BtfError::Parse(format!("raw BTF: {what}"));
+    let u32_at = |at: usize| raw_u32(data, at);
+    let (types, strings) = raw_sections(data)?;
     let wanted: Vec<String> = tracepoints
         .iter()
         .map(|t| format!("btf_trace_{t}"))
