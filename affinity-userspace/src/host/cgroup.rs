@@ -658,13 +658,7 @@ pub fn unified_dir(root: &Root) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Writes `text` at `root/rel`, making the directories on the way.
-    fn put(root: &Path, rel: &str, text: &str) {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, text).expect("write");
-    }
+    use crate::host::put;
 
     fn fixture(name: &str) -> Root {
         Root::new(

@@ -17,3 +17,12 @@ pub mod runtime;
 pub mod topology;
 
 pub use root::Root;
+
+/// Writes `text` at `root/rel`, making the directories on the way: the
+/// fixture trees of host/'s unit tests.
+#[cfg(test)]
+pub(crate) fn put(root: &std::path::Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}

@@ -96,12 +96,7 @@ pub fn parse_spec(text: &str) -> Option<KubeNames> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn put(root: &Path, rel: &str, text: &str) {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+    use crate::host::put;
 
     #[test]
     fn containerd_and_crio_bundles_are_found_by_id() {

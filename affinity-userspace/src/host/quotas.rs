@@ -76,12 +76,7 @@ pub fn hierarchy_path(mount: &Path, dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn put(root: &Path, rel: &str, text: &str) {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+    use crate::host::put;
 
     #[test]
     fn v1_and_v2_trees_give_the_cgroups_with_a_quota_of_their_own() {
