@@ -168,6 +168,27 @@ pub struct Tracer {
     out: PathBuf,
 }
 
+/// Traces the gated workload `w` by pid (up to `duration` s, 0.5 s
+/// intervals) with `--timeline file`, lets it run to its end, and returns
+/// the JSON report (exit code 0 asserted); the file is the caller's.
+pub fn trace_gated_with_timeline(mut w: Gated, duration: &str, file: &std::path::Path) -> Value {
+    let tracer = Tracer::start(&[
+        "--pid",
+        &w.pid().to_string(),
+        "--duration",
+        duration,
+        "--interval",
+        "0.5",
+        "--timeline",
+        file.to_str().unwrap(),
+    ]);
+    w.go();
+    w.finish();
+    let (code, json) = tracer.finish();
+    assert_eq!(code, 0, "{json}");
+    json
+}
+
 impl Tracer {
     /// Starts `affin-trace --verbose <args> --format json --output <tmp>` and
     /// waits until its programs are attached and the targets marked.

@@ -188,21 +188,8 @@ fn perfetto_timeline_of_hop_matches_the_reports_counters() {
     require_root();
     const N: u64 = 200;
     let file = scratch("timeline.perfetto-trace");
-    let mut w = Gated::start(&["hop", &N.to_string(), "2"]);
-    let tracer = Tracer::start(&[
-        "--pid",
-        &w.pid().to_string(),
-        "--duration",
-        "120",
-        "--interval",
-        "0.5",
-        "--timeline",
-        file.to_str().unwrap(),
-    ]);
-    w.go();
-    w.finish();
-    let (code, json) = tracer.finish();
-    assert_eq!(code, 0, "{json}");
+    let w = Gated::start(&["hop", &N.to_string(), "2"]);
+    let json = trace_gated_with_timeline(w, "120", &file);
     let bytes = std::fs::metadata(&file).expect("the timeline file").len();
     let v = official(&file);
     let _ = std::fs::remove_file(&file);

@@ -26,21 +26,8 @@ fn events<'a>(trace: &'a Value, ph: &str, cat: &str) -> Vec<&'a Value> {
 /// intervals) with `--timeline file`, lets it run to its end, and returns
 /// the JSON report (exit code 0 asserted) and the trace file, parsed and
 /// removed.
-fn traced_with_timeline(mut w: Gated, duration: &str, file: &std::path::Path) -> (Value, Value) {
-    let tracer = Tracer::start(&[
-        "--pid",
-        &w.pid().to_string(),
-        "--duration",
-        duration,
-        "--interval",
-        "0.5",
-        "--timeline",
-        file.to_str().unwrap(),
-    ]);
-    w.go();
-    w.finish();
-    let (code, json) = tracer.finish();
-    assert_eq!(code, 0, "{json}");
+fn traced_with_timeline(w: Gated, duration: &str, file: &std::path::Path) -> (Value, Value) {
+    let json = trace_gated_with_timeline(w, duration, file);
     let trace = read_trace(file);
     let _ = std::fs::remove_file(file);
     (json, trace)
