@@ -151,7 +151,7 @@ fn sigint_during_startup_leaves_nothing_attached() {
     require_root();
     let mut w = Gated::start(&["late", "1", "10"]);
     let pid = w.pid().to_string();
-    for delay_ms in [0u64, 5, 15, 30, 50, 80, 120] {
+    for delay_ms in [0u64, 1, 2, 3, 5, 15, 30, 50, 80, 120] {
         let mut c = Command::new(affin_trace())
             .args(["--pid", &pid, "--duration", "30", "--format", "json"])
             .stdout(std::process::Stdio::null())

@@ -20,8 +20,7 @@ use std::{
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use signal_hook::SigId;
 
-/// The signals that end a window and cancel an apply.
-pub const SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+use crate::collect::wake;
 
 /// Records the first termination signal; unregisters on drop.
 pub struct Cancel {
@@ -37,7 +36,7 @@ impl Cancel {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         let mut ids = Vec::new();
-        for sig in SIGNALS {
+        for sig in wake::TERMINATION {
             // The first signal wins: a SIGHUP after a Ctrl-C still exits 130.
             let flag = Arc::clone(&signal);
             // SAFETY: the action only does an atomic compare-exchange,
@@ -112,60 +111,35 @@ impl Drop for Cancel {
     }
 }
 
-/// Counts termination signals from before the window opens, so that one
-/// after the signal that ended the window (or any after a window that ran
-/// to its end) stops the timeline's writing: without it, the tokio handlers
-/// the window installed keep catching the signals and the tool would sit
-/// through them until a long write ends. Chains with the other handlers
-/// like [`Cancel`]'s; unregisters when the last clone drops.
+/// Tells when a termination signal comes after the one that ended the
+/// window (or any after a window that ran to its end), so that it stops
+/// the timeline's writing: without it, the tokio handlers the window
+/// installed keep catching the signals and the tool would sit through them
+/// until a long write ends. Counts through [`wake::count_signals`], which
+/// also lets the window see a signal that came before its own handlers.
 #[derive(Clone)]
 pub struct SecondSignal {
-    inner: Arc<Counted>,
-}
-
-struct Counted {
-    count: Arc<AtomicUsize>,
     /// Signals seen when the window ended (`usize::MAX` until then).
-    at_end: AtomicUsize,
-    ids: Vec<SigId>,
+    at_end: Arc<AtomicUsize>,
 }
 
 impl SecondSignal {
     /// Starts counting.
     pub fn new() -> std::io::Result<SecondSignal> {
-        let count = Arc::new(AtomicUsize::new(0));
-        let mut ids = Vec::new();
-        for sig in SIGNALS {
-            let c = Arc::clone(&count);
-            // SAFETY: the action only does an atomic add, which is
-            // async-signal-safe.
-            ids.push(unsafe {
-                signal_hook::low_level::register(sig, move || {
-                    c.fetch_add(1, Ordering::SeqCst);
-                })
-            }?);
-        }
+        wake::count_signals()?;
         Ok(SecondSignal {
-            inner: Arc::new(Counted {
-                count,
-                at_end: AtomicUsize::new(usize::MAX),
-                ids,
-            }),
+            at_end: Arc::new(AtomicUsize::new(usize::MAX)),
         })
     }
 
     /// The window is over: from now on any further signal stops.
     pub fn window_over(&self) {
-        let n = self.inner.count.load(Ordering::SeqCst);
-        self.inner.at_end.store(n, Ordering::SeqCst);
+        self.at_end.store(wake::signals_seen(), Ordering::SeqCst);
     }
 
     /// True once a second signal came, or one after the window was over.
     pub fn stopped(&self) -> bool {
-        stops(
-            self.inner.count.load(Ordering::SeqCst),
-            self.inner.at_end.load(Ordering::SeqCst),
-        )
+        stops(wake::signals_seen(), self.at_end.load(Ordering::SeqCst))
     }
 }
 
@@ -173,14 +147,6 @@ impl SecondSignal {
 /// ends the window, the next one stops.
 fn stops(n: usize, at_end: usize) -> bool {
     n >= 2 || n > at_end
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        for id in self.ids.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
-    }
 }
 
 /// The signal's name, for messages ("SIGINT").

@@ -11,6 +11,10 @@
 use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd},
+    sync::{
+        Once,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -30,6 +34,44 @@ pub fn runtime() -> io::Result<Runtime> {
         .build()
 }
 
+/// The termination signals: SIGINT, SIGTERM, SIGHUP.
+pub const TERMINATION: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Termination signals counted since [`count_signals`] first ran.
+static SEEN: AtomicUsize = AtomicUsize::new(0);
+static COUNTING: Once = Once::new();
+
+/// From now on, counts every termination signal and keeps the process
+/// alive through them (the handler replaces the default action, which is
+/// to die). Called by a flow before anything that a signal must not cut
+/// short without a report; idempotent. A signal that comes between this and
+/// [`Signals::new`] is not lost: the window sees it and ends at once.
+pub fn count_signals() -> io::Result<()> {
+    let mut result = Ok(());
+    COUNTING.call_once(|| {
+        for sig in TERMINATION {
+            // SAFETY: the action only does an atomic add, which is
+            // async-signal-safe.
+            let r = unsafe {
+                signal_hook::low_level::register(sig, || {
+                    SEEN.fetch_add(1, Ordering::SeqCst);
+                })
+            };
+            if let Err(e) = r {
+                result = Err(e);
+                return;
+            }
+        }
+    });
+    result
+}
+
+/// How many termination signals came since [`count_signals`] (0 when it
+/// never ran).
+pub fn signals_seen() -> usize {
+    SEEN.load(Ordering::SeqCst)
+}
+
 /// SIGINT, SIGTERM and SIGHUP: from [`Signals::new`] on, they end the
 /// window instead of the process (Ctrl-C, kill, a closed terminal), so the
 /// report and the programs' detachment still happen. Made inside the
@@ -38,21 +80,28 @@ pub struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
+    /// A signal [`count_signals`] caught before these handlers existed.
+    early: bool,
 }
 
 impl Signals {
     /// Registers the handlers. A signal that arrives before the loop
-    /// first waits is kept, and ends the window at once.
+    /// first waits is kept, and ends the window at once; so does one that
+    /// came earlier, while [`count_signals`] was already counting.
     pub fn new() -> io::Result<Signals> {
         Ok(Signals {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
             hup: signal(SignalKind::hangup())?,
+            early: signals_seen() > 0,
         })
     }
 
     /// Waits for any of the three.
     pub async fn recv(&mut self) {
+        if std::mem::take(&mut self.early) {
+            return;
+        }
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
@@ -197,5 +246,26 @@ mod tests {
         assert!(timed_out);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// A signal between the flow's start and the window's own handlers
+    /// (loading, attaching) ends the window at once instead of being
+    /// swallowed: CI once saw the window run its whole 30 s after one.
+    #[test]
+    fn a_signal_before_the_window_handlers_ends_the_window_at_once() {
+        count_signals().unwrap();
+        count_signals().unwrap();
+        let before = signals_seen();
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert!(signals_seen() > before);
+        let rt = runtime().unwrap();
+        let ended = rt.block_on(async {
+            let mut signals = Signals::new().unwrap();
+            tokio::select! {
+                () = signals.recv() => true,
+                () = tokio::time::sleep(Duration::from_secs(5)) => false,
+            }
+        });
+        assert!(ended, "the early signal was lost");
     }
 }
