@@ -395,6 +395,9 @@ fn a_second_signal_stops_the_timeline_writing_leaving_it_valid_or_absent() {
             "60",
             "--timeline",
             file.to_str().unwrap(),
+            // Chrome JSON: keep them all, so the build takes seconds.
+            "--timeline-max-events",
+            "10000000",
         ]);
         let pid = nix::unistd::Pid::from_raw(tracer.child.id() as i32);
         w.go();
@@ -432,4 +435,77 @@ fn a_second_signal_stops_the_timeline_writing_leaving_it_valid_or_absent() {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Issue 18 item 7, for Chrome JSON (built when the window ends, so it
+/// holds its events): past `--timeline-max-events` the events are counted,
+/// not kept, and the file stops where they begin, with a marker. The same
+/// storm with a cap 20 times smaller peaks lower: the cap is what bounds
+/// the memory.
+#[test]
+fn a_chrome_timeline_holds_to_its_cap_and_says_where_it_stops() {
+    require_root();
+    let mut peaks = Vec::new();
+    for cap in [20_000u64, 400_000] {
+        let file = scratch(&format!("capped-{cap}.json"));
+        let mut w = Gated::start(&["storm", "2", "4000"]);
+        let tracer = Tracer::start(&[
+            "--pid",
+            &w.pid().to_string(),
+            "--duration",
+            "60",
+            "--timeline",
+            file.to_str().unwrap(),
+            "--timeline-max-events",
+            &cap.to_string(),
+        ]);
+        let pid = tracer.child.id();
+        let (start_hwm, _) = peak_and_cpu(pid).expect("affin-trace's status");
+        w.go();
+        let mut hwm = start_hwm;
+        while let Some((now, _)) = peak_and_cpu(pid) {
+            hwm = now;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        w.finish();
+        let (code, json) = tracer.finish();
+        assert_eq!(code, 0, "{json}");
+        let trace: Value =
+            serde_json::from_slice(&std::fs::read(&file).expect("the timeline file"))
+                .expect("valid JSON");
+        let _ = std::fs::remove_file(&file);
+        let tl = &json["timeline"];
+        let (kept, truncated) = (u(&tl["events"]), u(&tl["truncated_events"]));
+        println!(
+            "cap {cap}: kept {kept}, truncated {truncated}, lost {}, VmHWM {hwm} kB \
+             (at start {start_hwm} kB)",
+            u(&tl["lost_events"])
+        );
+        assert_eq!(kept, cap, "kept exactly the cap");
+        assert!(truncated > 0, "the storm passed the cap");
+        assert_eq!(u(&trace["otherData"]["truncated_events"]), truncated);
+        let cut = u(&trace["otherData"]["truncated_at_ns"]);
+        assert!(cut < u(&trace["otherData"]["duration_ns"]));
+        let marks: Vec<&Value> = (trace["traceEvents"].as_array().unwrap().iter())
+            .filter(|e| e["cat"] == "truncated")
+            .collect();
+        assert_eq!(marks.len(), 1, "one marker");
+        assert_eq!(u(&marks[0]["args"]["truncated_events"]), truncated);
+        // Nothing drawn past the cut.
+        let cut_us = cut as f64 / 1e3;
+        for e in trace["traceEvents"].as_array().unwrap() {
+            if e["ph"] == "X" {
+                let end = e["ts"].as_f64().unwrap() + e["dur"].as_f64().unwrap();
+                assert!(
+                    end <= cut_us + 1e-3,
+                    "drawn past the cut at {cut_us} us: {e}"
+                );
+            }
+        }
+        peaks.push(hwm - start_hwm);
+    }
+    assert!(
+        peaks[0] * 2 < peaks[1],
+        "the growth did not follow the cap: {peaks:?} kB"
+    );
 }

@@ -300,6 +300,13 @@ pub struct TraceArgs {
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_buffer_size,
           requires = "timeline")]
     pub timeline_buffer: u32,
+    /// With a Chrome JSON --timeline: the most events kept in memory for
+    /// it (the file is built when the window ends). Later events are
+    /// counted, not kept, and the file and the report say where it stops.
+    /// A Perfetto file streams and has no such limit.
+    #[arg(long, value_name = "N", default_value_t = crate::report::timeline::CHROME_MAX_EVENTS,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000), requires = "timeline")]
+    pub timeline_max_events: u64,
     /// Command to start and trace from its first instruction; affin-trace
     /// exits with its exit status.
     #[arg(last = true, value_name = "COMMAND")]
@@ -608,6 +615,30 @@ mod tests {
         assert_eq!(c.unwrap().trace.timeline_format, Some(Format::Chrome));
         assert!(parse(&["-p", "1", "--timeline", "t", "--timeline-format", "xml"]).is_err());
         assert!(parse(&["-p", "1", "--timeline-format", "chrome"]).is_err());
+    }
+
+    #[test]
+    fn timeline_max_events_is_bounded_and_needs_timeline() {
+        let c = parse(&["-p", "1", "--timeline", "t.json"]).unwrap();
+        assert_eq!(
+            c.trace.timeline_max_events,
+            crate::report::timeline::CHROME_MAX_EVENTS
+        );
+        let with = |n: &str| {
+            parse(&[
+                "-p",
+                "1",
+                "--timeline",
+                "t.json",
+                "--timeline-max-events",
+                n,
+            ])
+        };
+        assert_eq!(with("10").unwrap().trace.timeline_max_events, 10);
+        for bad in ["0", "-1", "x", "100000001"] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+        assert!(parse(&["-p", "1", "--timeline-max-events", "10"]).is_err());
     }
 
     #[test]

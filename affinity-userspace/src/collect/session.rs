@@ -436,6 +436,7 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
     let timeline = cfg.timeline_bytes.map(|_| Capture {
         start_ns: monotonic_ns(),
         ring_buffer_bytes: u64::from(probe.timeline_bytes()),
+        keep_at_most: Some(args.timeline_max_events),
         ..Capture::default()
     });
     let (child, tgids, tids) = match launch {

@@ -58,6 +58,8 @@ pub fn drain_ring(probe: &mut Probe, tl: &mut Capture, sink: Option<&mut (dyn Ev
     if let Some(sink) = sink {
         sink.push(&tl.events);
         tl.events.clear();
+    } else {
+        tl.hold_to_cap();
     }
 }
 

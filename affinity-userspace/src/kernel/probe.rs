@@ -345,14 +345,7 @@ impl Probe {
         ids: &[u32; NR_TRACEPOINTS],
         mode: AttachMode,
     ) -> Result<Probe, ProbeError> {
-        let nr_possible =
-            aya::util::nr_cpus().map_err(|(p, e)| ProbeError::Load(format!("{p}: {e}")))?;
-        let max_threads = cfg.max_threads.max(1);
-        let pid_max = cfg.pid_max.max(2);
-        // A thread uses one (tid, cpu) entry per CPU it ran on; most use few.
-        let thread_cpu_entries = max_threads
-            .saturating_mul((nr_possible as u32).clamp(1, 16))
-            .min(1 << 22);
+        let sz = Sizes::new(cfg)?;
         let kernel_btf = attach_btf(ids)?;
         // The sched_switch path of the bandwidth programs (kernel/bandwidth.rs).
         let throttled_off = if cfg.bandwidth {
@@ -360,56 +353,16 @@ impl Probe {
         } else {
             0
         };
-        let page = procfs::page_size() as u32;
-        let timeline_on = u32::from(cfg.timeline_bytes.is_some());
-        let timeline_bytes = cfg.timeline_bytes.unwrap_or(page).max(page);
-        let pairs = (nr_possible as u32).saturating_mul(nr_possible as u32);
-        // The programs wake the reader once as the ring crosses half full.
-        let wake_bytes = u64::from(timeline_bytes / 2);
-        let mut ebpf = loader(&kernel_btf)
-            .override_global("OFFSETS", &cfg.offsets, true)
-            .override_global("TIMELINE_ON", &timeline_on, true)
-            .override_global("THROTTLED_OFF", &throttled_off, true)
-            .override_global("TIMELINE_WAKE_BYTES", &wake_bytes, true)
-            .override_global("FOLLOW", &u32::from(cfg.follow), true)
-            .override_global("JOIN_CGROUP", &cfg.join_cgroup, true)
-            .override_global("CGROUP_SET", &u32::from(cfg.cgroup_set), true)
-            .map_max_entries("TIMELINE", timeline_bytes)
-            .map_max_entries("MIGRATION_PAIRS", pairs.clamp(1, MAX_PAIRS))
-            .map_max_entries("TARGETS", pid_max.div_ceil(64))
-            .map_max_entries("SLOTS", pid_max.div_ceil(2))
-            .map_max_entries("STATS", max_threads + 1)
-            .map_max_entries("FREE_SLOTS", max_threads)
-            .map_max_entries("THREAD_CPU", thread_cpu_entries)
-            .map_max_entries("CPU_TOPO", nr_possible as u32)
-            .map_max_entries("CURRENT", nr_possible as u32)
-            .map_max_entries("WAITQ", nr_possible as u32)
-            .map_max_entries("DROPS", DROP_KINDS)
-            .map_max_entries("BW_CPU", nr_possible as u32)
-            .map_max_entries("BW_THREADS", max_threads)
-            .load(OBJECT)
-            .map_err(|e| ProbeError::Load(e.to_string()))?;
-
-        let mut cpu_topo: Array<MapData, CpuTopo> = take(&mut ebpf, "CPU_TOPO")?;
-        for c in &topo.cpus {
-            if (c.id as usize) < nr_possible {
-                let v = CpuTopo {
-                    core: c.core,
-                    llc: c.llc,
-                    node: c.node,
-                    valid: 1,
-                };
-                cpu_topo.set(c.id, v, 0).map_err(map_err("CPU_TOPO"))?;
-            }
-        }
+        let mut ebpf = load_object(cfg, &kernel_btf, &sz, throttled_off)?;
+        write_cpu_topo(&mut ebpf, topo, sz.nr_possible)?;
         let slots = Slots {
-            stats: mmap(&ebpf, "STATS", max_threads + 1, Slots::STATS_SIZE)?,
-            slots: mmap(&ebpf, "SLOTS", pid_max.div_ceil(2), 8)?,
+            stats: mmap(&ebpf, "STATS", sz.max_threads + 1, Slots::STATS_SIZE)?,
+            slots: mmap(&ebpf, "SLOTS", sz.pid_max.div_ceil(2), 8)?,
             alloc: mmap(&ebpf, "ALLOC", 1, 4)?,
-            current: mmap(&ebpf, "CURRENT", nr_possible as u32, 4)?,
-            nr_cpus: nr_possible as u32,
-            max_threads,
-            pid_max,
+            current: mmap(&ebpf, "CURRENT", sz.nr_possible, 4)?,
+            nr_cpus: sz.nr_possible,
+            max_threads: sz.max_threads,
+            pid_max: sz.pid_max,
         };
         let thread_cpu_fd = match ebpf.map("THREAD_CPU") {
             Some(Map::HashMap(m)) => m.fd().as_fd().as_raw_fd(),
@@ -420,7 +373,6 @@ impl Probe {
                 });
             }
         };
-
         for (tp, &id) in TRACEPOINTS.iter().zip(ids) {
             match mode {
                 AttachMode::TpBtf => attach_tp_btf(&mut ebpf, &kernel_btf, tp, id)?,
@@ -437,7 +389,7 @@ impl Probe {
             thread_cpu_fd,
             drops: take(&mut ebpf, "DROPS")?,
             pairs: take(&mut ebpf, "MIGRATION_PAIRS")?,
-            timeline: if timeline_on == 1 {
+            timeline: if cfg.timeline_bytes.is_some() {
                 Some(take(&mut ebpf, "TIMELINE")?)
             } else {
                 None
@@ -447,11 +399,11 @@ impl Probe {
             forks: take(&mut ebpf, "FORKS")?,
             cgroup_targets: take(&mut ebpf, "CGROUP_TARGETS")?,
             joined: take(&mut ebpf, "JOINED")?,
-            timeline_bytes,
+            timeline_bytes: sz.timeline_bytes,
             batch: Batch::default(),
             ebpf,
             mode,
-            max_threads,
+            max_threads: sz.max_threads,
             bandwidth_ready: throttled_off != 0,
         })
     }
@@ -868,6 +820,94 @@ fn lookup_batch(
 /// `btf` is the small one [`attach_btf`] builds. The object has no CO-RE
 /// relocations, the only other use aya has for the kernel BTF; if it ever
 /// had some, they would fail loudly against the small BTF, not silently.
+/// The maps' sizes for one load.
+struct Sizes {
+    nr_possible: u32,
+    max_threads: u32,
+    pid_max: u32,
+    /// A thread uses one (tid, cpu) entry per CPU it ran on; most use few.
+    thread_cpu_entries: u32,
+    timeline_bytes: u32,
+    pairs: u32,
+}
+
+impl Sizes {
+    fn new(cfg: &ProbeConfig) -> Result<Sizes, ProbeError> {
+        let nr_possible =
+            aya::util::nr_cpus().map_err(|(p, e)| ProbeError::Load(format!("{p}: {e}")))? as u32;
+        let max_threads = cfg.max_threads.max(1);
+        let page = procfs::page_size() as u32;
+        Ok(Sizes {
+            nr_possible,
+            max_threads,
+            pid_max: cfg.pid_max.max(2),
+            thread_cpu_entries: max_threads
+                .saturating_mul(nr_possible.clamp(1, 16))
+                .min(1 << 22),
+            timeline_bytes: cfg.timeline_bytes.unwrap_or(page).max(page),
+            pairs: nr_possible.saturating_mul(nr_possible),
+        })
+    }
+}
+
+/// Loads the object with this run's constants and map sizes.
+fn load_object(
+    cfg: &ProbeConfig,
+    kernel_btf: &Btf,
+    sz: &Sizes,
+    throttled_off: u32,
+) -> Result<Ebpf, ProbeError> {
+    let timeline_on = u32::from(cfg.timeline_bytes.is_some());
+    // The programs wake the reader once as the ring crosses half full.
+    let wake_bytes = u64::from(sz.timeline_bytes / 2);
+    let nr = sz.nr_possible;
+    loader(kernel_btf)
+        .override_global("OFFSETS", &cfg.offsets, true)
+        .override_global("TIMELINE_ON", &timeline_on, true)
+        .override_global("THROTTLED_OFF", &throttled_off, true)
+        .override_global("TIMELINE_WAKE_BYTES", &wake_bytes, true)
+        .override_global("FOLLOW", &u32::from(cfg.follow), true)
+        .override_global("JOIN_CGROUP", &cfg.join_cgroup, true)
+        .override_global("CGROUP_SET", &u32::from(cfg.cgroup_set), true)
+        .map_max_entries("TIMELINE", sz.timeline_bytes)
+        .map_max_entries("MIGRATION_PAIRS", sz.pairs.clamp(1, MAX_PAIRS))
+        .map_max_entries("TARGETS", sz.pid_max.div_ceil(64))
+        .map_max_entries("SLOTS", sz.pid_max.div_ceil(2))
+        .map_max_entries("STATS", sz.max_threads + 1)
+        .map_max_entries("FREE_SLOTS", sz.max_threads)
+        .map_max_entries("THREAD_CPU", sz.thread_cpu_entries)
+        .map_max_entries("CPU_TOPO", nr)
+        .map_max_entries("CURRENT", nr)
+        .map_max_entries("WAITQ", nr)
+        .map_max_entries("DROPS", DROP_KINDS)
+        .map_max_entries("BW_CPU", nr)
+        .map_max_entries("BW_THREADS", sz.max_threads)
+        .load(OBJECT)
+        .map_err(|e| ProbeError::Load(e.to_string()))
+}
+
+/// Each possible CPU's core, LLC and node, for the migration classes. The
+/// map stays in `ebpf` (borrowed, not taken): the programs are loaded at
+/// attach, after this, and a map taken out and dropped would be closed.
+fn write_cpu_topo(ebpf: &mut Ebpf, topo: &Topology, nr_possible: u32) -> Result<(), ProbeError> {
+    let map = ebpf.map_mut("CPU_TOPO").ok_or(ProbeError::Map {
+        map: "CPU_TOPO",
+        reason: "not in the object".into(),
+    })?;
+    let mut cpu_topo: Array<&mut MapData, CpuTopo> =
+        Array::try_from(map).map_err(map_err("CPU_TOPO"))?;
+    for c in topo.cpus.iter().filter(|c| c.id < nr_possible) {
+        let v = CpuTopo {
+            core: c.core,
+            llc: c.llc,
+            node: c.node,
+            valid: 1,
+        };
+        cpu_topo.set(c.id, v, 0).map_err(map_err("CPU_TOPO"))?;
+    }
+    Ok(())
+}
+
 fn loader(btf: &Btf) -> EbpfLoader<'_> {
     let mut l = EbpfLoader::new();
     l.btf(Some(btf));

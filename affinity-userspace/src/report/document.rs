@@ -170,6 +170,9 @@ pub struct TimelineJson {
     pub lost_events: u64,
     /// Size of the kernel ring buffer (bytes).
     pub ring_buffer_bytes: u64,
+    /// Events received but not kept past `--timeline-max-events` (Chrome
+    /// JSON only): the file stops at the first of them.
+    pub truncated_events: u64,
     /// Migration arrows in the file.
     pub migration_flows: u64,
     /// On-CPU slices in the file (one per CPU track entry; Chrome JSON).
@@ -644,6 +647,14 @@ impl Report {
                 t.ring_buffer_bytes / 1024
             );
         }
+        if t.truncated_events > 0 {
+            let _ = writeln!(
+                s,
+                "warning: the timeline stops early: {} later events were not kept \
+                 (--timeline-max-events); a .pftrace file streams them all",
+                t.truncated_events
+            );
+        }
     }
 
     /// A warning when kernel maps dropped events.
@@ -941,6 +952,7 @@ mod tests {
             events: 100,
             lost_events: 42,
             ring_buffer_bytes: 4096,
+            truncated_events: 0,
             migration_flows: 3,
             cpu_slices: 50,
             format: "chrome",
