@@ -478,9 +478,9 @@ mod tests {
         });
         let text = s.encode();
         for want in [
-            "affin_trace_cgroup_running_threads_bucket{cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\",le=\"1.0\"} 3",
-            "affin_trace_cgroup_running_threads_bucket{cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\",le=\"2.0\"} 8",
-            "affin_trace_cgroup_running_threads_bucket{cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\",le=\"+Inf\"} 9",
+            "affin_trace_cgroup_running_threads_bucket{le=\"1.0\",cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\"} 3",
+            "affin_trace_cgroup_running_threads_bucket{le=\"2.0\",cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\"} 8",
+            "affin_trace_cgroup_running_threads_bucket{le=\"+Inf\",cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\"} 9",
             "affin_trace_cgroup_running_threads_count{cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\"} 9",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
