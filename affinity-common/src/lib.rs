@@ -396,8 +396,8 @@ pub struct BwConfig {
     pub task_throttled: u32,
     /// `task_struct.pid` (tgid follows it).
     pub task_pid: u32,
-    /// Which path records: [`BW_MODE_PROBES`] or [`BW_MODE_TRACEPOINT`]
-    /// (0: none), so that the two never both count.
+    /// Which path records: [`BW_MODE_PROBES`], [`BW_MODE_TRACEPOINT`] or
+    /// [`BW_MODE_GROUPS`] (0: none), so that no two of them both count.
     pub mode: u32,
     /// `task_struct.se` + `sched_entity.cfs_rq`.
     pub task_cfs_rq: u32,
@@ -418,6 +418,40 @@ pub const BW_MODE_PROBES: u32 = 1;
 /// [`BwConfig::mode`]: sched_switch records, from `task_struct.throttled`
 /// (where fentry and kprobes are not available).
 pub const BW_MODE_TRACEPOINT: u32 = 2;
+
+/// [`BwConfig::mode`]: the agent (`serve`): sched_switch records, per
+/// traced cgroup, how many of its threads ran when its quota ran out
+/// ([`BwGroup`], in `BW_GROUPS`); no per-period ring, no per-thread holds.
+pub const BW_MODE_GROUPS: u32 = 3;
+
+/// Buckets of [`BwGroup::running`]: entry `n` counts periods in which `n`
+/// of the group's threads ran when the quota ran out; the last one also
+/// holds every larger count.
+pub const BW_RUNNING_BUCKETS: usize = 64;
+
+/// Per traced cgroup of the agent (`BW_GROUPS`, by the kernfs id of its
+/// cpu-controller directory): made by userspace when it starts tracing the
+/// cgroup, deleted when it stops, so the map holds no more than the set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BwGroup {
+    /// The period-timer expiry of the last period counted (each period is
+    /// counted once, by the first held switch-out in it).
+    pub cur_end_ns: u64,
+    /// Throttled periods by threads running when the quota ran out.
+    pub running: [u32; BW_RUNNING_BUCKETS],
+}
+
+impl Default for BwGroup {
+    fn default() -> Self {
+        Self {
+            cur_end_ns: 0,
+            running: [0; BW_RUNNING_BUCKETS],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<BwGroup>() == 8 + 4 * BW_RUNNING_BUCKETS);
 
 /// `BW_STATE[0]`: the period count of the limiting cgroup since attach.
 #[repr(C)]
@@ -520,5 +554,6 @@ mod pod {
     unsafe impl aya::Pod for super::BwPeriod {}
     unsafe impl aya::Pod for super::BwCpu {}
     unsafe impl aya::Pod for super::BwThread {}
+    unsafe impl aya::Pod for super::BwGroup {}
     unsafe impl aya::Pod for super::Neighbour {}
 }

@@ -18,6 +18,10 @@
 //!   about to reach 0) puts the limbo list back. The time between is the
 //!   thread's throttled time, kept per tid in `BW_THREADS`.
 //!
+//! - the agent (`serve`, [`BW_MODE_GROUPS`]): the sched_switch path below,
+//!   for every traced cgroup at once: per cgroup, a histogram of the
+//!   threads on a CPU when the quota ran out (`BW_GROUPS`).
+//!
 //! These run per period and CPU, not per switch: all reads go through
 //! `bpf_probe_read_kernel`, with offsets from the `BW_CONFIG` map (no CO-RE
 //! in Rust BPF), and one program serves fentry and kprobe alike.
@@ -25,8 +29,9 @@
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use affinity_common::{
-    BW_LIMBO_MAX, BW_MODE_PROBES, BW_MODE_TRACEPOINT, BW_PERIODS, BwConfig, BwCpu, BwPeriod,
-    BwState, BwThread, FLAG_HELD, FLAG_HELD_PENDING, ThreadStats,
+    BW_LIMBO_MAX, BW_MODE_GROUPS, BW_MODE_PROBES, BW_MODE_TRACEPOINT, BW_PERIODS,
+    BW_RUNNING_BUCKETS, BwConfig, BwCpu, BwGroup, BwPeriod, BwState, BwThread, FLAG_HELD,
+    FLAG_HELD_PENDING, ThreadStats,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -72,6 +77,13 @@ pub fn switch_out<A: Access>(
     if off == 0 || prev_state != 0 || A::u8_at(prev, off) == 0 {
         return false;
     }
+    let Some(c) = BW_CONFIG.get(0) else {
+        return false;
+    };
+    if c.mode == BW_MODE_GROUPS {
+        held_group(c, prev as u64, cpu);
+        return false;
+    }
     held_out(prev as u64, ids.0, ids.1, cpu, st, now);
     st.flags & FLAG_HELD != 0
 }
@@ -95,6 +107,12 @@ static BW_CPU: Array<BwCpu> = Array::with_max_entries(1024, 0);
 /// Per target thread: time held by throttling. Sized to `--max-threads`.
 #[map]
 static BW_THREADS: HashMap<u32, BwThread> = HashMap::with_max_entries(16_384, 0);
+
+/// The agent's traced cgroups (`BW_MODE_GROUPS`): threads running when
+/// the quota ran out, per period. Entries are made and deleted by
+/// userspace with the traced set; sized to it (`CGROUP_TARGETS`).
+#[map]
+static BW_GROUPS: HashMap<u64, BwGroup> = HashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 fn rd_u64(base: u64, off: u32) -> u64 {
@@ -528,6 +546,55 @@ fn watched_group_of(c: &BwConfig, task: u64) -> Option<u64> {
         tg = rd_u64(tg, c.tg_parent);
     }
     None
+}
+
+/// The agent (`BW_MODE_GROUPS`): a traced thread switched out held by
+/// throttling. The first such switch-out of its cgroup (the nearest
+/// ancestor task group with a `BW_GROUPS` entry) in a period counts the
+/// group's threads on a CPU then, as the one-shot path does for its one
+/// cgroup, into that entry's histogram. No per-thread hold is kept: the
+/// agent's throttled time comes from cpu.stat, and the thread's wait is
+/// accounted as it is without this path.
+#[inline(always)]
+fn held_group(c: &BwConfig, task: u64, cpu: u32) {
+    let cfs_rq = rd_u64(task, c.task_cfs_rq);
+    let mut tg = rd_u64(cfs_rq, c.cfs_rq_tg);
+    for _ in 0..4 {
+        if tg == 0 {
+            return;
+        }
+        if let Some(g) = BW_GROUPS.get_ptr_mut(group_id(c, tg)) {
+            // The refill ending this period: the same on every CPU.
+            let end = rd_u64(tg, c.tg_period_timer + c.hrtimer_expires);
+            if end == 0 {
+                return;
+            }
+            // SAFETY: a live map value; racing CPUs agree by compare-and-swap
+            // on which of them counts the period.
+            unsafe {
+                let cur = core::ptr::read_volatile(&(*g).cur_end_ns);
+                if cur == end {
+                    return;
+                }
+                let (_, won) = atomic_cxchg::<
+                    u64,
+                    { AtomicOrdering::SeqCst },
+                    { AtomicOrdering::SeqCst },
+                >(&mut (*g).cur_end_ns, cur, end);
+                if !won {
+                    return;
+                }
+                // This CPU ran the held thread, no longer counted in curr.
+                let (running, _) = count_group(c, tg, cpu, (1, 1));
+                let b = (running as usize).min(BW_RUNNING_BUCKETS - 1);
+                if let Some(n) = (*g).running.get_mut(b) {
+                    add32(n, 1);
+                }
+            }
+            return;
+        }
+        tg = rd_u64(tg, c.tg_parent);
+    }
 }
 
 /// A target thread switched out held by throttling (`task->throttled`).

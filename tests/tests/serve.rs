@@ -61,6 +61,15 @@ impl Tree {
         d
     }
 
+    /// The largest CPU weight from the top down to `leaf`: against other
+    /// work on the machine it then gets its CPUs about as if they were
+    /// idle, so the truths that assume free CPUs hold on a busy one.
+    fn favour(&self, leaf: &Path) {
+        for d in leaf.ancestors().take_while(|d| d.starts_with(&self.top)) {
+            std::fs::write(d.join("cpu.shares"), "262144").expect("cpu.shares");
+        }
+    }
+
     fn add(dir: &Path, pid: u32) {
         std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
     }
@@ -169,6 +178,74 @@ fn wait_for(port: u16, q: &str, ok: impl Fn(f64) -> bool) -> Value {
     }
 }
 
+/// The busy container's `affin_trace_cgroup_running_threads`, from the
+/// kernel's count at each throttled period: four spinners on this 2-CPU
+/// machine in a 0.5-CPU quota run it out with both CPUs on the group's
+/// threads (tests/tests/bandwidth.rs: the one-shot's p50 is 2), so the
+/// median bucket is le=2 and nothing is above the CPUs; one observation
+/// per period cpu.stat counts as throttled.
+fn running_threads_when_the_quota_ran_out(prom_port: u16) {
+    let sel = "{pod=\"encoder-0\"}";
+    let first = value(&wait_for(
+        prom_port,
+        &format!("affin_trace_cgroup_running_threads_count{sel}"),
+        |v| v >= 10.0,
+    ));
+    wait_for(
+        prom_port,
+        &format!("affin_trace_cgroup_running_threads_count{sel}"),
+        |v| v >= first + 10.0,
+    );
+    let buckets = query(
+        prom_port,
+        &format!("affin_trace_cgroup_running_threads_bucket{sel}"),
+    );
+    let mut cum: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|b| {
+            let le = b["metric"]["le"].as_str().unwrap_or("?");
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            (le, value(b))
+        })
+        .collect();
+    cum.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let les: Vec<f64> = cum.iter().map(|c| c.0).collect();
+    assert_eq!(
+        les,
+        [1.0, 2.0, f64::INFINITY],
+        "1..=CPUs, +Inf: {buckets:?}"
+    );
+    let total = cum[2].1;
+    assert_eq!(cum[1].1, total, "none above the 2 CPUs: {cum:?}");
+    let median = cum.iter().find(|c| c.1 >= total / 2.0).map(|c| c.0);
+    assert_eq!(median, Some(2.0), "both CPUs ran the spinners: {cum:?}");
+    // One observation per throttled period (a 10 s rate, within 25%),
+    // once the window holds only throttled periods (4 spinners in 0.5 CPU:
+    // every one of the 10 a second).
+    wait_for(
+        prom_port,
+        &format!("rate(affin_trace_cgroup_throttled_periods_total{sel}[10s])"),
+        |v| v >= 8.0,
+    );
+    let seen = query(
+        prom_port,
+        &format!("rate(affin_trace_cgroup_running_threads_count{sel}[10s])"),
+    );
+    let throttled = query(
+        prom_port,
+        &format!("rate(affin_trace_cgroup_throttled_periods_total{sel}[10s])"),
+    );
+    let (seen, throttled) = (value(&seen[0]), value(&throttled[0]));
+    assert!(
+        throttled >= 8.0 && (seen / throttled - 1.0).abs() <= 0.25,
+        "{seen} observations/s for {throttled} throttled periods/s"
+    );
+}
+
 fn bundle(dir: &Path, id: &str, ns: &str, pod: &str, uid: &str, container: &str) {
     let d = dir.join(id);
     std::fs::create_dir_all(&d).unwrap();
@@ -202,6 +279,7 @@ fn prometheus_sees_the_throttled_over_threaded_container_and_not_the_idle_one() 
         &format!("kubepods/burstable/pod{BUSY_UID}/{BUSY_ID}"),
         50_000,
     );
+    tree.favour(&busy);
     let idle = tree.leaf(
         &format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/\
@@ -300,6 +378,7 @@ fn prometheus_sees_the_throttled_over_threaded_container_and_not_the_idle_one() 
         "affin_trace_cgroup_recommended_threads{pod=\"encoder-0\"}",
         |v| v == 1.0,
     );
+    running_threads_when_the_quota_ran_out(prom_port);
     let q = wait_for(
         prom_port,
         "affin_trace_cgroup_cpu_quota_cores{pod=\"encoder-0\"}",
@@ -341,6 +420,13 @@ fn prometheus_sees_the_throttled_over_threaded_container_and_not_the_idle_one() 
     let r = query(
         prom_port,
         "rate(affin_trace_cgroup_throttled_seconds_total{pod=\"idle-0\"}[10s])",
+    );
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(value(&r[0]), 0.0, "{r:?}");
+    // Never throttled: its running-threads series is there, with nothing in it.
+    let r = query(
+        prom_port,
+        "affin_trace_cgroup_running_threads_count{pod=\"idle-0\"}",
     );
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(value(&r[0]), 0.0, "{r:?}");

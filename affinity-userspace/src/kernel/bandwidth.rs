@@ -6,10 +6,12 @@
 //! `unthrottle_cfs_rq` (per period and CPU), and with task-based throttling
 //! (6.18+: `task_struct.throttle_node`) `throttle_cfs_rq_work` (exit) and
 //! `tg_unthrottle_up` (per held task). Figures: [`BwPeriod`] records and
-//! per-thread [`BwThread`] held time.
+//! per-thread [`BwThread`] held time; for the agent, per traced cgroup, the
+//! [`BwGroup`] histogram of threads running when the quota ran out.
 
 use affinity_common::{
-    BW_MODE_PROBES, BW_MODE_TRACEPOINT, BW_PERIODS, BwConfig, BwPeriod, BwState, BwThread,
+    BW_MODE_GROUPS, BW_MODE_PROBES, BW_MODE_TRACEPOINT, BW_PERIODS, BwConfig, BwGroup, BwPeriod,
+    BwState, BwThread,
 };
 use aya::{
     Btf, Ebpf,
@@ -153,6 +155,57 @@ pub fn attach(
         Array::try_from(map).map_err(|e| load(e.to_string()))?;
     a.set(0, cfg, 0).map_err(|e| load(e.to_string()))?;
     Ok((attached, per_thread))
+}
+
+/// The agent: switches on the sched_switch path for every cgroup with a
+/// `BW_GROUPS` entry ([`add_group`]). Needs the object loaded with
+/// `THROTTLED_OFF` set (`tracepoint_ready`) and task-based throttling;
+/// attaches nothing new (the path lives in the sched_switch program).
+pub fn attach_groups(
+    ebpf: &mut Ebpf,
+    nr_cpus: u32,
+    tracepoint_ready: bool,
+) -> Result<(), ProbeError> {
+    let load = |e: String| ProbeError::Load(format!("CFS bandwidth per cgroup: {e}"));
+    let mut cfg =
+        kernel_config().ok_or_else(|| load("kernel BTF lacks the fields it reads".into()))?;
+    if !task_based(&cfg) || !tracepoint_ready {
+        return Err(load(
+            "the kernel has no task-based throttling (task_struct.throttled, 6.18+)".into(),
+        ));
+    }
+    cfg.nr_cpus = nr_cpus;
+    cfg.mode = BW_MODE_GROUPS;
+    let map = ebpf
+        .map_mut("BW_CONFIG")
+        .ok_or_else(|| load("no BW_CONFIG map".into()))?;
+    let mut a: Array<&mut MapData, BwConfig> =
+        Array::try_from(map).map_err(|e| load(e.to_string()))?;
+    a.set(0, cfg, 0).map_err(|e| load(e.to_string()))
+}
+
+fn groups(ebpf: &mut Ebpf) -> Option<HashMap<&mut MapData, u64, BwGroup>> {
+    HashMap::try_from(ebpf.map_mut("BW_GROUPS")?).ok()
+}
+
+/// Starts counting for the cgroup with kernfs id `id` (from zero).
+pub fn add_group(ebpf: &mut Ebpf, id: u64) -> Result<(), ProbeError> {
+    let mut m = groups(ebpf).ok_or_else(|| ProbeError::Load("no BW_GROUPS map".into()))?;
+    m.insert(id, BwGroup::default(), 0)
+        .map_err(|e| ProbeError::Load(format!("BW_GROUPS: {e}")))
+}
+
+/// Stops counting for `id`; its entry goes.
+pub fn remove_group(ebpf: &mut Ebpf, id: u64) {
+    if let Some(mut m) = groups(ebpf) {
+        let _ = m.remove(&id);
+    }
+}
+
+/// Periods by threads running at exhaustion for `id` so far (cumulative).
+pub fn read_group(ebpf: &Ebpf, id: u64) -> Option<BwGroup> {
+    let m: HashMap<&MapData, u64, BwGroup> = HashMap::try_from(ebpf.map("BW_GROUPS")?).ok()?;
+    m.get(&id, 0).ok()
 }
 
 fn attach_fentry(ebpf: &mut Ebpf, progs: &[&(&str, &str, &str, bool, bool)]) -> Result<(), String> {

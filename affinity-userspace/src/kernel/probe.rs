@@ -313,6 +313,8 @@ pub struct Probe {
     max_threads: u32,
     /// Loaded with the sched_switch path of the bandwidth programs.
     bandwidth_ready: bool,
+    /// The agent's per-cgroup throttle histograms are on.
+    bandwidth_groups: bool,
 }
 
 impl Probe {
@@ -405,6 +407,7 @@ impl Probe {
             mode,
             max_threads: sz.max_threads,
             bandwidth_ready: throttled_off != 0,
+            bandwidth_groups: false,
         })
     }
 
@@ -690,6 +693,29 @@ impl Probe {
         crate::kernel::bandwidth::attach(&mut self.ebpf, cgroup_id, nr, ready)
     }
 
+    /// The agent: counts, per traced cgroup, the threads running when its
+    /// quota ran out (see [`crate::kernel::bandwidth::attach_groups`]).
+    /// Cgroups added before this call are not counted.
+    pub fn attach_bandwidth_groups(&mut self) -> Result<(), ProbeError> {
+        let nr = aya::util::nr_cpus().map_or(1, |n| n as u32);
+        crate::kernel::bandwidth::attach_groups(&mut self.ebpf, nr, self.bandwidth_ready)?;
+        self.bandwidth_groups = true;
+        Ok(())
+    }
+
+    /// Whether [`Probe::attach_bandwidth_groups`] succeeded.
+    pub fn bandwidth_groups(&self) -> bool {
+        self.bandwidth_groups
+    }
+
+    /// A traced cgroup's periods by threads running at exhaustion so far.
+    pub fn bandwidth_group(&self, id: u64) -> Option<affinity_common::BwGroup> {
+        if !self.bandwidth_groups {
+            return None;
+        }
+        crate::kernel::bandwidth::read_group(&self.ebpf, id)
+    }
+
     /// Periods completed since `*last` (see [`crate::kernel::bandwidth::read_periods`]).
     pub fn bandwidth_periods(&self, last: &mut u64) -> crate::kernel::bandwidth::BwRead {
         crate::kernel::bandwidth::read_periods(&self.ebpf, last)
@@ -719,6 +745,9 @@ impl Probe {
     /// inode number) to the traced set: processes that join it or are
     /// forked in it become targets in the kernel (needs `cgroup_set`).
     pub fn add_cgroup(&mut self, id: u64) -> Result<(), ProbeError> {
+        if self.bandwidth_groups {
+            crate::kernel::bandwidth::add_group(&mut self.ebpf, id)?;
+        }
         self.cgroup_targets
             .insert(id, 1, 0)
             .map_err(map_err("CGROUP_TARGETS"))
@@ -727,6 +756,9 @@ impl Probe {
     /// Removes a cgroup from the traced set.
     pub fn remove_cgroup(&mut self, id: u64) {
         let _ = self.cgroup_targets.remove(&id);
+        if self.bandwidth_groups {
+            crate::kernel::bandwidth::remove_group(&mut self.ebpf, id);
+        }
     }
 
     /// The processes the programs marked for a cgroup of the set, into
@@ -882,6 +914,8 @@ fn load_object(
         .map_max_entries("DROPS", DROP_KINDS)
         .map_max_entries("BW_CPU", nr)
         .map_max_entries("BW_THREADS", sz.max_threads)
+        // The agent's per-cgroup histograms, one entry per traced cgroup.
+        .map_max_entries("BW_GROUPS", if cfg.cgroup_set { 4096 } else { 1 })
         .load(OBJECT)
         .map_err(|e| ProbeError::Load(e.to_string()))
 }

@@ -1,6 +1,6 @@
 //! The agent's interval: refresh the traced cgroups, read the kernel's
-//! per-thread counters and each cgroup's `cpu.stat`, fold them into the
-//! per-cgroup counters, recompute the findings, and publish a
+//! per-thread counters, each cgroup's `cpu.stat` and its kernel
+//! running-threads histogram, fold them into the per-cgroup counters, recompute the findings, and publish a
 //! [`Snapshot`] and the `/findings` document.
 //!
 //! Order inside one interval, chosen so that no process is unmarked while
@@ -22,7 +22,7 @@ use crate::kernel::probe::{Probe, monotonic_ns};
 use crate::model::cgroup::CgroupVersion;
 use crate::serve::aggregate::{Aggregator, CgroupKey};
 use crate::serve::findings::{self, CgroupFindings, CgroupInfo, Sample, Window};
-use crate::serve::metrics::{AgentRow, CgroupRow, Snapshot, runq_buckets};
+use crate::serve::metrics::{AgentRow, CgroupRow, Snapshot, running_buckets, runq_buckets};
 use crate::serve::targets::Targets;
 
 /// One cgroup in `/findings`.
@@ -59,6 +59,8 @@ pub struct Agent {
     last_ns: u64,
     entries: Vec<(u32, ThreadStats)>,
     joined: Vec<(u32, u64)>,
+    /// Online CPUs: the running-threads histogram's last finite bucket.
+    cpus: usize,
     pub ticks: u64,
 }
 
@@ -69,6 +71,7 @@ impl Agent {
         version: CgroupVersion,
         interval_s: f64,
         window_s: f64,
+        cpus: usize,
     ) -> Self {
         Self {
             probe,
@@ -83,6 +86,7 @@ impl Agent {
             last_ns: monotonic_ns(),
             entries: Vec::new(),
             joined: Vec::new(),
+            cpus,
             ticks: 0,
         }
     }
@@ -166,7 +170,11 @@ impl Agent {
                 periods: stat.as_ref().map(|s| s.nr_periods),
                 throttled_periods: stat.as_ref().map(|s| s.nr_throttled),
                 throttled_seconds: stat.as_ref().map(|s| s.throttled_ns as f64 / 1e9),
-                running_threads: None, // needs the kernel's throttle events
+                // The kernel's count per throttled period, cumulative.
+                running_threads: self
+                    .probe
+                    .bandwidth_group(*key)
+                    .map(|g| running_buckets(&g.running, self.cpus)),
                 recommended_threads: f.recommended_threads,
                 cpu_seconds: c.map_or(0.0, |c| c.cpu_ns as f64 / 1e9),
                 runnable_seconds: c.map_or(0.0, |c| c.runnable_ns as f64 / 1e9),

@@ -5,10 +5,10 @@
 //! Per cgroup, never per thread. Labels: `cgroup` (its path in the cpu
 //! controller's hierarchy) and, when known, `namespace`, `pod`,
 //! `container`, `pod_uid`, `container_id`. A metric is only written when
-//! something feeds it: `affin_trace_cgroup_running_threads` waits for the
-//! kernel's per-period throttle events ([`CgroupRow::running_threads`]
-//! stays `None` until a source fills it), and the pressure and quota
-//! series are written only for cgroups that have them.
+//! something feeds it: `affin_trace_cgroup_running_threads` needs the
+//! kernel's per-period throttle events (task-based throttling, 6.18+:
+//! [`CgroupRow::running_threads`] stays `None` without them), and the
+//! pressure and quota series are written only for cgroups that have them.
 
 use std::sync::{Arc, Mutex};
 
@@ -61,8 +61,9 @@ pub struct CgroupRow {
     pub periods: Option<u64>,
     pub throttled_periods: Option<u64>,
     pub throttled_seconds: Option<f64>,
-    /// Threads running at once when the quota ran out, per period: needs
-    /// the kernel's throttle events; `None` until something feeds it.
+    /// Threads running at once when the quota ran out, per throttled
+    /// period ([`running_buckets`]); `None` without the kernel's throttle
+    /// events.
     pub running_threads: Option<Buckets>,
     pub recommended_threads: u32,
     pub cpu_seconds: f64,
@@ -368,6 +369,33 @@ pub fn runq_buckets(log2: &[u64], sum_ns: u64) -> Buckets {
     }
 }
 
+/// The running-threads histogram from the kernel's exact counts (entry
+/// `n`: periods in which `n` threads ran when the quota ran out; the last
+/// entry also holds larger counts): one bucket per count from 1 to the
+/// CPUs, which is as many as can run at once, then +Inf. Counts are whole
+/// numbers, so each bucket holds exactly the periods of its count (0 goes
+/// with 1: the thread that ran out was on a CPU).
+pub fn running_buckets(counts: &[u32], cpus: usize) -> Buckets {
+    let top = cpus.clamp(1, counts.len().saturating_sub(2).max(1));
+    let mut buckets: Vec<(f64, u64)> = (1..=top).map(|n| (n as f64, 0)).collect();
+    let mut inf = 0;
+    let mut sum = 0.0;
+    for (n, &c) in counts.iter().enumerate() {
+        let c = u64::from(c);
+        sum += n as f64 * c as f64;
+        match buckets.get_mut(n.max(1) - 1) {
+            Some(b) => b.1 += c,
+            None => inf += c,
+        }
+    }
+    buckets.push((f64::MAX, inf));
+    Buckets {
+        sum,
+        count: counts.iter().map(|&c| u64::from(c)).sum(),
+        buckets,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +452,38 @@ mod tests {
             "affin_trace_agent_bpf_run_seconds",
         ] {
             assert!(!text.contains(absent), "{absent} is not fed:\n{text}");
+        }
+    }
+
+    #[test]
+    fn running_threads_buckets_run_from_one_to_the_cpus() {
+        let mut counts = [0u32; affinity_common::BW_RUNNING_BUCKETS];
+        counts[1] = 3;
+        counts[2] = 5;
+        counts[7] = 1; // more than the CPUs: only +Inf holds it
+        let b = running_buckets(&counts, 2);
+        assert_eq!(b.buckets, vec![(1.0, 3), (2.0, 5), (f64::MAX, 1)]);
+        assert_eq!((b.count, b.sum), (9, 20.0));
+        let empty = running_buckets(&counts.map(|_| 0), 4);
+        assert_eq!(empty.buckets.len(), 5);
+        assert_eq!((empty.count, empty.sum), (0, 0.0));
+
+        let s = Shared::default();
+        s.set(Snapshot {
+            cgroups: vec![CgroupRow {
+                running_threads: Some(b),
+                ..row()
+            }],
+            agent: AgentRow::default(),
+        });
+        let text = s.encode();
+        for want in [
+            "affin_trace_cgroup_running_threads_bucket{le=\"1.0\",cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\"} 3",
+            "affin_trace_cgroup_running_threads_bucket{le=\"2.0\",cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\"} 8",
+            "affin_trace_cgroup_running_threads_bucket{le=\"+Inf\",cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\"} 9",
+            "affin_trace_cgroup_running_threads_count{cgroup=\"/kubepods/burstable/podab/cd\",namespace=\"shop\",pod=\"encoder-0\"} 9",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
         }
     }
 

@@ -134,10 +134,18 @@ fn run_inner(args: &ServeArgs) -> Result<(), ServeError> {
             follow: false,
             join_cgroup: 0,
             cgroup_set: true,
-            // The agent reads no quota's kernel events.
-            bandwidth: false,
+            // The sched_switch path of the throttle events, per traced
+            // cgroup (attach_bandwidth_groups).
+            bandwidth: true,
         };
-        let probe = Probe::load(&cfg, &topology).map_err(|e| ServeError::Load(e.to_string()))?;
+        let mut probe =
+            Probe::load(&cfg, &topology).map_err(|e| ServeError::Load(e.to_string()))?;
+        // Optional: without it only affin_trace_cgroup_running_threads is missing.
+        if let Err(e) = probe.attach_bandwidth_groups() {
+            eprintln!(
+                "affin-trace serve: {e}; continuing without affin_trace_cgroup_running_threads"
+            );
+        }
         let targets = targets::Targets::new(
             version,
             mount.clone(),
@@ -146,7 +154,9 @@ fn run_inner(args: &ServeArgs) -> Result<(), ServeError> {
             args.max_cgroups as usize,
             bundles,
         );
-        let mut agent = agent::Agent::new(probe, targets, version, args.interval, args.window);
+        let cpus = topology.cpus.len();
+        let mut agent =
+            agent::Agent::new(probe, targets, version, args.interval, args.window, cpus);
         eprintln!(
             "affin-trace serve: listening on http://{} (/metrics, /findings, /healthz), \
              interval {} s, programs attached ({:?})",

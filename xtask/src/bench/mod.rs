@@ -8,7 +8,9 @@
 //! reason, without it), interleaved over rounds, loops calibrated to ~1 s a
 //! run; bpf_stats in separate runs of (b)-(d); start-up cold then warm;
 //! 1,000 and 10,000 traced threads (`bench-threads`, hidden, is their
-//! workload); the criterion benches of affinity-userspace/benches/.
+//! workload); the criterion benches of affinity-userspace/benches/; the
+//! node agent (`affin-trace serve`) over 100 containers of 2,000 threads
+//! coming and going, for `--serve-secs` (600 s: the issue's soak).
 //!
 //! The run holds the root tests' machine-wide lock, so that neither
 //! distorts the other. Every path stops the processes it started, restores
@@ -18,7 +20,7 @@
 //!
 //! Files by role: `process` (children, sysctls, signals), `parse` (the
 //! tools' output), `programs` (which BPF programs are loaded, by whom),
-//! `pipe`, `startup`, `threads`, `criterion` (the phases), `results` (what a
+//! `pipe`, `startup`, `threads`, `criterion`, `serve` (the phases), `results` (what a
 //! run gathered), `render` (the figures the template shows).
 
 mod criterion;
@@ -28,6 +30,7 @@ mod process;
 mod programs;
 mod render;
 mod results;
+mod serve;
 mod startup;
 mod threads;
 
@@ -60,6 +63,8 @@ pub enum Phase {
     Scale,
     /// Section 7: the criterion benches of the pure hot paths.
     Criterion,
+    /// Section 8: the node agent over 100 containers coming and going.
+    Serve,
 }
 
 #[derive(clap::Args)]
@@ -76,8 +81,12 @@ pub struct Args {
     only: Vec<Phase>,
     /// Measure nothing: write the report again from a run saved by an
     /// earlier bench (target/bench-run.json), e.g. after a template change.
-    #[arg(long, value_name = "RUN_JSON", conflicts_with_all = ["rounds", "loops", "only"])]
+    #[arg(long, value_name = "RUN_JSON", conflicts_with_all = ["rounds", "loops", "only", "serve_secs"])]
     render: Option<PathBuf>,
+    /// Length of the serve phase's measured part, after its 30 s warm-up
+    /// (the issue's soak is 10 minutes).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(15..))]
+    serve_secs: u64,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -94,6 +103,11 @@ const T_START_MS: f64 = 150.0;
 const T_CPU_PCT: f64 = 1.0;
 const T_RSS_MIB: f64 = 30.0;
 const T_READ_MS: f64 = 50.0;
+/// Targets of issue #15 for the agent.
+const T_SERVE_CPU_PCT: f64 = 1.0;
+const T_SERVE_RSS_MB: f64 = 40.0;
+/// Resident growth over the soak counted as none.
+const T_SERVE_GROWTH_PCT: f64 = 5.0;
 
 /// What every phase needs: the tools, the binaries, the scratch directory.
 struct Ctx {
@@ -254,6 +268,9 @@ fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
     if wants(Phase::Criterion) {
         r.criterion = Some(phase_result("criterion", criterion::phase())?);
     }
+    if wants(Phase::Serve) {
+        r.serve = Some(phase_result("serve", serve::phase(&ctx, args.serve_secs))?);
+    }
 
     // Stop everything started before writing anything.
     sleeper.stop()?;
@@ -276,6 +293,7 @@ fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
         ("1,000 threads", is_err(&r.small)),
         ("10,000 threads", is_err(&r.large)),
         ("criterion", is_err(&r.criterion)),
+        ("serve", is_err(&r.serve)),
     ]
     .into_iter()
     .filter_map(|(n, f)| f.then_some(n))

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::Path;
 
 /// Names of affin-trace's programs start with one of these.
-const OUR_PREFIXES: [&str; 2] = ["btf_sched_", "floor_"];
+const OUR_PREFIXES: [&str; 3] = ["btf_sched_", "btf_cgroup_", "floor_"];
 
 /// `perf bench sched pipe`: the number before "usecs/op".
 pub fn parse_usecs_per_op(lines: &[String]) -> Option<f64> {

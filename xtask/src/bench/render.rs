@@ -6,11 +6,12 @@
 use super::parse::{TraceReport, median, min_max, quantile};
 use super::pipe::{CFGS, Cfg};
 use super::results::{Env, Results, read_trim};
+use super::serve::{SERVE_CGROUPS, SERVE_THREADS_PER, ServeRun};
 use super::startup::StartRun;
 use super::threads::{LARGE_THREADS, SMALL_PERIOD_MS, SMALL_THREADS, ThreadsRun};
 use super::{
     CALIBRATION_LOOPS, Phase, RUN_TARGET_S, T_ADDED_RATIO, T_CPU_PCT, T_READ_MS, T_RSS_MIB,
-    T_START_MS, T_SWITCH_NS, criterion,
+    T_SERVE_CPU_PCT, T_SERVE_GROWTH_PCT, T_SERVE_RSS_MB, T_START_MS, T_SWITCH_NS, criterion,
 };
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 use std::time::Duration;
@@ -59,6 +60,11 @@ pub fn render(env: &Env, r: &Results, took: Duration) -> String {
             small_threads => SMALL_THREADS,
             large_threads => LARGE_THREADS,
             small_period_ms => SMALL_PERIOD_MS,
+            t_serve_cpu_pct => T_SERVE_CPU_PCT.to_string(),
+            t_serve_rss_mb => T_SERVE_RSS_MB.to_string(),
+            t_serve_growth_pct => T_SERVE_GROWTH_PCT.to_string(),
+            serve_cgroups => SERVE_CGROUPS,
+            serve_threads => SERVE_CGROUPS * SERVE_THREADS_PER,
         },
         pipe => r.phases.contains(&Phase::Pipe).then(|| pipe(r)),
         ratios => ratios(r),
@@ -69,12 +75,14 @@ pub fn render(env: &Env, r: &Results, took: Duration) -> String {
         large => ok(&r.large).map(threads),
         rss => rss(r),
         criterion => ok(&r.criterion).map(|f| context! { command => criterion::COMMAND, figures => f }),
+        serve => ok(&r.serve).map(|s| serve(r, s)),
         missing => Value::from_iter([
             missing("stats", err(&r.stats)),
             missing("startup", err(&r.startup)),
             missing("small", err(&r.small)),
             missing("large", err(&r.large)),
             missing("criterion", err(&r.criterion)),
+            missing("serve", err(&r.serve)),
         ]),
     };
     let rendered = jinja.render_str(TEMPLATE, ctx);
@@ -348,6 +356,44 @@ fn threads(t: &ThreadsRun) -> Value {
     }
 }
 
+/// Section 8 (and its targets): the agent's soak.
+fn serve(r: &Results, s: &ServeRun) -> Value {
+    let cpu_pct = s.cpu_s / s.secs * 100.0;
+    let mib = |k: u64| k as f64 / 1024.0;
+    let growth_pct =
+        (s.rss_end_kib as f64 - s.rss_start_kib as f64) / s.rss_start_kib.max(1) as f64 * 100.0;
+    let progs: Vec<Value> = (s.progs.iter())
+        .map(|p| {
+            let ns = p
+                .run_time_ns
+                .zip(p.run_cnt)
+                .filter(|x| x.1 > 0)
+                .map(|(t, n)| t as f64 / n as f64);
+            context! {
+                name => p.name,
+                run_cnt => p.run_cnt.map_or("n/a".into(), |x| x.to_string()),
+                ns,
+                one_shot_ns => r.ns_per_event(Cfg::D, &p.name),
+            }
+        })
+        .collect();
+    context! {
+        minutes => s.secs / 60.0,
+        cpu_pct,
+        cpu_status => met(cpu_pct <= T_SERVE_CPU_PCT),
+        rss_start_mib => mib(s.rss_start_kib),
+        rss_end_mib => mib(s.rss_end_kib),
+        hwm_mib => mib(s.hwm_kib),
+        rss_status => met(mib(s.hwm_kib) <= T_SERVE_RSS_MB),
+        growth_pct,
+        growth_status => met(growth_pct <= T_SERVE_GROWTH_PCT),
+        scrape => context! { median => med(&s.scrape_ms), max => max(&s.scrape_ms) },
+        progs,
+        errors => if s.errors.is_empty() { "none".to_string() } else { s.errors.join("; ") },
+        ..Value::from_serialize(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,7 +405,7 @@ mod tests {
         let mut run: Run = serde_json::from_str(text).unwrap();
         let md = render(&run.env, &run.results, Duration::from_secs(143));
         let headings = md.lines().filter(|l| l.starts_with("## ")).count();
-        assert_eq!(headings, 11, "{md}");
+        assert_eq!(headings, 12, "{md}");
         assert!(!md.contains(['{', '}']), "{md}");
         assert!(md.contains("| (c) | btf_sched_switch | 420169 | 28487458 | 67.8 |"));
         run.results.startup = Some(Err("boom".into()));

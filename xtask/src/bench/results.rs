@@ -5,6 +5,7 @@ use super::criterion::Figure;
 use super::parse::{Prog, TraceReport, median, quantile};
 use super::pipe::{Cfg, Stats};
 use super::render::{met, times};
+use super::serve::ServeRun;
 use super::startup::Startup;
 use super::threads::ThreadsRun;
 use super::{Ctx, Phase, T_ADDED_RATIO};
@@ -55,6 +56,9 @@ pub struct Results {
     pub small: Option<Result<ThreadsRun, String>>,
     pub large: Option<Result<ThreadsRun, String>>,
     pub criterion: Option<Result<Vec<Figure>, String>>,
+    /// Absent in runs saved before phase 8 existed.
+    #[serde(default)]
+    pub serve: Option<Result<ServeRun, String>>,
     pub checks: Vec<(String, bool)>,
 }
 
