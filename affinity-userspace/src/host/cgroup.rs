@@ -384,7 +384,11 @@ pub fn resolve(root: &Root, pid: u32) -> Result<CpuCgroup, CgroupError> {
     };
 
     let levels = read_levels(root, version, &cgroup, mount, &mut notes)?;
-    let limit = tightest_limit(version, &cgroup, &levels, pressure_dir.as_ref());
+    let mut limit = tightest_limit(version, &cgroup, &levels, pressure_dir.as_ref());
+    if let Some(l) = limit.as_mut() {
+        l.burst_us = burst_at(version, &l.dir)?;
+        l.cpuset_cpus = cpuset_cpus(root, &groups, &mounts);
+    }
     Ok(CpuCgroup {
         pid,
         version,
@@ -490,6 +494,57 @@ fn tightest_limit(
         target_cgroup: cgroup.to_string(),
         target_dir: levels.first()?.dir.clone(),
         pressure_dir: pressure_dir.cloned(),
+        burst_us: None,
+        cpuset_cpus: None,
+    })
+}
+
+/// The burst set on one cgroup directory: v2 `cpu.max.burst`, v1
+/// `cpu.cfs_burst_us` (us; `None` where the kernel has no burst).
+pub fn burst_at(version: CgroupVersion, dir: &Path) -> Result<Option<u64>, CgroupError> {
+    let path = dir.join(match version {
+        CgroupVersion::V1 => "cpu.cfs_burst_us",
+        CgroupVersion::V2 => "cpu.max.burst",
+    });
+    let Some(text) = read_opt(&path)? else {
+        return Ok(None);
+    };
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| bad(&path, "a burst in us", &text))
+}
+
+/// The CPUs the process's cgroup may run on: the v1 cpuset hierarchy's
+/// `cpuset.effective_cpus` where one holds it, else the v2 cgroup's
+/// `cpuset.cpus.effective` (its nearest level that has the file: the
+/// cpuset controller need not be enabled at the leaf). `None` when
+/// neither is readable (the caller falls back to the online CPUs).
+fn cpuset_cpus(root: &Root, groups: &procfs::ProcessCGroups, mounts: &[Mount]) -> Option<Vec<u32>> {
+    let read = |dir: &Path, file: &str| {
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
+        crate::model::cpulist::parse(text.trim())
+            .ok()
+            .filter(|c| !c.is_empty())
+    };
+    let v1 = groups
+        .0
+        .iter()
+        .find(|g| g.hierarchy != 0 && g.controllers.iter().any(|c| c == "cpuset"));
+    if let Some(g) = v1
+        && let Some(m) = mount_for(mounts, CgroupVersion::V1, Some("cpuset"), &g.pathname)
+    {
+        let dir = m.dir(root).join(relative(&g.pathname, &m.root)?);
+        if let Some(c) = read(&dir, "cpuset.effective_cpus") {
+            return Some(c);
+        }
+    }
+    let g = groups.0.iter().find(|g| g.hierarchy == 0)?;
+    let m = mount_for(mounts, CgroupVersion::V2, None, &g.pathname)?;
+    let base = m.dir(root);
+    ancestors(&g.pathname, &m.root).iter().find_map(|cg| {
+        let dir = base.join(relative(cg, &m.root)?);
+        read(&dir, "cpuset.cpus.effective")
     })
 }
 
@@ -566,6 +621,9 @@ pub fn read_stat_at(dir: &Path) -> Result<CpuStat, CgroupError> {
         usage_ns: get(&kv, "usage_usec").map(|u| u.saturating_mul(1000)),
         local_throttled_ns: None,
         pressure: None,
+        nr_bursts: get(&kv, "nr_bursts"),
+        burst_ns: get(&kv, "burst_time")
+            .or_else(|| get(&kv, "burst_usec").map(|u| u.saturating_mul(1000))),
     };
     stat.local_throttled_ns = read_local(dir)?;
     let ppath = dir.join("cpu.pressure");
@@ -866,6 +924,8 @@ mod tests {
                 full_avg10: None,
                 full_total_us: None,
             }),
+            nr_bursts: Some(1),
+            burst_ns: Some(10_000),
         };
         let after = CpuStat {
             nr_periods: 200,
@@ -879,6 +939,8 @@ mod tests {
                 full_avg10: Some(1.0),
                 full_total_us: Some(7),
             }),
+            nr_bursts: Some(4),
+            burst_ns: Some(70_000),
         };
         let d = CpuStat::delta(&before, &after);
         assert_eq!(d.nr_periods, 100);
@@ -889,6 +951,7 @@ mod tests {
         assert_eq!(d.pressure_some_ns, Some(500_000));
         assert_eq!(d.pressure_full_ns, None);
         assert_eq!(d.throttled_ratio(), Some(0.9));
+        assert_eq!((d.nr_bursts, d.burst_ns), (Some(3), Some(60_000)));
         assert!(!d.counters_reset);
 
         let back = CpuStat::delta(&after, &before);
