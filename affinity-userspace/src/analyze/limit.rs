@@ -227,7 +227,9 @@ mod tests {
             duration_ns: 10 * SEC,
             nr_cpus: 2,
             threads: vec![th(1), th(2)],
-            system_busy_ns: (0..2).map(|c| (c, (busy * 10.0 * SEC as f64) as u64)).collect(),
+            system_busy_ns: (0..2)
+                .map(|c| (c, (busy * 10.0 * SEC as f64) as u64))
+                .collect(),
             neighbours: vec![NeighbourTrace {
                 tgid: 77,
                 comm: "make".into(),
@@ -250,7 +252,14 @@ mod tests {
             pressure_full_ns: Some(5 * SEC),
             ..CpuStatDelta::default()
         };
-        let f = facts(&trace(1, 0.6, 1), &limit(None), Some(&w), 10 * SEC, Some(8 * SEC), true);
+        let f = facts(
+            &trace(1, 0.6, 1),
+            &limit(None),
+            Some(&w),
+            10 * SEC,
+            Some(8 * SEC),
+            true,
+        );
         assert_eq!(f.cause, Some(Cause::Quota));
         assert_eq!((f.held_ns, f.other_wait_ns), (Some(8 * SEC), Some(2 * SEC)));
         assert_eq!(f.burst_us, Some(20_000));
@@ -261,37 +270,80 @@ mod tests {
         assert_eq!(f.node_saturated, Some(false));
         assert!((f.node_busy_ratio.unwrap() - 0.6).abs() < 1e-9);
         let v = serde_json::to_value(&f).expect("json");
-        assert!(f.cause_text.unwrap().starts_with("the quota: throttling held"));
+        assert!(
+            f.cause_text
+                .unwrap()
+                .starts_with("the quota: throttling held")
+        );
         assert_eq!(v["cause"], "quota");
     }
 
     #[test]
     fn more_wait_on_a_full_node_is_the_node() {
-        let f = facts(&trace(5, 0.99, 9), &limit(None), None, 10 * SEC, Some(2 * SEC), true);
+        let f = facts(
+            &trace(5, 0.99, 9),
+            &limit(None),
+            None,
+            10 * SEC,
+            Some(2 * SEC),
+            true,
+        );
         assert_eq!(f.cause, Some(Cause::Node));
         assert_eq!(f.node_saturated, Some(true));
-        assert!(f.cause_text.unwrap().starts_with("a full node: its CPUs were 99% busy"));
+        assert!(
+            f.cause_text
+                .unwrap()
+                .starts_with("a full node: its CPUs were 99% busy")
+        );
     }
 
     #[test]
     fn more_wait_charged_to_neighbours_on_a_free_node_is_a_neighbour() {
-        let f = facts(&trace(5, 0.7, 8), &limit(None), None, 10 * SEC, Some(2 * SEC), true);
+        let f = facts(
+            &trace(5, 0.7, 8),
+            &limit(None),
+            None,
+            10 * SEC,
+            Some(2 * SEC),
+            true,
+        );
         assert_eq!(f.cause, Some(Cause::Neighbour));
         assert_eq!(f.neighbour_wait_ns, Some(8 * SEC));
         let text = f.cause_text.unwrap();
         assert!(text.contains("(most: make pid 77)"), "{text}");
         // The wait nobody else took is the target's own: the quota still.
-        let f = facts(&trace(5, 0.7, 1), &limit(None), None, 10 * SEC, Some(2 * SEC), true);
+        let f = facts(
+            &trace(5, 0.7, 1),
+            &limit(None),
+            None,
+            10 * SEC,
+            Some(2 * SEC),
+            true,
+        );
         assert_eq!(f.cause, Some(Cause::Quota));
     }
 
     #[test]
     fn the_estimate_takes_the_held_time_out_of_runnable() {
         // Runnable 10 s of which 6 s estimated held: 4 s other wait.
-        let f = facts(&trace(5, 0.99, 4), &limit(None), None, 10 * SEC, Some(6 * SEC), false);
+        let f = facts(
+            &trace(5, 0.99, 4),
+            &limit(None),
+            None,
+            10 * SEC,
+            Some(6 * SEC),
+            false,
+        );
         assert_eq!(f.other_wait_ns, Some(4 * SEC));
         assert_eq!(f.cause, Some(Cause::Quota));
-        let quiet = facts(&trace(5, 0.99, 4), &limit(None), None, 10 * SEC, Some(0), false);
+        let quiet = facts(
+            &trace(5, 0.99, 4),
+            &limit(None),
+            None,
+            10 * SEC,
+            Some(0),
+            false,
+        );
         assert_eq!(quiet.cause, None);
     }
 

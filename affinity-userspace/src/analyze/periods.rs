@@ -104,10 +104,18 @@ pub fn typical(bw: &BandwidthTrace, period_ns: u64, n: usize) -> Vec<TypicalPeri
     if throttled.is_empty() || period_ns == 0 {
         return Vec::new();
     }
-    let mut at: Vec<u64> = throttled.iter().filter_map(|p| p.exhausted_after_ns).collect();
+    let mut at: Vec<u64> = throttled
+        .iter()
+        .filter_map(|p| p.exhausted_after_ns)
+        .collect();
     at.sort_unstable();
     let median = at[(at.len() - 1) / 2];
-    throttled.sort_by_key(|p| (p.exhausted_after_ns.unwrap_or(0).abs_diff(median), p.start_ns));
+    throttled.sort_by_key(|p| {
+        (
+            p.exhausted_after_ns.unwrap_or(0).abs_diff(median),
+            p.start_ns,
+        )
+    });
     throttled.truncate(n);
     throttled.sort_by_key(|p| p.start_ns);
     throttled.iter().map(|p| typical_of(p, period_ns)).collect()
@@ -219,7 +227,11 @@ mod tests {
         assert_eq!(starts, vec![100, 400, 1000]);
         assert!(t.iter().all(|p| p.ran_ms == 50.0 && p.held_ms == 50.0));
         assert!(t.iter().all(|p| p.running_threads == 2));
-        assert_eq!(typical(&bw, 100 * MS, 100).len(), 19, "unthrottled left out");
+        assert_eq!(
+            typical(&bw, 100 * MS, 100).len(),
+            19,
+            "unthrottled left out"
+        );
         assert!(typical(&BandwidthTrace::default(), 100 * MS, 3).is_empty());
         assert_eq!(render_text(&[]), "");
     }

@@ -425,7 +425,8 @@ fn whole_limit(
     out.limit = crate::analyze::limit::facts(trace, limit, window, out.wall_ns, held, measured);
     if let (Some(p), Some(b)) = (out.periods.as_mut(), bw) {
         let period_ns = limit.quota.period_us.saturating_mul(1000);
-        p.typical = crate::analyze::periods::typical(b, period_ns, crate::analyze::periods::TYPICAL);
+        p.typical =
+            crate::analyze::periods::typical(b, period_ns, crate::analyze::periods::TYPICAL);
     }
 }
 
@@ -831,6 +832,29 @@ mod tests {
         let t = analyze(&trace, Some(&limit(200_000)), Some(&window(100, 5, SEC)));
         assert_eq!(t.raise_limit_to_cores, Some(3));
         assert_eq!(t.recommended_threads, Some(2));
+    }
+
+    #[test]
+    fn raise_never_exceeds_the_cpus_the_cgroup_may_use() {
+        // Demand of 17 CPUs: capped at the cgroup's cpuset of 4, else at
+        // the 20 online CPUs, and on a 2-CPU node at 2.
+        let w = window(100, 92, 7_400_000_000);
+        let mut l = limit(50_000);
+        l.cpuset_cpus = Some(vec![0, 1, 2, 3]);
+        let t = analyze(&ffmpeg(), Some(&l), Some(&w));
+        assert_eq!(t.raise_limit_to_cores, Some(4));
+        assert_eq!(t.limit.cpus_allowed, Some(4));
+        assert!(
+            t.finding.ends_with("raise the limit to 4 CPUs"),
+            "{}",
+            t.finding
+        );
+        let t = analyze(&ffmpeg(), Some(&limit(50_000)), Some(&w));
+        assert_eq!(t.raise_limit_to_cores, Some(17));
+        let mut two = ffmpeg();
+        two.nr_cpus = 2;
+        let t = analyze(&two, Some(&limit(50_000)), Some(&w));
+        assert_eq!(t.raise_limit_to_cores, Some(2));
     }
 
     #[test]

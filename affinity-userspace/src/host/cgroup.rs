@@ -874,6 +874,137 @@ mod tests {
         assert!(cg.notes[0].contains("no cpu controller"), "{:?}", cg.notes);
     }
 
+    /// A hybrid host as this one: v1 cpu and cpuset hierarchies, a unified
+    /// tree without controllers. The parent's 0.5 CPU binds over the
+    /// child's 1.5; the binding cgroup's burst and the cpuset's CPUs are
+    /// read; pressure comes from the unified tree.
+    #[test]
+    fn hybrid_tighter_parent_binds_with_its_burst_and_the_cpuset() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        let w = |rel: &str, text: &str| put(r, rel, text);
+        w(
+            "proc/4242/cgroup",
+            "3:cpuset:/par/kid\n1:cpu:/par/kid\n0::/svc\n",
+        );
+        w(
+            "proc/self/mountinfo",
+            "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+             34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset\n\
+             41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n",
+        );
+        w("sys/fs/cgroup/cpu/cpu.cfs_quota_us", "-1\n");
+        w("sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n");
+        w("sys/fs/cgroup/cpu/par/cpu.cfs_quota_us", "50000\n");
+        w("sys/fs/cgroup/cpu/par/cpu.cfs_period_us", "100000\n");
+        w("sys/fs/cgroup/cpu/par/cpu.cfs_burst_us", "20000\n");
+        w(
+            "sys/fs/cgroup/cpu/par/cpu.stat",
+            "nr_periods 10\nnr_throttled 9\nthrottled_time 5\nnr_bursts 3\nburst_time 7000\n",
+        );
+        w("sys/fs/cgroup/cpu/par/kid/cpu.cfs_quota_us", "150000\n");
+        w("sys/fs/cgroup/cpu/par/kid/cpu.cfs_period_us", "100000\n");
+        w("sys/fs/cgroup/cpu/par/kid/cpu.cfs_burst_us", "0\n");
+        w("sys/fs/cgroup/cpuset/par/kid/cpuset.effective_cpus", "1\n");
+        w("sys/fs/cgroup/unified/cgroup.controllers", "\n");
+        w(
+            "sys/fs/cgroup/unified/svc/cpu.pressure",
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n\
+             full avg10=0.00 avg60=0.00 avg300=0.00 total=3\n",
+        );
+        let cg = resolve(&Root::new(r), 4242).expect("resolve");
+        assert_eq!(cg.version, CgroupVersion::V1);
+        assert_eq!(cg.levels.len(), 3);
+        let l = cg.limit().expect("a limit");
+        assert_eq!(l.cgroup, "/par", "the parent's quota is tighter");
+        assert_eq!(l.quota_cores(), 0.5);
+        assert_eq!(l.target_cgroup, "/par/kid");
+        assert_eq!(l.burst_us, Some(20_000), "the binding cgroup's burst");
+        assert_eq!(l.cpuset_cpus, Some(vec![1]));
+        assert!(
+            l.pressure_dir
+                .as_ref()
+                .is_some_and(|d| d.ends_with("unified/svc"))
+        );
+        let s = read_stat(l).expect("stat");
+        assert_eq!((s.nr_bursts, s.burst_ns), (Some(3), Some(7000)));
+        assert_eq!(s.pressure.and_then(|p| p.full_total_us), Some(3));
+    }
+
+    /// v1 alone, three levels: the middle one binds over a looser leaf
+    /// and an unlimited root; without burst files the burst is unknown.
+    #[test]
+    fn v1_tighter_middle_ancestor_binds() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        let w = |rel: &str, text: &str| put(r, rel, text);
+        w("proc/4242/cgroup", "2:cpu,cpuacct:/a/b/c\n");
+        w(
+            "proc/self/mountinfo",
+            "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n",
+        );
+        let q = |rel: &str, quota: &str, period: &str| {
+            w(
+                &format!("sys/fs/cgroup/cpu,cpuacct/{rel}cpu.cfs_quota_us"),
+                quota,
+            );
+            w(
+                &format!("sys/fs/cgroup/cpu,cpuacct/{rel}cpu.cfs_period_us"),
+                period,
+            );
+        };
+        q("", "-1", "100000");
+        q("a/", "300000", "100000");
+        // 0.75 CPU as 37500 per 50000: tighter than the leaf's 1 CPU.
+        q("a/b/", "37500", "50000");
+        q("a/b/c/", "100000", "100000");
+        let cg = resolve(&Root::new(r), 4242).expect("resolve");
+        let l = cg.limit().expect("a limit");
+        assert_eq!(cg.levels.len(), 4);
+        assert_eq!(l.cgroup, "/a/b");
+        assert_eq!(l.quota_cores(), 0.75);
+        assert_eq!(l.burst_us, None);
+        assert_eq!(l.cpuset_cpus, None, "no cpuset hierarchy, no v2 line");
+    }
+
+    /// v2: a pod slice's cpu.max binds over its container's; its
+    /// cpu.max.burst is read, and the cpuset comes from the nearest level
+    /// that has cpuset.cpus.effective.
+    #[test]
+    fn v2_tighter_ancestor_binds_with_its_burst_and_the_cpuset() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        let w = |rel: &str, text: &str| put(r, rel, text);
+        w("proc/4242/cgroup", "0::/pod/ctr\n");
+        w(
+            "proc/self/mountinfo",
+            "41 31 0:38 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n",
+        );
+        w("sys/fs/cgroup/cgroup.controllers", "cpuset cpu memory\n");
+        w("sys/fs/cgroup/cpuset.cpus.effective", "0-7\n");
+        w("sys/fs/cgroup/pod/cpu.max", "25000 100000\n");
+        w("sys/fs/cgroup/pod/cpu.max.burst", "5000\n");
+        w("sys/fs/cgroup/pod/cpuset.cpus.effective", "2-3\n");
+        w("sys/fs/cgroup/pod/ctr/cpu.max", "200000 100000\n");
+        w("sys/fs/cgroup/pod/ctr/cpu.max.burst", "0\n");
+        w(
+            "sys/fs/cgroup/pod/cpu.stat",
+            "usage_usec 10\nnr_periods 4\nnr_throttled 2\nthrottled_usec 3\nnr_bursts 2\nburst_usec 9\n",
+        );
+        let cg = resolve(&Root::new(r), 4242).expect("resolve");
+        let l = cg.limit().expect("a limit");
+        assert_eq!(l.version, CgroupVersion::V2);
+        assert_eq!(l.cgroup, "/pod");
+        assert_eq!(l.quota_cores(), 0.25);
+        assert_eq!(l.burst_us, Some(5000));
+        assert_eq!(l.cpuset_cpus, Some(vec![2, 3]));
+        let s = read_stat(l).expect("stat");
+        assert_eq!((s.nr_bursts, s.burst_ns), (Some(2), Some(9000)));
+        std::fs::write(r.join("sys/fs/cgroup/pod/cpu.max.burst"), "lots\n").expect("write");
+        let e = resolve(&Root::new(r), 4242).unwrap_err();
+        assert!(e.to_string().contains("a burst in us"), "{e}");
+    }
+
     #[test]
     fn missing_process_says_so() {
         let e = resolve(&fixture("v1-hybrid"), 1).unwrap_err();

@@ -924,7 +924,10 @@ mod tests {
         let quota = text.find("CPU quota:").expect("quota section");
         assert!(quota < text.find("TID").expect("table"), "{text}");
         assert_eq!(text.matches("CPU quota:").count(), 1, "{text}");
-        assert!(text.contains("  cause: the quota: throttling held"), "{text}");
+        assert!(
+            text.contains("  cause: the quota: throttling held"),
+            "{text}"
+        );
 
         // The node was full and the wait mostly not throttling: in place.
         tr.threads[0].runnable_ns = 1_900_000_000;
