@@ -342,6 +342,7 @@ fn finish_perfetto(
         lost_events: cap.lost_events,
         throttled: cap.throttled.clone(),
         quota: cap.quota.clone(),
+        periods: cap.periods.clone(),
     };
     let path = w.get_ref().get_ref().w.path().to_path_buf();
     let so_far = w.written();
