@@ -81,6 +81,53 @@ impl TestCgroup {
         Ok(cg)
     }
 
+    /// Creates cgroup `name` inside this one with its own quota
+    /// (`quota_us` per `period_us`; `None`: unlimited, -1 / `max`). On v1
+    /// the kernel refuses a child quota looser than its parent's, so a
+    /// parent that binds tighter than its child is one with a quota over a
+    /// child without. Remove the child first (drop it before the parent).
+    pub fn child(&self, name: &str, quota: Option<(u64, u64)>) -> Result<Self, String> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(format!(
+                "child cgroup name {name:?} must be one path component"
+            ));
+        }
+        let dir = self.dir.join(name);
+        std::fs::create_dir(&dir)
+            .map_err(|e| format!("cannot create {}: {e}; this needs root", dir.display()))?;
+        let cg = TestCgroup {
+            dir,
+            parent: self.dir.clone(),
+            version: self.version,
+            enabled_cpu_in: None,
+        };
+        if self.version == CgroupVersion::V2 {
+            // The child's cpu.max exists only with cpu enabled below us.
+            write(&self.dir.join("cgroup.subtree_control"), "+cpu")?;
+        }
+        match (self.version, quota) {
+            (CgroupVersion::V1, Some((q, p))) => {
+                write(&cg.dir.join("cpu.cfs_period_us"), &p.to_string())?;
+                write(&cg.dir.join("cpu.cfs_quota_us"), &q.to_string())?;
+            }
+            (CgroupVersion::V2, Some((q, p))) => {
+                write(&cg.dir.join("cpu.max"), &format!("{q} {p}"))?;
+            }
+            (_, None) => {}
+        }
+        Ok(cg)
+    }
+
+    /// Sets the cgroup's burst (us of unused quota carried into a later
+    /// period): v1 `cpu.cfs_burst_us`, v2 `cpu.max.burst`.
+    pub fn set_burst(&self, burst_us: u64) -> Result<(), String> {
+        let file = match self.version {
+            CgroupVersion::V1 => "cpu.cfs_burst_us",
+            CgroupVersion::V2 => "cpu.max.burst",
+        };
+        write(&self.dir.join(file), &burst_us.to_string())
+    }
+
     /// Gives the cgroup the largest CPU weight (v1 `cpu.shares` 262144, v2
     /// `cpu.weight` 10000): against other work on the machine, at weight
     /// 1024 or 100, it then gets its CPUs about as if they were idle, so a

@@ -18,6 +18,11 @@ const SPIN_MS: u64 = 4_000;
 /// Runs `k` spinners for SPIN_MS in a fresh cgroup with `quota_us` per
 /// PERIOD_US, traced by pid; returns the report.
 fn spinners_in_quota(name: &str, k: u32, quota_us: u64) -> serde_json::Value {
+    spinners_in_quota_with(name, k, quota_us, &[])
+}
+
+/// [`spinners_in_quota`] with `extra` arguments for affin-trace.
+fn spinners_in_quota_with(name: &str, k: u32, quota_us: u64, extra: &[&str]) -> serde_json::Value {
     let name = format!("{name}-{}", std::process::id());
     let cg = TestCgroup::create_v1_cpu(&name, quota_us, PERIOD_US).expect("create test cgroup");
     // The construction assumes the CPUs are free; other work on the machine
@@ -26,7 +31,16 @@ fn spinners_in_quota(name: &str, k: u32, quota_us: u64) -> serde_json::Value {
     let mut w = Gated::start(&["spinners", &k.to_string(), &SPIN_MS.to_string()]);
     cg.add(w.pid()).expect("add to cgroup");
     let pid = w.pid().to_string();
-    let tracer = Tracer::start(&["--pid", &pid, "--duration", "60", "--interval", "0.5"]);
+    let mut args = vec![
+        "--pid",
+        pid.as_str(),
+        "--duration",
+        "60",
+        "--interval",
+        "0.5",
+    ];
+    args.extend_from_slice(extra);
+    let tracer = Tracer::start(&args);
     w.go();
     w.finish();
     let (code, json) = tracer.finish();
@@ -142,4 +156,105 @@ fn one_spinner_in_half_a_cpu_is_held_half_the_time() {
         "held {:.3}",
         shares[0]
     );
+}
+
+/// Item 6: two spinners in one CPU run the quota out at P/2 each period:
+/// the report's typical periods are strips of about half `#` then `.`,
+/// two threads running at once, and the timeline has a quota-used and a
+/// throttled slice per throttled period. Item 3: the cause is the quota.
+#[test]
+fn two_spinners_in_one_cpu_draw_the_strip_and_the_period_slices() {
+    require_root();
+    let (k, q) = (2, 1.0);
+    let file = scratch("periods.json");
+    let json = spinners_in_quota_with(
+        "affin-bwstrip",
+        k,
+        (q * PERIOD_US as f64) as u64,
+        &["--timeline", file.to_str().unwrap()],
+    );
+    let t = &json["throttling"];
+    let expect_ms = q * PERIOD_US as f64 / 1e3 / 2.0;
+    exhausted_within(t, expect_ms);
+    assert_eq!(t["cause"], "quota", "{t:#}");
+    let typical = t["periods"]["typical"].as_array().expect("periods.typical");
+    assert_eq!(typical.len(), 3, "{t:#}");
+    let tol = (expect_ms * 0.10).max(5.0);
+    for p in typical {
+        assert_eq!(p["running_threads"], k, "{p:#}");
+        let strip = p["strip"].as_str().expect("strip");
+        assert_eq!(strip.chars().count(), 50, "{strip}");
+        let ran_ms = strip.matches('#').count() as f64 * 2.0;
+        let held_ms = strip.matches('.').count() as f64 * 2.0;
+        assert!((ran_ms - expect_ms).abs() <= tol + 2.0, "{strip}: {p:#}");
+        assert!(
+            (held_ms - (PERIOD_US as f64 / 1e3 - expect_ms)).abs() <= tol + 2.0,
+            "{strip}"
+        );
+        assert!(strip.starts_with('#') && strip.contains('.'), "{strip}");
+    }
+    let tl: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("timeline file"))
+            .expect("JSON");
+    let _ = std::fs::remove_file(&file);
+    let slices: Vec<&serde_json::Value> = tl["traceEvents"]
+        .as_array()
+        .expect("traceEvents")
+        .iter()
+        .filter(|e| e["cat"] == "quota_period")
+        .collect();
+    let periods = u(&tl["otherData"]["throttled_periods"]);
+    assert!(periods >= 30, "{}", tl["otherData"]);
+    assert_eq!(slices.len() as u64, 2 * periods);
+    assert_eq!(periods, u(&t["periods"]["throttled_periods"]));
+    // Quota used, then throttled, back to back.
+    for pair in slices.chunks(2) {
+        assert!(
+            pair[0]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("quota used: "),
+            "{pair:?}"
+        );
+        assert!(
+            pair[1]["name"].as_str().unwrap().starts_with("throttled "),
+            "{pair:?}"
+        );
+        let end = f(&pair[0]["ts"]) + f(&pair[0]["dur"]);
+        assert!((end - f(&pair[1]["ts"])).abs() < 0.01, "{pair:?}");
+    }
+}
+
+/// Item 3 for real (v1 here): a parent with 0.5 CPU over a child with no
+/// quota of its own; one spinner in the child. The report names the
+/// parent's limit, reads the parent's burst back, and the spinner is held
+/// about half its life.
+#[test]
+fn a_tighter_parent_is_the_limit_named_with_its_burst() {
+    require_root();
+    let name = format!("affin-bwpar-{}", std::process::id());
+    let parent = TestCgroup::create_v1_cpu(&name, 50_000, PERIOD_US).expect("create parent");
+    parent.favour().expect("favour parent");
+    parent.set_burst(20_000).expect("set burst");
+    let child = parent.child("kid", None).expect("create child");
+    let mut w = Gated::start(&["spinners", "1", &SPIN_MS.to_string()]);
+    child.add(w.pid()).expect("add to child");
+    let pid = w.pid().to_string();
+    let tracer = Tracer::start(&["--pid", &pid, "--duration", "60", "--interval", "0.5"]);
+    w.go();
+    w.finish();
+    let (code, json) = tracer.finish();
+    drop(child);
+    drop(parent);
+    assert_eq!(code, 0);
+    let t = &json["throttling"];
+    assert_eq!(t["cgroup"], format!("/{name}"), "{t:#}");
+    assert_eq!(t["quota_cores"], 0.5, "{t:#}");
+    assert_eq!(t["burst_us"], 20_000, "{t:#}");
+    assert!(t["burst_used_us"].is_u64(), "{t:#}");
+    assert!(t["nr_bursts"].is_u64(), "{t:#}");
+    assert_eq!(t["cause"], "quota", "{t:#}");
+    let shares = held_shares(t);
+    assert_eq!(shares.len(), 1, "{t:#}");
+    assert!((shares[0] - 0.5).abs() <= 0.05, "held {:.3}", shares[0]);
 }

@@ -11,6 +11,8 @@ pub mod contention;
 pub mod decision;
 pub mod features;
 pub mod fix;
+pub mod limit;
+pub mod periods;
 pub mod recommend;
 pub mod throttle;
 pub mod verify;

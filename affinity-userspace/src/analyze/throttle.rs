@@ -82,6 +82,9 @@ pub struct PeriodSummary {
     pub running_threads_at_exhaustion_p50: Option<u32>,
     /// Tasks of the group queued (running or runnable) then, p50.
     pub queued_threads_at_exhaustion_p50: Option<u32>,
+    /// A few throttled periods whose quota ran out nearest the p50, in
+    /// time order: the strips of the text report (`analyze::periods`).
+    pub typical: Vec<crate::analyze::periods::TypicalPeriod>,
 }
 
 /// Throttling of the traced threads under their cgroup's CPU quota.
@@ -149,6 +152,10 @@ pub struct Throttling {
     pub fix: Option<Fix>,
     /// Per selected thread, in trace order (by tid).
     pub threads: Vec<ThreadThrottling>,
+    /// Burst, pressure full, the node and the cause (`analyze::limit`);
+    /// its keys sit in `throttling` itself.
+    #[serde(flatten)]
+    pub limit: crate::analyze::limit::LimitFacts,
 }
 
 impl Throttling {
@@ -265,6 +272,7 @@ pub fn summarize_periods(bw: &BandwidthTrace) -> PeriodSummary {
         throttled_cpu_ms_p50: percentile(&mut cpu, 0.5).map(ms),
         running_threads_at_exhaustion_p50: percentile(&mut running, 0.5),
         queued_threads_at_exhaustion_p50: percentile(&mut queued, 0.5),
+        typical: Vec::new(),
     }
 }
 
@@ -365,6 +373,7 @@ pub fn analyze_with(
         busy_threads: busy,
         fix: None,
         threads: per_thread,
+        limit: Default::default(),
     };
     let Some(limit) = limit else {
         return out;
@@ -381,8 +390,8 @@ pub fn analyze_with(
     // busy threads where some are busy. Never more than the node has.
     let cap = if busy > 0 { busy } else { ran };
     let mut raise = (demand.ceil() as u32).min(cap).max(1).max(above_quota);
-    if trace.nr_cpus > 0 {
-        raise = raise.min(trace.nr_cpus);
+    if let Some(n) = crate::analyze::limit::cpus_allowed(trace, limit) {
+        raise = raise.min(n);
     }
     out.recommended_threads = Some(fit);
     out.raise_limit_to_cores = Some(raise);
@@ -393,7 +402,32 @@ pub fn analyze_with(
         None => None,
     };
     out.finding = finding(&out, trace, fit, raise, how);
+    whole_limit(&mut out, trace, limit, window, bw);
     out
+}
+
+/// The limit beyond the quota ([`crate::analyze::limit`]) and the typical
+/// periods ([`crate::analyze::periods`]).
+fn whole_limit(
+    out: &mut Throttling,
+    trace: &Trace,
+    limit: &CgroupLimit,
+    window: Option<&CpuStatDelta>,
+    bw: Option<&BandwidthTrace>,
+) {
+    let measured = bw.is_some_and(|b| b.per_thread);
+    let held: Option<u64> = if measured {
+        out.threads.iter().map(|t| t.throttled_ns).sum()
+    } else {
+        out.threads.iter().map(|t| t.throttled_share_ns).sum()
+    };
+    let held = held.filter(|_| out.nr_throttled != Some(0));
+    out.limit = crate::analyze::limit::facts(trace, limit, window, out.wall_ns, held, measured);
+    if let (Some(p), Some(b)) = (out.periods.as_mut(), bw) {
+        let period_ns = limit.quota.period_us.saturating_mul(1000);
+        p.typical =
+            crate::analyze::periods::typical(b, period_ns, crate::analyze::periods::TYPICAL);
+    }
 }
 
 /// "0.5", "2", "1.25".
@@ -501,6 +535,9 @@ pub fn render_text(t: &Throttling) -> String {
             if let Some(p) = t.pressure_some_ratio {
                 let _ = write!(s, "; cpu.pressure some {:.0}%", p * 100.0);
             }
+            if let Some(p) = t.limit.pressure_full_ratio {
+                let _ = write!(s, ", full {:.0}%", p * 100.0);
+            }
             let _ = writeln!(s);
         }
         _ => {
@@ -538,6 +575,28 @@ pub fn render_text(t: &Throttling) -> String {
         let _ = writeln!(s, "  most held back: {} ({METHOD})", list.join("; "));
     }
     let _ = writeln!(s, "  finding: {}", t.finding);
+    s.push_str(&limit_text(t));
+    s
+}
+
+/// The burst, the periods' strips and the cause, under the finding.
+fn limit_text(t: &Throttling) -> String {
+    let mut s = String::new();
+    let l = &t.limit;
+    if let Some(b) = l.burst_us.filter(|&b| b > 0) {
+        let _ = writeln!(
+            s,
+            "  burst {b} us allowed, {} us used in {} periods",
+            l.burst_used_us.unwrap_or(0),
+            l.nr_bursts.unwrap_or(0)
+        );
+    }
+    if let Some(p) = &t.periods {
+        s.push_str(&crate::analyze::periods::render_text(&p.typical));
+    }
+    if let Some(c) = &l.cause_text {
+        let _ = writeln!(s, "  cause: {c}");
+    }
     s
 }
 
@@ -562,6 +621,8 @@ mod tests {
             target_cgroup: "/kubepods.slice/pod/ctr".into(),
             target_dir: PathBuf::from("/sys/fs/cgroup/kubepods.slice/pod/ctr"),
             pressure_dir: None,
+            burst_us: None,
+            cpuset_cpus: None,
         }
     }
 
@@ -771,6 +832,29 @@ mod tests {
         let t = analyze(&trace, Some(&limit(200_000)), Some(&window(100, 5, SEC)));
         assert_eq!(t.raise_limit_to_cores, Some(3));
         assert_eq!(t.recommended_threads, Some(2));
+    }
+
+    #[test]
+    fn raise_never_exceeds_the_cpus_the_cgroup_may_use() {
+        // Demand of 17 CPUs: capped at the cgroup's cpuset of 4, else at
+        // the 20 online CPUs, and on a 2-CPU node at 2.
+        let w = window(100, 92, 7_400_000_000);
+        let mut l = limit(50_000);
+        l.cpuset_cpus = Some(vec![0, 1, 2, 3]);
+        let t = analyze(&ffmpeg(), Some(&l), Some(&w));
+        assert_eq!(t.raise_limit_to_cores, Some(4));
+        assert_eq!(t.limit.cpus_allowed, Some(4));
+        assert!(
+            t.finding.ends_with("raise the limit to 4 CPUs"),
+            "{}",
+            t.finding
+        );
+        let t = analyze(&ffmpeg(), Some(&limit(50_000)), Some(&w));
+        assert_eq!(t.raise_limit_to_cores, Some(17));
+        let mut two = ffmpeg();
+        two.nr_cpus = 2;
+        let t = analyze(&two, Some(&limit(50_000)), Some(&w));
+        assert_eq!(t.raise_limit_to_cores, Some(2));
     }
 
     #[test]

@@ -179,7 +179,15 @@ fn observe(
 /// the report still follows.
 fn write_svg(outcome: &Outcome, mut file: Output) -> bool {
     let path = file.path().to_path_buf();
-    let drawn = crate::report::plot::render_svg(&outcome.trace, &outcome.topology)
+    let typical = match (&outcome.bandwidth, &outcome.cgroup_limit) {
+        (Some(b), Some(l)) => crate::analyze::periods::typical(
+            b,
+            l.quota.period_us.saturating_mul(1000),
+            crate::analyze::periods::TYPICAL,
+        ),
+        _ => Vec::new(),
+    };
+    let drawn = crate::report::plot::render_svg_with(&outcome.trace, &outcome.topology, &typical)
         .map_err(|e| e.to_string())
         .and_then(|s| {
             file.write_all(s.as_bytes())
@@ -344,6 +352,7 @@ fn finish_perfetto(
         lost_events: cap.lost_events,
         throttled: cap.throttled.clone(),
         quota: cap.quota.clone(),
+        periods: cap.periods.clone(),
     };
     let path = w.get_ref().get_ref().w.path().to_path_buf();
     let so_far = w.written();

@@ -307,6 +307,11 @@ fn run_launch(
         }
         None => (None, None, None),
     };
+    let mut timeline = timeline;
+    if let (Some(tl), Some(b), Some(q)) = (timeline.as_mut(), &bandwidth, &quota) {
+        let period_ns = q.limit().quota.period_us.saturating_mul(1000);
+        tl.periods = crate::report::timeline::period_slices(b, period_ns);
+    }
     run.probe.drain_log();
     let cgroups = contention::neighbour_cgroups(&collector.neighbour_cgroups());
     let mut trace = collector.finish(WindowEnd {

@@ -384,7 +384,11 @@ pub fn resolve(root: &Root, pid: u32) -> Result<CpuCgroup, CgroupError> {
     };
 
     let levels = read_levels(root, version, &cgroup, mount, &mut notes)?;
-    let limit = tightest_limit(version, &cgroup, &levels, pressure_dir.as_ref());
+    let mut limit = tightest_limit(version, &cgroup, &levels, pressure_dir.as_ref());
+    if let Some(l) = limit.as_mut() {
+        l.burst_us = burst_at(version, &l.dir)?;
+        l.cpuset_cpus = cpuset_cpus(root, &groups, &mounts);
+    }
     Ok(CpuCgroup {
         pid,
         version,
@@ -490,6 +494,57 @@ fn tightest_limit(
         target_cgroup: cgroup.to_string(),
         target_dir: levels.first()?.dir.clone(),
         pressure_dir: pressure_dir.cloned(),
+        burst_us: None,
+        cpuset_cpus: None,
+    })
+}
+
+/// The burst set on one cgroup directory: v2 `cpu.max.burst`, v1
+/// `cpu.cfs_burst_us` (us; `None` where the kernel has no burst).
+pub fn burst_at(version: CgroupVersion, dir: &Path) -> Result<Option<u64>, CgroupError> {
+    let path = dir.join(match version {
+        CgroupVersion::V1 => "cpu.cfs_burst_us",
+        CgroupVersion::V2 => "cpu.max.burst",
+    });
+    let Some(text) = read_opt(&path)? else {
+        return Ok(None);
+    };
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| bad(&path, "a burst in us", &text))
+}
+
+/// The CPUs the process's cgroup may run on: the v1 cpuset hierarchy's
+/// `cpuset.effective_cpus` where one holds it, else the v2 cgroup's
+/// `cpuset.cpus.effective` (its nearest level that has the file: the
+/// cpuset controller need not be enabled at the leaf). `None` when
+/// neither is readable (the caller falls back to the online CPUs).
+fn cpuset_cpus(root: &Root, groups: &procfs::ProcessCGroups, mounts: &[Mount]) -> Option<Vec<u32>> {
+    let read = |dir: &Path, file: &str| {
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
+        crate::model::cpulist::parse(text.trim())
+            .ok()
+            .filter(|c| !c.is_empty())
+    };
+    let v1 = groups
+        .0
+        .iter()
+        .find(|g| g.hierarchy != 0 && g.controllers.iter().any(|c| c == "cpuset"));
+    if let Some(g) = v1
+        && let Some(m) = mount_for(mounts, CgroupVersion::V1, Some("cpuset"), &g.pathname)
+    {
+        let dir = m.dir(root).join(relative(&g.pathname, &m.root)?);
+        if let Some(c) = read(&dir, "cpuset.effective_cpus") {
+            return Some(c);
+        }
+    }
+    let g = groups.0.iter().find(|g| g.hierarchy == 0)?;
+    let m = mount_for(mounts, CgroupVersion::V2, None, &g.pathname)?;
+    let base = m.dir(root);
+    ancestors(&g.pathname, &m.root).iter().find_map(|cg| {
+        let dir = base.join(relative(cg, &m.root)?);
+        read(&dir, "cpuset.cpus.effective")
     })
 }
 
@@ -566,6 +621,9 @@ pub fn read_stat_at(dir: &Path) -> Result<CpuStat, CgroupError> {
         usage_ns: get(&kv, "usage_usec").map(|u| u.saturating_mul(1000)),
         local_throttled_ns: None,
         pressure: None,
+        nr_bursts: get(&kv, "nr_bursts"),
+        burst_ns: get(&kv, "burst_time")
+            .or_else(|| get(&kv, "burst_usec").map(|u| u.saturating_mul(1000))),
     };
     stat.local_throttled_ns = read_local(dir)?;
     let ppath = dir.join("cpu.pressure");
@@ -816,6 +874,137 @@ mod tests {
         assert!(cg.notes[0].contains("no cpu controller"), "{:?}", cg.notes);
     }
 
+    /// A hybrid host as this one: v1 cpu and cpuset hierarchies, a unified
+    /// tree without controllers. The parent's 0.5 CPU binds over the
+    /// child's 1.5; the binding cgroup's burst and the cpuset's CPUs are
+    /// read; pressure comes from the unified tree.
+    #[test]
+    fn hybrid_tighter_parent_binds_with_its_burst_and_the_cpuset() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        let w = |rel: &str, text: &str| put(r, rel, text);
+        w(
+            "proc/4242/cgroup",
+            "3:cpuset:/par/kid\n1:cpu:/par/kid\n0::/svc\n",
+        );
+        w(
+            "proc/self/mountinfo",
+            "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+             34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset\n\
+             41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n",
+        );
+        w("sys/fs/cgroup/cpu/cpu.cfs_quota_us", "-1\n");
+        w("sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n");
+        w("sys/fs/cgroup/cpu/par/cpu.cfs_quota_us", "50000\n");
+        w("sys/fs/cgroup/cpu/par/cpu.cfs_period_us", "100000\n");
+        w("sys/fs/cgroup/cpu/par/cpu.cfs_burst_us", "20000\n");
+        w(
+            "sys/fs/cgroup/cpu/par/cpu.stat",
+            "nr_periods 10\nnr_throttled 9\nthrottled_time 5\nnr_bursts 3\nburst_time 7000\n",
+        );
+        w("sys/fs/cgroup/cpu/par/kid/cpu.cfs_quota_us", "150000\n");
+        w("sys/fs/cgroup/cpu/par/kid/cpu.cfs_period_us", "100000\n");
+        w("sys/fs/cgroup/cpu/par/kid/cpu.cfs_burst_us", "0\n");
+        w("sys/fs/cgroup/cpuset/par/kid/cpuset.effective_cpus", "1\n");
+        w("sys/fs/cgroup/unified/cgroup.controllers", "\n");
+        w(
+            "sys/fs/cgroup/unified/svc/cpu.pressure",
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n\
+             full avg10=0.00 avg60=0.00 avg300=0.00 total=3\n",
+        );
+        let cg = resolve(&Root::new(r), 4242).expect("resolve");
+        assert_eq!(cg.version, CgroupVersion::V1);
+        assert_eq!(cg.levels.len(), 3);
+        let l = cg.limit().expect("a limit");
+        assert_eq!(l.cgroup, "/par", "the parent's quota is tighter");
+        assert_eq!(l.quota_cores(), 0.5);
+        assert_eq!(l.target_cgroup, "/par/kid");
+        assert_eq!(l.burst_us, Some(20_000), "the binding cgroup's burst");
+        assert_eq!(l.cpuset_cpus, Some(vec![1]));
+        assert!(
+            l.pressure_dir
+                .as_ref()
+                .is_some_and(|d| d.ends_with("unified/svc"))
+        );
+        let s = read_stat(l).expect("stat");
+        assert_eq!((s.nr_bursts, s.burst_ns), (Some(3), Some(7000)));
+        assert_eq!(s.pressure.and_then(|p| p.full_total_us), Some(3));
+    }
+
+    /// v1 alone, three levels: the middle one binds over a looser leaf
+    /// and an unlimited root; without burst files the burst is unknown.
+    #[test]
+    fn v1_tighter_middle_ancestor_binds() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        let w = |rel: &str, text: &str| put(r, rel, text);
+        w("proc/4242/cgroup", "2:cpu,cpuacct:/a/b/c\n");
+        w(
+            "proc/self/mountinfo",
+            "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n",
+        );
+        let q = |rel: &str, quota: &str, period: &str| {
+            w(
+                &format!("sys/fs/cgroup/cpu,cpuacct/{rel}cpu.cfs_quota_us"),
+                quota,
+            );
+            w(
+                &format!("sys/fs/cgroup/cpu,cpuacct/{rel}cpu.cfs_period_us"),
+                period,
+            );
+        };
+        q("", "-1", "100000");
+        q("a/", "300000", "100000");
+        // 0.75 CPU as 37500 per 50000: tighter than the leaf's 1 CPU.
+        q("a/b/", "37500", "50000");
+        q("a/b/c/", "100000", "100000");
+        let cg = resolve(&Root::new(r), 4242).expect("resolve");
+        let l = cg.limit().expect("a limit");
+        assert_eq!(cg.levels.len(), 4);
+        assert_eq!(l.cgroup, "/a/b");
+        assert_eq!(l.quota_cores(), 0.75);
+        assert_eq!(l.burst_us, None);
+        assert_eq!(l.cpuset_cpus, None, "no cpuset hierarchy, no v2 line");
+    }
+
+    /// v2: a pod slice's cpu.max binds over its container's; its
+    /// cpu.max.burst is read, and the cpuset comes from the nearest level
+    /// that has cpuset.cpus.effective.
+    #[test]
+    fn v2_tighter_ancestor_binds_with_its_burst_and_the_cpuset() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        let w = |rel: &str, text: &str| put(r, rel, text);
+        w("proc/4242/cgroup", "0::/pod/ctr\n");
+        w(
+            "proc/self/mountinfo",
+            "41 31 0:38 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n",
+        );
+        w("sys/fs/cgroup/cgroup.controllers", "cpuset cpu memory\n");
+        w("sys/fs/cgroup/cpuset.cpus.effective", "0-7\n");
+        w("sys/fs/cgroup/pod/cpu.max", "25000 100000\n");
+        w("sys/fs/cgroup/pod/cpu.max.burst", "5000\n");
+        w("sys/fs/cgroup/pod/cpuset.cpus.effective", "2-3\n");
+        w("sys/fs/cgroup/pod/ctr/cpu.max", "200000 100000\n");
+        w("sys/fs/cgroup/pod/ctr/cpu.max.burst", "0\n");
+        w(
+            "sys/fs/cgroup/pod/cpu.stat",
+            "usage_usec 10\nnr_periods 4\nnr_throttled 2\nthrottled_usec 3\nnr_bursts 2\nburst_usec 9\n",
+        );
+        let cg = resolve(&Root::new(r), 4242).expect("resolve");
+        let l = cg.limit().expect("a limit");
+        assert_eq!(l.version, CgroupVersion::V2);
+        assert_eq!(l.cgroup, "/pod");
+        assert_eq!(l.quota_cores(), 0.25);
+        assert_eq!(l.burst_us, Some(5000));
+        assert_eq!(l.cpuset_cpus, Some(vec![2, 3]));
+        let s = read_stat(l).expect("stat");
+        assert_eq!((s.nr_bursts, s.burst_ns), (Some(2), Some(9000)));
+        std::fs::write(r.join("sys/fs/cgroup/pod/cpu.max.burst"), "lots\n").expect("write");
+        let e = resolve(&Root::new(r), 4242).unwrap_err();
+        assert!(e.to_string().contains("a burst in us"), "{e}");
+    }
+
     #[test]
     fn missing_process_says_so() {
         let e = resolve(&fixture("v1-hybrid"), 1).unwrap_err();
@@ -866,6 +1055,8 @@ mod tests {
                 full_avg10: None,
                 full_total_us: None,
             }),
+            nr_bursts: Some(1),
+            burst_ns: Some(10_000),
         };
         let after = CpuStat {
             nr_periods: 200,
@@ -879,6 +1070,8 @@ mod tests {
                 full_avg10: Some(1.0),
                 full_total_us: Some(7),
             }),
+            nr_bursts: Some(4),
+            burst_ns: Some(70_000),
         };
         let d = CpuStat::delta(&before, &after);
         assert_eq!(d.nr_periods, 100);
@@ -889,6 +1082,7 @@ mod tests {
         assert_eq!(d.pressure_some_ns, Some(500_000));
         assert_eq!(d.pressure_full_ns, None);
         assert_eq!(d.throttled_ratio(), Some(0.9));
+        assert_eq!((d.nr_bursts, d.burst_ns), (Some(3), Some(60_000)));
         assert!(!d.counters_reset);
 
         let back = CpuStat::delta(&after, &before);

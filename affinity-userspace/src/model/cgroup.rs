@@ -83,6 +83,13 @@ pub struct CgroupLimit {
     /// Directory whose `cpu.pressure` describes the target (its v2 cgroup,
     /// when that is not the hierarchy root).
     pub pressure_dir: Option<PathBuf>,
+    /// Burst of the binding cgroup (us of unused quota it may carry into
+    /// a later period: v2 `cpu.max.burst`, v1 `cpu.cfs_burst_us`); `None`
+    /// where the kernel has no burst (before 5.14), `Some(0)` when unset.
+    pub burst_us: Option<u64>,
+    /// CPUs the target's cgroup may run on (`cpuset.cpus.effective`, v1
+    /// `cpuset.effective_cpus`); `None` where no cpuset file was readable.
+    pub cpuset_cpus: Option<Vec<u32>>,
 }
 
 impl CgroupLimit {
@@ -154,6 +161,11 @@ pub struct CpuStat {
     pub local_throttled_ns: Option<u64>,
     /// The target's CPU pressure, where readable.
     pub pressure: Option<Pressure>,
+    /// Periods in which the cgroup ran on burst (quota carried over), where
+    /// the kernel counts it (`nr_bursts`, 5.14+).
+    pub nr_bursts: Option<u64>,
+    /// Run time taken from burst (ns; v2 `burst_usec` x 1000, v1 `burst_time`).
+    pub burst_ns: Option<u64>,
 }
 
 /// Throttling over a window: the difference of two [`CpuStat`] snapshots.
@@ -173,6 +185,10 @@ pub struct CpuStatDelta {
     pub pressure_some_ns: Option<u64>,
     /// Time all of them waited (ns, PSI).
     pub pressure_full_ns: Option<u64>,
+    /// Periods that ran on burst in the window.
+    pub nr_bursts: Option<u64>,
+    /// Run time taken from burst in the window (ns).
+    pub burst_ns: Option<u64>,
     /// A counter went backwards (the cgroup was removed and recreated):
     /// that counter's delta is 0 and the window's figures are incomplete.
     pub counters_reset: bool,
@@ -200,6 +216,8 @@ impl CpuStat {
         let mut opt = |a: Option<u64>, b: Option<u64>| Some(sub(a?, b?));
         let usage_ns = opt(after.usage_ns, before.usage_ns);
         let local_throttled_ns = opt(after.local_throttled_ns, before.local_throttled_ns);
+        let nr_bursts = opt(after.nr_bursts, before.nr_bursts);
+        let burst_ns = opt(after.burst_ns, before.burst_ns);
         let (pa, pb) = (after.pressure, before.pressure);
         let some_us = opt(pa.map(|p| p.some_total_us), pb.map(|p| p.some_total_us));
         let full_us = opt(
@@ -214,6 +232,8 @@ impl CpuStat {
             local_throttled_ns,
             pressure_some_ns: some_us.map(|u| u.saturating_mul(1000)),
             pressure_full_ns: full_us.map(|u| u.saturating_mul(1000)),
+            nr_bursts,
+            burst_ns,
             counters_reset: reset,
         }
     }

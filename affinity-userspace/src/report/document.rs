@@ -409,12 +409,19 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         self.text_header(&mut s);
+        // The quota as the cause leads: a taskset line below is not the fix.
+        let leads = self.throttling_leads();
+        if leads {
+            self.text_throttling(&mut s);
+        }
         self.text_threads(&mut s);
         self.text_process(&mut s);
         s.push_str(&self.wait_text());
         self.text_classification(&mut s);
         self.text_recommendation(&mut s);
-        self.text_throttling(&mut s);
+        if !leads {
+            self.text_throttling(&mut s);
+        }
         self.text_applied(&mut s);
         self.text_verification(&mut s);
         self.text_timeline(&mut s);
@@ -574,6 +581,13 @@ impl Report {
             // A rationale may name a neighbour process: escaped.
             let _ = writeln!(s, "  - {}", crate::report::escape::text(line));
         }
+    }
+
+    /// The quota throttled the target and is what held it back.
+    fn throttling_leads(&self) -> bool {
+        self.throttling.as_ref().is_some_and(|t| {
+            !t.is_quiet() && t.limit.cause == Some(crate::analyze::limit::Cause::Quota)
+        })
     }
 
     /// The CFS bandwidth section, after a blank line, only when not quiet.
@@ -883,6 +897,64 @@ mod tests {
         assert!(text.contains("0:400 1:600"), "{text}");
         assert!(text.contains("3 migrations"), "{text}");
         assert!(!text.contains("warning"), "{text}");
+    }
+
+    /// A 0.5-CPU quota that throttled the thread for most of its wait: the
+    /// quota section comes before the thread table (and anything after
+    /// it); on a full node where the wait was mostly elsewhere it stays in
+    /// its place.
+    #[test]
+    fn throttling_leads_the_text_when_the_quota_is_the_cause() {
+        use crate::model::cgroup::{CgroupLimit, CgroupVersion, CpuQuota, CpuStatDelta};
+        let limit = CgroupLimit {
+            version: CgroupVersion::V1,
+            cgroup: "/t".into(),
+            dir: "/sys/fs/cgroup/cpu/t".into(),
+            quota: CpuQuota {
+                quota_us: 50_000,
+                period_us: 100_000,
+            },
+            target_cgroup: "/t".into(),
+            target_dir: "/sys/fs/cgroup/cpu/t".into(),
+            pressure_dir: None,
+            burst_us: None,
+            cpuset_cpus: None,
+        };
+        let w = CpuStatDelta {
+            nr_periods: 20,
+            nr_throttled: 18,
+            throttled_ns: 900_000_000,
+            ..CpuStatDelta::default()
+        };
+        let mut tr = trace();
+        tr.threads[0].preempted_wait_ns = 900_000_000;
+        tr.threads[0].runnable_ns = 1_000_000_000;
+        let t = crate::analyze::throttle::analyze(&tr, Some(&limit), Some(&w));
+        assert_eq!(t.limit.cause, Some(crate::analyze::limit::Cause::Quota));
+        let text = Report::new(&tr, &[], None).with_throttling(t).to_text();
+        let quota = text.find("CPU quota:").expect("quota section");
+        assert!(quota < text.find("TID").expect("table"), "{text}");
+        assert_eq!(text.matches("CPU quota:").count(), 1, "{text}");
+        assert!(
+            text.contains("  cause: the quota: throttling held"),
+            "{text}"
+        );
+
+        // The node was full and the wait mostly not throttling: in place.
+        tr.threads[0].runnable_ns = 1_900_000_000;
+        tr.system_busy_ns = BTreeMap::from([(0, 2_000_000_000)]);
+        tr.nr_cpus = 1;
+        let w = CpuStatDelta {
+            throttled_ns: 100_000_000,
+            ..w
+        };
+        tr.threads[0].preempted_wait_ns = 100_000_000;
+        let t = crate::analyze::throttle::analyze(&tr, Some(&limit), Some(&w));
+        assert_eq!(t.limit.cause, Some(crate::analyze::limit::Cause::Node));
+        let text = Report::new(&tr, &[], None).with_throttling(t).to_text();
+        let quota = text.find("CPU quota:").expect("quota section");
+        assert!(quota > text.find("TID").expect("table"), "{text}");
+        assert!(text.contains("  cause: a full node"), "{text}");
     }
 
     #[test]

@@ -276,6 +276,8 @@ const SEQ_CLEARED: u32 = 1;
 const LOST_TRACK: u64 = 1;
 /// Track of the throttled intervals.
 const THROTTLE_TRACK: u64 = 2;
+/// Track of the throttled periods (quota used, then throttled).
+const PERIOD_TRACK: u64 = 3;
 /// Events held before a flush: bounds the writer's memory.
 const FLUSH_EVENTS: usize = 8192;
 
@@ -305,6 +307,8 @@ pub struct Ending {
     pub throttled: Vec<ThrottledSpan>,
     /// The quota in force, if any.
     pub quota: Option<String>,
+    /// Throttled periods from the kernel's throttle path, where it ran.
+    pub periods: Vec<super::timeline::PeriodSlice>,
 }
 
 /// Counts of what was written.
@@ -564,6 +568,21 @@ impl<W: Write> Writer<W> {
                 self.packet(&b);
                 let e = track_event(s.end_ns, THROTTLE_TRACK, pb::TYPE_SLICE_END, None);
                 self.packet(&e);
+            }
+        }
+        if let (Some(quota), false) = (&end.quota, end.periods.is_empty()) {
+            track(
+                &mut self,
+                PERIOD_TRACK,
+                format!("CPU quota periods ({quota}): quota used, then throttled"),
+            );
+            for p in &end.periods {
+                for (at, len, name) in super::timeline::period_parts(p) {
+                    let b = track_event(at, PERIOD_TRACK, pb::TYPE_SLICE_BEGIN, Some(name));
+                    self.packet(&b);
+                    let e = track_event(at + len, PERIOD_TRACK, pb::TYPE_SLICE_END, None);
+                    self.packet(&e);
+                }
             }
         }
         if let Some(e) = self.error.take() {
@@ -902,6 +921,41 @@ mod tests {
         assert!(names[0].1.as_deref().unwrap().starts_with("7 events LOST"));
         assert_eq!(names[1].0, Some(pb::TYPE_SLICE_BEGIN));
         assert_eq!(names[2].0, Some(pb::TYPE_SLICE_END));
+    }
+
+    #[test]
+    fn throttled_periods_are_slices_on_their_own_track() {
+        let mut end = ending();
+        end.quota = Some("1.00 CPUs".into());
+        end.periods = vec![super::super::timeline::PeriodSlice {
+            start_ns: 1_000,
+            ran_ns: 250,
+            held_ns: 750,
+            running: 4,
+            queued: 4,
+        }];
+        let (t, _) = roundtrip(&[], &end);
+        let tracks: Vec<_> = (t.packet.iter())
+            .filter_map(|p| p.track_descriptor.as_ref())
+            .filter_map(|d| Some((d.uuid?, d.name.clone()?)))
+            .collect();
+        assert!(tracks.iter().any(|(u, n)| *u == PERIOD_TRACK
+            && n == "CPU quota periods (1.00 CPUs): quota used, then throttled"));
+        let slices: Vec<_> = (t.packet.iter())
+            .filter_map(|p| Some((p.timestamp?, p.track_event.clone()?)))
+            .filter(|(_, e)| e.track_uuid == Some(PERIOD_TRACK))
+            .map(|(at, e)| (at, e.r#type, e.name))
+            .collect();
+        let (b, e) = (Some(pb::TYPE_SLICE_BEGIN), Some(pb::TYPE_SLICE_END));
+        assert_eq!(
+            slices,
+            vec![
+                (1_000, b, Some("quota used: 4 threads ran 0.0 ms".into())),
+                (1_250, e, None),
+                (1_250, b, Some("throttled 0.0 ms".into())),
+                (2_000, e, None),
+            ]
+        );
     }
 
     #[test]

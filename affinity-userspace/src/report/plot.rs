@@ -1,7 +1,8 @@
 //! An SVG picture of a recorded [`Trace`]: where each thread ran and how far
 //! it moved. Pure: it takes a trace and a topology and returns SVG text.
 //!
-//! Three panels, one under the other, each a matrix:
+//! Three panels (four with a throttled quota), one under the other, each a
+//! matrix:
 //! - (a) thread x CPU heatmap of on-CPU time (`ThreadTrace::per_cpu_ns`).
 //!   Columns are the CPUs grouped by NUMA node, then last-level cache, then
 //!   physical core ([`Topology`]), with separators and group labels. A cell's
@@ -15,6 +16,9 @@
 //!   in a pair are drawn, so a 1024-CPU machine gives a matrix of the CPUs
 //!   the process really moved between. Traces recorded before pair counts
 //!   existed say so instead.
+//! - (d) with a CPU quota whose throttle events ran, a few typical periods
+//!   (`analyze::periods`), one row each: the cells of the quota used, then
+//!   throttled, and how many threads ran at once.
 //!
 //! Drawn with plotters' SVG backend and no font feature: plotters then uses
 //! its built-in text-width estimate and the backend writes plain `<text>`
@@ -26,6 +30,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use thiserror::Error;
 
+use crate::analyze::periods::{self, TypicalPeriod};
 use crate::model::topology::Topology;
 use crate::model::{MigrationPair, ThreadTrace, Trace};
 
@@ -90,8 +95,18 @@ const ORANGES: [RGBColor; 8] = [
     RGBColor(0x7f, 0x27, 0x04),
 ];
 
-/// The two-panel SVG of `trace`, heatmap columns laid out by `topology`.
+/// The SVG of `trace`, heatmap columns laid out by `topology`.
 pub fn render_svg(trace: &Trace, topology: &Topology) -> Result<String, PlotError> {
+    render_svg_with(trace, topology, &[])
+}
+
+/// [`render_svg`] with panel (d), the quota's typical periods (quota used,
+/// then throttled), when there are any.
+pub fn render_svg_with(
+    trace: &Trace,
+    topology: &Topology,
+    periods: &[TypicalPeriod],
+) -> Result<String, PlotError> {
     let (threads, selected) = rows(trace);
     if threads.is_empty() {
         return Err(PlotError::NoThreads);
@@ -112,7 +127,15 @@ pub fn render_svg(trace: &Trace, topology: &Topology) -> Result<String, PlotErro
     let a = heat.geometry(PAD, label_w);
     let b = mig.geometry(a.bottom + PANEL_GAP, label_w);
     let c = pairs.geometry(b.bottom + PANEL_GAP, label_w);
-    let size = (a.right.max(b.right).max(c.right) + PAD, c.bottom + PAD);
+    let quota = (!periods.is_empty()).then(|| period_matrix(trace, periods));
+    let d = quota
+        .as_ref()
+        .map(|m| m.geometry(c.bottom + PANEL_GAP, label_w));
+    let right = a.right.max(b.right).max(c.right);
+    let size = match &d {
+        Some(d) => (right.max(d.right) + PAD, d.bottom + PAD),
+        None => (right + PAD, c.bottom + PAD),
+    };
     let mut svg = String::new();
     {
         let area =
@@ -123,6 +146,9 @@ pub fn render_svg(trace: &Trace, topology: &Topology) -> Result<String, PlotErro
         heat.draw(&mut c, &a)?;
         mig.draw(&mut c, &b)?;
         pairs.draw(&mut c, &pc)?;
+        if let (Some(m), Some(g)) = (&quota, &d) {
+            m.draw(&mut c, g)?;
+        }
         area.present().map_err(draw_err)?;
     }
     Ok(svg)
@@ -317,7 +343,8 @@ struct Matrix {
     row_gaps: Vec<i32>,
     /// Horizontal lines before rows (`from` unused).
     row_separators: Vec<Separator>,
-    legend: Legend,
+    /// `None`: the notes say what the colours mean.
+    legend: Option<Legend>,
 }
 
 /// A row of labels over the columns.
@@ -516,13 +543,15 @@ impl Matrix {
             let y = (g.row_y[s.before - 1] + CELL_H + g.row_y[s.before]) / 2;
             c.line((PAD, y), (grid_right, y), s.color, s.width)?;
         }
-        self.draw_legend(c, (PAD + g.label_w, grid_bottom + 8))
+        match &self.legend {
+            Some(l) => Self::draw_legend(l, c, (PAD + g.label_w, grid_bottom + 8)),
+            None => Ok(()),
+        }
     }
 
     /// 11 swatches from the scale's start to its end, then grey for zero.
-    fn draw_legend(&self, c: &mut Canvas, (x, y): (i32, i32)) -> Result<(), PlotError> {
+    fn draw_legend(l: &Legend, c: &mut Canvas, (x, y): (i32, i32)) -> Result<(), PlotError> {
         const SW: i32 = 16;
-        let l = &self.legend;
         c.text(l.caption, (x - 8, y + 6), Ink::Muted, HPos::Right)?;
         for i in 0..=10 {
             c.rect(
@@ -651,11 +680,11 @@ fn heatmap(trace: &Trace, topo: &Topology, threads: &[&ThreadTrace], selected: u
         separators: axis.separators,
         row_gaps: vec![],
         row_separators: vec![],
-        legend: Legend {
+        legend: Some(Legend {
             caption: "share of the thread's time",
             stops: &BLUES,
             marks: ["0%".into(), "50%".into(), "100%".into()],
-        },
+        }),
     }
 }
 
@@ -838,7 +867,7 @@ fn pair_matrix(trace: &Trace, topo: &Topology) -> Matrix {
         total_head: "total",
         separators: axis.separators,
         row_separators,
-        legend: pair_legend(max),
+        legend: Some(pair_legend(max)),
     }
 }
 
@@ -872,7 +901,7 @@ fn no_pairs(trace: &Trace, title: String) -> Matrix {
         separators: vec![],
         row_gaps: vec![],
         row_separators: vec![],
-        legend: pair_legend(1),
+        legend: Some(pair_legend(1)),
     }
 }
 
@@ -995,11 +1024,75 @@ fn migrations(trace: &Trace, threads: &[&ThreadTrace]) -> Matrix {
         separators: vec![],
         row_gaps: vec![],
         row_separators: vec![],
-        legend: Legend {
+        legend: Some(Legend {
             caption: "count, log scale",
             stops: &ORANGES,
             marks: ["1".into(), mid.to_string(), max.to_string()],
-        },
+        }),
+    }
+}
+
+/// Width of a period cell in panel (d).
+const PERIOD_CELL_W: i32 = 10;
+/// Fills of panel (d): quota used, throttled, after the unthrottle.
+const RAN_FILL: RGBColor = BLUES[5];
+const HELD_FILL: RGBColor = ORANGES[4];
+
+/// Panel (d): one row per typical period, its cells as the text
+/// report's strip ([`periods::strip`]).
+fn period_matrix(trace: &Trace, typical: &[TypicalPeriod]) -> Matrix {
+    let period_ms = typical.first().map_or(0.0, |p| p.period_ms);
+    let cell_ms = period_ms / periods::CELLS as f64;
+    let rows = (typical.iter().enumerate())
+        .map(|(i, p)| Row {
+            label: format!("period {}", i + 1),
+            cells: p
+                .strip
+                .chars()
+                .map(|ch| Cell {
+                    fill: match ch {
+                        periods::RAN => RAN_FILL,
+                        periods::HELD => HELD_FILL,
+                        _ => ZERO,
+                    },
+                    text: None,
+                })
+                .collect(),
+            total: periods::caption(p),
+        })
+        .collect();
+    // A label every 10 cells: the ms into the period there.
+    let spans = (0..periods::CELLS / 10)
+        .map(|k| Span {
+            first: k * 10,
+            last: k * 10,
+            labels: vec![format!("{:.0}", k as f64 * 10.0 * cell_ms)],
+        })
+        .collect();
+    Matrix {
+        title: title(
+            trace,
+            "(d) CPU quota periods: the threads ran, then were throttled",
+        ),
+        notes: vec![format!(
+            "Typical periods (quota ran out nearest the median), {period_ms:.0} ms each, \
+             {cell_ms:.0} ms a cell: blue = quota used, orange = throttled, grey = after the \
+             unthrottle."
+        )],
+        headers: vec![Header {
+            name: "ms",
+            ink: Ink::Muted,
+            bracket: false,
+            spans,
+        }],
+        gaps: vec![0; periods::CELLS],
+        cell_w: PERIOD_CELL_W,
+        rows,
+        total_head: "threads at once",
+        separators: vec![],
+        row_gaps: vec![],
+        row_separators: vec![],
+        legend: None,
     }
 }
 
@@ -1107,6 +1200,38 @@ mod tests {
             .collect();
         cpus.sort_unstable();
         cpus.into_iter().map(|(_, c)| c).collect()
+    }
+
+    #[test]
+    fn periods_panel_draws_each_strip_and_its_threads() {
+        let ms = 1_000_000;
+        let bw = crate::model::bandwidth::BandwidthTrace {
+            periods: vec![crate::model::bandwidth::PeriodRecord {
+                start_ns: 0,
+                exhausted_after_ns: Some(25 * ms),
+                throttled_wall_ns: 75 * ms,
+                running_at_exhaustion: 4,
+                queued_at_exhaustion: 4,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let typical = periods::typical(&bw, 100 * ms, periods::TYPICAL);
+        let svg = render_svg_with(&trace(), &topology("server-2s-smt"), &typical).unwrap();
+        let (rects, labels) = panel(&svg, "(d)");
+        let strip = cells(&rects, PERIOD_CELL_W);
+        assert_eq!(strip.len(), periods::CELLS);
+        let fill = |c: RGBColor| format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
+        let n = |c: RGBColor| strip.iter().filter(|r| r.fill == fill(c)).count();
+        assert_eq!((n(RAN_FILL), n(HELD_FILL)), (13, 37));
+        assert_eq!(
+            find(&labels, "4 threads ran 25 ms, then held 75 ms").len(),
+            1
+        );
+        assert_eq!(find(&labels, "period 1").len(), 1);
+        // Without periods there is no panel (d).
+        let plain = render_svg(&trace(), &topology("server-2s-smt")).unwrap();
+        assert!(!plain.contains("(d) CPU quota periods"));
     }
 
     fn find<'a>(labels: &'a [Label], text: &str) -> Vec<&'a Label> {

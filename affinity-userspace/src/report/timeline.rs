@@ -49,6 +49,9 @@ pub const CPU_PID: u32 = 4_000_000_000;
 pub const CPU_TID_BASE: u32 = 4_000_000_001;
 /// Synthetic thread id of the throttling track (in the "CPUs" process).
 pub const THROTTLE_TID: u32 = CPU_PID;
+/// Synthetic thread id of the quota's period track, next to the
+/// throttling track (its slices would not nest in the interval slices).
+pub const PERIOD_TID: u32 = CPU_PID - 1;
 /// Longest migration marker slice (ns).
 const MARK_NS: u64 = 20_000;
 /// Margin kept between a marker and the edges of the slice it sits in
@@ -78,6 +81,63 @@ pub struct ThrottledSpan {
 /// default keeps that near 130 MB; a Perfetto file streams instead.
 pub const CHROME_MAX_EVENTS: u64 = 100_000;
 
+/// One throttled enforcement period, from the kernel's throttle path:
+/// the quota used from `start_ns` for `ran_ns`, then throttled `held_ns`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeriodSlice {
+    /// The period began (CLOCK_MONOTONIC ns).
+    pub start_ns: u64,
+    /// The group ran this long before the quota ran out (ns).
+    pub ran_ns: u64,
+    /// Then it was held (ns), at most to the period's end.
+    pub held_ns: u64,
+    /// CPUs running its threads when the quota ran out.
+    pub running: u32,
+    /// Its threads queued then.
+    pub queued: u32,
+}
+
+/// The throttled periods of `bw` as slices, `period_ns` long at most.
+pub fn period_slices(
+    bw: &crate::model::bandwidth::BandwidthTrace,
+    period_ns: u64,
+) -> Vec<PeriodSlice> {
+    (bw.periods.iter())
+        .filter_map(|p| {
+            let ran = p.exhausted_after_ns?.min(period_ns);
+            Some(PeriodSlice {
+                start_ns: p.start_ns,
+                ran_ns: ran,
+                held_ns: p.throttled_wall_ns.min(period_ns - ran),
+                running: p.running_at_exhaustion,
+                queued: p.queued_at_exhaustion,
+            })
+        })
+        .collect()
+}
+
+/// The two slices of a period: (start, length, name) each.
+pub fn period_parts(p: &PeriodSlice) -> [(u64, u64, String); 2] {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    [
+        (
+            p.start_ns,
+            p.ran_ns,
+            format!(
+                "quota used: {} thread{} ran {:.1} ms",
+                p.running,
+                if p.running == 1 { "" } else { "s" },
+                ms(p.ran_ns)
+            ),
+        ),
+        (
+            p.start_ns + p.ran_ns,
+            p.held_ns,
+            format!("throttled {:.1} ms", ms(p.held_ns)),
+        ),
+    ]
+}
+
 /// What one traced window recorded for the timeline.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Capture {
@@ -106,6 +166,8 @@ pub struct Capture {
     /// CLOCK_MONOTONIC ns of the first event not kept: the timeline stops
     /// there.
     pub truncated_at_ns: Option<u64>,
+    /// Throttled periods from the kernel's throttle path, where it ran.
+    pub periods: Vec<PeriodSlice>,
 }
 
 impl Capture {
@@ -146,6 +208,8 @@ pub struct Summary {
     pub throttled_intervals: u64,
     /// Events past `--timeline-max-events`: not in the file.
     pub truncated_events: u64,
+    /// Throttled periods drawn (two slices each).
+    pub throttled_periods: u64,
 }
 
 /// One trace event of the output, with its sort key.
@@ -551,6 +615,7 @@ pub fn build_unless(
     }
     summary.migration_flows = migration_events(&rb, end, &mut out);
     summary.throttled_intervals = throttle_events(cap, rel, &mut out);
+    summary.throttled_periods = period_events(cap, rel, &mut out);
     if cap.lost_events > 0 {
         out.push(lost_event(cap.lost_events));
     }
@@ -679,6 +744,29 @@ fn throttle_events(cap: &Capture, rel: impl Fn(u64) -> u64, out: &mut Vec<Ev>) -
     n
 }
 
+/// Each throttled period as two slices on the period track, quota used
+/// then throttled; returns how many periods.
+fn period_events(cap: &Capture, rel: impl Fn(u64) -> u64, out: &mut Vec<Ev>) -> u64 {
+    for p in &cap.periods {
+        for (i, (at, len, name)) in period_parts(p).into_iter().enumerate() {
+            let args = json!({
+                "running_threads": p.running,
+                "queued_threads": p.queued,
+                "part": if i == 0 { "quota used" } else { "throttled" },
+            });
+            out.push(slice_ev(
+                rel(at),
+                len,
+                name,
+                "quota_period",
+                (CPU_PID, PERIOD_TID),
+                args,
+            ));
+        }
+    }
+    cap.periods.len() as u64
+}
+
 /// The global instant at the start that names the lost events.
 fn lost_event(lost: u64) -> Ev {
     Ev {
@@ -743,6 +831,7 @@ fn other_data(cap: &Capture, trace: &Trace, end: u64, summary: &Summary) -> Valu
         "throttled_intervals": summary.throttled_intervals,
         "truncated_events": summary.truncated_events,
         "truncated_at_ns": cap.truncated_at_ns.map(|t| t.saturating_sub(cap.start_ns)),
+        "throttled_periods": summary.throttled_periods,
     })
 }
 /// A slice's args: `base` plus how it ended, its on-CPU time by the task's
@@ -853,6 +942,17 @@ fn metadata(
         ));
         let order = json!({ "sort_index": 0 });
         v.push(meta("thread_sort_index", CPU_PID, THROTTLE_TID, order));
+        if !cap.periods.is_empty() {
+            let name = "CPU quota periods (quota used, then throttled)";
+            v.push(meta(
+                "thread_name",
+                CPU_PID,
+                PERIOD_TID,
+                json!({ "name": name }),
+            ));
+            let order = json!({ "sort_index": 0 });
+            v.push(meta("thread_sort_index", CPU_PID, PERIOD_TID, order));
+        }
     }
     thread_names(names, &mut v);
     v
@@ -1311,6 +1411,52 @@ mod tests {
                     .as_str()
                     .is_some_and(|n| n.starts_with("CPU quota throttling"))
         }));
+    }
+
+    #[test]
+    fn throttled_periods_are_two_slices_each_on_their_track() {
+        let mut cap = capture(vec![]);
+        cap.quota = Some("1.00 CPUs on /sys/fs/cgroup/t".into());
+        let bw = crate::model::bandwidth::BandwidthTrace {
+            periods: vec![
+                crate::model::bandwidth::PeriodRecord {
+                    start_ns: T0 + 100_000,
+                    exhausted_after_ns: Some(25_000),
+                    throttled_wall_ns: 90_000,
+                    running_at_exhaustion: 4,
+                    queued_at_exhaustion: 4,
+                    ..Default::default()
+                },
+                // Not throttled: nothing to draw.
+                crate::model::bandwidth::PeriodRecord {
+                    start_ns: T0 + 200_000,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        cap.periods = period_slices(&bw, 100_000);
+        assert_eq!(cap.periods.len(), 1);
+        assert_eq!(cap.periods[0].held_ns, 75_000, "cut at the period's end");
+        let (v, s) = file(&cap);
+        assert_eq!(s.throttled_periods, 1);
+        assert_eq!(v["otherData"]["throttled_periods"], 1);
+        let sl = events(&v, "X", "quota_period");
+        assert_eq!(sl.len(), 2);
+        assert_eq!(
+            (sl[0]["ts"].as_f64(), sl[0]["dur"].as_f64()),
+            (Some(100.0), Some(25.0))
+        );
+        assert_eq!(sl[0]["name"], "quota used: 4 threads ran 0.0 ms");
+        assert_eq!(
+            (sl[1]["ts"].as_f64(), sl[1]["dur"].as_f64()),
+            (Some(125.0), Some(75.0))
+        );
+        assert_eq!(sl[1]["name"], "throttled 0.1 ms");
+        assert!(sl.iter().all(|e| e["tid"] == PERIOD_TID));
+        let names = events(&v, "M", "__metadata");
+        assert!(names.iter().any(|m| m["tid"] == PERIOD_TID
+            && m["args"]["name"] == "CPU quota periods (quota used, then throttled)"));
     }
 
     #[test]

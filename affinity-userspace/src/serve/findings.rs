@@ -189,6 +189,8 @@ pub fn analyze(info: &CgroupInfo, w: &Window, th: &Thresholds) -> CgroupFindings
             target_cgroup: info.cgroup.clone(),
             target_dir: info.dir.clone(),
             pressure_dir: None,
+            burst_us: None,
+            cpuset_cpus: None,
         };
         let t = throttle::analyze(&trace, Some(&limit), stat.as_ref());
         let fit = t.recommended_threads.unwrap_or(0);

@@ -445,6 +445,8 @@ mod tests {
             target_cgroup: ctr.clone(),
             target_dir: format!("/sys/fs/cgroup{ctr}").into(),
             pressure_dir: Some(format!("/sys/fs/cgroup{ctr}").into()),
+            burst_us: None,
+            cpuset_cpus: None,
         };
         let window = CpuStatDelta {
             nr_periods: 20,
