@@ -11,6 +11,7 @@ pub mod contention;
 pub mod decision;
 pub mod features;
 pub mod fix;
+pub mod predict;
 pub mod recommend;
 pub mod throttle;
 pub mod verify;
