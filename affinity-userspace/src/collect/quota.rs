@@ -73,11 +73,12 @@ impl QuotaWatch {
             return;
         };
         let exe = crate::host::runtime::exe(pid);
-        if exe.is_some() && (self.runtime.is_none() || exe != self.runtime_exe) {
-            if let Some(r) = crate::host::runtime::read(pid) {
-                self.runtime = Some(r);
-                self.runtime_exe = exe;
-            }
+        if exe.is_some()
+            && (self.runtime.is_none() || exe != self.runtime_exe)
+            && let Some(r) = crate::host::runtime::read(pid)
+        {
+            self.runtime = Some(r);
+            self.runtime_exe = exe;
         }
     }
 
