@@ -1,5 +1,5 @@
 //! Developer tasks for affin-trace, run as `cargo xtask <command>`
-//! (`cargo xtask --help` lists them): setup, build, run, test, purity,
+//! (`cargo xtask --help` lists them): setup, build, run, test,
 //! install, docs, bench, fuzz. Most start with `setup`, which installs,
 //! idempotently, what a fresh Debian bookworm machine lacks.
 //!
@@ -8,7 +8,6 @@
 mod bench;
 mod binary;
 mod fuzz;
-mod purity;
 mod setup;
 mod test;
 mod util;
@@ -44,12 +43,6 @@ enum Cmd {
     },
     /// Run unit tests, then root integration tests, and summarize.
     Test(test::Args),
-    /// Check that model/, analyze/ and report/ touch nothing of the system.
-    Purity {
-        /// The crate's src/ to check (default: affinity-userspace/src here).
-        #[arg(long)]
-        src: Option<std::path::PathBuf>,
-    },
     /// Build in release mode and copy affin-trace to /usr/local/bin.
     Install,
     /// Build in release mode, then write man pages and shell completions to target/docs.
@@ -78,7 +71,6 @@ fn main() {
         Cmd::Build { release } => binary::build(release),
         Cmd::Run { args } => binary::run(args),
         Cmd::Test(args) => test::run(args),
-        Cmd::Purity { src } => purity::run(src.as_deref()),
         Cmd::Install => binary::install(),
         Cmd::Docs => binary::docs(),
         Cmd::Bench(args) => bench::run(args),

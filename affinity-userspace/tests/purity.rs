@@ -1,5 +1,6 @@
-//! `cargo xtask purity` (also the first step of `cargo xtask test`): the
-//! pure core stays pure. Every .rs file under affinity-userspace/src/{model,
+//! The pure core stays pure (run with the crate's tests, so by `cargo
+//! xtask test`'s unit phase; `cargo test -p affinity-userspace --test
+//! purity` alone). Every .rs file under affinity-userspace/src/{model,
 //! analyze,report}, in-file unit tests included, may not name `host`,
 //! `kernel`, `collect` or `apply` of the crate, nor `std::fs`,
 //! `std::process`, `libc`, `nix`, `aya` or `procfs`. report/watch/term.rs,
@@ -11,7 +12,7 @@
 //! macro calls and attributes, `extern crate`, and `super::` climbing out
 //! of the folder.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use proc_macro2::{Spacing, Span, TokenStream, TokenTree};
 use std::path::{Path, PathBuf};
 use syn::UseTree;
@@ -57,25 +58,19 @@ impl std::fmt::Display for Violation {
     }
 }
 
-/// Runs the check on the workspace and fails naming every violation.
-pub fn run(src: Option<&Path>) -> Result<()> {
-    let src = src.map_or_else(
-        || crate::util::workspace_root().join("affinity-userspace/src"),
-        Path::to_path_buf,
+/// The crate's own tree: fails naming every violation.
+#[test]
+fn model_analyze_and_report_touch_nothing_of_the_system() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let violations = check_tree(&src).unwrap();
+    let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
+    assert!(
+        violations.is_empty(),
+        "{} violation(s): model/, analyze/ and report/ may not touch the system \
+         (move the read to host/ or the test to tests/, and pass the value in):\n{}",
+        violations.len(),
+        list.join("\n")
     );
-    let violations = check_tree(&src)?;
-    if violations.is_empty() {
-        println!("xtask: purity: model/, analyze/ and report/ are pure");
-        return Ok(());
-    }
-    for v in &violations {
-        eprintln!("{v}");
-    }
-    bail!(
-        "purity: {} violation(s): model/, analyze/ and report/ may not touch the system \
-         (move the read to host/ or the test to tests/, and pass the value in)",
-        violations.len()
-    )
 }
 
 /// Every violation in the pure folders under `src`.
