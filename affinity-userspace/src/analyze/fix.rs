@@ -3,7 +3,7 @@
 //!
 //! Runtimes that size their pools from the host's CPU count rather than
 //! the cgroup quota: Go before 1.25 (GOMAXPROCS; 1.25+ reads the quota,
-//! rounding it up), the JVM (`-XX:ActiveProcessorCount`; JDK 10+ reads the
+//! rounding it up, but never below 2: runtime/cgroup_linux.go), the JVM (`-XX:ActiveProcessorCount`; JDK 10+ reads the
 //! quota), ffmpeg and its libx264/x265 (`-threads`), OpenMP and BLAS,
 //! .NET, libuv, rayon and tokio, and multi-process programs such as
 //! stress-ng (their own worker count).
@@ -24,6 +24,94 @@ pub struct Fix {
     pub value: u32,
     /// How to set it, one line ("GOMAXPROCS=1 ./prog").
     pub how: String,
+}
+
+/// A command line with the fix applied: its arguments and the variables
+/// to set for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rerun {
+    /// argv, argv[0] first.
+    pub argv: Vec<String>,
+    /// Set over the environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Rerun {
+    /// As a shell would show it ("GOMAXPROCS=1 ./spin 250").
+    pub fn display(&self) -> String {
+        self.env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain(self.argv.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl Fix {
+    /// `argv` with this fix applied, `None` where it is not something a
+    /// rerun can set (a thread count the program has no knob for).
+    pub fn rerun(&self, argv: &[String]) -> Option<Rerun> {
+        let n = self.value.to_string();
+        let mut out = Rerun {
+            argv: argv.to_vec(),
+            env: Vec::new(),
+        };
+        let set_option = |argv: &mut Vec<String>, opt: &str, at_end: bool| {
+            if let Some(i) = argv.iter().rposition(|a| a == opt)
+                && i + 1 < argv.len()
+            {
+                argv[i + 1] = n.clone();
+            } else if at_end && argv.len() > 1 {
+                // ffmpeg: an output option goes before the output file.
+                let at = argv.len() - 1;
+                argv.splice(at..at, [opt.to_string(), n.clone()]);
+            } else {
+                argv.splice(1..1, [opt.to_string(), n.clone()]);
+            }
+        };
+        match self.knob.as_str() {
+            "threads" | "processes" => return None,
+            "-threads" => set_option(&mut out.argv, "-threads", true),
+            "--threads" => set_option(&mut out.argv, "--threads", false),
+            "-XX:ActiveProcessorCount" => {
+                out.argv
+                    .retain(|a| !a.starts_with("-XX:ActiveProcessorCount="));
+                out.argv.insert(
+                    1.min(out.argv.len()),
+                    format!("-XX:ActiveProcessorCount={n}"),
+                );
+            }
+            "-j" => {
+                out.argv.retain(|a| !a.starts_with("-j"));
+                out.argv.insert(1.min(out.argv.len()), format!("-j{n}"));
+            }
+            opt if opt.starts_with("--") => {
+                // stress-ng's worker option: its value must be there.
+                let i = out.argv.iter().position(|a| a == opt)?;
+                *out.argv.get_mut(i + 1)? = n;
+            }
+            var => out.env.push((var.to_string(), n)),
+        }
+        Some(out)
+    }
+}
+
+/// The x264/x265 encoder an ffmpeg runs: the one its arguments name
+/// (Debian's libavcodec maps both libraries into every ffmpeg), else the
+/// one mapped alone.
+fn ffmpeg_encoder(f: &RuntimeFacts) -> Option<&'static str> {
+    let named = |e: &str| f.args.iter().any(|a| a == e);
+    match (named("libx264"), named("libx265")) {
+        (true, false) => Some("libx264"),
+        (false, true) => Some("libx265"),
+        (true, true) => None,
+        (false, false) => match (has_lib(f, "libx264"), has_lib(f, "libx265")) {
+            (true, false) => Some("libx264"),
+            (false, true) => Some("libx265"),
+            _ => None,
+        },
+    }
 }
 
 /// Go minor version from "go1.19.8" (None if unparsable).
@@ -76,8 +164,8 @@ pub fn fix_for(facts: Option<&RuntimeFacts>, comm: &str, n: u32) -> Fix {
         let follows = go_minor(v).is_some_and(|m| m >= 25);
         let how = if follows {
             format!(
-                "GOMAXPROCS={n} {} ({v} sizes GOMAXPROCS from the quota, rounded up; set it to \
-                 the whole CPUs the quota grants)",
+                "GOMAXPROCS={n} {} ({v} sizes GOMAXPROCS from the quota rounded up, and at \
+                 least 2: set it to the whole CPUs the quota grants)",
                 f.exe
             )
         } else {
@@ -103,12 +191,9 @@ pub fn fix_for(facts: Option<&RuntimeFacts>, comm: &str, n: u32) -> Fix {
     }
     if f.exe == "ffmpeg" || f.exe == "ffprobe" {
         return Fix {
-            runtime: if has_lib(f, "libx265") {
-                "ffmpeg (libx265)".into()
-            } else if has_lib(f, "libx264") {
-                "ffmpeg (libx264)".into()
-            } else {
-                "ffmpeg".into()
+            runtime: match ffmpeg_encoder(f) {
+                Some(e) => format!("ffmpeg ({e})"),
+                None => "ffmpeg".into(),
             },
             knob: "-threads".into(),
             value: n,
@@ -214,12 +299,68 @@ mod tests {
     }
 
     #[test]
+    fn rerun_sets_the_variable_or_the_option() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut go = facts("spin");
+        go.go_version = Some("go1.19.8".into());
+        let r = fix_for(Some(&go), "spin", 1)
+            .rerun(&argv(&["./spin", "250"]))
+            .unwrap();
+        assert_eq!(r.display(), "GOMAXPROCS=1 ./spin 250");
+        let mut ff = facts("ffmpeg");
+        ff.libs = vec!["libx264.so.164".into()];
+        let x = fix_for(Some(&ff), "ffmpeg", 1);
+        let r = x
+            .rerun(&argv(&[
+                "ffmpeg", "-y", "-i", "in", "-c:v", "libx264", "out.mp4",
+            ]))
+            .unwrap();
+        assert_eq!(
+            r.argv,
+            argv(&[
+                "ffmpeg", "-y", "-i", "in", "-c:v", "libx264", "-threads", "1", "out.mp4"
+            ])
+        );
+        assert!(r.env.is_empty());
+        let r = x
+            .rerun(&argv(&[
+                "ffmpeg", "-i", "in", "-threads", "0", "-f", "null", "-",
+            ]))
+            .unwrap();
+        assert_eq!(
+            r.argv,
+            argv(&["ffmpeg", "-i", "in", "-threads", "1", "-f", "null", "-"])
+        );
+        let mut s = facts("stress-ng");
+        s.args = argv(&["stress-ng", "--cpu", "4", "--timeout", "5"]);
+        let r = fix_for(Some(&s), "stress-ng", 1).rerun(&s.args).unwrap();
+        assert_eq!(r.argv, argv(&["stress-ng", "--cpu", "1", "--timeout", "5"]));
+        assert_eq!(
+            fix_for(Some(&facts("spin")), "spin", 1).rerun(&argv(&["spin"])),
+            None
+        );
+        let mut m = facts("make");
+        m.args = argv(&["make", "-j8", "all"]);
+        assert_eq!(
+            fix_for(Some(&m), "make", 2).rerun(&m.args).unwrap().argv,
+            argv(&["make", "-j2", "all"])
+        );
+    }
+
+    #[test]
     fn ffmpeg_stress_ng_openmp_and_unknown() {
         let mut f = facts("ffmpeg");
         f.libs = vec!["libx264.so.164".into()];
         let x = fix_for(Some(&f), "ffmpeg", 1);
         assert_eq!(x.knob, "-threads");
         assert_eq!(x.runtime, "ffmpeg (libx264)");
+        // Debian's ffmpeg maps both encoders: the arguments say which runs.
+        f.libs = vec!["libx264.so.164".into(), "libx265.so.199".into()];
+        assert_eq!(fix_for(Some(&f), "ffmpeg", 1).runtime, "ffmpeg");
+        f.args = ["ffmpeg", "-i", "in", "-c:v", "libx264", "out.mp4"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(fix_for(Some(&f), "ffmpeg", 1).runtime, "ffmpeg (libx264)");
         let mut s = facts("stress-ng");
         s.args = ["stress-ng", "--cpu", "4", "--timeout", "5"]
             .map(String::from)

@@ -13,6 +13,7 @@ pub mod features;
 pub mod fix;
 pub mod limit;
 pub mod periods;
+pub mod predict;
 pub mod recommend;
 pub mod throttle;
 pub mod verify;

@@ -150,6 +150,9 @@ pub struct Throttling {
     /// The knob that sizes the program's threads, and its value
     /// (`recommended_threads`); with a quota only.
     pub fix: Option<Fix>,
+    /// The fix's predicted effect (`analyze::predict`), with the kernel
+    /// events' throttled time where they ran; with a quota only.
+    pub prediction: Option<crate::analyze::predict::Prediction>,
     /// Per selected thread, in trace order (by tid).
     pub threads: Vec<ThreadThrottling>,
     /// Burst, pressure full, the node and the cause (`analyze::limit`);
@@ -186,11 +189,15 @@ fn runnable_threads_p50(threads: &[&ThreadTrace], n_intervals: usize, ran: u32) 
     if n == 0 {
         return ran;
     }
+    // A thread with under 5% of the busiest one's CPU time in the interval
+    // did not run for the program (a runtime's monitor thread waking).
     let mut counts: Vec<u32> = (0..n)
         .map(|i| {
+            let at = |t: &&&ThreadTrace| t.cpu_ns_per_interval.get(i).copied().unwrap_or(0);
+            let top = threads.iter().map(|t| at(&t)).max().unwrap_or(0);
             threads
                 .iter()
-                .filter(|t| t.cpu_ns_per_interval.get(i).is_some_and(|&ns| ns > 0))
+                .filter(|t| at(t) > 0 && at(t) * 20 >= top)
                 .count() as u32
         })
         .collect();
@@ -372,6 +379,7 @@ pub fn analyze_with(
         periods: bw.map(summarize_periods),
         busy_threads: busy,
         fix: None,
+        prediction: None,
         threads: per_thread,
         limit: Default::default(),
     };
@@ -390,8 +398,15 @@ pub fn analyze_with(
     // busy threads where some are busy. Never more than the node has.
     let cap = if busy > 0 { busy } else { ran };
     let mut raise = (demand.ceil() as u32).min(cap).max(1).max(above_quota);
-    if let Some(n) = crate::analyze::limit::cpus_allowed(trace, limit) {
-        raise = raise.min(n);
+    // The CPUs the target may use bound it too (its cgroup's cpuset, its
+    // own affinity within it): a limit above them cannot be used.
+    let cpus = runtime
+        .and_then(|r| r.allowed_cpus)
+        .into_iter()
+        .chain(crate::analyze::limit::cpus_allowed(trace, limit))
+        .min();
+    if let Some(c) = cpus {
+        raise = raise.min(c);
     }
     out.recommended_threads = Some(fit);
     out.raise_limit_to_cores = Some(raise);
@@ -402,6 +417,16 @@ pub fn analyze_with(
         None => None,
     };
     out.finding = finding(&out, trace, fit, raise, how);
+    out.prediction = crate::analyze::predict::predict(&crate::analyze::predict::Input {
+        cpu_ns: &threads.iter().map(|t| t.cpu_time_ns).collect::<Vec<_>>(),
+        quota_us: q.quota_us,
+        period_us: q.period_us,
+        cpus: cpus.unwrap_or(fit),
+        wall_ns: wall,
+        throttled_wall_ns: bw.map(|b| b.periods.iter().map(|p| p.throttled_wall_ns).sum()),
+        threads: fit,
+        limit_cores: raise,
+    });
     whole_limit(&mut out, trace, limit, window, bw);
     out
 }

@@ -217,6 +217,15 @@ pub struct TraceArgs {
     /// automatically if the targeted figure got worse beyond noise.
     #[arg(long, requires = "apply")]
     pub verify: bool,
+    /// With -- COMMAND under a CPU quota: run the command again with the
+    /// throttling fix applied (its thread-count variable or option), in
+    /// the same cgroup, and report measured against predicted.
+    #[arg(long)]
+    pub verify_fix: bool,
+    /// Variables set for the command over our environment (the rerun of
+    /// --verify-fix).
+    #[arg(skip)]
+    pub command_env: Vec<(String, String)>,
     /// With --apply: allow changing pid 1 (init), refused otherwise.
     #[arg(long, requires = "apply")]
     pub force: bool,

@@ -106,6 +106,9 @@ pub fn trace(args: &TraceArgs) -> i32 {
     if write_failed && code == 0 {
         code = EXIT_FAILURE;
     }
+    if args.verify_fix {
+        verify_fix(args, &mut report);
+    }
     if let Some(cancel) = &cancel {
         match apply_and_verify(args, &thresholds, &outcome, &analysis, &mut report, cancel) {
             Ok(()) => {}
@@ -129,6 +132,77 @@ pub fn trace(args: &TraceArgs) -> i32 {
         return fail(format!("writing the report: {e}"), EXIT_FAILURE);
     }
     code
+}
+
+/// `--verify-fix`: runs the command again with the throttling fix, in the
+/// same cgroup (ours: a command runs in it), traced the same way, and
+/// puts the measured figures next to the prediction. Whatever happens
+/// here, the exit status stays the first run's; a rerun that cannot be
+/// made is said in one line.
+fn verify_fix(args: &TraceArgs, report: &mut Report) {
+    let Some(t) = report.throttling.as_mut() else {
+        return;
+    };
+    let why_not = if !t.limited {
+        Some("no CPU quota on the cgroup path, nothing to fix".to_string())
+    } else if t.prediction.is_none() {
+        Some("no throttled work was recorded to predict from".to_string())
+    } else {
+        None
+    };
+    let rerun = t.fix.as_ref().and_then(|f| f.rerun(&args.command));
+    let (Some(rerun), None) = (rerun, &why_not) else {
+        let why = why_not.unwrap_or_else(|| {
+            let how = t.fix.as_ref().map_or(String::new(), |f| f.how.clone());
+            format!("the fix ({how}) is not an option or variable it can set")
+        });
+        eprintln!("affin-trace: --verify-fix: not rerun: {why}");
+        return;
+    };
+    let again = TraceArgs {
+        command: rerun.argv.clone(),
+        command_env: rerun.env.clone(),
+        timeline: None,
+        plot: None,
+        watch: false,
+        ..args.clone()
+    };
+    if args.verbose {
+        eprintln!("affin-trace: --verify-fix: running {}", rerun.display());
+    }
+    let after = match session::run(&again) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("affin-trace: --verify-fix: the rerun failed: {e}");
+            return;
+        }
+    };
+    let second = crate::analyze::throttle::analyze_with(
+        &after.trace,
+        after.cgroup_limit.as_ref(),
+        after.cgroup_window.as_ref(),
+        after.bandwidth.as_ref(),
+        after.runtime.as_ref(),
+    );
+    let held = after
+        .bandwidth
+        .as_ref()
+        .map(|b| b.periods.iter().map(|p| p.throttled_wall_ns).sum());
+    if let Some(p) = t.prediction.as_mut() {
+        p.verify(
+            rerun.display(),
+            after.exit_status,
+            // Threads running at once when the quota ran out (Go's Ms take
+            // turns at one P: two busy threads, one at a time).
+            second
+                .periods
+                .as_ref()
+                .and_then(|p| p.running_threads_at_exhaustion_p50)
+                .unwrap_or(second.busy_threads),
+            second.wall_ns,
+            held,
+        );
+    }
 }
 
 /// The files a trace writes, all opened before anything runs. Nothing is

@@ -27,6 +27,9 @@ pub struct QuotaWatch {
     events: Option<BandwidthCollector>,
     /// What sizes the target's threads, read once it runs its own image.
     runtime: Option<RuntimeFacts>,
+    /// The executable `runtime` was read from: a target that execs
+    /// another program (a shell's `exec`) is read again.
+    runtime_exe: Option<std::path::PathBuf>,
 }
 
 impl QuotaWatch {
@@ -49,6 +52,7 @@ impl QuotaWatch {
             window: None,
             events: None,
             runtime: None,
+            runtime_exe: None,
         })
     }
 
@@ -65,8 +69,16 @@ impl QuotaWatch {
         if let Some(b) = self.events.as_mut() {
             b.sample(probe);
         }
-        if self.runtime.is_none() {
-            self.runtime = tgids.first().and_then(|&p| crate::host::runtime::read(p));
+        let Some(&pid) = tgids.first() else {
+            return;
+        };
+        let exe = crate::host::runtime::exe(pid);
+        if exe.is_some()
+            && (self.runtime.is_none() || exe != self.runtime_exe)
+            && let Some(r) = crate::host::runtime::read(pid)
+        {
+            self.runtime = Some(r);
+            self.runtime_exe = exe;
         }
     }
 

@@ -24,7 +24,7 @@ use crate::{
     collect::window::{End, Sources, Timing, Window},
     host::Root,
     host::cgroup::{CgroupLimit, CpuStatDelta},
-    host::command::{CommandError, GatedChild, spawn_gated},
+    host::command::{CommandError, GatedChild, spawn_gated_with_env},
     host::contention,
     host::preflight::PreflightError,
     host::procs::{self, TargetError},
@@ -45,6 +45,11 @@ pub enum SessionError {
     /// --apply with a command: it is gone when the window ends.
     #[error("--apply needs a running target (--pid, --tid, --comm or --cgroup), not a command")]
     ApplyToCommand,
+    /// --verify-fix without a command: only a command can be run again.
+    #[error(
+        "--verify-fix reruns a command: give it with -- COMMAND, not --pid/--tid/--comm/--cgroup/--pod/--container"
+    )]
+    VerifyFixNeedsCommand,
     /// Nothing to trace was given.
     #[error(
         "nothing to trace: give --pid PID, --tid TID, --comm NAME, --cgroup PATH, --pod NAMESPACE/NAME, --container ID or -- COMMAND (see --help)"
@@ -96,6 +101,7 @@ impl SessionError {
             SessionError::NoTarget
             | SessionError::TargetAndCommand
             | SessionError::ApplyToCommand
+            | SessionError::VerifyFixNeedsCommand
             | SessionError::IntervalTooLong { .. }
             | SessionError::Target(_)
             | SessionError::Replaced(_) => crate::cli::EXIT_USAGE,
@@ -446,7 +452,7 @@ fn attach(args: &TraceArgs, launch: Launch, verbose: &Verbose) -> Result<Attache
     });
     let (child, tgids, tids) = match launch {
         Launch::Command(argv) => {
-            let mut c = spawn_gated(&argv)?;
+            let mut c = spawn_gated_with_env(&argv, &args.command_env)?;
             mark(root, &mut probe, c.pid())?;
             c.release()?;
             let pid = c.pid();

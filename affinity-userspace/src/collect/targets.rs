@@ -63,6 +63,9 @@ fn check_args(args: &TraceArgs) -> Result<Launch, SessionError> {
     if command && args.apply {
         return Err(SessionError::ApplyToCommand);
     }
+    if args.verify_fix && !command {
+        return Err(SessionError::VerifyFixNeedsCommand);
+    }
     if let Some(d) = args.duration
         && args.interval() > d
     {

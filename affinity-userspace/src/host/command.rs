@@ -51,11 +51,35 @@ pub struct GatedChild {
 
 /// Forks `argv` held before exec.
 pub fn spawn_gated(argv: &[String]) -> Result<GatedChild, CommandError> {
+    spawn_gated_with_env(argv, &[])
+}
+
+/// [`spawn_gated`], with `env` set over our environment for the command
+/// (`--verify-fix` runs it with `GOMAXPROCS=1` and the like).
+pub fn spawn_gated_with_env(
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<GatedChild, CommandError> {
     let argv0 = argv.first().ok_or(CommandError::Empty)?.clone();
+    let cstr = |a: &str| CString::new(a).map_err(|_| CommandError::Nul(a.to_string()));
     let cargs = argv
         .iter()
-        .map(|a| CString::new(a.as_str()).map_err(|_| CommandError::Nul(a.clone())))
+        .map(|a| cstr(a))
         .collect::<Result<Vec<_>, _>>()?;
+    // Built before the fork: the child may not allocate.
+    let cenv = if env.is_empty() {
+        None
+    } else {
+        let mut vars: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| !env.iter().any(|(e, _)| e == k))
+            .collect();
+        vars.extend(env.iter().cloned());
+        Some(
+            vars.iter()
+                .map(|(k, v)| cstr(&format!("{k}={v}")))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    };
     let (gate_r, gate_w) = pipe2(OFlag::O_CLOEXEC).map_err(CommandError::Spawn)?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(CommandError::Spawn)?;
     // SAFETY: the child only calls async-signal-safe functions (read, write,
@@ -71,7 +95,10 @@ pub fn spawn_gated(argv: &[String]) -> Result<GatedChild, CommandError> {
                 // The parent went away or gave up: never run untraced.
                 unsafe { libc::_exit(125) };
             }
-            let errno = nix::unistd::execvp(&cargs[0], &cargs).unwrap_err();
+            let errno = match &cenv {
+                Some(e) => nix::unistd::execvpe(&cargs[0], &cargs, e).unwrap_err(),
+                None => nix::unistd::execvp(&cargs[0], &cargs).unwrap_err(),
+            };
             let code = (errno as i32).to_ne_bytes();
             // SAFETY: write(2) of a local buffer, then _exit.
             unsafe {

@@ -7,11 +7,16 @@ use std::path::Path;
 
 use crate::model::runtime::{RuntimeFacts, THREAD_ENV};
 
+/// The executable `pid` runs now (None once it is gone).
+pub fn exe(pid: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
 /// The facts of `pid`, or `None` while it is not yet the program (a gated
 /// command still runs affin-trace's own image) or is gone.
 pub fn read(pid: u32) -> Option<RuntimeFacts> {
     let proc_dir = Path::new("/proc").join(pid.to_string());
-    let exe = std::fs::read_link(proc_dir.join("exe")).ok()?;
+    let exe = exe(pid)?;
     if std::fs::read_link("/proc/self/exe").ok().as_ref() == Some(&exe) {
         return None;
     }
@@ -59,6 +64,10 @@ pub fn read(pid: u32) -> Option<RuntimeFacts> {
         go_version,
         same_exe_children: children,
         thread_names,
+        allowed_cpus: crate::host::topology::allowed_cpus(&crate::host::Root::default(), pid)
+            .ok()
+            .map(|a| a.cpus.len() as u32)
+            .filter(|&n| n > 0),
     })
 }
 

@@ -21,6 +21,10 @@ pub struct RuntimeFacts {
     pub same_exe_children: u32,
     /// Thread names of the process.
     pub thread_names: Vec<String>,
+    /// CPUs it may run on (affinity within its cpuset): what a runtime
+    /// that sizes itself from the host sees, and the most CPUs a raised
+    /// limit can use.
+    pub allowed_cpus: Option<u32>,
 }
 
 /// Environment variables that size a runtime's threads.

@@ -600,6 +600,9 @@ impl Report {
         if !s.ends_with('\n') {
             s.push('\n');
         }
+        if let Some(p) = &t.prediction {
+            s.push_str(&p.render_text());
+        }
     }
 
     /// What `--apply` changed and how to undo it, or why it changed
