@@ -93,8 +93,11 @@ fn typical_of(p: &PeriodRecord, period_ns: u64) -> TypicalPeriod {
 }
 
 /// Up to `n` throttled periods whose exhaustion is nearest the median,
-/// in time order. Periods without a throttle are not typical of a
-/// throttled window (and have nothing to draw).
+/// in time order, taken first among those with the median count of
+/// threads running when the quota ran out (a period where another task
+/// held one of the CPUs at that moment is not typical). Periods without a
+/// throttle are not typical of a throttled window (and have nothing to
+/// draw).
 pub fn typical(bw: &BandwidthTrace, period_ns: u64, n: usize) -> Vec<TypicalPeriod> {
     let mut throttled: Vec<&PeriodRecord> = bw
         .periods
@@ -110,8 +113,12 @@ pub fn typical(bw: &BandwidthTrace, period_ns: u64, n: usize) -> Vec<TypicalPeri
         .collect();
     at.sort_unstable();
     let median = at[(at.len() - 1) / 2];
+    let mut running: Vec<u32> = throttled.iter().map(|p| p.running_at_exhaustion).collect();
+    running.sort_unstable();
+    let usual = running[(running.len() - 1) / 2];
     throttled.sort_by_key(|p| {
         (
+            p.running_at_exhaustion != usual,
             p.exhausted_after_ns.unwrap_or(0).abs_diff(median),
             p.start_ns,
         )
@@ -234,6 +241,26 @@ mod tests {
         );
         assert!(typical(&BandwidthTrace::default(), 100 * MS, 3).is_empty());
         assert_eq!(render_text(&[]), "");
+    }
+
+    /// CI saw it: one of the three periods nearest the median exhaustion
+    /// had 1 thread running (another task held the second CPU then) where
+    /// the run's usual count was 2. Such a period is not typical.
+    #[test]
+    fn typical_have_the_usual_running_count() {
+        let mut periods: Vec<PeriodRecord> = (0..9)
+            .map(|i| period(i * 100, Some(40 + i), 50, 2))
+            .collect();
+        // Nearest the median exhaustion (44 ms), but with one running.
+        periods[4].running_at_exhaustion = 1;
+        let bw = BandwidthTrace {
+            periods,
+            ..BandwidthTrace::default()
+        };
+        let t = typical(&bw, 100 * MS, TYPICAL);
+        let starts: Vec<u64> = t.iter().map(|p| p.start_ns / MS).collect();
+        assert_eq!(starts, vec![200, 300, 500]);
+        assert!(t.iter().all(|p| p.running_threads == 2));
     }
 
     #[test]

@@ -167,6 +167,7 @@ pub fn run(args: Args) -> Result<()> {
     // (any checkout) to end, and keep it out until this one is done.
     let _lock = crate::test::machine_lock()?;
     binary::cargo_build(true, binary::Hooks::On)?;
+    mount_tracefs();
     let bpftool = tool("bpftool", "bpftool")?;
     let result = bench(&args, &bpftool);
     // Programs are freed a moment after their last fd closes: allow that.
@@ -177,6 +178,30 @@ pub fn run(args: Args) -> Result<()> {
         return Err(e);
     }
     result
+}
+
+/// bpftrace (config (e)) attaches classic tracepoints, found through
+/// tracefs; a machine that boots without it mounted gets it mounted here
+/// (the bench changes sysctls already; a failure only skips (e)).
+fn mount_tracefs() {
+    let dir = Path::new("/sys/kernel/tracing");
+    if dir.join("events").is_dir() {
+        return;
+    }
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    println!(
+        "bench: tracefs at {}: {}",
+        dir.display(),
+        if ok {
+            "mounted"
+        } else {
+            "could not mount; (e) may be skipped"
+        }
+    );
 }
 
 fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
