@@ -187,7 +187,14 @@ fn two_spinners_in_one_cpu_draw_the_strip_and_the_period_slices() {
     assert_eq!(typical.len(), 3, "{t:#}");
     let tol = (expect_ms * 0.10).max(5.0);
     for p in typical {
-        assert_eq!(p["running_threads"], k, "{p:#}");
+        // The quota over the time it lasted: 2 at once, by construction.
+        // The instant count at exhaustion can read 1 (both CPUs run their
+        // slices out together and the other may be switching out then).
+        assert_eq!(p["ran_at_once"], k, "{p:#}");
+        assert!(
+            (1..=u64::from(k)).contains(&u(&p["running_threads"])),
+            "{p:#}"
+        );
         let strip = p["strip"].as_str().expect("strip");
         assert_eq!(strip.chars().count(), 50, "{strip}");
         let ran_ms = strip.matches('#').count() as f64 * 2.0;

@@ -36,8 +36,13 @@ pub struct TypicalPeriod {
     pub ran_ms: f64,
     /// Then it was held this long (ms, first throttle to last unthrottle).
     pub held_ms: f64,
-    /// CPUs running a thread of the group when the quota ran out.
+    /// CPUs running a thread of the group when the quota ran out (an
+    /// instant: when every CPU runs its slice out at once, another may be
+    /// switching out just then).
     pub running_threads: u32,
+    /// Threads that ran at once while the quota lasted: the quota over
+    /// the time it lasted, rounded (what the strip's caption says).
+    pub ran_at_once: u32,
     /// Threads of the group queued (running or runnable) then.
     pub queued_threads: u32,
     /// [`CELLS`] cells: [`RAN`], then [`HELD`], then [`AFTER`].
@@ -76,8 +81,9 @@ fn ms(ns: u64) -> f64 {
 }
 
 /// The throttled period's figures as a [`TypicalPeriod`].
-fn typical_of(p: &PeriodRecord, period_ns: u64) -> TypicalPeriod {
+fn typical_of(p: &PeriodRecord, period_ns: u64, quota_ns: u64) -> TypicalPeriod {
     let ran = p.exhausted_after_ns.unwrap_or(0);
+    let at_once = (quota_ns as f64 / ran.max(1) as f64).round().max(1.0) as u32;
     // Held from the quota running out to the refill: never past the
     // period's end in the strip (an unthrottle can land a little after).
     let held = p.throttled_wall_ns.min(period_ns.saturating_sub(ran));
@@ -87,6 +93,7 @@ fn typical_of(p: &PeriodRecord, period_ns: u64) -> TypicalPeriod {
         ran_ms: ms(ran),
         held_ms: ms(held),
         running_threads: p.running_at_exhaustion,
+        ran_at_once: at_once,
         queued_threads: p.queued_at_exhaustion,
         strip: strip(ran, held, period_ns),
     }
@@ -98,7 +105,8 @@ fn typical_of(p: &PeriodRecord, period_ns: u64) -> TypicalPeriod {
 /// held one of the CPUs at that moment is not typical). Periods without a
 /// throttle are not typical of a throttled window (and have nothing to
 /// draw).
-pub fn typical(bw: &BandwidthTrace, period_ns: u64, n: usize) -> Vec<TypicalPeriod> {
+/// `quota_ns` is the quota per period, for [`TypicalPeriod::ran_at_once`].
+pub fn typical(bw: &BandwidthTrace, period_ns: u64, quota_ns: u64, n: usize) -> Vec<TypicalPeriod> {
     let mut throttled: Vec<&PeriodRecord> = bw
         .periods
         .iter()
@@ -125,7 +133,9 @@ pub fn typical(bw: &BandwidthTrace, period_ns: u64, n: usize) -> Vec<TypicalPeri
     });
     throttled.truncate(n);
     throttled.sort_by_key(|p| p.start_ns);
-    throttled.iter().map(|p| typical_of(p, period_ns)).collect()
+    (throttled.iter())
+        .map(|p| typical_of(p, period_ns, quota_ns))
+        .collect()
 }
 
 fn threads(n: u32) -> String {
@@ -136,7 +146,7 @@ fn threads(n: u32) -> String {
 pub fn caption(p: &TypicalPeriod) -> String {
     format!(
         "{} ran {:.0} ms, then held {:.0} ms",
-        threads(p.running_threads),
+        threads(p.ran_at_once),
         p.ran_ms,
         p.held_ms
     )
@@ -187,7 +197,7 @@ mod tests {
             periods: vec![period(0, Some(25), 75, 4)],
             ..BandwidthTrace::default()
         };
-        let t = typical(&bw, 100 * MS, TYPICAL);
+        let t = typical(&bw, 100 * MS, 100 * MS, TYPICAL);
         assert_eq!(caption(&t[0]), "4 threads ran 25 ms, then held 75 ms");
         let text = render_text(&t);
         assert_eq!(
@@ -227,7 +237,7 @@ mod tests {
             periods,
             ..BandwidthTrace::default()
         };
-        let t = typical(&bw, 100 * MS, TYPICAL);
+        let t = typical(&bw, 100 * MS, 100 * MS, TYPICAL);
         assert_eq!(t.len(), TYPICAL);
         // The median is 50: periods 1, 4 and 10 ran out at exactly 50 ms.
         let starts: Vec<u64> = t.iter().map(|p| p.start_ns / MS).collect();
@@ -235,11 +245,11 @@ mod tests {
         assert!(t.iter().all(|p| p.ran_ms == 50.0 && p.held_ms == 50.0));
         assert!(t.iter().all(|p| p.running_threads == 2));
         assert_eq!(
-            typical(&bw, 100 * MS, 100).len(),
+            typical(&bw, 100 * MS, 100 * MS, 100).len(),
             19,
             "unthrottled left out"
         );
-        assert!(typical(&BandwidthTrace::default(), 100 * MS, 3).is_empty());
+        assert!(typical(&BandwidthTrace::default(), 100 * MS, 100 * MS, 3).is_empty());
         assert_eq!(render_text(&[]), "");
     }
 
@@ -257,10 +267,12 @@ mod tests {
             periods,
             ..BandwidthTrace::default()
         };
-        let t = typical(&bw, 100 * MS, TYPICAL);
+        let t = typical(&bw, 100 * MS, 100 * MS, TYPICAL);
         let starts: Vec<u64> = t.iter().map(|p| p.start_ns / MS).collect();
         assert_eq!(starts, vec![200, 300, 500]);
         assert!(t.iter().all(|p| p.running_threads == 2));
+        // 100 ms of quota over 42-45 ms: 2 at once.
+        assert!(t.iter().all(|p| p.ran_at_once == 2));
     }
 
     #[test]
@@ -269,8 +281,10 @@ mod tests {
             periods: vec![period(0, Some(40), 70, 1)],
             ..BandwidthTrace::default()
         };
-        let t = typical(&bw, 100 * MS, 1);
+        // A 40 ms quota, one thread: it lasted 40 ms.
+        let t = typical(&bw, 100 * MS, 40 * MS, 1);
         assert_eq!(t[0].held_ms, 60.0);
+        assert_eq!(t[0].ran_at_once, 1);
         assert_eq!(caption(&t[0]), "1 thread ran 40 ms, then held 60 ms");
     }
 }

@@ -450,8 +450,13 @@ fn whole_limit(
     out.limit = crate::analyze::limit::facts(trace, limit, window, out.wall_ns, held, measured);
     if let (Some(p), Some(b)) = (out.periods.as_mut(), bw) {
         let period_ns = limit.quota.period_us.saturating_mul(1000);
-        p.typical =
-            crate::analyze::periods::typical(b, period_ns, crate::analyze::periods::TYPICAL);
+        let quota_ns = limit.quota.quota_us.saturating_mul(1000);
+        p.typical = crate::analyze::periods::typical(
+            b,
+            period_ns,
+            quota_ns,
+            crate::analyze::periods::TYPICAL,
+        );
     }
 }
 

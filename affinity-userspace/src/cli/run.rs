@@ -257,6 +257,7 @@ fn write_svg(outcome: &Outcome, mut file: Output) -> bool {
         (Some(b), Some(l)) => crate::analyze::periods::typical(
             b,
             l.quota.period_us.saturating_mul(1000),
+            l.quota.quota_us.saturating_mul(1000),
             crate::analyze::periods::TYPICAL,
         ),
         _ => Vec::new(),

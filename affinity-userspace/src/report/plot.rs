@@ -1216,7 +1216,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let typical = periods::typical(&bw, 100 * ms, periods::TYPICAL);
+        let typical = periods::typical(&bw, 100 * ms, 100 * ms, periods::TYPICAL);
         let svg = render_svg_with(&trace(), &topology("server-2s-smt"), &typical).unwrap();
         let (rects, labels) = panel(&svg, "(d)");
         let strip = cells(&rects, PERIOD_CELL_W);
