@@ -137,18 +137,29 @@ fn timeline_with_a_too_small_ring_buffer_reports_lost_events() {
     require_root();
     let file = scratch("timeline-small.json");
     let w = workload();
-    let run = trace_command(
-        &[
-            "--timeline",
-            file.to_str().unwrap(),
-            "--timeline-buffer",
-            "4K",
-        ],
-        &[w.to_str().unwrap(), "yield", "2", "300"],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let trace = read_trace(&file);
-    let _ = std::fs::remove_file(&file);
+    // The reader wakes at half full, so on an idle CPU it can keep up with
+    // a storm (CI once saw 88,031 events and none lost): run the storm
+    // again, up to 4 times, until the ring overflows; the accounting is
+    // then checked exactly.
+    let mut tries = 0;
+    let (run, trace) = loop {
+        tries += 1;
+        let run = trace_command(
+            &[
+                "--timeline",
+                file.to_str().unwrap(),
+                "--timeline-buffer",
+                "4K",
+            ],
+            &[w.to_str().unwrap(), "yield", "2", "300"],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let trace = read_trace(&file);
+        let _ = std::fs::remove_file(&file);
+        if u(&run.json["timeline"]["lost_events"]) > 0 || tries == 4 {
+            break (run, trace);
+        }
+    };
     let tl = &run.json["timeline"];
     assert_eq!(u(&tl["ring_buffer_bytes"]), 4096, "{tl:#}");
     let lost = u(&tl["lost_events"]);
@@ -175,7 +186,7 @@ fn timeline_with_a_too_small_ring_buffer_reports_lost_events() {
         tl["events"]
     );
     println!(
-        "4 KiB ring: {} events kept, {lost} lost, {switches} switches counted",
+        "4 KiB ring: {} events kept, {lost} lost, {switches} switches counted ({tries} tries)",
         tl["events"]
     );
 }

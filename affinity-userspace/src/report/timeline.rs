@@ -754,9 +754,12 @@ fn period_events(cap: &Capture, rel: impl Fn(u64) -> u64, out: &mut Vec<Ev>) -> 
                 "queued_threads": p.queued,
                 "part": if i == 0 { "quota used" } else { "throttled" },
             });
+            // Clipped to the window: the first period began before the
+            // trace did, and its slices must still meet end to start.
+            let (a, b) = (rel(at), rel(at + len));
             out.push(slice_ev(
-                rel(at),
-                len,
+                a,
+                b - a,
                 name,
                 "quota_period",
                 (CPU_PID, PERIOD_TID),
