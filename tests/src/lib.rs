@@ -75,11 +75,17 @@ pub fn run(args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("spawn affin-trace");
-    let json = std::fs::read_to_string(&out)
+    finished(&o, &out)
+}
+
+/// The [`Run`] of a finished affin-trace whose `--output` was `out` (read,
+/// then removed; `null` JSON when it wrote none).
+pub fn finished(o: &std::process::Output, out: &std::path::Path) -> Run {
+    let json = std::fs::read_to_string(out)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(Value::Null);
-    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(out);
     Run {
         code: o.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),

@@ -88,17 +88,7 @@ fn trace_in(cg: &TestCgroup, args: &[&str], cmd: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("spawn affin-trace");
-    let json = std::fs::read_to_string(&out)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let _ = std::fs::remove_file(&out);
-    Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        json,
-    }
+    finished(&o, &out)
 }
 
 /// "go1.19.8" from `go version`.
