@@ -373,6 +373,24 @@ fn a_minute_of_yield_storm_streams_in_bounded_memory() {
     );
 }
 
+/// A gated yield storm of `ms` (two threads on CPU 0) and affin-trace
+/// tracing it with a timeline to `file` keeping at most `max_events`
+/// (Chrome JSON); the storm starts at `go()`.
+fn storm_with_timeline(ms: u64, file: &std::path::Path, max_events: u64) -> (Gated, Tracer) {
+    let w = Gated::start(&["storm", "2", &ms.to_string()]);
+    let tracer = Tracer::start(&[
+        "--pid",
+        &w.pid().to_string(),
+        "--duration",
+        "60",
+        "--timeline",
+        file.to_str().unwrap(),
+        "--timeline-max-events",
+        &max_events.to_string(),
+    ]);
+    (w, tracer)
+}
+
 /// Issue 18 item 7: a second SIGINT after the one that ends the window
 /// stops the timeline's writing. A yield storm fills a big capture; two
 /// SIGINTs 50 ms apart: the Chrome JSON file (built and written after the
@@ -387,18 +405,8 @@ fn a_second_signal_stops_the_timeline_writing_leaving_it_valid_or_absent() {
         let dir = scratch("second-signal");
         std::fs::create_dir(&dir).unwrap();
         let file = dir.join(name);
-        let mut w = Gated::start(&["storm", "2", "3000"]);
-        let tracer = Tracer::start(&[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "60",
-            "--timeline",
-            file.to_str().unwrap(),
-            // Chrome JSON: keep them all, so the build takes seconds.
-            "--timeline-max-events",
-            "10000000",
-        ]);
+        // Chrome JSON: keep them all, so the build takes seconds.
+        let (mut w, tracer) = storm_with_timeline(3000, &file, 10_000_000);
         let pid = nix::unistd::Pid::from_raw(tracer.child.id() as i32);
         w.go();
         std::thread::sleep(Duration::from_millis(2500));
@@ -448,17 +456,7 @@ fn a_chrome_timeline_holds_to_its_cap_and_says_where_it_stops() {
     let mut peaks = Vec::new();
     for cap in [20_000u64, 400_000] {
         let file = scratch(&format!("capped-{cap}.json"));
-        let mut w = Gated::start(&["storm", "2", "4000"]);
-        let tracer = Tracer::start(&[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "60",
-            "--timeline",
-            file.to_str().unwrap(),
-            "--timeline-max-events",
-            &cap.to_string(),
-        ]);
+        let (mut w, tracer) = storm_with_timeline(4000, &file, cap);
         let pid = tracer.child.id();
         let (start_hwm, _) = peak_and_cpu(pid).expect("affin-trace's status");
         w.go();
