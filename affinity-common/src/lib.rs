@@ -312,9 +312,12 @@ pub const EVF_NEW: u32 = 4;
 /// | [`EV_MIGRATE`] | source CPU | tid | destination CPU |
 /// | [`EV_WAKEUP`] | CPU it will run on | tid | CPU the waker runs on |
 ///
-/// `waker`: of a wakeup, the thread running where `sched_wakeup` fired (as
+/// `peer`: of a wakeup, the thread running where `sched_wakeup` fired (as
 /// ftrace's `common_pid`), 0 for the idle task: a wakeup queued to an idle
-/// CPU's wake list fires there, after the waker has moved on.
+/// CPU's wake list fires there, after the waker has moved on. Of a switch
+/// with a target on one side only, the process (tgid) of the other side: the
+/// neighbour that took the CPU from a preempted target, or the one that
+/// left it to a target; 0 for the idle task and when both are targets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimelineEvent {
@@ -330,8 +333,9 @@ pub struct TimelineEvent {
     pub b: u32,
     /// `EVF_*` bits.
     pub flags: u32,
-    /// [`EV_WAKEUP`]: the waker's tid (see the table); 0 for other kinds.
-    pub waker: u32,
+    /// [`EV_WAKEUP`]: the waker's tid; [`EV_SWITCH`]: the other side's
+    /// tgid (see above); 0 for [`EV_MIGRATE`].
+    pub peer: u32,
     /// [`EV_SWITCH`]: `se.sum_exec_runtime` (on-CPU time, without steal
     /// and interrupts) of `a` as it leaves the CPU, or without `a`, of `b`
     /// as it arrives. The difference from the thread's previous value is

@@ -894,6 +894,15 @@ fn timeline_switch<A: Access>(
         return;
     }
     let mut flags = 0;
+    // The other side's process, when it is not a target: the neighbour
+    // that took the CPU, or left it (0: the idle task).
+    let peer = if out == 0 {
+        A::u32_at(prev, offset!(tgid))
+    } else if inn == 0 {
+        A::u32_at(next, offset!(tgid))
+    } else {
+        0
+    };
     // The task leaving's on-CPU time so far, else the arriving one's (the
     // base of its slice's CPU time).
     let sum_exec_ns = if out == 0 {
@@ -914,7 +923,7 @@ fn timeline_switch<A: Access>(
         a: out,
         b: inn,
         flags,
-        waker: 0,
+        peer,
         sum_exec_ns,
     });
 }
@@ -934,7 +943,7 @@ fn on_wakeup<A: Access>(args: *const u64, new_task: bool) {
             a: tid,
             b: unsafe { bpf_get_smp_processor_id() },
             flags: if new_task { EVF_NEW } else { 0 },
-            waker: bpf_get_current_pid_tgid() as u32,
+            peer: bpf_get_current_pid_tgid() as u32,
             sum_exec_ns: 0,
         });
     }
@@ -1035,7 +1044,7 @@ fn on_migrate<A: Access>(args: *const u64) {
             a: tid,
             b: dest,
             flags: 0,
-            waker: 0,
+            peer: 0,
             sum_exec_ns: 0,
         });
     }

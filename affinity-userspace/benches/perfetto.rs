@@ -29,7 +29,7 @@ fn batch(start: u64, n: u64) -> Vec<TimelineEvent> {
                 a,
                 b,
                 flags,
-                waker: 0,
+                peer: 0,
                 sum_exec_ns: 0,
             }
         })

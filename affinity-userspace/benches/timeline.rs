@@ -25,7 +25,7 @@ fn event(ts_ns: u64, kind: u32, cpu: u32, a: u32, b: u32, flags: u32, sum: u64) 
         a,
         b,
         flags,
-        waker: 0,
+        peer: 0,
         sum_exec_ns: sum,
     }
 }

@@ -113,6 +113,40 @@ pub fn workload() -> PathBuf {
     p
 }
 
+/// The test workload's `hog`: a process spinning pinned to one CPU for a
+/// while, started and ready (pinned) on return; killed when dropped.
+pub struct Hog(Child);
+
+impl Hog {
+    /// `workload hog <cpu> <ms>`, once it says it is pinned.
+    pub fn start(cpu: u32, ms: u64) -> Hog {
+        use std::io::BufRead as _;
+        let mut child = Command::new(workload())
+            .args(["hog", &cpu.to_string(), &ms.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("hog");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("hog stdout"))
+            .read_line(&mut line)
+            .expect("hog ready");
+        assert_eq!(line.trim(), "ready");
+        Hog(child)
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A workload started outside affin-trace, waiting at its `ready` line.
 pub struct Gated {
     /// The process.

@@ -19,26 +19,13 @@ const MS: u64 = 1_000_000;
 fn a_pinned_hog_next_to_a_spinner_is_named_and_the_target_is_not_shrunk() {
     require_root();
     let w = workload();
-    let mut hog = Command::new(&w)
-        .args(["hog", "1", "20000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("hog");
-    {
-        use std::io::BufRead as _;
-        let mut line = String::new();
-        std::io::BufReader::new(hog.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-    }
-    let hog_pid = hog.id().to_string();
+    let hog = Hog::start(1, 20_000);
+    let hog_pid = hog.pid().to_string();
     let run = trace_command(
         &["--interval", "0.5"],
         &[w.to_str().unwrap(), "pinspin", "1", "1500", &hog_pid],
     );
-    let _ = hog.kill();
-    let _ = hog.wait();
+    drop(hog);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let j = &run.json;
     let hog_ns = printed(&run.stdout, "hog_ns");

@@ -21,13 +21,14 @@ const VENV_PYTHON: &str = "/opt/affin-trace-venv/bin/python";
 /// Every scheduling record of one file, through the official schema, as
 /// JSON: switches `[cpu, ts, prev (-1: implied), prev_state, next]` (compact
 /// and full), wakeups `[ts, pid]`, migrations `[ts, pid, orig, dest]`, the
-/// descriptors' tids.
+/// descriptors' tids, the counter tracks `{uuid: name}` and their values
+/// `[ts, uuid, value]` (a value before its track's descriptor fails).
 const DECODE_PY: &str = r#"
 import json, sys
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 t = pb.Trace()
 t.ParseFromString(open(sys.argv[1], "rb").read())
-sw, wake, mig, tids = [], [], [], []
+sw, wake, mig, tids, counters, values = [], [], [], [], {}, []
 for p in t.packet:
     if p.HasField("ftrace_events"):
         b = p.ftrace_events
@@ -48,7 +49,15 @@ for p in t.packet:
                 mig.append([e.timestamp, m.pid, m.orig_cpu, m.dest_cpu])
     if p.HasField("process_tree"):
         tids += [th.tid for th in p.process_tree.threads]
-print(json.dumps({"switches": sw, "wakeups": wake, "migrations": mig, "tids": tids}))
+    if p.HasField("track_descriptor") and p.track_descriptor.HasField("counter"):
+        counters[str(p.track_descriptor.uuid)] = p.track_descriptor.name
+    if p.HasField("track_event") and p.track_event.type == pb.TrackEvent.TYPE_COUNTER:
+        e = p.track_event
+        if str(e.track_uuid) not in counters:
+            sys.exit("a counter value before its track's descriptor")
+        values.append([p.timestamp, str(e.track_uuid), e.counter_value])
+print(json.dumps({"switches": sw, "wakeups": wake, "migrations": mig, "tids": tids,
+                  "counters": counters, "counter_values": values}))
 "#;
 
 /// The file through the official schema.
@@ -273,6 +282,87 @@ fn perfetto_timeline_of_hop_matches_the_reports_counters() {
         lat["wakeup_to_run_ns"]["p99"],
         lat["wakeup_to_run_ns"]["max"],
         process[0].len(),
+    );
+}
+
+/// A hog pinned to CPU 1 preempts a target spinner pinned there: the file
+/// gets a counter track named after the hog, and the counters rise exactly
+/// once per preempted switch-out of a target to another process.
+#[test]
+fn a_preempting_neighbour_gets_its_own_counter_track() {
+    require_root();
+    let hog = Hog::start(1, 20_000);
+    let file = scratch("neighbour.perfetto-trace");
+    let w = workload();
+    let run = trace_command(
+        &["--interval", "0.5", "--timeline", file.to_str().unwrap()],
+        &[
+            w.to_str().unwrap(),
+            "pinspin",
+            "1",
+            "800",
+            &hog.pid().to_string(),
+        ],
+    );
+    let hog_pid = u64::from(hog.pid());
+    drop(hog);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v = official(&file);
+    let _ = std::fs::remove_file(&file);
+    let j = &run.json;
+    let tl = &j["timeline"];
+    let targets: BTreeSet<u64> = (j["threads"].as_array().unwrap().iter())
+        .map(|t| u(&t["tid"]))
+        .collect();
+    let counters = v["counters"].as_object().unwrap();
+    assert_eq!(u(&tl["neighbour_tracks"]), counters.len() as u64, "{tl:#}");
+    let hog_track = (counters.iter())
+        .find(|(_, name)| {
+            name.as_str()
+                .unwrap()
+                .starts_with(&format!("preempted by workload (pid {hog_pid})"))
+        })
+        .map(|(uuid, _)| uuid.clone())
+        .unwrap_or_else(|| panic!("no track for the hog {hog_pid}: {counters:#?}"));
+    // Per track in time order: each value is one step from the last.
+    let mut per_track: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+    for c in v["counter_values"].as_array().unwrap() {
+        let uuid = c[1].as_str().unwrap().to_string();
+        per_track
+            .entry(uuid)
+            .or_default()
+            .push((u(&c[0]), c[2].as_i64().unwrap()));
+    }
+    let mut rises = 0;
+    let mut hog_rises = 0;
+    for (uuid, mut values) in per_track {
+        values.sort_by_key(|v| v.0);
+        let mut last = 0;
+        for (ts, value) in values {
+            assert!(
+                (value - last).abs() == 1 && (0..=targets.len() as i64).contains(&value),
+                "track {uuid} at {ts}: {last} -> {value}"
+            );
+            if value > last {
+                rises += 1;
+                hog_rises += u64::from(uuid == hog_track);
+            }
+            last = value;
+        }
+    }
+    // A runnable task leaves its CPU only to another task (never to the
+    // idle one), and the file writes other tasks as pid 0.
+    let preempted_away = (switches(&v).iter())
+        .filter(|s| targets.contains(&s.prev) && s.state == STATE_PREEMPTED && s.next == 0)
+        .count() as u64;
+    assert_eq!(
+        rises, preempted_away,
+        "counter rises vs R+ switch-outs to other tasks"
+    );
+    assert!(hog_rises > 0, "the hog never preempted the target");
+    println!(
+        "{} neighbour tracks, {rises} preemptions by neighbours ({hog_rises} by the hog)",
+        counters.len()
     );
 }
 

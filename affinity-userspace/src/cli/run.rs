@@ -67,7 +67,9 @@ pub fn trace(args: &TraceArgs) -> i32 {
     let mut stream = match format {
         Some(TimelineFormat::Perfetto) => files.timeline.take().map(|f| {
             let w = Interruptible::new(f, &stop);
+            let root = args.root.clone();
             perfetto::Writer::new(std::io::BufWriter::with_capacity(1 << 20, w))
+                .naming(move |tgid| crate::host::procs::comm(&root, tgid))
         }),
         _ => None,
     };
@@ -303,6 +305,7 @@ fn write_timeline(
             truncated_events: cap.truncated_events,
             migration_flows: 0,
             cpu_slices: 0,
+            neighbour_tracks: 0,
             format: "chrome",
             perfetto: None,
             latency: None,
@@ -326,6 +329,7 @@ fn write_timeline(
         truncated_events: s.truncated_events,
         migration_flows: s.migration_flows,
         cpu_slices: s.cpu_slices,
+        neighbour_tracks: s.neighbour_tracks,
         format: "chrome",
         perfetto: None,
         latency: Some(latency.report(|tid| tgids.get(&tid).copied())),
@@ -454,6 +458,7 @@ fn finish_perfetto(
         truncated_events: 0,
         migration_flows: 0,
         cpu_slices: 0,
+        neighbour_tracks: n.neighbour_tracks,
         format: "perfetto",
         perfetto: Some(PerfettoCounts {
             sched_switch: n.switches,

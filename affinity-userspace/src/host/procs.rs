@@ -128,6 +128,12 @@ pub fn tgid_of(root: &Root, tid: u32) -> Result<u32, TargetError> {
     parse_tgid(&status).ok_or(TargetError::NoSuchProcess(tid))
 }
 
+/// `pid`'s name (/proc/<pid>/comm, lossy UTF-8), if it still runs.
+pub fn comm(root: &Root, pid: u32) -> Option<String> {
+    let b = std::fs::read(root.join(format!("proc/{pid}/comm"))).ok()?;
+    Some(String::from_utf8_lossy(b.strip_suffix(b"\n").unwrap_or(&b)).into_owned())
+}
+
 /// `Tgid:` of a /proc/<pid>/status text, whatever bytes the name holds.
 pub fn parse_tgid(status: &[u8]) -> Option<u32> {
     status

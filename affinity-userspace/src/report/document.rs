@@ -177,6 +177,10 @@ pub struct TimelineJson {
     pub migration_flows: u64,
     /// On-CPU slices in the file (one per CPU track entry; Chrome JSON).
     pub cpu_slices: u64,
+    /// Counter tracks of preempting neighbours in the file: per process
+    /// that took a CPU from a runnable target thread, how many target
+    /// threads it held back over time (both formats).
+    pub neighbour_tracks: u64,
     /// `perfetto` (protobuf, streamed) or `chrome` (JSON).
     pub format: &'static str,
     /// What the Perfetto file holds (`perfetto` format only).
@@ -1030,6 +1034,7 @@ mod tests {
             truncated_events: 0,
             migration_flows: 3,
             cpu_slices: 50,
+            neighbour_tracks: 1,
             format: "chrome",
             perfetto: None,
             latency: None,

@@ -216,7 +216,7 @@ mod tests {
             a,
             b,
             flags,
-            waker: 0,
+            peer: 0,
             sum_exec_ns: 0,
         }
     }

@@ -8,6 +8,7 @@
 pub mod applied;
 pub mod document;
 pub mod escape;
+pub mod heldback;
 pub mod latency;
 pub mod perfetto;
 pub mod plot;

@@ -15,6 +15,10 @@
 //!   `sched_wakeup` / `sched_wakeup_new` (in the bundle of the CPU it fired
 //!   on, under the thread running there, the waker: the wakee's chain),
 //!   `sched_migrate_task` and `sched_process_exit` (a target's last switch);
+//! - as they come, one counter track per preempting neighbour (a process
+//!   not traced that took a CPU from a runnable target thread): how many
+//!   target threads it holds back over time (`report::heldback`), named
+//!   with the neighbour's comm when the CLI can read it;
 //! - at the end, one `ProcessTree` with a descriptor for every target
 //!   process and thread (names win over the switches' comms there), a
 //!   "CPU quota throttling" track with the throttled intervals, and, when
@@ -41,7 +45,11 @@ use affinity_common::{
 };
 use prost::Message;
 
-use super::{latency::Latencies, timeline::ThrottledSpan};
+use super::{
+    heldback::{self, Change, HeldBack, OTHER_NEIGHBOURS},
+    latency::Latencies,
+    timeline::ThrottledSpan,
+};
 
 /// Where drained timeline events go: the session calls [`EventSink::push`]
 /// each time it empties the ring. A write error is kept by the sink and
@@ -236,7 +244,15 @@ pub mod pb {
         pub uuid: Option<u64>,
         #[prost(string, optional, tag = "2")]
         pub name: Option<String>,
+        /// Present (empty) on a counter track.
+        #[prost(message, optional, tag = "8")]
+        pub counter: Option<CounterDescriptor>,
     }
+
+    /// `CounterDescriptor` (track_event/counter_descriptor.proto): none of
+    /// its fields are needed (plain values, no unit).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CounterDescriptor {}
 
     /// `TrackEvent` (track_event/track_event.proto).
     #[derive(Clone, PartialEq, prost::Message)]
@@ -247,6 +263,8 @@ pub mod pb {
         pub track_uuid: Option<u64>,
         #[prost(string, optional, tag = "23")]
         pub name: Option<String>,
+        #[prost(int64, optional, tag = "30")]
+        pub counter_value: Option<i64>,
     }
 
     /// `TrackEvent.Type`.
@@ -255,6 +273,8 @@ pub mod pb {
     pub const TYPE_SLICE_END: i32 = 2;
     /// `TrackEvent.Type`.
     pub const TYPE_INSTANT: i32 = 3;
+    /// `TrackEvent.Type`.
+    pub const TYPE_COUNTER: i32 = 4;
 }
 
 /// `prev_state` as the sched_switch tracepoint reports it
@@ -278,6 +298,8 @@ const LOST_TRACK: u64 = 1;
 const THROTTLE_TRACK: u64 = 2;
 /// Track of the throttled periods (quota used, then throttled).
 const PERIOD_TRACK: u64 = 3;
+/// Tracks of the preempting neighbours: this plus the neighbour's tgid.
+const NEIGHBOUR_TRACKS: u64 = 1 << 32;
 /// Events held before a flush: bounds the writer's memory.
 const FLUSH_EVENTS: usize = 8192;
 
@@ -328,6 +350,8 @@ pub struct Written {
     pub bytes: u64,
     /// Events lost (from the [`Ending`]).
     pub lost_events: u64,
+    /// Counter tracks of preempting neighbours.
+    pub neighbour_tracks: u64,
 }
 
 /// One CPU's events waiting for the next bundle.
@@ -349,6 +373,15 @@ pub struct Writer<W: Write> {
     error: Option<std::io::Error>,
     buf: Vec<u8>,
     latency: Latencies,
+    /// The preempting neighbours, and their changes of one drain.
+    neighbours: HeldBack,
+    changes: Vec<Change>,
+    /// A neighbour's name (comm) for its track, asked once when it
+    /// first appears: a counter track's descriptor must precede its values.
+    name_of: Box<dyn FnMut(u32) -> Option<String>>,
+    /// Whether a packet of the track-event sequence was written (the first
+    /// clears its incremental state).
+    sequence_started: bool,
 }
 
 impl<W: Write> Writer<W> {
@@ -363,7 +396,60 @@ impl<W: Write> Writer<W> {
             error: None,
             buf: Vec::with_capacity(64 << 10),
             latency: Latencies::default(),
+            neighbours: HeldBack::default(),
+            changes: Vec::new(),
+            name_of: Box::new(|_| None),
+            sequence_started: false,
         }
+    }
+
+    /// Names neighbour tracks with `name_of(tgid)` (the CLI reads the comm;
+    /// without it a track shows only the pid).
+    pub fn naming(mut self, name_of: impl FnMut(u32) -> Option<String> + 'static) -> Self {
+        self.name_of = Box::new(name_of);
+        self
+    }
+
+    /// A track's descriptor, on the track-event sequence.
+    fn track(&mut self, uuid: u64, name: String, counter: bool) {
+        let flags = (!std::mem::replace(&mut self.sequence_started, true)).then_some(SEQ_CLEARED);
+        self.packet(&pb::TracePacket {
+            trusted_packet_sequence_id: Some(SEQ),
+            sequence_flags: flags,
+            track_descriptor: Some(pb::TrackDescriptor {
+                uuid: Some(uuid),
+                name: Some(name),
+                counter: counter.then_some(pb::CounterDescriptor {}),
+            }),
+            ..pb::TracePacket::default()
+        });
+    }
+
+    /// Writes the neighbour counters changed in the last drain, each
+    /// track's descriptor before its first value.
+    fn write_neighbours(&mut self) {
+        let changes = std::mem::take(&mut self.changes);
+        for c in &changes {
+            let uuid = NEIGHBOUR_TRACKS + u64::from(c.neighbour);
+            if c.first {
+                let comm = (c.neighbour != OTHER_NEIGHBOURS)
+                    .then(|| (self.name_of)(c.neighbour))
+                    .flatten();
+                self.track(
+                    uuid,
+                    heldback::track_name(c.neighbour, comm.as_deref()),
+                    true,
+                );
+                self.written.neighbour_tracks += 1;
+            }
+            let mut p = track_event(c.at, uuid, pb::TYPE_COUNTER, None);
+            if let Some(ev) = p.track_event.as_mut() {
+                ev.counter_value = Some(i64::from(c.held));
+            }
+            self.packet(&p);
+        }
+        self.changes = changes;
+        self.changes.clear();
     }
 
     /// The output.
@@ -442,7 +528,7 @@ impl<W: Write> Writer<W> {
                 };
                 // Filed where it fired, under the thread running there
                 // (ftrace's common_pid): Perfetto's "woken by".
-                (self.cpus.entry(e.b).or_default().events).push(ftrace(e.waker, ev));
+                (self.cpus.entry(e.b).or_default().events).push(ftrace(e.peer, ev));
                 self.written.wakeups += 1;
             }
             EV_MIGRATE => {
@@ -522,21 +608,8 @@ impl<W: Write> Writer<W> {
         self.flush_bundles();
         self.written.lost_events = end.lost_events;
         self.packet(&process_tree(&end.threads, end.end_ns));
-        let mut first = true;
-        let mut track = |w: &mut Self, uuid: u64, name: String| {
-            let flags = std::mem::take(&mut first).then_some(SEQ_CLEARED);
-            w.packet(&pb::TracePacket {
-                trusted_packet_sequence_id: Some(SEQ),
-                sequence_flags: flags,
-                track_descriptor: Some(pb::TrackDescriptor {
-                    uuid: Some(uuid),
-                    name: Some(name),
-                }),
-                ..pb::TracePacket::default()
-            });
-        };
         if end.lost_events > 0 {
-            track(&mut self, LOST_TRACK, "affin-trace".into());
+            self.track(LOST_TRACK, "affin-trace".into(), false);
             let name = format!(
                 "{} events LOST (ring buffer full): this timeline has gaps",
                 end.lost_events
@@ -552,10 +625,10 @@ impl<W: Write> Writer<W> {
             .filter(|s| s.nr_throttled != 0 || s.throttled_ns != 0)
             .collect();
         if let (Some(quota), false) = (&end.quota, marked.is_empty()) {
-            track(
-                &mut self,
+            self.track(
                 THROTTLE_TRACK,
                 format!("CPU quota throttling ({quota})"),
+                false,
             );
             for s in marked {
                 let name = format!(
@@ -571,10 +644,10 @@ impl<W: Write> Writer<W> {
             }
         }
         if let (Some(quota), false) = (&end.quota, end.periods.is_empty()) {
-            track(
-                &mut self,
+            self.track(
                 PERIOD_TRACK,
                 format!("CPU quota periods ({quota}): quota used, then throttled"),
+                false,
             );
             for p in &end.periods {
                 for (at, len, name) in super::timeline::period_parts(p) {
@@ -603,6 +676,15 @@ impl<W: Write> EventSink for Writer<W> {
                 self.flush_bundles();
             }
         }
+        // In time order: the ring's order across CPUs is that of their
+        // reservations, which can differ from their timestamps'.
+        let mut switches: Vec<&TimelineEvent> =
+            events.iter().filter(|e| e.kind == EV_SWITCH).collect();
+        switches.sort_by_key(|e| e.ts_ns);
+        for e in switches {
+            self.neighbours.event(e, &mut self.changes);
+        }
+        self.write_neighbours();
         // One bundle per CPU per drain keeps the file's order close to
         // time order and the memory held to one drain's worth.
         self.flush_bundles();
@@ -646,6 +728,7 @@ fn track_event(at: u64, track: u64, kind: i32, name: Option<String>) -> pb::Trac
             r#type: Some(kind),
             track_uuid: Some(track),
             name,
+            counter_value: None,
         }),
         ..pb::TracePacket::default()
     }
@@ -692,7 +775,7 @@ mod tests {
             a,
             b,
             flags,
-            waker: 0,
+            peer: 0,
             sum_exec_ns: 0,
         }
     }
@@ -844,7 +927,7 @@ mod tests {
         let (t, n) = roundtrip(
             &[vec![
                 TimelineEvent {
-                    waker: 555,
+                    peer: 555,
                     ..ev(1_000, EV_WAKEUP, 1, 101, 0, 0)
                 },
                 ev(1_100, EV_WAKEUP, 0, 102, 1, EVF_NEW),

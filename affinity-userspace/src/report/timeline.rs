@@ -41,6 +41,7 @@ use affinity_common::{EV_MIGRATE, EV_SWITCH, EV_WAKEUP, EVF_DEAD, EVF_PREEMPTED,
 use serde::Serialize;
 use serde_json::{Value, json, value::RawValue};
 
+use super::heldback::{self, HeldBack};
 use crate::{model::Trace, model::topology::Topology};
 
 /// Synthetic process holding the CPU tracks (above any real pid).
@@ -210,6 +211,8 @@ pub struct Summary {
     pub truncated_events: u64,
     /// Throttled periods drawn (two slices each).
     pub throttled_periods: u64,
+    /// Counter tracks of preempting neighbours (see `report::heldback`).
+    pub neighbour_tracks: u64,
 }
 
 /// One trace event of the output, with its sort key.
@@ -590,7 +593,7 @@ pub fn build_unless(
     let mut sorted: Vec<&TimelineEvent> = cap.events.iter().collect();
     sorted.sort_by_key(|e| e.ts_ns);
     let mut rb = Rebuild::new(&names);
-    for (i, e) in sorted.into_iter().enumerate() {
+    for (i, &e) in sorted.iter().enumerate() {
         if i % 4096 == 0 && stop() {
             return None;
         }
@@ -616,6 +619,7 @@ pub fn build_unless(
     summary.migration_flows = migration_events(&rb, end, &mut out);
     summary.throttled_intervals = throttle_events(cap, rel, &mut out);
     summary.throttled_periods = period_events(cap, rel, &mut out);
+    summary.neighbour_tracks = neighbour_events(&sorted, trace, rel, &mut out);
     if cap.lost_events > 0 {
         out.push(lost_event(cap.lost_events));
     }
@@ -768,6 +772,46 @@ fn period_events(cap: &Capture, rel: impl Fn(u64) -> u64, out: &mut Vec<Ev>) -> 
         }
     }
     cap.periods.len() as u64
+}
+
+/// One counter track per preempting neighbour: the target threads it
+/// holds back over time (`report::heldback`); returns how many tracks.
+fn neighbour_events(
+    sorted: &[&TimelineEvent],
+    trace: &Trace,
+    rel: impl Fn(u64) -> u64,
+    out: &mut Vec<Ev>,
+) -> u64 {
+    let mut held = HeldBack::default();
+    let mut changes = Vec::new();
+    for e in sorted {
+        held.event(e, &mut changes);
+    }
+    let comm = |tgid: u32| {
+        (trace.neighbours.iter())
+            .find(|n| n.tgid == tgid)
+            .map(|n| n.comm.as_str())
+    };
+    let mut tracks = 0;
+    for c in changes {
+        let at = rel(c.at);
+        tracks += u64::from(c.first);
+        out.push(Ev {
+            at_ns: at,
+            name: heldback::track_name(c.neighbour, comm(c.neighbour)),
+            cat: "neighbour",
+            ph: "C",
+            ts: us(at),
+            dur: None,
+            pid: CPU_PID,
+            tid: CPU_PID,
+            id: None,
+            bp: None,
+            s: None,
+            args: raw(json!({ "threads": c.held })),
+        });
+    }
+    tracks
 }
 
 /// The global instant at the start that names the lost events.
@@ -1034,7 +1078,7 @@ mod tests {
             a: out,
             b: inn,
             flags,
-            waker: 0,
+            peer: 0,
             sum_exec_ns: 0,
         }
     }
@@ -1055,7 +1099,7 @@ mod tests {
             a: tid,
             b: to,
             flags: 0,
-            waker: 0,
+            peer: 0,
             sum_exec_ns: 0,
         }
     }
@@ -1068,7 +1112,7 @@ mod tests {
             a: tid,
             b: 0,
             flags: 0,
-            waker: 0,
+            peer: 0,
             sum_exec_ns: 0,
         }
     }
@@ -1120,6 +1164,40 @@ mod tests {
 
     fn on_cpu_track(e: &Value, cpu: u32) -> bool {
         e["pid"] == CPU_PID && e["tid"] == cpu_tid(cpu)
+    }
+
+    #[test]
+    fn a_preempting_neighbour_is_a_counter_named_after_it() {
+        let by = |mut e: TimelineEvent, peer| {
+            e.peer = peer;
+            e
+        };
+        let mut t = trace();
+        t.neighbours.push(crate::model::NeighbourTrace {
+            tgid: 900,
+            comm: "hog".into(),
+            ..crate::model::NeighbourTrace::default()
+        });
+        let cap = capture(vec![
+            switch(0, 0, 0, 100, 0),
+            by(switch(100, 0, 100, 0, EVF_PREEMPTED), 900),
+            by(switch(300, 0, 0, 100, 0), 900),
+        ]);
+        let c = build(&cap, &t, &topo());
+        let mut buf = Vec::new();
+        c.write(&mut buf).unwrap();
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        let counters = events(&v, "C", "neighbour");
+        let seen: Vec<(f64, u64)> = (counters.iter())
+            .map(|e| (e["ts"].as_f64().unwrap(), e["args"]["threads"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(seen, [(0.1, 1), (0.3, 0)]);
+        assert!(
+            counters.iter().all(|e| e["name"]
+                == "preempted by hog (pid 900): target threads held back"),
+            "{counters:?}"
+        );
+        assert_eq!(c.summary.neighbour_tracks, 1);
     }
 
     #[test]
