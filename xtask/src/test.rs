@@ -1,6 +1,7 @@
 //! `cargo xtask test`: unit tests (the purity check among them:
-//! affinity-userspace/tests/purity.rs), then root integration tests against the
-//! release binary, then a summary parsed from cargo test's result lines.
+//! affinity-userspace/tests/purity.rs), a build of the fuzz targets, then
+//! root integration tests against the release binary, then a summary parsed
+//! from cargo test's result lines.
 
 use crate::binary::{Hooks, cargo_build};
 use crate::setup;
@@ -49,6 +50,9 @@ pub fn run(args: Args) -> Result<()> {
             .args(["--exclude", "affinity-tests", "--exclude", "affinity-ebpf"])
             .args(&args.filter);
         phases.push(run_phase("unit tests", cmd)?);
+        if args.filter.is_none() {
+            phases.push(fuzz_build()?);
+        }
     }
     if !args.unit {
         phases.push(root_phase(args.filter.as_deref())?);
@@ -56,7 +60,11 @@ pub fn run(args: Args) -> Result<()> {
 
     println!();
     for p in &phases {
-        let mut line = format!("{}: {} passed, {} failed", p.name, p.passed, p.failed);
+        let ran = p.passed + p.failed + p.ignored > 0;
+        let mut line = match (ran, &p.problem) {
+            (false, None) => format!("{}: ok", p.name),
+            _ => format!("{}: {} passed, {} failed", p.name, p.passed, p.failed),
+        };
         if p.ignored > 0 {
             line += &format!(", {} ignored", p.ignored);
         }
@@ -72,6 +80,21 @@ pub fn run(args: Args) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Builds the fuzz targets (`cargo check`): the fuzz crate is outside the
+/// workspace, so nothing else builds it, and a type its targets use can
+/// change under them unseen until the next `cargo xtask fuzz`.
+fn fuzz_build() -> Result<Phase> {
+    let mut cmd = cargo();
+    cmd.args([
+        "check",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--bins",
+        "--locked",
+    ]);
+    run_phase("fuzz targets build", cmd)
 }
 
 /// Builds the release binary, then runs affinity-tests against it as root.
@@ -186,8 +209,8 @@ fn run_phase(name: &'static str, mut cmd: Command) -> Result<Phase> {
         .with_context(|| format!("{name}: waiting for cargo test"))?;
     if !status.success() {
         phase.problem = Some(match status.code() {
-            Some(code) => format!("cargo test exited with code {code}"),
-            None => format!("cargo test was killed ({status})"),
+            Some(code) => format!("cargo exited with code {code}"),
+            None => format!("cargo was killed ({status})"),
         });
     }
     Ok(phase)

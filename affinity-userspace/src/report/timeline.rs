@@ -1189,12 +1189,18 @@ mod tests {
         let v: Value = serde_json::from_slice(&buf).unwrap();
         let counters = events(&v, "C", "neighbour");
         let seen: Vec<(f64, u64)> = (counters.iter())
-            .map(|e| (e["ts"].as_f64().unwrap(), e["args"]["threads"].as_u64().unwrap()))
+            .map(|e| {
+                (
+                    e["ts"].as_f64().unwrap(),
+                    e["args"]["threads"].as_u64().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(seen, [(0.1, 1), (0.3, 0)]);
         assert!(
-            counters.iter().all(|e| e["name"]
-                == "preempted by hog (pid 900): target threads held back"),
+            counters
+                .iter()
+                .all(|e| e["name"] == "preempted by hog (pid 900): target threads held back"),
             "{counters:?}"
         );
         assert_eq!(c.summary.neighbour_tracks, 1);
