@@ -787,18 +787,17 @@ fn neighbour_events(
     for e in sorted {
         held.event(e, &mut changes);
     }
-    let comm = |tgid: u32| {
-        (trace.neighbours.iter())
-            .find(|n| n.tgid == tgid)
-            .map(|n| n.comm.as_str())
-    };
-    let mut tracks = 0;
+    // Each track's name, made once (a storm has a change per switch).
+    let mut names: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
     for c in changes {
         let at = rel(c.at);
-        tracks += u64::from(c.first);
+        let name = names.entry(c.neighbour).or_insert_with(|| {
+            let comm = (trace.neighbours.iter()).find(|n| n.tgid == c.neighbour);
+            heldback::track_name(c.neighbour, comm.map(|n| n.comm.as_str()))
+        });
         out.push(Ev {
             at_ns: at,
-            name: heldback::track_name(c.neighbour, comm(c.neighbour)),
+            name: name.clone(),
             cat: "neighbour",
             ph: "C",
             ts: us(at),
@@ -811,7 +810,7 @@ fn neighbour_events(
             args: raw(json!({ "threads": c.held })),
         });
     }
-    tracks
+    names.len() as u64
 }
 
 /// The global instant at the start that names the lost events.
