@@ -321,6 +321,46 @@ pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
+/// Hypervisor steal since boot, over all CPUs (ns; /proc/stat's `cpu`
+/// line, 8th value, in clock ticks). Read it before and after a run.
+pub fn steal_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|v| v.parse().ok())
+        .expect("steal in /proc/stat's cpu line");
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .expect("CLK_TCK") as u64;
+    ticks * 1_000_000_000 / hz
+}
+
+/// A `wait_split` adds up: running + runnable + throttled + sleeping is
+/// not longer than the lifetime (1%), and `stolen_ns` is exactly the rest.
+/// On a VM the running part (`sum_exec_runtime`) leaves out hypervisor
+/// steal, so that rest may be at most 1% of the lifetime plus `steal`, the
+/// machine's steal over the run (from [`steal_ns`] before and after), plus
+/// one 10 ms tick per CPU of its rounding.
+pub fn assert_split_adds_up(w: &Value, steal: u64) {
+    let sum =
+        u(&w["running_ns"]) + u(&w["runnable_ns"]) + u(&w["throttled_ns"]) + u(&w["sleeping_ns"]);
+    let life = u(&w["lifetime_ns"]);
+    let stolen = u(&w["stolen_ns"]);
+    assert!(
+        sum as f64 <= 1.01 * life as f64,
+        "split {sum} vs lifetime {life}: {w:#}"
+    );
+    assert_eq!(stolen, life.saturating_sub(sum), "{w:#}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert!(
+        stolen as f64 <= 0.01 * life as f64 + (steal + cpus * 10_000_000) as f64,
+        "split {sum} vs lifetime {life}, {steal} ns of host steal: {w:#}"
+    );
+}
+
 /// The report's `process.migration_pairs`, and the count of one pair in it
 /// (0 when absent).
 pub fn migration_pairs(json: &Value) -> (&Vec<Value>, impl Fn(u64, u64) -> u64 + '_) {

@@ -21,6 +21,7 @@ fn a_pinned_hog_next_to_a_spinner_is_named_and_the_target_is_not_shrunk() {
     let w = workload();
     let hog = Hog::start(1, 20_000);
     let hog_pid = hog.pid().to_string();
+    let steal_before = steal_ns();
     let run = trace_command(
         &["--interval", "0.5"],
         &[w.to_str().unwrap(), "pinspin", "1", "1500", &hog_pid],
@@ -32,17 +33,8 @@ fn a_pinned_hog_next_to_a_spinner_is_named_and_the_target_is_not_shrunk() {
     let tid = printed(&run.stdout, "tid");
     let t = thread_by_tid(j, tid);
     let split = &t["wait_split"];
-    let (running, runnable, sleeping, life) = (
-        u(&split["running_ns"]),
-        u(&split["runnable_ns"]),
-        u(&split["sleeping_ns"]),
-        u(&split["lifetime_ns"]),
-    );
-    let sum = running + runnable + sleeping;
-    assert!(
-        (sum as f64 - life as f64).abs() <= 0.01 * life as f64,
-        "split {running} + {runnable} + {sleeping} = {sum} vs lifetime {life}"
-    );
+    assert_split_adds_up(split, steal_ns() - steal_before);
+    let (running, runnable) = (u(&split["running_ns"]), u(&split["runnable_ns"]));
     // It spun 1.5 s of CPU; the hog held CPU 1 for about as long.
     assert!((1500 * MS..1600 * MS).contains(&running), "{split:#}");
     assert!(hog_ns > 1000 * MS, "the hog barely ran: {hog_ns}");

@@ -152,6 +152,8 @@ pub struct WindowEnd {
     pub duration_ns: u64,
     /// System-wide busy ns per CPU over the window.
     pub system_busy_ns: std::collections::BTreeMap<u32, u64>,
+    /// System-wide hypervisor steal ns per CPU over the window.
+    pub system_steal_ns: std::collections::BTreeMap<u32, u64>,
     /// Targets that exited before the window ended.
     pub exited_pids: Vec<u32>,
 }
@@ -440,6 +442,7 @@ impl Collector {
         self.sort_by_tid();
         self.trace.duration_ns = end.duration_ns;
         self.trace.system_busy_ns = end.system_busy_ns;
+        self.trace.system_steal_ns = end.system_steal_ns;
         self.trace.exited_pids = end.exited_pids;
         self.trace
     }

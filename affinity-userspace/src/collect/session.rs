@@ -263,6 +263,7 @@ fn run_launch(
     let info = window_info(root, &run, &timing);
     let bar = progress_bar(timing.duration, run.child.is_none() && observer.is_none());
     let busy_before = procs::cpu_busy_ns(root);
+    let steal_before = procs::cpu_steal_ns(root);
     let pressure = Pressures::before(args.cgroup.as_deref());
     let quota = run
         .tgids
@@ -294,6 +295,7 @@ fn run_launch(
     let wall = window.started().elapsed();
     let facts = target_facts(root, run.tgids.first().copied(), &run.topology);
     let busy_after = procs::cpu_busy_ns(root);
+    let steal_after = procs::cpu_steal_ns(root);
     // The command may still run (the window ended first): wait for it, so
     // affin-trace exits with its status, as `time` does.
     let exit_status = run.child.as_mut().map(|c| wait_child(c, end));
@@ -323,6 +325,7 @@ fn run_launch(
     let mut trace = collector.finish(WindowEnd {
         duration_ns: wall.as_nanos() as u64,
         system_busy_ns: procs::busy_delta(&busy_before, &busy_after),
+        system_steal_ns: procs::busy_delta(&steal_before, &steal_after),
         exited_pids,
     });
     trace.kernel_warnings = run.probe.kernel_warnings();

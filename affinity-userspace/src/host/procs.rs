@@ -337,6 +337,25 @@ pub fn parse_mem_total(text: &str) -> Option<u64> {
 
 /// Busy (non-idle, non-iowait) ns per CPU since boot, from /proc/stat.
 pub fn cpu_busy_ns(root: &Root) -> BTreeMap<u32, u64> {
+    cpu_stat_ns(root, |t| {
+        t.user
+            + t.nice
+            + t.system
+            + t.irq.unwrap_or(0)
+            + t.softirq.unwrap_or(0)
+            + t.steal.unwrap_or(0)
+    })
+}
+
+/// Hypervisor steal ns per CPU since boot, from /proc/stat: time this
+/// VM's CPU wanted to run and the host ran something else.
+pub fn cpu_steal_ns(root: &Root) -> BTreeMap<u32, u64> {
+    cpu_stat_ns(root, |t| t.steal.unwrap_or(0))
+}
+
+/// `ticks(cpu line)` in ns per CPU since boot, from /proc/stat (empty when
+/// it cannot be read).
+fn cpu_stat_ns(root: &Root, ticks: impl Fn(&procfs::CpuTime) -> u64) -> BTreeMap<u32, u64> {
     let Ok(ks) =
         procfs::KernelStats::from_file(root.join("proc/stat"), procfs::current_system_info())
     else {
@@ -346,15 +365,7 @@ pub fn cpu_busy_ns(root: &Root) -> BTreeMap<u32, u64> {
     ks.cpu_time
         .iter()
         .enumerate()
-        .map(|(cpu, t)| {
-            let busy = t.user
-                + t.nice
-                + t.system
-                + t.irq.unwrap_or(0)
-                + t.softirq.unwrap_or(0)
-                + t.steal.unwrap_or(0);
-            (cpu as u32, busy * ns_per_tick)
-        })
+        .map(|(cpu, t)| (cpu as u32, ticks(t) * ns_per_tick))
         .collect()
 }
 

@@ -292,6 +292,11 @@ pub struct Trace {
     /// System-wide busy (non-idle) ns per CPU over the window, from
     /// /proc/stat: which CPUs the rest of the machine used.
     pub system_busy_ns: BTreeMap<u32, u64>,
+    /// Hypervisor steal ns per CPU over the window, from /proc/stat (10 ms
+    /// ticks): on a VM, time the host gave this machine's CPUs to others.
+    /// A thread's `sum_exec_runtime` leaves out the steal of its slices.
+    #[serde(default)]
+    pub system_steal_ns: BTreeMap<u32, u64>,
     /// Migrations per (source, destination) CPU, over every thread of the
     /// targets (also with `--tid`), sorted by (from, to). Empty in traces
     /// recorded before the pair counts existed.

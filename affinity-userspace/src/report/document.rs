@@ -91,7 +91,12 @@ pub struct WaitSplitJson {
     /// Held by CFS bandwidth throttling until the quota's refill, measured
     /// from the kernel's events (ns; 0 without them). Not in `runnable_ns`.
     pub throttled_ns: u64,
-    /// Traced lifetime in the window (ns); the four parts sum to it.
+    /// On a CPU but not running the thread, the rest of the lifetime:
+    /// hypervisor steal during its slices (its `sum_exec_runtime`, and so
+    /// `running_ns`, leaves steal out; see the report's `host_steal_ns`),
+    /// and interrupt time on kernels with IRQ_TIME_ACCOUNTING (ns).
+    pub stolen_ns: u64,
+    /// Traced lifetime in the window (ns); the five parts sum to it.
     pub lifetime_ns: u64,
     /// CPU demand: running + runnable + throttled (ns).
     pub cpu_demand_ns: u64,
@@ -104,6 +109,12 @@ impl WaitSplitJson {
             runnable_ns: runnable,
             sleeping_ns: sleeping,
             throttled_ns: throttled,
+            stolen_ns: lifetime.saturating_sub(
+                running
+                    .saturating_add(runnable)
+                    .saturating_add(throttled)
+                    .saturating_add(sleeping),
+            ),
             lifetime_ns: lifetime,
             cpu_demand_ns: running.saturating_add(runnable).saturating_add(throttled),
         }
@@ -228,6 +239,11 @@ pub struct Report {
     pub threads: Vec<ThreadJson>,
     /// Events the kernel side could not record.
     pub dropped_events: u64,
+    /// Hypervisor steal over the window, summed over the machine's CPUs
+    /// (ns, /proc/stat in 10 ms ticks); 0 on bare metal.
+    pub host_steal_ns: u64,
+    /// That steal as a share of the window's CPU time (wall x CPUs).
+    pub host_steal_share: f64,
     /// Rare conditions the kernel side logged (`--verbose` prints each).
     pub kernel_warnings: u64,
     /// Per-interval series (the seed's monitor action's lists).
@@ -371,6 +387,15 @@ impl Report {
                 .map(|t| thread_json(t, wall))
                 .collect(),
             dropped_events: trace.dropped_events,
+            host_steal_ns: trace.system_steal_ns.values().sum(),
+            host_steal_share: {
+                let cpu_ns = wall as f64 * f64::from(trace.nr_cpus.max(1));
+                if cpu_ns > 0.0 {
+                    trace.system_steal_ns.values().sum::<u64>() as f64 / cpu_ns
+                } else {
+                    0.0
+                }
+            },
             kernel_warnings: trace.kernel_warnings,
             series: trace.into(),
             timeline: None,
@@ -714,9 +739,29 @@ impl Report {
                 share(w.throttled_ns)
             )
         };
+        // Below 1% of the lifetime the rest is clock edges, not steal.
+        let stolen = if w.stolen_ns * 100 < w.lifetime_ns {
+            String::new()
+        } else {
+            format!(
+                ", stolen {:.2} s ({:.0}%)",
+                w.stolen_ns as f64 / 1e9,
+                share(w.stolen_ns)
+            )
+        };
+        let host = if self.host_steal_share < 0.01 {
+            String::new()
+        } else {
+            format!(
+                "hypervisor steal: {:.1}% of this machine's CPU time in the window went to other \
+                 guests of its host (no affinity, thread count or quota here changes that)\n",
+                self.host_steal_share * 100.0
+            )
+        };
         format!(
             "wait split: running {:.2} s ({:.0}%), runnable {:.2} s ({:.0}%){throttled}, sleeping \
-             {:.2} s ({:.0}%) of {:.2} s thread lifetime; CPU demand {:.2} CPUs, usage {:.2}\n",
+             {:.2} s ({:.0}%){stolen} of {:.2} s thread lifetime; CPU demand {:.2} CPUs, usage \
+             {:.2}\n{host}",
             w.running_ns as f64 / 1e9,
             share(w.running_ns),
             w.runnable_ns as f64 / 1e9,
@@ -858,6 +903,38 @@ mod tests {
             }],
             ..Trace::default()
         }
+    }
+
+    /// On a VM, a thread's on-CPU time (`sum_exec_runtime`) leaves out the
+    /// steal of its slices: the split's fifth part is that rest, and the
+    /// machine's steal over the window is reported beside it.
+    #[test]
+    fn the_rest_of_a_lifetime_is_stolen_and_host_steal_is_a_share() {
+        let mut tr = trace();
+        let t = &mut tr.threads[0];
+        (t.runnable_ns, t.throttled_ns, t.sleep_ns) = (200_000_000, 300_000_000, 400_000_000);
+        t.lifetime_ns = 2_000_000_000;
+        tr.nr_cpus = 2;
+        tr.system_steal_ns = BTreeMap::from([(0, 60_000_000), (1, 40_000_000)]);
+        let v: serde_json::Value =
+            serde_json::from_str(&Report::new(&tr, &[], None).to_json()).unwrap();
+        let w = &v["threads"][0]["wait_split"];
+        assert_eq!(w["stolen_ns"], 100_000_000u64, "{w:#}");
+        assert_eq!(v["host_steal_ns"], 100_000_000u64);
+        assert_eq!(v["host_steal_share"], 0.025);
+        // Parts that overfill the lifetime (a clock edge): nothing stolen.
+        tr.threads[0].sleep_ns = 600_000_000;
+        let v: serde_json::Value =
+            serde_json::from_str(&Report::new(&tr, &[], None).to_json()).unwrap();
+        assert_eq!(v["threads"][0]["wait_split"]["stolen_ns"], 0);
+        // The text names both once they reach 1%.
+        tr.threads[0].sleep_ns = 400_000_000;
+        let text = Report::new(&tr, &[], None).to_text();
+        assert!(text.contains(", stolen 0.10 s (5%) of 2.00 s"), "{text}");
+        assert!(
+            text.contains("hypervisor steal: 2.5% of this machine's CPU"),
+            "{text}"
+        );
     }
 
     #[test]
