@@ -1,7 +1,8 @@
 //! The fix that fits the program, and its predicted effect (issue 14,
 //! items 4 and 5), on real programs in a real 0.5-CPU quota: a Go program
 //! built here with Debian's `go` that starts one spinning goroutine per
-//! runtime.NumCPU(), and ffmpeg with libx264 at its default threads. Both
+//! runtime.NumCPU(), ffmpeg with libx264 at its default threads, and
+//! stress-ng with one worker process per CPU. Both
 //! run in command mode with affin-trace itself in the test cgroup (a
 //! command runs in ours), and `--verify-fix` runs them again with the fix.
 //! Truth by construction: the Go program prints its GOMAXPROCS and exits
@@ -268,6 +269,59 @@ fn ffmpeg_at_default_threads_is_told_threads_and_the_rerun_matches_the_predictio
     // to 1.01 s at default threads here). Bounded at what was measured,
     // with margin.
     wall_within(p, 0.40);
+}
+
+/// stress-ng, a multi-process program: `--cpu 0` starts one worker process
+/// per CPU (2 here), each followed from its fork. `--cpu-ops` is shared out
+/// among the workers (unthrottled: 0.57 s of user time at one worker, 0.59
+/// s at two, /usr/bin/time), so the rerun with `--cpu 1` does the same work.
+#[test]
+fn stress_ng_workers_are_told_their_count_and_the_rerun_matches_the_prediction() {
+    require_root();
+    assert!(
+        have("stress-ng"),
+        "stress-ng missing: cargo xtask setup installs it"
+    );
+    let cg = cgroup("affin-fix-stress");
+    let work = ["--cpu-ops", "4000", "--cpu-method", "fft", "--quiet"];
+    let cmd: Vec<&str> = ["stress-ng", "--cpu", "0"]
+        .iter()
+        .chain(&work)
+        .copied()
+        .collect();
+    let run = trace_in(&cg, &["--verify-fix"], &cmd);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = &run.json["throttling"];
+    let fix = &t["fix"];
+    assert_eq!(fix["runtime"], "stress-ng (processes)", "{t:#}");
+    assert_eq!(fix["knob"], "--cpu", "{t:#}");
+    assert_eq!(fix["value"], 1, "{fix:#}");
+    // The demand is the two workers, each its own process; the parent
+    // only waits for them.
+    assert_eq!(u(&t["busy_threads"]), 2, "{t:#}");
+    let workers: std::collections::BTreeSet<u64> = run.json["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| u(&x["cpu_time_ns"]) > 100_000_000)
+        .map(|x| u(&x["tgid"]))
+        .collect();
+    assert_eq!(workers.len(), 2, "{:#}", run.json["threads"]);
+    assert!(u(&t["raise_limit_to_cores"]) <= MACHINE_CPUS, "{t:#}");
+    let p = &t["prediction"];
+    assert_eq!(p["threads"], 1, "{p:#}");
+    assert!((f(&p["throttled_time_share"]) - 0.5).abs() <= 0.05, "{p:#}");
+    let v = &p["verified"];
+    let rerun: Vec<&str> = ["stress-ng", "--cpu", "1"]
+        .iter()
+        .chain(&work)
+        .copied()
+        .collect();
+    assert_eq!(v["command"], rerun.join(" "), "{v:#}");
+    assert_eq!(v["exit_status"], 0, "{v:#}");
+    assert_eq!(v["threads"], 1, "{v:#}");
+    // Two runs by hand read -2.7% and -0.4%.
+    wall_within(p, 0.20);
 }
 
 #[test]

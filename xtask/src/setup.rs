@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// llvm-22-dev, libpolly-22-dev, libzstd-dev build bpf-linker; linux-perf and
-/// bpftool are test oracles; ffmpeg and golang-go (a Go program that sizes
-/// itself by GOMAXPROCS) are test workloads; prometheus scrapes
+/// bpftool are test oracles; ffmpeg, golang-go (a Go program that sizes
+/// itself by GOMAXPROCS) and stress-ng (worker processes) are test
+/// workloads; prometheus scrapes
 /// `affin-trace serve` in its root test; python3-venv holds the manifests'
 /// validator (see [`K8S_VENV`]) and the Perfetto schema (see
 /// [`PERFETTO_VENV`]).
@@ -20,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "ffmpeg",
     "golang-go",
+    "stress-ng",
     "prometheus",
     "python3-venv",
 ];
