@@ -145,9 +145,31 @@ fn worker_option(args: &[String]) -> Option<&str> {
 }
 
 /// The fix for `facts` (or, without them, the main thread's name `comm`)
-/// running `n` threads.
+/// running `n` threads. The first runtime that matches names the knob, in
+/// this order: Go, a program with its own option, worker processes, make,
+/// then the runtimes sized by an environment variable.
 pub fn fix_for(facts: Option<&RuntimeFacts>, comm: &str, n: u32) -> Fix {
-    let unknown = |name: &str| Fix {
+    let Some(f) = facts else {
+        return unknown(comm, n);
+    };
+    go_fix(f, n)
+        .or_else(|| option_fix(f, n))
+        .or_else(|| workers_fix(f, n))
+        .or_else(|| {
+            (f.exe == "make").then(|| Fix {
+                runtime: "make".into(),
+                knob: "-j".into(),
+                value: n,
+                how: format!("make -j{n}"),
+            })
+        })
+        .or_else(|| env_runtime(f).map(|(runtime, var)| env_fix(runtime, var, n, f)))
+        .unwrap_or_else(|| unknown(&f.exe, n))
+}
+
+/// "run NAME with N threads": no knob known.
+fn unknown(name: &str, n: u32) -> Fix {
+    Fix {
         runtime: "unknown".into(),
         knob: "threads".into(),
         value: n,
@@ -156,118 +178,112 @@ pub fn fix_for(facts: Option<&RuntimeFacts>, comm: &str, n: u32) -> Fix {
             if name.is_empty() { "it" } else { name },
             if n == 1 { "" } else { "s" }
         ),
-    };
-    let Some(f) = facts else {
-        return unknown(comm);
-    };
-    if let Some(v) = &f.go_version {
-        let follows = go_minor(v).is_some_and(|m| m >= 25);
-        let how = if follows {
-            format!(
-                "GOMAXPROCS={n} {} ({v} sizes GOMAXPROCS from the quota rounded up, and at \
-                 least 2: set it to the whole CPUs the quota grants)",
-                f.exe
-            )
-        } else {
-            format!(
-                "GOMAXPROCS={n} {} ({v} sizes GOMAXPROCS from the host's CPUs, not the quota)",
-                f.exe
-            )
-        };
-        return Fix {
-            runtime: v.clone(),
-            knob: "GOMAXPROCS".into(),
-            value: n,
-            how,
-        };
     }
-    if has_lib(f, "libjvm") || f.exe == "java" {
-        return Fix {
-            runtime: "jvm".into(),
-            knob: "-XX:ActiveProcessorCount".into(),
-            value: n,
-            how: format!("java -XX:ActiveProcessorCount={n} ..."),
-        };
-    }
-    if f.exe == "ffmpeg" || f.exe == "ffprobe" {
-        return Fix {
-            runtime: match ffmpeg_encoder(f) {
+}
+
+/// GOMAXPROCS, with what the binary's Go version does by itself.
+fn go_fix(f: &RuntimeFacts, n: u32) -> Option<Fix> {
+    let v = f.go_version.as_ref()?;
+    let how = if go_minor(v).is_some_and(|m| m >= 25) {
+        format!(
+            "GOMAXPROCS={n} {} ({v} sizes GOMAXPROCS from the quota rounded up, and at least 2: \
+             set it to the whole CPUs the quota grants)",
+            f.exe
+        )
+    } else {
+        format!(
+            "GOMAXPROCS={n} {} ({v} sizes GOMAXPROCS from the host's CPUs, not the quota)",
+            f.exe
+        )
+    };
+    Some(Fix {
+        runtime: v.clone(),
+        knob: "GOMAXPROCS".into(),
+        value: n,
+        how,
+    })
+}
+
+/// Programs with a thread-count option of their own: the JVM, ffmpeg,
+/// x264 and x265.
+fn option_fix(f: &RuntimeFacts, n: u32) -> Option<Fix> {
+    let (runtime, knob, how) = if has_lib(f, "libjvm") || f.exe == "java" {
+        (
+            "jvm".to_string(),
+            "-XX:ActiveProcessorCount",
+            format!("java -XX:ActiveProcessorCount={n} ..."),
+        )
+    } else if f.exe == "ffmpeg" || f.exe == "ffprobe" {
+        (
+            match ffmpeg_encoder(f) {
                 Some(e) => format!("ffmpeg ({e})"),
                 None => "ffmpeg".into(),
             },
-            knob: "-threads".into(),
-            value: n,
-            how: format!("ffmpeg -threads {n} ... (as an output option, before the output file)"),
-        };
-    }
-    if f.exe == "x264" || f.exe == "x265" {
-        return Fix {
-            runtime: f.exe.clone(),
-            knob: "--threads".into(),
-            value: n,
-            how: format!("{} --threads {n} ...", f.exe),
-        };
-    }
-    if f.exe == "stress-ng" || f.same_exe_children > 0 {
+            "-threads",
+            format!("ffmpeg -threads {n} ... (as an output option, before the output file)"),
+        )
+    } else if f.exe == "x264" || f.exe == "x265" {
+        (
+            f.exe.clone(),
+            "--threads",
+            format!("{} --threads {n} ...", f.exe),
+        )
+    } else {
+        return None;
+    };
+    Some(Fix {
+        runtime,
+        knob: knob.into(),
+        value: n,
+        how,
+    })
+}
+
+/// Multi-process programs: stress-ng's worker option, or as many worker
+/// processes of a program that forks copies of itself.
+fn workers_fix(f: &RuntimeFacts, n: u32) -> Option<Fix> {
+    if f.exe == "stress-ng" {
         let opt = worker_option(&f.args).unwrap_or("--<stressor>");
-        let runtime = if f.exe == "stress-ng" {
-            "stress-ng (processes)".to_string()
-        } else {
-            format!("{} (processes)", f.exe)
-        };
-        let how = if f.exe == "stress-ng" {
-            format!("stress-ng {opt} {n} ... (one worker process per CPU of the quota)")
-        } else {
-            format!(
-                "run {n} worker process{} of {}",
-                if n == 1 { "" } else { "es" },
-                f.exe
-            )
-        };
-        return Fix {
-            runtime,
-            knob: if f.exe == "stress-ng" {
-                opt.to_string()
-            } else {
-                "processes".into()
-            },
+        return Some(Fix {
+            runtime: "stress-ng (processes)".into(),
+            knob: opt.to_string(),
             value: n,
-            how,
-        };
+            how: format!("stress-ng {opt} {n} ... (one worker process per CPU of the quota)"),
+        });
     }
-    if f.exe == "make" {
-        return Fix {
-            runtime: "make".into(),
-            knob: "-j".into(),
-            value: n,
-            how: format!("make -j{n}"),
-        };
-    }
+    (f.same_exe_children > 0).then(|| Fix {
+        runtime: format!("{} (processes)", f.exe),
+        knob: "processes".into(),
+        value: n,
+        how: format!(
+            "run {n} worker process{} of {}",
+            if n == 1 { "" } else { "es" },
+            f.exe
+        ),
+    })
+}
+
+/// The runtimes sized by an environment variable, found by a library the
+/// process maps, its executable or its threads' names: (runtime, variable).
+fn env_runtime(f: &RuntimeFacts) -> Option<(&'static str, &'static str)> {
+    let thread = |prefix: &str| f.thread_names.iter().any(|t| t.starts_with(prefix));
     if has_lib(f, "libcoreclr") || f.exe == "dotnet" {
-        return env_fix("dotnet", "DOTNET_PROCESSOR_COUNT", n, f);
+        Some(("dotnet", "DOTNET_PROCESSOR_COUNT"))
+    } else if has_lib(f, "libmkl") {
+        Some(("mkl", "MKL_NUM_THREADS"))
+    } else if has_lib(f, "libopenblas") {
+        Some(("openblas", "OPENBLAS_NUM_THREADS"))
+    } else if has_lib(f, "libgomp") || has_lib(f, "libomp") || has_lib(f, "libiomp") {
+        Some(("openmp", "OMP_NUM_THREADS"))
+    } else if has_lib(f, "libuv") || f.exe == "node" {
+        Some(("libuv", "UV_THREADPOOL_SIZE"))
+    } else if thread("tokio-runtime") {
+        Some(("tokio", "TOKIO_WORKER_THREADS"))
+    } else if thread("rayon") {
+        Some(("rayon", "RAYON_NUM_THREADS"))
+    } else {
+        None
     }
-    if has_lib(f, "libmkl") {
-        return env_fix("mkl", "MKL_NUM_THREADS", n, f);
-    }
-    if has_lib(f, "libopenblas") {
-        return env_fix("openblas", "OPENBLAS_NUM_THREADS", n, f);
-    }
-    if has_lib(f, "libgomp") || has_lib(f, "libomp") || has_lib(f, "libiomp") {
-        return env_fix("openmp", "OMP_NUM_THREADS", n, f);
-    }
-    if has_lib(f, "libuv") || f.exe == "node" {
-        return env_fix("libuv", "UV_THREADPOOL_SIZE", n, f);
-    }
-    if f.thread_names
-        .iter()
-        .any(|t| t.starts_with("tokio-runtime"))
-    {
-        return env_fix("tokio", "TOKIO_WORKER_THREADS", n, f);
-    }
-    if f.thread_names.iter().any(|t| t.starts_with("rayon")) {
-        return env_fix("rayon", "RAYON_NUM_THREADS", n, f);
-    }
-    unknown(&f.exe)
 }
 
 #[cfg(test)]

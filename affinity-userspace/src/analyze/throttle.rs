@@ -303,51 +303,40 @@ pub fn analyze_with(
     bw: Option<&BandwidthTrace>,
     runtime: Option<&RuntimeFacts>,
 ) -> Throttling {
-    let bw = limit.and(bw);
-    let held = |tid: u32| {
-        bw.filter(|b| b.per_thread).map(|b| {
-            b.threads
-                .iter()
-                .find(|h| h.tid == tid)
-                .map_or((0, 0), |h| (h.held_ns, h.holds))
-        })
-    };
+    let (bw, window) = (limit.and(bw), limit.and(window));
     let threads: Vec<&ThreadTrace> = trace.selected_threads().collect();
+    let mut out = measured(trace, &threads, limit, window, bw);
+    if let Some(limit) = limit {
+        advise(&mut out, trace, &threads, limit, runtime, bw);
+        whole_limit(&mut out, trace, limit, window, bw);
+    }
+    out
+}
+
+/// What was measured of `threads` under `limit`: the demand, the cpu.stat
+/// counters of `window`, the kernel's periods, one row per thread; the
+/// advice is not set yet (the finding says there is no limit).
+fn measured(
+    trace: &Trace,
+    threads: &[&ThreadTrace],
+    limit: Option<&CgroupLimit>,
+    window: Option<&CpuStatDelta>,
+    bw: Option<&BandwidthTrace>,
+) -> Throttling {
     let wall = wall_ns(trace);
     let cpu: u64 = threads.iter().map(|t| t.cpu_time_ns).sum();
     let preempted: u64 = threads.iter().map(|t| t.preempted_wait_ns).sum();
     let ran = threads.iter().filter(|t| t.cpu_time_ns > 0).count() as u32;
-    let runnable_p50 = runnable_threads_p50(&threads, trace.intervals.len(), ran);
+    // Busy: on or waiting for a CPU for 5% of the window (not a runtime's
+    // monitor thread).
     let busy = threads
         .iter()
         .filter(|t| {
             t.cpu_time_ns > 0 && t.cpu_time_ns.saturating_add(t.preempted_wait_ns) * 20 >= wall
         })
         .count() as u32;
-    let demand = ratio(cpu.saturating_add(preempted), wall);
-
-    let window = limit.and(window);
     let throttled_ns = window.map(|w| w.throttled_ns);
-    let per_thread = threads
-        .iter()
-        .map(|t| ThreadThrottling {
-            tid: t.tid,
-            comm: t.comm.clone(),
-            runnable_wait_ns: t.preempted_wait_ns.saturating_add(t.runq.total_ns),
-            preempted_wait_ns: t.preempted_wait_ns,
-            throttled_share_ns: throttled_ns.map(|th| {
-                if preempted == 0 {
-                    0
-                } else {
-                    mul_div(th, t.preempted_wait_ns, preempted).min(t.preempted_wait_ns)
-                }
-            }),
-            throttled_ns: held(t.tid).map(|h| h.0),
-            throttle_holds: held(t.tid).map(|h| h.1),
-        })
-        .collect();
-
-    let mut out = Throttling {
+    Throttling {
         limited: limit.is_some(),
         cgroup: limit.map(|l| l.cgroup.clone()),
         version: limit.map(|l| l.version),
@@ -366,9 +355,9 @@ pub fn analyze_with(
         wall_ns: wall,
         cpu_time_ns: cpu,
         effective_parallelism: ratio(cpu, wall),
-        demand_cores: demand,
+        demand_cores: ratio(cpu.saturating_add(preempted), wall),
         threads_ran: ran,
-        runnable_threads_p50: runnable_p50,
+        runnable_threads_p50: runnable_threads_p50(threads, trace.intervals.len(), ran),
         recommended_threads: None,
         raise_limit_to_cores: None,
         method: match bw {
@@ -380,24 +369,74 @@ pub fn analyze_with(
         busy_threads: busy,
         fix: None,
         prediction: None,
-        threads: per_thread,
+        threads: thread_rows(threads, throttled_ns, preempted, bw),
         limit: Default::default(),
+    }
+}
+
+/// One row per thread: its waits, its share of cpu.stat's `throttled_ns`
+/// (by preempted wait, the estimate), and its held time from the kernel
+/// events where they measured it.
+fn thread_rows(
+    threads: &[&ThreadTrace],
+    throttled_ns: Option<u64>,
+    preempted: u64,
+    bw: Option<&BandwidthTrace>,
+) -> Vec<ThreadThrottling> {
+    let held = |tid: u32| {
+        bw.filter(|b| b.per_thread).map(|b| {
+            b.threads
+                .iter()
+                .find(|h| h.tid == tid)
+                .map_or((0, 0), |h| (h.held_ns, h.holds))
+        })
     };
-    let Some(limit) = limit else {
-        return out;
-    };
+    threads
+        .iter()
+        .map(|t| ThreadThrottling {
+            tid: t.tid,
+            comm: t.comm.clone(),
+            runnable_wait_ns: t.preempted_wait_ns.saturating_add(t.runq.total_ns),
+            preempted_wait_ns: t.preempted_wait_ns,
+            throttled_share_ns: throttled_ns.map(|th| {
+                if preempted == 0 {
+                    0
+                } else {
+                    mul_div(th, t.preempted_wait_ns, preempted).min(t.preempted_wait_ns)
+                }
+            }),
+            throttled_ns: held(t.tid).map(|h| h.0),
+            throttle_holds: held(t.tid).map(|h| h.1),
+        })
+        .collect()
+}
+
+/// The advice under a quota: the threads that fit it, the limit that
+/// would fit the demand (never above the CPUs the target may use), the
+/// fix for the program's runtime, the finding and the predicted effect.
+fn advise(
+    out: &mut Throttling,
+    trace: &Trace,
+    threads: &[&ThreadTrace],
+    limit: &CgroupLimit,
+    runtime: Option<&RuntimeFacts>,
+    bw: Option<&BandwidthTrace>,
+) {
     let q = limit.quota;
     // Integer floor: 200000/100000 is exactly 2, whatever f64 says.
-    let fit = u32::try_from(q.quota_us / q.period_us.max(1))
-        .unwrap_or(u32::MAX)
-        .max(1);
-    let above_quota = u32::try_from(q.quota_us / q.period_us.max(1))
-        .unwrap_or(u32::MAX)
-        .saturating_add(1);
+    let whole = u32::try_from(q.quota_us / q.period_us.max(1)).unwrap_or(u32::MAX);
+    let fit = whole.max(1);
     // Idle threads (a runtime's monitor) are not demand: the cap is the
     // busy threads where some are busy. Never more than the node has.
-    let cap = if busy > 0 { busy } else { ran };
-    let mut raise = (demand.ceil() as u32).min(cap).max(1).max(above_quota);
+    let cap = if out.busy_threads > 0 {
+        out.busy_threads
+    } else {
+        out.threads_ran
+    };
+    let mut raise = (out.demand_cores.ceil() as u32)
+        .min(cap)
+        .max(1)
+        .max(whole.saturating_add(1));
     // The CPUs the target may use bound it too (its cgroup's cpuset, its
     // own affinity within it): a limit above them cannot be used.
     let cpus = runtime
@@ -410,25 +449,22 @@ pub fn analyze_with(
     }
     out.recommended_threads = Some(fit);
     out.raise_limit_to_cores = Some(raise);
-    let main_comm = main_comm(trace);
-    out.fix = Some(fix_for(runtime, &main_comm, fit));
+    out.fix = Some(fix_for(runtime, &main_comm(trace), fit));
     let how = match runtime {
         Some(_) => out.fix.as_ref().map(|f| format!("e.g. {}", f.how)),
         None => None,
     };
-    out.finding = finding(&out, trace, fit, raise, how);
+    out.finding = finding(out, trace, fit, raise, how);
     out.prediction = crate::analyze::predict::predict(&crate::analyze::predict::Input {
         cpu_ns: &threads.iter().map(|t| t.cpu_time_ns).collect::<Vec<_>>(),
         quota_us: q.quota_us,
         period_us: q.period_us,
         cpus: cpus.unwrap_or(fit),
-        wall_ns: wall,
+        wall_ns: out.wall_ns,
         throttled_wall_ns: bw.map(|b| b.periods.iter().map(|p| p.throttled_wall_ns).sum()),
         threads: fit,
         limit_cores: raise,
     });
-    whole_limit(&mut out, trace, limit, window, bw);
-    out
 }
 
 /// The limit beyond the quota ([`crate::analyze::limit`]) and the typical

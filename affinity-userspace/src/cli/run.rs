@@ -117,11 +117,20 @@ pub fn trace(args: &TraceArgs) -> i32 {
             Err(e) => code = fail(&e, e.exit_code()),
         }
     }
+    match write_report(args, &report, files.report.take()) {
+        Ok(()) => code,
+        Err(e) => fail(format!("writing the report: {e}"), EXIT_FAILURE),
+    }
+}
+
+/// The report in `--format`, to `--output` (replaced only once whole) or
+/// to stdout.
+fn write_report(args: &TraceArgs, report: &Report, file: Option<Output>) -> std::io::Result<()> {
     let text = match args.format {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",
     };
-    let written = match files.report.take() {
+    match file {
         Some(mut f) => f.write_all(text.as_bytes()).and_then(|()| f.commit()),
         None => {
             let mut stdout = std::io::stdout().lock();
@@ -129,11 +138,7 @@ pub fn trace(args: &TraceArgs) -> i32 {
                 .write_all(text.as_bytes())
                 .and_then(|()| stdout.flush())
         }
-    };
-    if let Err(e) = written {
-        return fail(format!("writing the report: {e}"), EXIT_FAILURE);
     }
-    code
 }
 
 /// `--verify-fix`: runs the command again with the throttling fix, in the

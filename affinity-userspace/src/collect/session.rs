@@ -262,8 +262,7 @@ fn run_launch(
     let timing = timing(args, &run);
     let info = window_info(root, &run, &timing);
     let bar = progress_bar(timing.duration, run.child.is_none() && observer.is_none());
-    let busy_before = procs::cpu_busy_ns(root);
-    let steal_before = procs::cpu_steal_ns(root);
+    let cpu_before = procs::CpuTimes::read(root);
     let pressure = Pressures::before(args.cgroup.as_deref());
     let quota = run
         .tgids
@@ -294,48 +293,13 @@ fn run_launch(
     window.clear_bar();
     let wall = window.started().elapsed();
     let facts = target_facts(root, run.tgids.first().copied(), &run.topology);
-    let busy_after = procs::cpu_busy_ns(root);
-    let steal_after = procs::cpu_steal_ns(root);
+    let cpu = cpu_before.since(root);
     // The command may still run (the window ended first): wait for it, so
     // affin-trace exits with its status, as `time` does.
     let exit_status = run.child.as_mut().map(|c| wait_child(c, end));
     window.last_drain(window_end);
-    let Window {
-        collector,
-        timeline,
-        quota,
-        rescanned,
-        ..
-    } = window;
-    let exited_pids = exited_pids(root, &run);
-    let (quota, bandwidth, runtime) = match quota {
-        Some(q) => {
-            let (q, b, r) = q.finish_events(&run.probe, window_end, &run.tgids);
-            (Some(q), b, r)
-        }
-        None => (None, None, None),
-    };
-    let mut timeline = timeline;
-    if let (Some(tl), Some(b), Some(q)) = (timeline.as_mut(), &bandwidth, &quota) {
-        let period_ns = q.limit().quota.period_us.saturating_mul(1000);
-        tl.periods = crate::report::timeline::period_slices(b, period_ns);
-    }
-    run.probe.drain_log();
-    let cgroups = contention::neighbour_cgroups(&collector.neighbour_cgroups());
-    let mut trace = collector.finish(WindowEnd {
-        duration_ns: wall.as_nanos() as u64,
-        system_busy_ns: procs::busy_delta(&busy_before, &busy_after),
-        system_steal_ns: procs::busy_delta(&steal_before, &steal_after),
-        exited_pids,
-    });
-    trace.kernel_warnings = run.probe.kernel_warnings();
-    trace.followed.enabled = follows(args);
-    trace.followed.rescanned = rescanned;
-    (trace.pressure_host, trace.pressure_cgroup) = pressure.after();
-    name_neighbour_cgroups(&mut trace, &cgroups);
-    if let Some(b) = &bandwidth {
-        crate::model::bandwidth::join_wait_split(&mut trace.threads, &b.threads);
-    }
+    let closed = Closed::new(window, window_end, wall, cpu, pressure);
+    let (trace, quota, bandwidth, runtime, timeline) = closed.into_trace(args, &mut run);
     drop(src);
     drop(run.probe); // detach before reporting
     if let Some(line) = args
@@ -361,6 +325,94 @@ fn run_launch(
         start_times,
         timeline,
     })
+}
+
+/// What an ended window left, with the machine's figures over it.
+struct Closed {
+    collector: Collector,
+    timeline: Option<Capture>,
+    quota: Option<QuotaWatch>,
+    rescanned: u64,
+    /// CLOCK_MONOTONIC ns at the window's end.
+    window_end: u64,
+    wall: Duration,
+    /// /proc/stat over the window.
+    cpu: procs::CpuTimes,
+    pressure: Pressures,
+}
+
+/// The trace of a closed window and what goes beside it in the outcome.
+type Finished = (
+    Trace,
+    Option<QuotaWatch>,
+    Option<crate::model::bandwidth::BandwidthTrace>,
+    Option<crate::model::runtime::RuntimeFacts>,
+    Option<Capture>,
+);
+
+impl Closed {
+    fn new(
+        window: Window<'_, '_>,
+        window_end: u64,
+        wall: Duration,
+        cpu: procs::CpuTimes,
+        pressure: Pressures,
+    ) -> Self {
+        let Window {
+            collector,
+            timeline,
+            quota,
+            rescanned,
+            ..
+        } = window;
+        Self {
+            collector,
+            timeline,
+            quota,
+            rescanned,
+            window_end,
+            wall,
+            cpu,
+            pressure,
+        }
+    }
+
+    /// The whole trace: the collector's, the kernel's throttle events
+    /// joined to the wait split, the periods drawn on the timeline, PSI,
+    /// the neighbours' cgroups named.
+    fn into_trace(self, args: &TraceArgs, run: &mut Attached) -> Finished {
+        let root = &args.root;
+        let exited_pids = exited_pids(root, run);
+        let (quota, bandwidth, runtime) = match self.quota {
+            Some(q) => {
+                let (q, b, r) = q.finish_events(&run.probe, self.window_end, &run.tgids);
+                (Some(q), b, r)
+            }
+            None => (None, None, None),
+        };
+        let mut timeline = self.timeline;
+        if let (Some(tl), Some(b), Some(q)) = (timeline.as_mut(), &bandwidth, &quota) {
+            let period_ns = q.limit().quota.period_us.saturating_mul(1000);
+            tl.periods = crate::report::timeline::period_slices(b, period_ns);
+        }
+        run.probe.drain_log();
+        let cgroups = contention::neighbour_cgroups(&self.collector.neighbour_cgroups());
+        let mut trace = self.collector.finish(WindowEnd {
+            duration_ns: self.wall.as_nanos() as u64,
+            system_busy_ns: self.cpu.busy,
+            system_steal_ns: self.cpu.steal,
+            exited_pids,
+        });
+        trace.kernel_warnings = run.probe.kernel_warnings();
+        trace.followed.enabled = follows(args);
+        trace.followed.rescanned = self.rescanned;
+        (trace.pressure_host, trace.pressure_cgroup) = self.pressure.after();
+        name_neighbour_cgroups(&mut trace, &cgroups);
+        if let Some(b) = &bandwidth {
+            crate::model::bandwidth::join_wait_split(&mut trace.threads, &b.threads);
+        }
+        (trace, quota, bandwidth, runtime, timeline)
+    }
 }
 
 /// The window's timing: `--interval`, and `--duration` (a default one

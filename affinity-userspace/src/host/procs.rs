@@ -337,36 +337,48 @@ pub fn parse_mem_total(text: &str) -> Option<u64> {
 
 /// Busy (non-idle, non-iowait) ns per CPU since boot, from /proc/stat.
 pub fn cpu_busy_ns(root: &Root) -> BTreeMap<u32, u64> {
-    cpu_stat_ns(root, |t| {
-        t.user
-            + t.nice
-            + t.system
-            + t.irq.unwrap_or(0)
-            + t.softirq.unwrap_or(0)
-            + t.steal.unwrap_or(0)
-    })
+    CpuTimes::read(root).busy
 }
 
-/// Hypervisor steal ns per CPU since boot, from /proc/stat: time this
-/// VM's CPU wanted to run and the host ran something else.
-pub fn cpu_steal_ns(root: &Root) -> BTreeMap<u32, u64> {
-    cpu_stat_ns(root, |t| t.steal.unwrap_or(0))
+/// Per CPU, from one read of /proc/stat (ns since boot, or over a window
+/// with [`CpuTimes::since`]); empty maps when it cannot be read.
+#[derive(Clone, Debug, Default)]
+pub struct CpuTimes {
+    /// Busy: not idle, not iowait (steal included: the CPU was not free).
+    pub busy: BTreeMap<u32, u64>,
+    /// Hypervisor steal: time this VM's CPU wanted to run and its host ran
+    /// something else.
+    pub steal: BTreeMap<u32, u64>,
 }
 
-/// `ticks(cpu line)` in ns per CPU since boot, from /proc/stat (empty when
-/// it cannot be read).
-fn cpu_stat_ns(root: &Root, ticks: impl Fn(&procfs::CpuTime) -> u64) -> BTreeMap<u32, u64> {
-    let Ok(ks) =
-        procfs::KernelStats::from_file(root.join("proc/stat"), procfs::current_system_info())
-    else {
-        return BTreeMap::new();
-    };
-    let ns_per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
-    ks.cpu_time
-        .iter()
-        .enumerate()
-        .map(|(cpu, t)| (cpu as u32, ticks(t) * ns_per_tick))
-        .collect()
+impl CpuTimes {
+    /// Since boot.
+    pub fn read(root: &Root) -> Self {
+        let mut out = Self::default();
+        let Ok(ks) =
+            procfs::KernelStats::from_file(root.join("proc/stat"), procfs::current_system_info())
+        else {
+            return out;
+        };
+        let ns_per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
+        for (cpu, t) in ks.cpu_time.iter().enumerate() {
+            let steal = t.steal.unwrap_or(0);
+            let busy =
+                t.user + t.nice + t.system + t.irq.unwrap_or(0) + t.softirq.unwrap_or(0) + steal;
+            out.busy.insert(cpu as u32, busy * ns_per_tick);
+            out.steal.insert(cpu as u32, steal * ns_per_tick);
+        }
+        out
+    }
+
+    /// From `self` (read before) to now.
+    pub fn since(&self, root: &Root) -> Self {
+        let now = Self::read(root);
+        Self {
+            busy: busy_delta(&self.busy, &now.busy),
+            steal: busy_delta(&self.steal, &now.steal),
+        }
+    }
 }
 
 /// Element-wise `after - before`.

@@ -97,7 +97,65 @@ impl Agent {
         let wall = now.saturating_sub(self.last_ns);
         self.last_ns = now;
         self.ticks += 1;
+        let mut threads = self.read_threads();
+        let mut rows = Vec::new();
+        let mut reports = Vec::new();
+        for (key, t) in &self.targets.tracked {
+            let stat = read_stat_at(&t.dir).ok();
+            let delta = match (self.last_stat.get(key), &stat) {
+                (Some(a), Some(b)) => Some(CpuStat::delta(a, b)),
+                _ => None,
+            };
+            let w = self
+                .windows
+                .entry(*key)
+                .or_insert_with(|| Window::new(self.window_len));
+            // The first interval of a cgroup has no cpu.stat growth yet.
+            if self.last_stat.contains_key(key) {
+                w.push(Sample {
+                    wall_ns: wall,
+                    stat: delta,
+                    threads: threads.remove(key).unwrap_or_default(),
+                });
+            }
+            if let Some(s) = &stat {
+                self.last_stat.insert(*key, *s);
+            }
+            let info = CgroupInfo {
+                cgroup: t.cgroup.clone(),
+                dir: t.dir.clone(),
+                version: self.version,
+                quota: t.quota,
+            };
+            let f = findings::analyze(&info, w, &self.thresholds);
+            rows.push(self.row(*key, t, stat.as_ref(), &f));
+            reports.push(CgroupReport {
+                cgroup: t.cgroup.clone(),
+                labels: t.labels().into_iter().collect(),
+                findings: f,
+            });
+        }
+        reports.sort_by(|a, b| {
+            (a.findings.findings.is_empty(), &a.cgroup)
+                .cmp(&(b.findings.findings.is_empty(), &b.cgroup))
+        });
+        let snapshot = Snapshot {
+            cgroups: rows,
+            agent: self.agent_row(),
+        };
+        let doc = FindingsDoc {
+            schema_version: 1,
+            interval_s: self.interval_s,
+            left_out_cgroups: self.targets.left_out,
+            cgroups: reports,
+        };
+        (snapshot, doc)
+    }
 
+    /// Follows the traced set (cgroups come and go), reads every traced
+    /// thread once and frees the kernel slots of exited ones; returns this
+    /// interval's threads by cgroup.
+    fn read_threads(&mut self) -> BTreeMap<CgroupKey, Vec<crate::serve::aggregate::ThreadDelta>> {
         self.probe.joined(&mut self.joined);
         let ch = self.targets.refresh(&mut self.probe);
         for k in &ch.removed {
@@ -130,86 +188,44 @@ impl Agent {
             }
         }
         self.targets.unmark_stale(&mut self.probe, &self.joined);
+        read.threads
+    }
 
-        let mut threads = read.threads;
-        let mut rows = Vec::new();
-        let mut reports = Vec::new();
-        for (key, t) in &self.targets.tracked {
-            let stat = read_stat_at(&t.dir).ok();
-            let delta = match (self.last_stat.get(key), &stat) {
-                (Some(a), Some(b)) => Some(CpuStat::delta(a, b)),
-                _ => None,
-            };
-            let w = self
-                .windows
-                .entry(*key)
-                .or_insert_with(|| Window::new(self.window_len));
-            // The first interval of a cgroup has no cpu.stat growth yet.
-            if self.last_stat.contains_key(key) {
-                w.push(Sample {
-                    wall_ns: wall,
-                    stat: delta,
-                    threads: threads.remove(key).unwrap_or_default(),
-                });
-            }
-            if let Some(s) = &stat {
-                self.last_stat.insert(*key, *s);
-            }
-            let info = CgroupInfo {
-                cgroup: t.cgroup.clone(),
-                dir: t.dir.clone(),
-                version: self.version,
-                quota: t.quota,
-            };
-            let f = findings::analyze(&info, w, &self.thresholds);
-            let c = self.agg.counters(*key);
-            let labels = t.labels();
-            rows.push(CgroupRow {
-                labels: labels.clone(),
-                quota_cores: t.quota.as_ref().map(|q| q.cores()),
-                periods: stat.as_ref().map(|s| s.nr_periods),
-                throttled_periods: stat.as_ref().map(|s| s.nr_throttled),
-                throttled_seconds: stat.as_ref().map(|s| s.throttled_ns as f64 / 1e9),
-                // The kernel's count per throttled period, cumulative.
-                running_threads: self
-                    .probe
-                    .bandwidth_group(*key)
-                    .map(|g| running_buckets(&g.running, self.cpus)),
-                recommended_threads: f.recommended_threads,
-                cpu_seconds: c.map_or(0.0, |c| c.cpu_ns as f64 / 1e9),
-                runnable_seconds: c.map_or(0.0, |c| c.runnable_ns as f64 / 1e9),
-                migrations: c.map_or([0; 4], |c| c.migrations),
-                runq: c.map_or_else(
-                    || runq_buckets(&[], 0),
-                    |c| runq_buckets(&c.runq_log2(), c.runq_sum_ns),
-                ),
-                pressure_some_seconds: t
-                    .pressure
-                    .as_deref()
-                    .and_then(read_pressure)
-                    .map(|p| p.some_total_us as f64 / 1e6),
-            });
-            reports.push(CgroupReport {
-                cgroup: t.cgroup.clone(),
-                labels: labels.into_iter().collect(),
-                findings: f,
-            });
+    /// One cgroup's `/metrics` row: its cpu.stat `stat`, the kernel's
+    /// counters of its threads, its finding `f`.
+    fn row(
+        &self,
+        key: CgroupKey,
+        t: &crate::serve::targets::Tracked,
+        stat: Option<&CpuStat>,
+        f: &CgroupFindings,
+    ) -> CgroupRow {
+        let c = self.agg.counters(key);
+        CgroupRow {
+            labels: t.labels(),
+            quota_cores: t.quota.as_ref().map(|q| q.cores()),
+            periods: stat.map(|s| s.nr_periods),
+            throttled_periods: stat.map(|s| s.nr_throttled),
+            throttled_seconds: stat.map(|s| s.throttled_ns as f64 / 1e9),
+            // The kernel's count per throttled period, cumulative.
+            running_threads: self
+                .probe
+                .bandwidth_group(key)
+                .map(|g| running_buckets(&g.running, self.cpus)),
+            recommended_threads: f.recommended_threads,
+            cpu_seconds: c.map_or(0.0, |c| c.cpu_ns as f64 / 1e9),
+            runnable_seconds: c.map_or(0.0, |c| c.runnable_ns as f64 / 1e9),
+            migrations: c.map_or([0; 4], |c| c.migrations),
+            runq: c.map_or_else(
+                || runq_buckets(&[], 0),
+                |c| runq_buckets(&c.runq_log2(), c.runq_sum_ns),
+            ),
+            pressure_some_seconds: t
+                .pressure
+                .as_deref()
+                .and_then(read_pressure)
+                .map(|p| p.some_total_us as f64 / 1e6),
         }
-        reports.sort_by(|a, b| {
-            (a.findings.findings.is_empty(), &a.cgroup)
-                .cmp(&(b.findings.findings.is_empty(), &b.cgroup))
-        });
-        let snapshot = Snapshot {
-            cgroups: rows,
-            agent: self.agent_row(),
-        };
-        let doc = FindingsDoc {
-            schema_version: 1,
-            interval_s: self.interval_s,
-            left_out_cgroups: self.targets.left_out,
-            cgroups: reports,
-        };
-        (snapshot, doc)
     }
 
     fn agent_row(&self) -> AgentRow {

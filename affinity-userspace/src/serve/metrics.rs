@@ -165,6 +165,13 @@ impl Collector for Shared {
 
 /// The per-cgroup families, each over the cgroups that feed it.
 fn cgroup_families(enc: &mut DescriptorEncoder, rows: &[CgroupRow]) -> Res {
+    quota_families(enc, rows)?;
+    thread_families(enc, rows)
+}
+
+/// The quota and what it did: cpu.stat, the kernel's count at exhaustion,
+/// the advice.
+fn quota_families(enc: &mut DescriptorEncoder, rows: &[CgroupRow]) -> Res {
     use MetricType::{Counter, Gauge, Histogram};
     use names::*;
     family(
@@ -220,7 +227,13 @@ fn cgroup_families(enc: &mut DescriptorEncoder, rows: &[CgroupRow]) -> Res {
         rows,
         |r| Some(f64::from(r.recommended_threads)),
         gauge_f,
-    )?;
+    )
+}
+
+/// What the cgroup's threads did, from sched_switch, and PSI.
+fn thread_families(enc: &mut DescriptorEncoder, rows: &[CgroupRow]) -> Res {
+    use MetricType::{Counter, Histogram};
+    use names::*;
     family(
         enc,
         CPU_SECONDS,
