@@ -25,7 +25,7 @@
 //! The run fails (exit 1) when any target leaves a crash, oom or timeout.
 
 use crate::setup;
-use crate::util::{child_path, run_checked, which, words, workspace_root};
+use crate::util::{child_path, entries, run_checked, which, words, workspace_root};
 use anyhow::{Context as _, Result, bail};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -375,14 +375,7 @@ fn name_starts(p: &Path, prefix: &str) -> bool {
 
 /// The files in `dir`, sorted (none if it is unreadable).
 fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    v.sort();
-    v
+    entries(dir, Path::is_file)
 }
 
 fn count(dir: &Path) -> usize {
