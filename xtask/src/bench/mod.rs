@@ -193,15 +193,12 @@ fn mount_tracefs() {
         .arg(dir)
         .status()
         .is_ok_and(|s| s.success());
-    println!(
-        "bench: tracefs at {}: {}",
-        dir.display(),
-        if ok {
-            "mounted"
-        } else {
-            "could not mount; (e) may be skipped"
-        }
-    );
+    let state = if ok {
+        "mounted"
+    } else {
+        "could not mount; (e) may be skipped"
+    };
+    println!("bench: tracefs at {}: {state}", dir.display());
 }
 
 fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
