@@ -249,7 +249,7 @@ fn run_target(t: &str, args: &Args) -> Result<Outcome> {
         .then(|| format!("libFuzzer exited with {status}; see fuzz/logs/{t}.log"));
     let kept = merge(&bin, t, &corpus, &extra).unwrap_or_else(|e| {
         println!("fuzz: {t}: corpus not merged ({e:#}); left as it is");
-        (count(&corpus), count(&extra))
+        (files(&corpus).len(), files(&extra).len())
     });
     Ok(Outcome {
         target: t.to_string(),
@@ -361,7 +361,7 @@ fn merge(bin: &Path, t: &str, corpus: &Path, extra: &Path) -> Result<(usize, usi
         fs::rename(p, to.join(p.file_name().expect("file name")))?;
     }
     fs::remove_dir_all(&out)?;
-    Ok((count(corpus), count(extra)))
+    Ok((files(corpus).len(), files(extra).len()))
 }
 
 fn is_seed(p: &Path) -> bool {
@@ -376,8 +376,4 @@ fn name_starts(p: &Path, prefix: &str) -> bool {
 /// The files in `dir`, sorted (none if it is unreadable).
 fn files(dir: &Path) -> Vec<PathBuf> {
     entries(dir, Path::is_file)
-}
-
-fn count(dir: &Path) -> usize {
-    files(dir).len()
 }
