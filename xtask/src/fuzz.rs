@@ -25,7 +25,7 @@
 //! The run fails (exit 1) when any target leaves a crash, oom or timeout.
 
 use crate::setup;
-use crate::util::{child_path, run_checked, which, words, workspace_root};
+use crate::util::{child_path, entries, run_checked, which, words, workspace_root};
 use anyhow::{Context as _, Result, bail};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -249,7 +249,7 @@ fn run_target(t: &str, args: &Args) -> Result<Outcome> {
         .then(|| format!("libFuzzer exited with {status}; see fuzz/logs/{t}.log"));
     let kept = merge(&bin, t, &corpus, &extra).unwrap_or_else(|e| {
         println!("fuzz: {t}: corpus not merged ({e:#}); left as it is");
-        (count(&corpus), count(&extra))
+        (files(&corpus).len(), files(&extra).len())
     });
     Ok(Outcome {
         target: t.to_string(),
@@ -361,7 +361,7 @@ fn merge(bin: &Path, t: &str, corpus: &Path, extra: &Path) -> Result<(usize, usi
         fs::rename(p, to.join(p.file_name().expect("file name")))?;
     }
     fs::remove_dir_all(&out)?;
-    Ok((count(corpus), count(extra)))
+    Ok((files(corpus).len(), files(extra).len()))
 }
 
 fn is_seed(p: &Path) -> bool {
@@ -375,16 +375,5 @@ fn name_starts(p: &Path, prefix: &str) -> bool {
 
 /// The files in `dir`, sorted (none if it is unreadable).
 fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    v.sort();
-    v
-}
-
-fn count(dir: &Path) -> usize {
-    files(dir).len()
+    entries(dir, Path::is_file)
 }

@@ -3,7 +3,7 @@
 
 use crate::util::{cargo_bin_dir, child_path, is_root, run_checked};
 use anyhow::{Context as _, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// llvm-22-dev, libpolly-22-dev, libzstd-dev build bpf-linker; linux-perf and
@@ -71,26 +71,24 @@ pub fn run() -> Result<()> {
     )?;
     let venv = crate::util::workspace_root().join(K8S_VENV);
     let have = || Ok(venv.join("bin/kubernetes-validate").is_file());
-    step("pip kubernetes-validate", have, || {
-        let fix = "needs python3-venv (apt step) and PyPI reachable";
-        let mut venv_cmd = Command::new("python3");
-        venv_cmd.args(["-m", "venv"]).arg(&venv);
-        run_checked(&mut venv_cmd, "python3 -m venv", fix)?;
-        let mut pip = Command::new(venv.join("bin/pip"));
-        pip.args(["install", "--quiet", "kubernetes-validate==1.37.0"]);
-        run_checked(&mut pip, "pip install kubernetes-validate", fix)
-    })?;
-    let venv = std::path::Path::new(PERFETTO_VENV);
+    let install = || pip_venv(&venv, K8S_PYPI);
+    step("pip kubernetes-validate", have, install)?;
+    let venv = Path::new(PERFETTO_VENV);
     let have = || Ok(venv.join("bin/python").is_file() && perfetto_schema_loads(venv));
-    step(&format!("pip {PERFETTO_PYPI}"), have, || {
-        let fix = "needs python3-venv (apt step) and PyPI reachable";
-        let mut venv_cmd = Command::new("python3");
-        venv_cmd.args(["-m", "venv"]).arg(venv);
-        run_checked(&mut venv_cmd, "python3 -m venv", fix)?;
-        let mut pip = Command::new(venv.join("bin/pip"));
-        pip.args(["install", "--quiet", PERFETTO_PYPI]);
-        run_checked(&mut pip, "pip install perfetto", fix)
-    })
+    let install = || pip_venv(venv, PERFETTO_PYPI);
+    step(&format!("pip {PERFETTO_PYPI}"), have, install)
+}
+
+/// `python3 -m venv VENV`, then its pip installs `spec` (`name==version`).
+fn pip_venv(venv: &Path, spec: &str) -> Result<()> {
+    let fix = "needs python3-venv (apt step) and PyPI reachable";
+    let mut venv_cmd = Command::new("python3");
+    venv_cmd.args(["-m", "venv"]).arg(venv);
+    run_checked(&mut venv_cmd, "python3 -m venv", fix)?;
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args(["install", "--quiet", spec]);
+    let name = spec.split("==").next().unwrap_or(spec);
+    run_checked(&mut pip, &format!("pip install {name}"), fix)
 }
 
 /// The venv with PyPI's `perfetto` package, whose compiled
@@ -100,7 +98,7 @@ pub const PERFETTO_VENV: &str = "/opt/affin-trace-venv";
 const PERFETTO_PYPI: &str = "perfetto==0.59.1";
 
 /// Whether the venv's python imports the compiled schema.
-fn perfetto_schema_loads(venv: &std::path::Path) -> bool {
+fn perfetto_schema_loads(venv: &Path) -> bool {
     Command::new(venv.join("bin/python"))
         .args([
             "-c",
@@ -117,6 +115,7 @@ fn perfetto_schema_loads(venv: &std::path::Path) -> bool {
 /// validate the DaemonSet and Service against the Kubernetes schemas it
 /// ships (offline).
 pub const K8S_VENV: &str = "target/venv-k8s";
+const K8S_PYPI: &str = "kubernetes-validate==1.37.0";
 
 /// Says `present` when `have` holds; else installs, then checks again.
 fn step(

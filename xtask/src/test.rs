@@ -5,7 +5,7 @@
 
 use crate::binary::{Hooks, cargo_build};
 use crate::setup;
-use crate::util::{cargo, is_root, release_bin};
+use crate::util::{cargo, is_root, release_bin, words};
 use anyhow::{Context as _, Result};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
@@ -87,13 +87,9 @@ pub fn run(args: Args) -> Result<()> {
 /// change under them unseen until the next `cargo xtask fuzz`.
 fn fuzz_build() -> Result<Phase> {
     let mut cmd = cargo();
-    cmd.args([
-        "check",
-        "--manifest-path",
-        "fuzz/Cargo.toml",
-        "--bins",
-        "--locked",
-    ]);
+    cmd.args(words(
+        "check --manifest-path fuzz/Cargo.toml --bins --locked",
+    ));
     run_phase("fuzz targets build", cmd)
 }
 
@@ -120,16 +116,9 @@ fn root_phase(filter: Option<&str>) -> Result<Phase> {
     let _lock = machine_lock()?;
     let mut cmd = cargo();
     // --no-fail-fast: one failing test file must not hide the others' results.
-    cmd.args([
-        "test",
-        "--release",
-        "--no-fail-fast",
-        "-p",
-        "affinity-tests",
-        // The library as the binary was built (one build, not two).
-        "--features",
-        "affinity-userspace/bench-hooks",
-    ]);
+    cmd.args(words("test --release --no-fail-fast -p affinity-tests"));
+    // The library as the binary was built (one build, not two).
+    cmd.args(["--features", "affinity-userspace/bench-hooks"]);
     // A file name selects the file; anything else filters test names.
     match filter {
         Some(f) if is_test_file(f) => cmd.args(["--test", f]),

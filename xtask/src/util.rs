@@ -80,6 +80,18 @@ pub fn run_checked(cmd: &mut Command, what: &str, fix: &str) -> Result<()> {
     Ok(())
 }
 
+/// The entries of `dir` that pass `keep`, sorted (none if it is unreadable).
+pub fn entries(dir: &Path, keep: fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| keep(p))
+        .collect();
+    v.sort();
+    v
+}
+
 /// Whitespace-separated words as arguments.
 pub fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(String::from).collect()

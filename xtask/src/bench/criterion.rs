@@ -5,7 +5,7 @@
 //! `target/criterion/<group>/<bench>/new/estimates.json` so that
 //! BENCHMARKS.md carries their figures from the same run.
 
-use crate::util::{cargo, workspace_root};
+use crate::util::{cargo, entries, workspace_root};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -110,15 +110,7 @@ fn read(dir: &Path, since: SystemTime) -> Result<Vec<Figure>> {
 
 /// Subdirectories, sorted (criterion's `report/` is not a group).
 fn sorted(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && !p.ends_with("report"))
-        .collect();
-    v.sort();
-    v
+    entries(dir, |p| p.is_dir() && !p.ends_with("report"))
 }
 
 /// "1.23 ms" from ns.

@@ -193,15 +193,12 @@ fn mount_tracefs() {
         .arg(dir)
         .status()
         .is_ok_and(|s| s.success());
-    println!(
-        "bench: tracefs at {}: {}",
-        dir.display(),
-        if ok {
-            "mounted"
-        } else {
-            "could not mount; (e) may be skipped"
-        }
-    );
+    let state = if ok {
+        "mounted"
+    } else {
+        "could not mount; (e) may be skipped"
+    };
+    println!("bench: tracefs at {}: {state}", dir.display());
 }
 
 fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
@@ -312,18 +309,10 @@ fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", saved.display()))?;
     write_report(&run)?;
     let r = &run.results;
-    let failed: Vec<&str> = [
-        ("bpf_stats", is_err(&r.stats)),
-        ("start-up", is_err(&r.startup)),
-        ("1,000 threads", is_err(&r.small)),
-        ("10,000 threads", is_err(&r.large)),
-        ("criterion", is_err(&r.criterion)),
-        ("serve", is_err(&r.serve)),
-    ]
-    .into_iter()
-    .filter_map(|(n, f)| f.then_some(n))
-    .chain(r.checks.iter().filter(|c| !c.1).map(|c| c.0.as_str()))
-    .collect();
+    let failed: Vec<&str> = (r.failures().into_iter())
+        .filter_map(|(name, _, e)| e.map(|_| name))
+        .chain(r.checks.iter().filter(|c| !c.1).map(|c| c.0.as_str()))
+        .collect();
     if !failed.is_empty() {
         bail!("some measurements failed: {}", failed.join("; "));
     }
@@ -347,10 +336,6 @@ fn write_report(run: &Run) -> Result<()> {
         run.took_s
     );
     Ok(())
-}
-
-fn is_err<T>(x: &Option<Result<T, String>>) -> bool {
-    matches!(x, Some(Err(_)))
 }
 
 /// A phase's error is kept for the report, unless the run was interrupted.

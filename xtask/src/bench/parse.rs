@@ -51,6 +51,11 @@ pub fn median(v: &[f64]) -> f64 {
     quantile(v, 0.5)
 }
 
+/// The median, `None` when `v` is empty.
+pub fn med(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| median(v))
+}
+
 /// Linear-interpolated quantile (0..=1) of `v`.
 pub fn quantile(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
@@ -114,18 +119,14 @@ pub struct Prog {
     pub id: u64,
     #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub run_time_ns: Option<u64>,
-    #[serde(default)]
     pub run_cnt: Option<u64>,
     /// The maps the program uses.
     #[serde(default)]
     pub map_ids: Vec<u64>,
     /// Size after the verifier's rewrites (8 bytes an instruction).
-    #[serde(default)]
     pub bytes_xlated: Option<u64>,
     /// Machine code size.
-    #[serde(default)]
     pub bytes_jited: Option<u64>,
     /// Instructions the verifier processed (not in bpftool 7.1's JSON:
     /// filled in by `programs::verified_insns`).

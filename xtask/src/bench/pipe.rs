@@ -286,17 +286,11 @@ fn phase1_checks(r: &mut Results, unrelated: u32) {
     }
     let modes: Vec<&str> = r.d_reports.iter().map(|d| d.attach_mode.as_str()).collect();
     let tp_btf = !modes.is_empty() && modes.iter().all(|m| *m == "tp_btf");
-    check(
-        r,
-        format!("(d) attached with tp_btf ({})", modes.join(", ")),
-        tp_btf,
-    );
+    let what = format!("(d) attached with tp_btf ({})", modes.join(", "));
+    check(r, what, tp_btf);
     let dropped: u64 = r.d_reports.iter().map(|d| d.dropped).sum();
-    check(
-        r,
-        format!("(d) dropped no events (total {dropped})"),
-        dropped == 0,
-    );
+    let what = format!("(d) dropped no events (total {dropped})");
+    check(r, what, dropped == 0);
     let c_ok = (r.c_reports.iter()).all(|c| c.pids == [unrelated as u64] && c.threads <= 1);
     let what = format!("(c) traced only the unrelated sleep (pid {unrelated})");
     check(r, what, c_ok && !r.c_reports.is_empty());

@@ -4,6 +4,7 @@
 //! cleanly.
 
 use anyhow::{Context as _, Result, bail};
+use procfs::process::Process;
 use std::io::{BufRead as _, BufReader, Read};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -278,13 +279,14 @@ impl Drop for Proc {
 
 /// The state letter of /proc/<pid>/stat (None: no such process).
 fn proc_state(pid: u32) -> Option<char> {
-    Some(
-        procfs::process::Process::new(pid as i32)
-            .ok()?
-            .stat()
-            .ok()?
-            .state,
-    )
+    let stat = Process::new(pid as i32).ok()?.stat().ok()?;
+    Some(stat.state)
+}
+
+/// CPU time (utime + stime) of a process so far, s.
+pub fn cpu_s(pid: u32) -> procfs::ProcResult<f64> {
+    let stat = Process::new(pid as i32)?.stat()?;
+    Ok((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// A sysctl changed during the run, restored on every path.

@@ -124,13 +124,11 @@ pub fn verified_insns(id: u64) -> Option<u32> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    /// `union bpf_attr` for BPF_PROG_GET_FD_BY_ID (the rest zero).
-    #[repr(C)]
-    struct IdAttr {
-        prog_id: u32,
-        next_id: u32,
-        open_flags: u32,
-        _rest: [u32; 29],
+    /// bpf(2) with `attr`, the command's `union bpf_attr` (the rest zero).
+    /// Safety: what pointers `attr` holds must be valid for the command.
+    unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
+        // SAFETY: the kernel reads at most size_of::<T>() bytes of `attr`.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
     }
     /// `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD (the rest zero).
     #[repr(C)]
@@ -143,21 +141,11 @@ pub fn verified_insns(id: u64) -> Option<u32> {
     // `struct bpf_prog_info` is 232 bytes on 6.x; `verified_insns` is the
     // u32 at byte 216 (checked against /sys/kernel/btf/vmlinux).
     let mut info = [0u32; 58];
-    let mut id_attr = IdAttr {
-        prog_id: u32::try_from(id).ok()?,
-        next_id: 0,
-        open_flags: 0,
-        _rest: [0; 29],
-    };
-    // SAFETY: bpf(2) with a zeroed attr of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_GET_FD_BY_ID,
-            &raw mut id_attr,
-            size_of::<IdAttr>(),
-        )
-    };
+    // For BPF_PROG_GET_FD_BY_ID: prog_id, next_id, open_flags, the rest zero.
+    let mut id_attr = [0u32; 32];
+    id_attr[0] = u32::try_from(id).ok()?;
+    // SAFETY: the attr holds no pointer.
+    let fd = unsafe { bpf(BPF_PROG_GET_FD_BY_ID, &mut id_attr) };
     let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
     // SAFETY: a new fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -168,14 +156,7 @@ pub fn verified_insns(id: u64) -> Option<u32> {
         _rest: [0; 14],
     };
     // SAFETY: the kernel writes at most info_len bytes to `info`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw mut attr,
-            size_of::<InfoAttr>(),
-        )
-    };
+    let r = unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) };
     (r == 0 && attr.info_len as usize >= 220).then_some(info[54])
 }
 

@@ -3,9 +3,9 @@
 //! the template reads the run as saved, and this file adds the figures
 //! derived from it (medians, ratios, targets met).
 
-use super::parse::{TraceReport, median, min_max, quantile};
+use super::parse::{TraceReport, med, median, min_max, quantile};
 use super::pipe::{CFGS, Cfg};
-use super::results::{Env, Results, read_trim};
+use super::results::{Env, Results, ok, read_trim};
 use super::serve::{SERVE_CGROUPS, SERVE_THREADS_PER, ServeRun};
 use super::startup::StartRun;
 use super::threads::{LARGE_THREADS, SMALL_PERIOD_MS, SMALL_THREADS, ThreadsRun};
@@ -40,10 +40,6 @@ pub fn render(env: &Env, r: &Results, took: Duration) -> String {
     jinja.add_filter("f", |v: Value, digits: usize| opt(number(&v), digits));
     jinja.add_filter("x", |v: Value| times(number(&v)));
     jinja.add_filter("dur", |ns: f64| criterion::duration(ns));
-    let missing = |name: &str, x: Option<&String>| {
-        let why = x.map_or("not run".into(), |e| format!("FAILED: {e}"));
-        (name.to_string(), why)
-    };
     let ctx = context! {
         env,
         r,
@@ -76,25 +72,12 @@ pub fn render(env: &Env, r: &Results, took: Duration) -> String {
         rss => rss(r),
         criterion => ok(&r.criterion).map(|f| context! { command => criterion::COMMAND, figures => f }),
         serve => ok(&r.serve).map(|s| serve(r, s)),
-        missing => Value::from_iter([
-            missing("stats", err(&r.stats)),
-            missing("startup", err(&r.startup)),
-            missing("small", err(&r.small)),
-            missing("large", err(&r.large)),
-            missing("criterion", err(&r.criterion)),
-            missing("serve", err(&r.serve)),
-        ]),
+        missing => Value::from_iter(r.failures().map(|(_, key, e)| {
+            (key, e.map_or("not run".into(), |e| format!("FAILED: {e}")))
+        })),
     };
     let rendered = jinja.render_str(TEMPLATE, ctx);
     rendered.unwrap_or_else(|e| panic!("BENCHMARKS.md.j2: {e:#}"))
-}
-
-fn ok<T>(x: &Option<Result<T, String>>) -> Option<&T> {
-    x.as_ref()?.as_ref().ok()
-}
-
-fn err<T>(x: &Option<Result<T, String>>) -> Option<&String> {
-    x.as_ref()?.as_ref().err()
 }
 
 /// A finite number, from a template value (none, undefined: `None`).
@@ -115,11 +98,6 @@ pub fn met(ok: bool) -> &'static str {
 pub fn times(v: Option<f64>) -> String {
     v.filter(|x| x.is_finite())
         .map_or_else(|| "n/a".into(), |x| format!("{x:.2}x"))
-}
-
-/// The median, `None` when `v` is empty.
-fn med(v: &[f64]) -> Option<f64> {
-    (!v.is_empty()).then(|| median(v))
 }
 
 fn max(v: &[f64]) -> Option<f64> {

@@ -2,7 +2,7 @@
 //! paired differences, ratios), and the environment it ran in.
 
 use super::criterion::Figure;
-use super::parse::{Prog, TraceReport, median, quantile};
+use super::parse::{Prog, TraceReport, med, median, quantile};
 use super::pipe::{Cfg, Stats};
 use super::render::{met, times};
 use super::serve::ServeRun;
@@ -64,8 +64,7 @@ pub struct Results {
 
 impl Results {
     pub fn med(&self, cfg: Cfg) -> Option<f64> {
-        let v = &self.samples[cfg.index()];
-        (!v.is_empty()).then(|| median(v))
+        med(&self.samples[cfg.index()])
     }
 
     /// Context switches per pipe round trip, as (d) counted them.
@@ -75,7 +74,7 @@ impl Results {
             .iter()
             .map(|r| (r.voluntary + r.involuntary) as f64 / self.loops as f64)
             .collect();
-        (!per.is_empty()).then(|| median(&per))
+        med(&per)
     }
 
     /// Added ns per context switch of `cfg` over (a).
@@ -99,8 +98,7 @@ impl Results {
     /// Added ns per switch: the median of the per-round differences with
     /// (a), which cancels drift between rounds.
     pub fn paired_added_ns(&self, cfg: Cfg) -> Option<f64> {
-        let d = self.paired(cfg);
-        (!d.is_empty()).then(|| median(&d))
+        med(&self.paired(cfg))
     }
 
     /// num's median / den's upper quartile (paired figures): a cautious
@@ -159,16 +157,28 @@ impl Results {
         (d > 0.0).then_some(n / d)
     }
 
+    /// The phases whose error the report keeps: (name in messages, name in
+    /// the template, the error).
+    pub fn failures(&self) -> [(&'static str, &'static str, Option<&String>); 6] {
+        [
+            ("bpf_stats", "stats", err(&self.stats)),
+            ("start-up", "startup", err(&self.startup)),
+            ("1,000 threads", "small", err(&self.small)),
+            ("10,000 threads", "large", err(&self.large)),
+            ("criterion", "criterion", err(&self.criterion)),
+            ("serve", "serve", err(&self.serve)),
+        ]
+    }
+
     pub fn stat(&self, cfg: Cfg, name: &str) -> Option<&Prog> {
-        let s = self.stats.as_ref()?.as_ref().ok()?;
+        let s = ok(&self.stats)?;
         let (_, p) = s.progs.iter().find(|(c, p)| *c == cfg && p.name == name)?;
         Some(p)
     }
 
     /// Wakeup-to-run waits in (d)'s report of the bpf_stats run.
     pub fn stats_d_runq(&self) -> Option<u64> {
-        let s = self.stats.as_ref()?.as_ref().ok()?;
-        Some(s.d_report.as_ref()?.runq_waits)
+        Some(ok(&self.stats)?.d_report.as_ref()?.runq_waits)
     }
 
     pub fn ns_per_event(&self, cfg: Cfg, name: &str) -> Option<f64> {
@@ -176,6 +186,15 @@ impl Results {
         let (t, n) = (p.run_time_ns?, p.run_cnt?);
         (n > 0).then(|| t as f64 / n as f64)
     }
+}
+
+/// A phase's figures, when it ran and did not fail.
+pub fn ok<T>(x: &Option<Result<T, String>>) -> Option<&T> {
+    x.as_ref()?.as_ref().ok()
+}
+
+fn err<T>(x: &Option<Result<T, String>>) -> Option<&String> {
+    x.as_ref()?.as_ref().err()
 }
 
 pub fn check(results: &mut Results, what: String, ok: bool) {

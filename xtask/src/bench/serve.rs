@@ -12,7 +12,7 @@
 
 use super::Ctx;
 use super::parse::Prog;
-use super::process::{Proc, Sysctl, check_interrupted};
+use super::process::{Proc, Sysctl, check_interrupted, cpu_s};
 use super::programs::programs_of;
 use crate::util::words;
 use anyhow::{Context as _, Result, bail};
@@ -193,11 +193,6 @@ fn plain(body: &str, name: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(f64::NAN)
-}
-
-fn cpu_s(pid: u32) -> Result<f64> {
-    let st = Process::new(pid as i32)?.stat()?;
-    Ok((st.utime + st.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 fn rss_kib(pid: u32) -> Result<(u64, u64)> {

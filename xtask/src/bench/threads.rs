@@ -5,7 +5,7 @@
 
 use super::Ctx;
 use super::parse::{TraceReport, read_report, read_times, verbose_ms};
-use super::process::{Proc, Sysctl, check_interrupted, maxrss_kib};
+use super::process::{Proc, Sysctl, check_interrupted, cpu_s, maxrss_kib};
 use crate::util::words;
 use anyhow::{Context as _, Result, bail};
 use procfs::Current as _;
@@ -68,12 +68,6 @@ pub struct ThreadsRun {
     pub read_cpu_ms: Vec<f64>,
 }
 
-/// CPU time (utime + stime) of a process so far, s.
-fn proc_cpu_s(pid: u32) -> Option<f64> {
-    let stat = Process::new(pid as i32).ok()?.stat().ok()?;
-    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
-}
-
 /// Traces a helper process of `n` threads (each sleeping `period_ms` in a
 /// loop) for `secs` with the default interval; the tracer's CPU time and RSS.
 fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<ThreadsRun> {
@@ -124,7 +118,7 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         match t.lines.recv_timeout(Duration::from_millis(100)) {
             Ok((is_err, line)) => {
                 if is_err && line.contains("tracing at") {
-                    at_tracing = proc_cpu_s(pid).map(|c| (Instant::now(), c));
+                    at_tracing = cpu_s(pid).ok().map(|c| (Instant::now(), c));
                 }
                 t.push((is_err, line));
             }
@@ -135,7 +129,7 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
             vmhwm = status.vmhwm.or(vmhwm);
             vmrss = status.vmrss.or(vmrss);
         }
-        if let Some(c) = proc_cpu_s(pid) {
+        if let Ok(c) = cpu_s(pid) {
             last = Some((Instant::now(), c));
         }
     }
