@@ -225,7 +225,8 @@ static TIMELINE: RingBuf = RingBuf::with_byte_size(4096, 0);
 #[map]
 static TIMELINE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
-/// Where `floor_clock_sched_switch` stores its clock reads (bench only).
+/// Where the floor programs store what they read (bench only), so that the
+/// reads are not optimised away.
 #[cfg(feature = "floor")]
 #[map]
 static CLOCK_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -1520,6 +1521,44 @@ pub fn floor_clock_sched_switch(_ctx: BtfTracePointContext) -> i32 {
     if let Some(p) = CLOCK_SINK.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, no other writer on this CPU.
         unsafe { *p = t };
+    }
+    0
+}
+
+/// The empty program plus what any per-thread accounting pays before its
+/// logic, done as btf_sched_switch does it: whether `prev` and `next` are
+/// targets (their tgid against `TARGETS`), and for a target its `STATS`
+/// entry (slot lookup) and the `task_struct` fields it reads
+/// (`sum_exec_runtime`, `sched_info.run_delay`). `cargo xtask bench`
+/// attaches it in (d) beside btf_sched_switch (probe::FLOOR_LADDER_ENV):
+/// the rest of btf_sched_switch's time is its own logic. Never attached by
+/// a trace run.
+#[cfg(feature = "floor")]
+#[btf_tracepoint(function = "sched_switch")]
+pub fn floor_lookup_sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let args = ctx.as_ptr() as *const u64;
+    // SAFETY: sched_switch has four arguments on kernels >= 5.18.
+    let (prev, next) = unsafe { (*args.add(1) as *const u8, *args.add(2) as *const u8) };
+    let mut acc = 0u64;
+    if let Some((tid, _)) = Btf::current_target(prev) {
+        acc = acc.wrapping_add(Btf::u64_at(prev, offset!(sum_exec_runtime)));
+        if have_run_delay() {
+            acc = acc.wrapping_add(Btf::u64_at(prev, offset!(run_delay)));
+        }
+        if let Some(st) = lookup(tid) {
+            // SAFETY: a live map value; read only.
+            acc = acc.wrapping_add(unsafe { (*st).cpu_time_ns });
+        }
+    }
+    if let Some((tid, _)) = Btf::target(next)
+        && let Some(st) = lookup(tid)
+    {
+        // SAFETY: as above.
+        acc = acc.wrapping_add(u64::from(unsafe { (*st).flags }));
+    }
+    if let Some(p) = CLOCK_SINK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no other writer on this CPU.
+        unsafe { *p = acc };
     }
     0
 }

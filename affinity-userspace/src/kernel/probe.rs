@@ -381,6 +381,10 @@ impl Probe {
                 AttachMode::RawTp => attach_raw(&mut ebpf, tp)?,
             }
         }
+        #[cfg(feature = "bench-hooks")]
+        if mode == AttachMode::TpBtf && std::env::var_os(FLOOR_LADDER_ENV).is_some() {
+            attach_floors(&mut ebpf, &kernel_btf, &FLOOR_LADDER)?;
+        }
         let log = KernelLog::init(&mut ebpf, cfg.log_to_stderr);
         Ok(Probe {
             log,
@@ -991,6 +995,22 @@ fn attach_btf(ids: &[u32; NR_TRACEPOINTS]) -> Result<Btf, ProbeError> {
 #[cfg(feature = "bench-hooks")]
 pub const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
 
+/// Environment variable: a trace (tp_btf) also attaches [`FLOOR_LADDER`]
+/// beside its own programs, so that `cargo xtask bench` measures, in the
+/// same run and on the same events, what btf_sched_switch's time is made
+/// of: the call, a clock read, the target filter with the slot lookups and
+/// task reads, and (the rest) its logic.
+#[cfg(feature = "bench-hooks")]
+pub const FLOOR_LADDER_ENV: &str = "AFFIN_TRACE_FLOOR_LADDER";
+
+/// The floor programs, each one step more of btf_sched_switch's work.
+#[cfg(feature = "bench-hooks")]
+const FLOOR_LADDER: [&str; 3] = [
+    "floor_sched_switch",
+    "floor_clock_sched_switch",
+    "floor_lookup_sched_switch",
+];
+
 /// Attaches only the empty sched_switch program (`floor_sched_switch`) and
 /// returns the object that keeps it attached: the baseline cost of any
 /// sched_switch tracer, for benchmarks. With [`FLOOR_CLOCK_ENV`] set, also
@@ -1003,11 +1023,15 @@ pub fn attach_floor() -> Result<Ebpf, ProbeError> {
     let mut ebpf = loader(&kernel_btf)
         .load(OBJECT)
         .map_err(|e| ProbeError::Load(e.to_string()))?;
-    let mut names = vec!["floor_sched_switch"];
-    if std::env::var_os(FLOOR_CLOCK_ENV).is_some() {
-        names.push("floor_clock_sched_switch");
-    }
-    for name in names {
+    let clock = std::env::var_os(FLOOR_CLOCK_ENV).is_some();
+    attach_floors(&mut ebpf, &kernel_btf, &FLOOR_LADDER[..1 + usize::from(clock)])?;
+    Ok(ebpf)
+}
+
+/// Loads and attaches the floor programs `names` (tp_btf sched_switch).
+#[cfg(feature = "bench-hooks")]
+fn attach_floors(ebpf: &mut Ebpf, kernel_btf: &Btf, names: &[&str]) -> Result<(), ProbeError> {
+    for &name in names {
         let err = |reason: String| ProbeError::Attach {
             kind: "tp_btf",
             tracepoint: "sched_switch",
@@ -1018,11 +1042,11 @@ pub fn attach_floor() -> Result<Ebpf, ProbeError> {
             .ok_or_else(|| err("not in the object".into()))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
-        prog.load("sched_switch", &kernel_btf)
+        prog.load("sched_switch", kernel_btf)
             .map_err(|e| err(e.to_string()))?;
         prog.attach().map_err(|e| err(e.to_string()))?;
     }
-    Ok(ebpf)
+    Ok(())
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `affinity::kernel::probe::FLOOR_CLOCK_ENV` (xtask does not link the library).
 const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
+/// `affinity::kernel::probe::FLOOR_LADDER_ENV`.
+const FLOOR_LADDER_ENV: &str = "AFFIN_TRACE_FLOOR_LADDER";
 
 /// (e): the equivalent of (d) in bpftrace (what it counts is said in the file).
 const BPFTRACE_SCRIPT: &str = include_str!("../../templates/bench.bt");
@@ -127,7 +129,15 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
             let out = ctx.file("d.json");
             let mut args = vec!["--".to_string()];
             args.extend(ctx.pipe_cmd(ctx.loops));
-            let mut t = ctx.tracer("affin-trace -- perf bench", &out, args, &[])?;
+            // With the stats, the floor programs run beside btf_sched_switch
+            // on the same events (probe::FLOOR_LADDER_ENV): what its time is
+            // made of.
+            let env: &[_] = if stats {
+                &[(FLOOR_LADDER_ENV, "1")]
+            } else {
+                &[]
+            };
+            let mut t = ctx.tracer("affin-trace -- perf bench", &out, args, env)?;
             // With the stats: read them while it runs (its programs go with it).
             let (stop, pid) = (AtomicBool::new(!stats), t.pid());
             let result = std::thread::scope(|scope| {

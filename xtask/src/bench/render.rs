@@ -19,7 +19,7 @@ use std::time::Duration;
 const TEMPLATE: &str = include_str!("../../templates/BENCHMARKS.md.j2");
 
 /// The programs of the bpf_stats table, in its order.
-const PROGRAMS: [&str; 7] = [
+const PROGRAMS: [&str; 8] = [
     "btf_sched_switch",
     "btf_sched_migrate_task",
     "btf_sched_wakeup",
@@ -27,6 +27,7 @@ const PROGRAMS: [&str; 7] = [
     "btf_sched_process_exit",
     "floor_sched_switch",
     "floor_clock_sched_switch",
+    "floor_lookup_sched_switch",
 ];
 
 pub fn render(env: &Env, r: &Results, took: Duration) -> String {
@@ -173,12 +174,13 @@ fn ratios(r: &Results) -> Value {
     }
 }
 
-/// In-program time of all programs of a run per sched_switch event.
+/// In-program time of all affin-trace's programs of a run per
+/// sched_switch event (not the floor programs (d) also runs).
 fn per_switch(r: &Results, cfg: Cfg) -> Option<f64> {
     let s = ok(&r.stats)?;
     let n = r.stat(cfg, "btf_sched_switch")?.run_cnt? as f64;
     let total: u64 = (s.progs.iter())
-        .filter(|(c, _)| *c == cfg)
+        .filter(|(c, p)| *c == cfg && !p.name.starts_with("floor_"))
         .filter_map(|(_, p)| p.run_time_ns)
         .sum();
     (n > 0.0).then(|| total as f64 / n)
@@ -214,7 +216,32 @@ fn bpf(r: &Results) -> Value {
             ratio(filter_ns, 1.3),
         ),
     ];
+    // The ladder in (d): each floor program one step more of
+    // btf_sched_switch's work, on the same events.
+    let step = |name| r.ns_per_event(Cfg::D, name);
+    let (d_floor, d_clock, d_lookup) = (
+        step("floor_sched_switch"),
+        step("floor_clock_sched_switch"),
+        step("floor_lookup_sched_switch"),
+    );
+    let ladder = context! {
+        floor_ns => d_floor,
+        clock_ns => d_clock.zip(d_floor).map(|(a, b)| a - b),
+        lookup_ns => d_lookup.zip(d_floor).map(|(a, b)| a - b),
+        logic_ns => switch_ns.zip(d_lookup).map(|(a, b)| a - b),
+        // Its own clock reads: one read's cost in (d) times the reads per
+        // event (clock_reads); the rest of its logic is the accounting.
+        reads_ns => d_clock.zip(d_floor).zip(clock_reads).map(|((c, f), n)| (c - f) * n),
+        accounting_ns => switch_ns
+            .zip(d_lookup)
+            .zip(d_clock.zip(d_floor))
+            .zip(clock_reads)
+            .map(|(((s, l), (c, f)), n)| s - l - (c - f) * n),
+        switch_vs_floor => switch_ns.zip(d_floor).map(|(a, b)| a / b),
+        lookup_vs_floor => d_lookup.zip(d_floor).map(|(a, b)| a / b),
+    };
     context! {
+        ladder,
         floor_ratios,
         floor_ns,
         switch_ns,
