@@ -105,7 +105,13 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
                 t
             } else {
                 let args = words(&format!("--pid {} --duration 600", ctx.unrelated));
-                let mut t = ctx.tracer("affin-trace --pid <sleep>", &out, args, &[])?;
+                // The floor ladder on the filter path too (see (d)).
+                let env: &[_] = if stats {
+                    &[(FLOOR_LADDER_ENV, "1")]
+                } else {
+                    &[]
+                };
+                let mut t = ctx.tracer("affin-trace --pid <sleep>", &out, args, env)?;
                 t.wait_line(true, "tracing at", ATTACH_TIMEOUT)?;
                 t
             };

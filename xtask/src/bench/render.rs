@@ -216,32 +216,47 @@ fn bpf(r: &Results) -> Value {
             ratio(filter_ns, 1.3),
         ),
     ];
-    // The ladder in (d): each floor program one step more of
+    // The ladders in (d) and (c): each floor program one step more of
     // btf_sched_switch's work, on the same events.
-    let step = |name| r.ns_per_event(Cfg::D, name);
-    let (d_floor, d_clock, d_lookup) = (
-        step("floor_sched_switch"),
-        step("floor_clock_sched_switch"),
-        step("floor_lookup_sched_switch"),
-    );
-    let ladder = context! {
-        floor_ns => d_floor,
-        clock_ns => d_clock.zip(d_floor).map(|(a, b)| a - b),
-        lookup_ns => d_lookup.zip(d_floor).map(|(a, b)| a - b),
-        logic_ns => switch_ns.zip(d_lookup).map(|(a, b)| a - b),
-        // Its own clock reads: one read's cost in (d) times the reads per
-        // event (clock_reads); the rest of its logic is the accounting.
-        reads_ns => d_clock.zip(d_floor).zip(clock_reads).map(|((c, f), n)| (c - f) * n),
-        accounting_ns => switch_ns
-            .zip(d_lookup)
-            .zip(d_clock.zip(d_floor))
-            .zip(clock_reads)
-            .map(|(((s, l), (c, f)), n)| s - l - (c - f) * n),
-        switch_vs_floor => switch_ns.zip(d_floor).map(|(a, b)| a / b),
-        lookup_vs_floor => d_lookup.zip(d_floor).map(|(a, b)| a / b),
+    let ladder = |cfg: Cfg, switch_ns: Option<f64>, reads: Option<f64>| {
+        let step = |name| r.ns_per_event(cfg, name);
+        let (floor, clock, lookup) = (
+            step("floor_sched_switch"),
+            step("floor_clock_sched_switch"),
+            step("floor_lookup_sched_switch"),
+        );
+        let read_ns = clock.zip(floor).map(|(c, f)| c - f);
+        // Its own clock reads: one read's cost times the reads per event;
+        // the rest of its logic is the accounting.
+        let reads_ns = read_ns.zip(reads).map(|(c, n)| c * n);
+        let logic_ns = switch_ns.zip(lookup).map(|(a, b)| a - b);
+        context! {
+            floor_ns => floor,
+            clock_ns => read_ns,
+            lookup_ns => lookup.zip(floor).map(|(a, b)| a - b),
+            logic_ns,
+            reads_ns,
+            accounting_ns => logic_ns.zip(reads_ns).map(|(l, c)| l - c),
+            switch_vs_floor => switch_ns.zip(floor).map(|(a, b)| a / b),
+            lookup_vs_floor => lookup.zip(floor).map(|(a, b)| a / b),
+        }
     };
+    // All programs per sched_switch event in (d), by program: each one's
+    // ns per run times its runs per sched_switch run.
+    let parts: Vec<Value> = PROGRAMS
+        .iter()
+        .filter(|n| !n.starts_with("floor_"))
+        .filter_map(|name| {
+            let p = r.stat(Cfg::D, name)?;
+            let runs = p.run_cnt? as f64 / switch_runs.filter(|n| *n > 0)? as f64;
+            let ns = r.ns_per_event(Cfg::D, name)?;
+            Some(context! { name, ns, runs, per_switch => ns * runs })
+        })
+        .collect();
     context! {
-        ladder,
+        ladder => ladder(Cfg::D, switch_ns, clock_reads),
+        filter_ladder => ladder(Cfg::C, filter_ns, None),
+        parts,
         floor_ratios,
         floor_ns,
         switch_ns,
