@@ -259,6 +259,9 @@ pub struct Stats {
     pub d_report: Option<TraceReport>,
     /// The maps of (c)'s tracer, largest first.
     pub maps: Vec<MapInfo>,
+    /// The agent's programs on the same benchmark (serve::agent_on_pipe).
+    #[serde(default)]
+    pub agent: Vec<Prog>,
 }
 
 /// Phase 3: one run each of (b), (c) and (d) with bpf_stats on; the caller
@@ -281,6 +284,7 @@ pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Stats> {
         }
         all.progs.extend(s.progs.into_iter().map(|p| (cfg, p)));
     }
+    all.agent = super::serve::agent_on_pipe(ctx).context("the agent on the benchmark")?;
     Ok(all)
 }
 

@@ -253,7 +253,45 @@ fn bpf(r: &Results) -> Value {
             Some(context! { name, ns, runs, per_switch => ns * runs })
         })
         .collect();
+    // The agent on the same benchmark: its programs, the same ratios.
+    let agent = ok(&r.stats).map_or(&[][..], |s| &s.agent);
+    let per = |p: &super::parse::Prog| {
+        p.run_time_ns
+            .zip(p.run_cnt)
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| t as f64 / n as f64)
+    };
+    let agent_switch = agent.iter().find(|p| p.name == "btf_sched_switch");
+    let agent_switch_ns = agent_switch.and_then(per);
+    let agent_total: u64 = agent.iter().filter_map(|p| p.run_time_ns).sum();
+    let agent_per_switch = agent_switch
+        .and_then(|p| p.run_cnt)
+        .filter(|n| *n > 0)
+        .map(|n| agent_total as f64 / n as f64);
+    let agent_rows: Vec<Value> = PROGRAMS
+        .iter()
+        .filter_map(|name| agent.iter().find(|p| p.name == *name))
+        .map(|p| {
+            let ns = per(p);
+            context! {
+                name => p.name,
+                run_cnt => p.run_cnt,
+                ns,
+                vs_empty => ns.zip(floor_ns).map(|(a, b)| a / b),
+                one_shot_ns => r.ns_per_event(Cfg::D, &p.name),
+            }
+        })
+        .collect();
+    let agent_ratios = vec![
+        ("btf_sched_switch of the agent", ratio(agent_switch_ns, 2.0)),
+        (
+            "all the agent's programs per sched_switch event",
+            ratio(agent_per_switch, 3.0),
+        ),
+    ];
     context! {
+        agent_rows,
+        agent_ratios,
         ladder => ladder(Cfg::D, switch_ns, clock_reads),
         filter_ladder => ladder(Cfg::C, filter_ns, None),
         parts,

@@ -308,3 +308,47 @@ pub fn phase(ctx: &Ctx, secs: u64) -> Result<ServeRun> {
     );
     Ok(run)
 }
+
+/// The agent's case on the pipe benchmark, for section 3 (issue 17's
+/// agent config): `affin-trace serve --cgroup <dir>` traces every task of
+/// one cgroup (the cgroup-keyed filter), and the benchmark runs in it, so
+/// its events are the same as (d)'s. Returns the agent's programs with
+/// their bpf_stats, read just before it stops (the caller has the stats
+/// on). The cgroup is removed on every path.
+pub fn agent_on_pipe(ctx: &Ctx) -> Result<Vec<Prog>> {
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            rmdir(&self.0);
+        }
+    }
+    let (mount, _) = cpu_hierarchy()?;
+    let dir = Dir(mount.join(format!("affin-bench-agent-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
+    let args = words(&format!(
+        "serve --listen 127.0.0.1:{} --interval 1 --cgroup {}",
+        PORT + 1,
+        dir.0.display()
+    ));
+    let mut agent = Proc::spawn("affin-trace serve --cgroup", &ctx.bin, &args, &[])?;
+    agent.wait_line(true, "listening on", Duration::from_secs(60))?;
+    // The benchmark joins the cgroup before it execs: traced from its start.
+    let procs = dir.0.join("cgroup.procs");
+    let mut sh = vec![
+        "-c".to_string(),
+        "echo $$ > \"$1\" && shift && exec \"$@\"".into(),
+        "sh".into(),
+        procs.display().to_string(),
+    ];
+    sh.extend(ctx.pipe_cmd(ctx.loops));
+    let mut bench = Proc::spawn(
+        "perf bench in the agent's cgroup",
+        Path::new("/bin/sh"),
+        &sh,
+        &[],
+    )?;
+    bench.wait_ok(Duration::from_secs(120))?;
+    let progs = programs_of(&ctx.bpftool, agent.pid())?;
+    agent.stop_ok()?;
+    Ok(progs)
+}
