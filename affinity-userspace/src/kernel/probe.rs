@@ -1024,7 +1024,11 @@ pub fn attach_floor() -> Result<Ebpf, ProbeError> {
         .load(OBJECT)
         .map_err(|e| ProbeError::Load(e.to_string()))?;
     let clock = std::env::var_os(FLOOR_CLOCK_ENV).is_some();
-    attach_floors(&mut ebpf, &kernel_btf, &FLOOR_LADDER[..1 + usize::from(clock)])?;
+    attach_floors(
+        &mut ebpf,
+        &kernel_btf,
+        &FLOOR_LADDER[..1 + usize::from(clock)],
+    )?;
     Ok(ebpf)
 }
 
