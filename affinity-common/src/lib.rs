@@ -411,8 +411,8 @@ pub struct BwConfig {
     pub tg_period: u32,
     /// `hrtimer.node` + `timerqueue_node.expires`.
     pub hrtimer_expires: u32,
-    /// `rq.curr`: the task a CPU runs (0: not read).
-    pub rq_curr: u32,
+    /// Padding.
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<BwConfig>() == 96);

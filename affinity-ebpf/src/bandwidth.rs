@@ -231,19 +231,9 @@ fn on_period_timer(timer: u64) {
 struct CountWalk {
     /// `tg->cfs_rq`: the group's per-CPU cfs_rq pointers.
     arr: u64,
-    /// The group.
-    tg: u64,
-    /// `cfs_rq.curr`, `cfs_rq.h_nr_queued`, `cfs_rq.rq`, `cfs_rq.tg`.
+    /// `cfs_rq.curr`, `cfs_rq.h_nr_queued`.
     off_curr: u32,
     off_queued: u32,
-    off_rq: u32,
-    off_tg: u32,
-    /// `rq.curr` (0: the CPU's task is not looked at), `task_group.parent`,
-    /// `task_struct.se.cfs_rq`, `task_struct.throttled`.
-    off_rq_curr: u32,
-    off_parent: u32,
-    off_task_cfs_rq: u32,
-    off_throttled: u32,
     /// A CPU whose running task is counted already (u32::MAX: none).
     skip: u32,
     running: u32,
@@ -251,56 +241,18 @@ struct CountWalk {
     _pad: u32,
 }
 
-/// Whether `cfs_rq` is of task group `tg` or of a group below it (a few
-/// levels, as [`watched_group_of`]).
-#[inline(always)]
-fn of_group(w: &CountWalk, cfs_rq: u64) -> bool {
-    let mut g = rd_u64(cfs_rq, w.off_tg);
-    for _ in 0..4 {
-        if g == 0 {
-            return false;
-        }
-        if g == w.tg {
-            return true;
-        }
-        g = rd_u64(g, w.off_parent);
-    }
-    false
-}
-
 /// One CPU of the walk (a `bpf_loop` callback).
-///
-/// Besides the cfs_rq's own figures, the task the CPU runs: when it is of
-/// the group, it is running there even where `cfs_rq.curr` no longer says
-/// so (put back, on its way through `__schedule`), and with task-based
-/// throttling it may have taken itself off the run queue already
-/// (`p->throttled`, no longer in `h_nr_queued`) without having switched
-/// out yet. Both were seen (bpftrace on this kernel) at the first held
-/// switch-out of a period: it left one thread of the group out.
 #[inline(never)]
 extern "C" fn count_cpu(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the CountWalk that count_group passed to bpf_loop.
     let w = unsafe { &mut *(ctx as *mut CountWalk) };
     let i = i as u32;
-    let cfs_rq = rd_u64(w.arr, i.wrapping_mul(8));
-    if cfs_rq == 0 {
-        return 0;
-    }
-    w.queued += rd_u32(cfs_rq, w.off_queued);
-    if i == w.skip {
-        return 0;
-    }
-    let task = if w.off_rq_curr != 0 {
-        rd_u64(rd_u64(cfs_rq, w.off_rq), w.off_rq_curr)
-    } else {
-        0
-    };
-    let mine = task != 0 && of_group(w, rd_u64(task, w.off_task_cfs_rq));
-    if rd_u64(cfs_rq, w.off_curr) != 0 || mine {
-        w.running += 1;
-    }
-    if mine && w.off_throttled != 0 && rd_u8(task, w.off_throttled) != 0 {
-        w.queued += 1;
+    let rq = rd_u64(w.arr, i.wrapping_mul(8));
+    if rq != 0 {
+        if i != w.skip && rd_u64(rq, w.off_curr) != 0 {
+            w.running += 1;
+        }
+        w.queued += rd_u32(rq, w.off_queued);
     }
     0
 }
@@ -317,15 +269,8 @@ fn count_group(c: &BwConfig, tg: u64, skip: u32, base: (u32, u32)) -> (u32, u32)
     }
     let mut w = CountWalk {
         arr,
-        tg,
         off_curr: c.cfs_rq_curr,
         off_queued: c.cfs_rq_h_nr_queued,
-        off_rq: c.cfs_rq_rq,
-        off_tg: c.cfs_rq_tg,
-        off_rq_curr: c.rq_curr,
-        off_parent: c.tg_parent,
-        off_task_cfs_rq: c.task_cfs_rq,
-        off_throttled: c.task_throttled,
         skip,
         running: base.0,
         queued: base.1,

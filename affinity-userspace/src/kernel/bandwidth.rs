@@ -334,7 +334,7 @@ pub fn config_from(data: &[u8]) -> Result<BwConfig, BtfError> {
         ("cgroup_subsys_state", &["cgroup"]),
         ("cgroup", &["kn"]),
         ("kernfs_node", &["id"]),
-        ("rq", &["cpu", "curr"]),
+        ("rq", &["cpu"]),
         (
             "task_struct",
             &["throttle_node", "throttled", "pid", "tgid", "se"],
@@ -387,7 +387,7 @@ pub fn config_from(data: &[u8]) -> Result<BwConfig, BtfError> {
         tg_parent: need("task_group", "parent")?,
         tg_period: need("task_group", "cfs_bandwidth")? + need("cfs_bandwidth", "period")?,
         hrtimer_expires: need("hrtimer", "node")? + need("timerqueue_node", "expires")?,
-        rq_curr: get("rq", "curr").unwrap_or(0),
+        _pad: 0,
     })
 }
 
