@@ -328,6 +328,7 @@ impl Report {
     pub fn new(trace: &Trace, command: &[String], exit_status: Option<i32>) -> Self {
         let tot = trace.totals();
         let wall = trace.duration_ns;
+        let steal: u64 = trace.system_steal_ns.values().sum();
         Report {
             schema_version: SCHEMA_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -387,11 +388,11 @@ impl Report {
                 .map(|t| thread_json(t, wall))
                 .collect(),
             dropped_events: trace.dropped_events,
-            host_steal_ns: trace.system_steal_ns.values().sum(),
+            host_steal_ns: steal,
             host_steal_share: {
                 let cpu_ns = wall as f64 * f64::from(trace.nr_cpus.max(1));
                 if cpu_ns > 0.0 {
-                    trace.system_steal_ns.values().sum::<u64>() as f64 / cpu_ns
+                    steal as f64 / cpu_ns
                 } else {
                     0.0
                 }

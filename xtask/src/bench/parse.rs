@@ -134,6 +134,14 @@ pub struct Prog {
     pub verified_insns: Option<u32>,
 }
 
+impl Prog {
+    /// In-program time per run (ns), where bpf_stats counted runs.
+    pub fn ns_per_event(&self) -> Option<f64> {
+        let (t, n) = (self.run_time_ns?, self.run_cnt?);
+        (n > 0).then(|| t as f64 / n as f64)
+    }
+}
+
 /// One map as `bpftool map show --json` lists it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MapInfo {

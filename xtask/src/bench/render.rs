@@ -3,7 +3,7 @@
 //! the template reads the run as saved, and this file adds the figures
 //! derived from it (medians, ratios, targets met).
 
-use super::parse::{TraceReport, med, median, min_max, quantile};
+use super::parse::{Prog, TraceReport, med, median, min_max, quantile};
 use super::pipe::{CFGS, Cfg};
 use super::results::{Env, Results, ok, read_trim};
 use super::serve::{SERVE_CGROUPS, SERVE_THREADS_PER, ServeRun};
@@ -255,14 +255,8 @@ fn bpf(r: &Results) -> Value {
         .collect();
     // The agent on the same benchmark: its programs, the same ratios.
     let agent = ok(&r.stats).map_or(&[][..], |s| &s.agent);
-    let per = |p: &super::parse::Prog| {
-        p.run_time_ns
-            .zip(p.run_cnt)
-            .filter(|(_, n)| *n > 0)
-            .map(|(t, n)| t as f64 / n as f64)
-    };
     let agent_switch = agent.iter().find(|p| p.name == "btf_sched_switch");
-    let agent_switch_ns = agent_switch.and_then(per);
+    let agent_switch_ns = agent_switch.and_then(Prog::ns_per_event);
     let agent_total: u64 = agent.iter().filter_map(|p| p.run_time_ns).sum();
     let agent_per_switch = agent_switch
         .and_then(|p| p.run_cnt)
@@ -272,7 +266,7 @@ fn bpf(r: &Results) -> Value {
         .iter()
         .filter_map(|name| agent.iter().find(|p| p.name == *name))
         .map(|p| {
-            let ns = per(p);
+            let ns = p.ns_per_event();
             context! {
                 name => p.name,
                 run_cnt => p.run_cnt,

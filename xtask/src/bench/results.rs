@@ -182,9 +182,7 @@ impl Results {
     }
 
     pub fn ns_per_event(&self, cfg: Cfg, name: &str) -> Option<f64> {
-        let p = self.stat(cfg, name)?;
-        let (t, n) = (p.run_time_ns?, p.run_cnt?);
-        (n > 0).then(|| t as f64 / n as f64)
+        self.stat(cfg, name)?.ns_per_event()
     }
 }
 
