@@ -19,8 +19,11 @@
 //! - `nap N PERIOD MS`: N threads named `nap-<i>` each sleep PERIOD ms in a
 //!   loop for MS ms of wall time, doing nothing awake: many threads, few
 //!   events (the agent's overhead bench).
-//! - `spinners N MS`: print `ready`, wait for a line on stdin, then N
-//!   threads named `spinner-<i>` spin for MS ms of wall time.
+//! - `spinners N MS [spread]`: print `ready`, wait for a line on stdin,
+//!   then N threads named `spinner-<i>` spin for MS ms of wall time; with
+//!   `spread`, thread i is pinned to CPU i % CPUs, so that every CPU runs
+//!   one of them by construction (the scheduler may otherwise pack a
+//!   throttled group's threads on one CPU for whole periods).
 //! - `flip MS`: a `flipped` thread, 1/3 busy for MS ms of wall time, while
 //!   the main thread moves it to the next CPU of its own allowed set every
 //!   5 ms.
@@ -274,6 +277,8 @@ fn main() {
         }
         Some("spinners") => {
             let (n, ms) = (arg(&args, 1), arg(&args, 2));
+            let spread = args.get(3).is_some_and(|a| a == "spread");
+            let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
             wait_for_go();
             let until = Instant::now() + Duration::from_millis(ms);
             let hs: Vec<_> = (0..n)
@@ -281,6 +286,9 @@ fn main() {
                     std::thread::Builder::new()
                         .name(format!("spinner-{i}"))
                         .spawn(move || {
+                            if spread {
+                                pin(0, i as usize % cpus);
+                            }
                             while Instant::now() < until {
                                 std::hint::spin_loop();
                             }
