@@ -28,7 +28,7 @@ fn spinners_in_quota_with(name: &str, k: u32, quota_us: u64, extra: &[&str]) -> 
     // The construction assumes the CPUs are free; other work on the machine
     // (builds) would make the quota run out later than q*P/2.
     cg.favour().expect("favour test cgroup");
-    let mut w = Gated::start(&["spinners", &k.to_string(), &SPIN_MS.to_string(), "spread"]);
+    let mut w = Gated::start(&["spinners", &k.to_string(), &SPIN_MS.to_string()]);
     cg.add(w.pid()).expect("add to cgroup");
     let pid = w.pid().to_string();
     let mut args = vec![
