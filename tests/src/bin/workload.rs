@@ -21,9 +21,10 @@
 //!   events (the agent's overhead bench).
 //! - `spinners N MS [spread]`: print `ready`, wait for a line on stdin,
 //!   then N threads named `spinner-<i>` spin for MS ms of wall time; with
-//!   `spread`, thread i is pinned to CPU i % CPUs, so that every CPU runs
-//!   one of them by construction (the scheduler may otherwise pack a
-//!   throttled group's threads on one CPU for whole periods).
+//!   `spread`, thread i is pinned to the i-th allowed CPU (mod their
+//!   count), so that every CPU runs one of them by construction (the
+//!   scheduler may otherwise keep a throttled group's threads on one CPU
+//!   for whole periods).
 //! - `flip MS`: a `flipped` thread, 1/3 busy for MS ms of wall time, while
 //!   the main thread moves it to the next CPU of its own allowed set every
 //!   5 ms.
@@ -71,6 +72,14 @@ fn pin(tid: i32, cpu: usize) {
     let mut set = CpuSet::new();
     set.set(cpu).expect("cpu number");
     nix::sched::sched_setaffinity(Pid::from_raw(tid), &set).expect("sched_setaffinity");
+}
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    let own = nix::sched::sched_getaffinity(Pid::from_raw(0)).expect("getaffinity");
+    (0..CpuSet::count())
+        .filter(|&c| own.is_set(c).unwrap_or(false))
+        .collect()
 }
 
 fn wait_for_go() {
@@ -278,16 +287,17 @@ fn main() {
         Some("spinners") => {
             let (n, ms) = (arg(&args, 1), arg(&args, 2));
             let spread = args.get(3).is_some_and(|a| a == "spread");
-            let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+            let cpus = allowed_cpus();
             wait_for_go();
             let until = Instant::now() + Duration::from_millis(ms);
             let hs: Vec<_> = (0..n)
                 .map(|i| {
+                    let cpu = spread.then(|| cpus[i as usize % cpus.len()]);
                     std::thread::Builder::new()
                         .name(format!("spinner-{i}"))
                         .spawn(move || {
-                            if spread {
-                                pin(0, i as usize % cpus);
+                            if let Some(cpu) = cpu {
+                                pin(0, cpu);
                             }
                             while Instant::now() < until {
                                 std::hint::spin_loop();
@@ -325,10 +335,7 @@ fn main() {
             // no longer cause migrations.
             let mut i = 0;
             while Instant::now() < until {
-                let own = nix::sched::sched_getaffinity(Pid::from_raw(0)).expect("getaffinity");
-                let cpus: Vec<usize> = (0..CpuSet::count())
-                    .filter(|&c| own.is_set(c).unwrap_or(false))
-                    .collect();
+                let cpus = allowed_cpus();
                 let _ = std::panic::catch_unwind(|| pin(victim, cpus[i % cpus.len()]));
                 i += 1;
                 std::thread::sleep(Duration::from_millis(5));
