@@ -263,6 +263,12 @@ static JOIN_CGROUP: u64 = 0;
 #[unsafe(no_mangle)]
 static TIMELINE_ON: u32 = 0;
 
+/// 1 (the default): neighbour accounting (`WAITQ`, `NEIGHBOURS`). A frozen
+/// `.rodata` constant; only the bench sets it 0 (the verifier then drops
+/// that code), to measure what it costs per event in the same run.
+#[unsafe(no_mangle)]
+static NEIGHBOURS_ON: u32 = 1;
+
 /// `TASK_DEAD` in `prev_state` (include/linux/sched.h): the final switch.
 const TASK_DEAD: u64 = 0x80;
 
@@ -281,6 +287,13 @@ macro_rules! offset {
 fn timeline_on() -> bool {
     // SAFETY: a plain read of a static; volatile, as for `offset!`.
     unsafe { core::ptr::read_volatile(&TIMELINE_ON) != 0 }
+}
+
+/// Whether neighbour accounting runs (a constant to the verifier).
+#[inline(always)]
+fn neighbours_on() -> bool {
+    // SAFETY: a plain read of a static; volatile, as for `offset!`.
+    unsafe { core::ptr::read_volatile(&NEIGHBOURS_ON) != 0 }
 }
 
 /// Bytes of `TIMELINE` data past which the reader is woken (half the
@@ -709,16 +722,44 @@ fn add_cpu_time(st: &mut ThreadStats, tid: u32, cpu: u32, ns: u64) {
 
 // ---- handlers -----------------------------------------------------------------
 
+/// One side of a switch as [`Access::target`] found it: `(tid, tgid)`,
+/// tgid 0 for a task that is not a target. Plain integers, not an
+/// `Option`: a `None` passed on leaves its payload undefined, and a spill
+/// of that is an uninitialised read the verifier refuses.
+#[derive(Clone, Copy)]
+struct Side(u32, u32);
+
+impl Side {
+    #[inline(always)]
+    fn of(t: Option<(u32, u32)>) -> Self {
+        match t {
+            Some((tid, tgid)) => Side(tid, tgid),
+            None => Side(0, 0),
+        }
+    }
+
+    #[inline(always)]
+    fn is_target(self) -> bool {
+        self.1 != 0
+    }
+
+    #[inline(always)]
+    fn target(self) -> Option<(u32, u32)> {
+        self.is_target().then_some((self.0, self.1))
+    }
+}
+
 /// Charges `prev`'s slice and classifies the switch.
 #[inline(always)]
 fn switch_out<A: Access>(
     prev: *const u8,
+    side: Side,
     preempt: bool,
     prev_state: u64,
     cpu: u32,
     clock: &mut Clock,
 ) {
-    let Some((tid, tgid)) = A::current_target(prev) else {
+    let Some((tid, tgid)) = side.target() else {
         return;
     };
     let _ = set_current(cpu, 0);
@@ -779,7 +820,7 @@ fn switch_out<A: Access>(
         st.runnable_kind = RUNNABLE_NONE;
     }
     // It ran: a wait still counted (its switch-in was not seen) is over.
-    wait_end(st);
+    wait_end(st, cpu);
     if !preempted {
         begin_sleep(st, prev_state, clock);
     } else if !held {
@@ -792,8 +833,8 @@ fn switch_out<A: Access>(
 /// Marks `next` as running and ends a wakeup-to-run wait (with
 /// `sched_info`, a wait after a preemption is read at switch-out).
 #[inline(always)]
-fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
-    let Some((tid, tgid)) = A::target(next) else {
+fn switch_in<A: Access>(next: *const u8, side: Side, cpu: u32, clock: &mut Clock) {
+    let Some((tid, tgid)) = side.target() else {
         return;
     };
     let was = set_current(cpu, tid);
@@ -828,7 +869,7 @@ fn switch_in<A: Access>(next: *const u8, cpu: u32, clock: &mut Clock) {
     if st.flags & FLAG_SEEDED != 0 {
         seeded_switch_in(st);
     }
-    wait_end(st);
+    wait_end(st, cpu);
     let kind = st.runnable_kind;
     if st.sleep_since_ns != 0 {
         end_sleep(st, clock.now()); // back on a CPU with no wakeup seen
@@ -853,21 +894,32 @@ fn on_switch<A: Access>(args: *const u64) {
     // Inlined by the verifier on x86-64 and arm64.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let mut clock = Clock(0);
+    let (prev, next) = (prev as *const u8, next as *const u8);
+    // Each side's target test once, for the three steps below.
+    let (prev_t, next_t) = (Side::of(A::current_target(prev)), Side::of(A::target(next)));
     // Before switch_out/switch_in: prev's slice is charged with the count
     // of target threads that waited on this CPU during it.
-    neighbour_switch::<A>(prev as *const u8, next as *const u8, cpu, &mut clock);
+    neighbour_switch::<A>(
+        prev,
+        next,
+        prev_t.is_target(),
+        next_t.is_target(),
+        cpu,
+        &mut clock,
+    );
     switch_out::<A>(
-        prev as *const u8,
+        prev,
+        prev_t,
         preempt,
         prev_state & 0xffff_ffff,
         cpu,
         &mut clock,
     );
-    switch_in::<A>(next as *const u8, cpu, &mut clock);
+    switch_in::<A>(next, next_t, cpu, &mut clock);
     if timeline_on() {
         timeline_switch::<A>(
-            prev as *const u8,
-            next as *const u8,
+            prev,
+            next,
             preempt,
             prev_state & 0xffff_ffff,
             cpu,
@@ -1123,12 +1175,19 @@ fn end_sleep(st: &mut ThreadStats, now: u64) {
 }
 
 /// Target threads waiting runnable on one CPU, and since when the task on
-/// it now has held it as far as neighbour accounting goes.
+/// it now has held it as far as neighbour accounting goes. The count is
+/// `added - ended`: a wait begins on any CPU (a wakeup or migration lands
+/// the thread here), so `added` is atomic, but nearly every wait ends with
+/// the thread's switch-in here, and `ended` is written only by programs on
+/// this CPU (the sched tracepoints run with interrupts off), so its
+/// increment needs no atomic. A wait that ends elsewhere (a migration)
+/// takes one back from `added`.
 #[repr(C)]
 struct WaitQ {
-    /// Target threads runnable on this CPU's run queue, not running.
-    waiting: u32,
-    _pad: u32,
+    /// Waits begun on this CPU (less those ended elsewhere).
+    added: u32,
+    /// Waits ended on this CPU, by this CPU.
+    ended: u32,
     /// `bpf_ktime_get_ns()` at the last switch on this CPU while a target
     /// thread waited (or when the first one began waiting).
     since_ns: u64,
@@ -1141,14 +1200,15 @@ static WAITQ: Array<WaitQ> = Array::with_max_entries(1024, 0);
 /// Counts the thread as waiting on `cpu` (once: `wait_cpu` holds it).
 #[inline(always)]
 fn wait_begin(st: &mut ThreadStats, cpu: u32, clock: &mut Clock) {
-    if st.wait_cpu != 0 {
+    if st.wait_cpu != 0 || !neighbours_on() {
         return;
     }
     if let Some(q) = WAITQ.get_ptr_mut(cpu) {
         // SAFETY: a live map value; atomic, as wakeups on other CPUs
         // count waiters here too.
         let before = unsafe {
-            atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*q).waiting, 1)
+            atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*q).added, 1)
+                .wrapping_sub((*q).ended)
         };
         if before == 0 {
             // SAFETY: as above; a racing switch on that CPU at worst
@@ -1159,20 +1219,25 @@ fn wait_begin(st: &mut ThreadStats, cpu: u32, clock: &mut Clock) {
     }
 }
 
-/// Stops counting the thread as waiting.
+/// Stops counting the thread as waiting; `cpu` is the CPU this runs on.
 #[inline(always)]
-fn wait_end(st: &mut ThreadStats) {
+fn wait_end(st: &mut ThreadStats, cpu: u32) {
     let c = st.wait_cpu;
     if c == 0 {
         return;
     }
     st.wait_cpu = 0;
     if let Some(q) = WAITQ.get_ptr_mut(c - 1) {
-        // SAFETY: a live map value; atomic (see wait_begin). Adding
-        // u32::MAX is subtracting one.
-        unsafe {
-            atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*q).waiting, u32::MAX)
-        };
+        if c - 1 == cpu {
+            // SAFETY: a live map value; only this CPU writes `ended`.
+            unsafe { (*q).ended = (*q).ended.wrapping_add(1) };
+        } else {
+            // SAFETY: as above; atomic (see wait_begin). Adding u32::MAX
+            // is subtracting one.
+            unsafe {
+                atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*q).added, u32::MAX)
+            };
+        }
     }
 }
 
@@ -1182,7 +1247,8 @@ fn wait_move(st: &mut ThreadStats, dest: u32) {
     if st.wait_cpu == 0 {
         return;
     }
-    wait_end(st);
+    // SAFETY: a helper without preconditions.
+    wait_end(st, unsafe { bpf_get_smp_processor_id() });
     wait_begin(st, dest, &mut Clock(0));
 }
 
@@ -1194,41 +1260,47 @@ fn wait_move(st: &mut ThreadStats, dest: u32) {
 /// only where such a chargeable slice ends or begins: a slice of a target
 /// thread or of the idle task starts with `since_ns` 0 (never charged),
 /// so a switch between target threads (the traced workload's own, the
-/// common case) adds no clock read.
+/// common case) adds no clock read. Whether each side is a target comes
+/// from the caller's one test of it (no second `TARGETS` lookup here).
 #[inline(always)]
-fn neighbour_switch<A: Access>(prev: *const u8, next: *const u8, cpu: u32, clock: &mut Clock) {
+fn neighbour_switch<A: Access>(
+    prev: *const u8,
+    next: *const u8,
+    prev_target: bool,
+    next_target: bool,
+    cpu: u32,
+    clock: &mut Clock,
+) {
+    if !neighbours_on() {
+        return;
+    }
     let Some(q) = WAITQ.get_ptr_mut(cpu) else {
         return;
     };
-    // SAFETY: a live map value; volatile, as other CPUs change it.
-    let waiting = unsafe { core::ptr::read_volatile(&raw const (*q).waiting) };
+    // SAFETY: a live map value; `added` volatile, as other CPUs change it.
+    let waiting =
+        unsafe { core::ptr::read_volatile(&raw const (*q).added).wrapping_sub((*q).ended) };
     if waiting == 0 {
         return;
     }
     // SAFETY: a live map value; only switches on this CPU (and the first
     // waiter) write it.
     let since = unsafe { (*q).since_ns };
-    if since != 0 {
+    if since != 0 && !prev_target {
         let tgid = A::u32_at(prev, offset!(tgid));
-        if is_neighbour(tgid) {
+        if tgid != 0 {
             let now = clock.now();
             charge_neighbour::<A>(prev, tgid, now.saturating_sub(since) * u64::from(waiting));
         }
     }
-    let start = if is_neighbour(A::u32_at(next, offset!(tgid))) {
+    // Not the idle task (tgid 0), not a target.
+    let start = if !next_target && A::u32_at(next, offset!(tgid)) != 0 {
         clock.now()
     } else {
         0
     };
     // SAFETY: as above.
     unsafe { (*q).since_ns = start };
-}
-
-/// Whether a slice of process `tgid` is charged to it as a neighbour:
-/// not the idle task, not a target.
-#[inline(always)]
-fn is_neighbour(tgid: u32) -> bool {
-    tgid != 0 && !is_target(tgid)
 }
 
 /// Adds `ns` of target wait to `tgid`'s `NEIGHBOURS` entry, made on first

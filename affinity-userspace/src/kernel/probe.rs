@@ -897,9 +897,14 @@ fn load_object(
     // The programs wake the reader once as the ring crosses half full.
     let wake_bytes = u64::from(sz.timeline_bytes / 2);
     let nr = sz.nr_possible;
+    #[cfg(not(feature = "bench-hooks"))]
+    let neighbours_on = 1u32;
+    #[cfg(feature = "bench-hooks")]
+    let neighbours_on = u32::from(std::env::var_os(NO_NEIGHBOURS_ENV).is_none());
     loader(kernel_btf)
         .override_global("OFFSETS", &cfg.offsets, true)
         .override_global("TIMELINE_ON", &timeline_on, true)
+        .override_global("NEIGHBOURS_ON", &neighbours_on, true)
         .override_global("THROTTLED_OFF", &throttled_off, true)
         .override_global("TIMELINE_WAKE_BYTES", &wake_bytes, true)
         .override_global("FOLLOW", &u32::from(cfg.follow), true)
@@ -1002,6 +1007,13 @@ pub const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
 /// task reads, and (the rest) its logic.
 #[cfg(feature = "bench-hooks")]
 pub const FLOOR_LADDER_ENV: &str = "AFFIN_TRACE_FLOOR_LADDER";
+
+/// Environment variable: load the programs with neighbour accounting off
+/// (`NEIGHBOURS_ON` 0, so the verifier drops that code), so that `cargo
+/// xtask bench` measures its per-event cost against the same programs with
+/// it, in the same run. The report's neighbours are then empty.
+#[cfg(feature = "bench-hooks")]
+pub const NO_NEIGHBOURS_ENV: &str = "AFFIN_TRACE_NO_NEIGHBOURS";
 
 /// The floor programs, each one step more of btf_sched_switch's work.
 #[cfg(feature = "bench-hooks")]

@@ -99,6 +99,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 /// Targets of issue #6.
 const T_ADDED_RATIO: f64 = 1.5;
 const T_SWITCH_NS: f64 = 100.0;
+/// Issue #13: what its neighbour accounting may add to the per-event cost.
+const T_NEIGHBOUR_RISE_PCT: f64 = 10.0;
 const T_START_MS: f64 = 150.0;
 const T_CPU_PCT: f64 = 1.0;
 const T_RSS_MIB: f64 = 30.0;

@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
 /// `affinity::kernel::probe::FLOOR_LADDER_ENV`.
 const FLOOR_LADDER_ENV: &str = "AFFIN_TRACE_FLOOR_LADDER";
+/// `affinity::kernel::probe::NO_NEIGHBOURS_ENV`.
+const NO_NEIGHBOURS_ENV: &str = "AFFIN_TRACE_NO_NEIGHBOURS";
+/// Interleaved pairs of runs (neighbour accounting on, off) per tracer.
+const NEIGHBOUR_PAIRS: usize = 5;
 
 /// (e): the equivalent of (d) in bpftrace (what it counts is said in the file).
 const BPFTRACE_SCRIPT: &str = include_str!("../../templates/bench.bt");
@@ -80,9 +84,29 @@ struct Sample {
     maps: Vec<MapInfo>,
 }
 
-/// Runs one configuration once; with `stats`, also reads bpf_stats.
-fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
+/// How a configuration runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Section 1: bpf_stats off.
+    Plain,
+    /// Section 3: bpf_stats on, with the floor programs beside ((b)-(d)).
+    Stats,
+    /// bpf_stats on, no floor programs; neighbour accounting on (true) or
+    /// dropped by the verifier (false): its per-event cost ((c), (d)).
+    Neighbours(bool),
+}
+
+/// Runs one configuration once; with the stats on, also reads bpf_stats.
+fn run_cfg(ctx: &Ctx, cfg: Cfg, mode: Mode) -> Result<Sample> {
     wait_no_foreign(&ctx.bpftool)?;
+    let stats = mode != Mode::Plain;
+    // The tracer's hooks: the floor programs in the Stats runs, the
+    // neighbour accounting dropped in its off runs.
+    let hooks: &[_] = match mode {
+        Mode::Stats => &[(FLOOR_LADDER_ENV, "1")],
+        Mode::Neighbours(false) => &[(NO_NEIGHBOURS_ENV, "1")],
+        _ => &[],
+    };
     let mut s = Sample::default();
     match cfg {
         Cfg::A => {
@@ -106,12 +130,7 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
             } else {
                 let args = words(&format!("--pid {} --duration 600", ctx.unrelated));
                 // The floor ladder on the filter path too (see (d)).
-                let env: &[_] = if stats {
-                    &[(FLOOR_LADDER_ENV, "1")]
-                } else {
-                    &[]
-                };
-                let mut t = ctx.tracer("affin-trace --pid <sleep>", &out, args, env)?;
+                let mut t = ctx.tracer("affin-trace --pid <sleep>", &out, args, hooks)?;
                 t.wait_line(true, "tracing at", ATTACH_TIMEOUT)?;
                 t
             };
@@ -120,7 +139,7 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
             if stats {
                 s.progs = programs_of(&ctx.bpftool, t.pid())?;
             }
-            if stats && cfg == Cfg::C {
+            if mode == Mode::Stats && cfg == Cfg::C {
                 let ids: Vec<u64> = s.progs.iter().flat_map(|p| p.map_ids.clone()).collect();
                 s.maps = ctx.bpftool.maps()?;
                 s.maps.retain(|m| ids.contains(&m.id));
@@ -138,12 +157,7 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
             // With the stats, the floor programs run beside btf_sched_switch
             // on the same events (probe::FLOOR_LADDER_ENV): what its time is
             // made of.
-            let env: &[_] = if stats {
-                &[(FLOOR_LADDER_ENV, "1")]
-            } else {
-                &[]
-            };
-            let mut t = ctx.tracer("affin-trace -- perf bench", &out, args, env)?;
+            let mut t = ctx.tracer("affin-trace -- perf bench", &out, args, hooks)?;
             // With the stats: read them while it runs (its programs go with it).
             let (stop, pid) = (AtomicBool::new(!stats), t.pid());
             let result = std::thread::scope(|scope| {
@@ -191,7 +205,7 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, stats: bool) -> Result<Sample> {
 /// affin-trace appeared during it.
 fn run_clean(ctx: &Ctx, cfg: Cfg, r: &mut Results) -> Result<Sample> {
     for _ in 1..3 {
-        let s = run_cfg(ctx, cfg, false)?;
+        let s = run_cfg(ctx, cfg, Mode::Plain)?;
         if s.foreign.is_empty() {
             return Ok(s);
         }
@@ -202,7 +216,7 @@ fn run_clean(ctx: &Ctx, cfg: Cfg, r: &mut Results) -> Result<Sample> {
         );
         r.redone += 1;
     }
-    run_cfg(ctx, cfg, false)
+    run_cfg(ctx, cfg, Mode::Plain)
 }
 
 /// Phase 1: the interleaved rounds, then the checks on what (c) and (d)
@@ -262,6 +276,10 @@ pub struct Stats {
     /// The agent's programs on the same benchmark (serve::agent_on_pipe).
     #[serde(default)]
     pub agent: Vec<Prog>,
+    /// btf_sched_switch in the interleaved runs of (c) and (d) with the
+    /// neighbour accounting on (true) and off (false), no floor programs.
+    #[serde(default)]
+    pub neighbours: Vec<(Cfg, bool, Prog)>,
 }
 
 /// Phase 3: one run each of (b), (c) and (d) with bpf_stats on; the caller
@@ -270,7 +288,8 @@ pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Stats> {
     stats_sysctl.set("1")?;
     let mut all = Stats::default();
     for cfg in [Cfg::B, Cfg::C, Cfg::D] {
-        let s = run_cfg(ctx, cfg, true).with_context(|| format!("{} with bpf_stats", cfg.tag()))?;
+        let s = run_cfg(ctx, cfg, Mode::Stats)
+            .with_context(|| format!("{} with bpf_stats", cfg.tag()))?;
         if s.progs.is_empty() {
             bail!(
                 "{}: bpftool showed none of affin-trace's programs",
@@ -284,8 +303,38 @@ pub fn stats_phase(ctx: &Ctx, stats_sysctl: &mut Sysctl) -> Result<Stats> {
         }
         all.progs.extend(s.progs.into_iter().map(|p| (cfg, p)));
     }
+    all.neighbours = neighbour_runs(ctx)?;
     all.agent = super::serve::agent_on_pipe(ctx).context("the agent on the benchmark")?;
     Ok(all)
+}
+
+/// What the neighbour accounting costs per event: (c) and (d) with it on
+/// and off (`NEIGHBOURS_ON` 0: the verifier drops its code), interleaved
+/// over [`NEIGHBOUR_PAIRS`] rounds, bpf_stats on, no floor programs.
+fn neighbour_runs(ctx: &Ctx) -> Result<Vec<(Cfg, bool, Prog)>> {
+    let mut out = Vec::new();
+    for round in 1..=NEIGHBOUR_PAIRS {
+        let mut line = format!("bench: neighbour cost {round}/{NEIGHBOUR_PAIRS}:");
+        for cfg in [Cfg::C, Cfg::D] {
+            for on in [true, false] {
+                let s = run_cfg(ctx, cfg, Mode::Neighbours(on)).with_context(|| {
+                    format!("{} with neighbour accounting {}", cfg.tag(), on_off(on))
+                })?;
+                let p = (s.progs.into_iter())
+                    .find(|p| p.name == "btf_sched_switch")
+                    .with_context(|| format!("{}: no btf_sched_switch", cfg.tag()))?;
+                let ns = p.ns_per_event().unwrap_or(f64::NAN);
+                let _ = write!(line, " {} {} {ns:.1}", cfg.tag(), on_off(on));
+                out.push((cfg, on, p));
+            }
+        }
+        println!("{line} ns/event");
+    }
+    Ok(out)
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
 }
 
 /// Checks that the runs of phase 1 measured what they claim to.

@@ -10,8 +10,9 @@ use super::serve::{SERVE_CGROUPS, SERVE_THREADS_PER, ServeRun};
 use super::startup::StartRun;
 use super::threads::{LARGE_THREADS, SMALL_PERIOD_MS, SMALL_THREADS, ThreadsRun};
 use super::{
-    CALIBRATION_LOOPS, Phase, RUN_TARGET_S, T_ADDED_RATIO, T_CPU_PCT, T_READ_MS, T_RSS_MIB,
-    T_SERVE_CPU_PCT, T_SERVE_GROWTH_PCT, T_SERVE_RSS_MB, T_START_MS, T_SWITCH_NS, criterion,
+    CALIBRATION_LOOPS, Phase, RUN_TARGET_S, T_ADDED_RATIO, T_CPU_PCT, T_NEIGHBOUR_RISE_PCT,
+    T_READ_MS, T_RSS_MIB, T_SERVE_CPU_PCT, T_SERVE_GROWTH_PCT, T_SERVE_RSS_MB, T_START_MS,
+    T_SWITCH_NS, criterion,
 };
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 use std::time::Duration;
@@ -50,6 +51,7 @@ pub fn render(env: &Env, r: &Results, took: Duration) -> String {
             calibration_loops => CALIBRATION_LOOPS,
             t_added_ratio => T_ADDED_RATIO.to_string(),
             t_switch_ns => T_SWITCH_NS.to_string(),
+            t_neighbour_rise_pct => T_NEIGHBOUR_RISE_PCT.to_string(),
             t_start_ms => T_START_MS.to_string(),
             t_cpu_pct => T_CPU_PCT.to_string(),
             t_rss_mib => T_RSS_MIB.to_string(),
@@ -284,6 +286,8 @@ fn bpf(r: &Results) -> Value {
         ),
     ];
     context! {
+        neighbours_d => neighbour_cost(r, Cfg::D),
+        neighbours_c => neighbour_cost(r, Cfg::C),
         agent_rows,
         agent_ratios,
         ladder => ladder(Cfg::D, switch_ns, clock_reads),
@@ -304,6 +308,39 @@ fn bpf(r: &Results) -> Value {
         runq_waits => count(r.stats_d_runq()),
         switch_runs => count(switch_runs),
         clock_total_ns => clock_ns.zip(clock_reads).map(|(c, n)| c * n),
+    }
+}
+
+/// What the neighbour accounting adds to btf_sched_switch per event in
+/// `cfg`'s runs: medians with it and without, and the median of the
+/// interleaved pairs' rises (on / off - 1), in percent.
+fn neighbour_cost(r: &Results, cfg: Cfg) -> Value {
+    let runs = ok(&r.stats).map_or(&[][..], |s| &s.neighbours);
+    let ns = |on: bool| -> Vec<f64> {
+        (runs.iter())
+            .filter(|(c, o, _)| *c == cfg && *o == on)
+            .filter_map(|(_, _, p)| p.ns_per_event())
+            .collect()
+    };
+    let (with, without) = (ns(true), ns(false));
+    let rises: Vec<f64> = (with.iter().zip(&without))
+        .map(|(a, b)| (a / b - 1.0) * 100.0)
+        .collect();
+    let rise_pct = med(&rises);
+    let (lo, hi) = if rises.is_empty() {
+        (None, None)
+    } else {
+        let (lo, hi) = min_max(&rises);
+        (Some(lo), Some(hi))
+    };
+    context! {
+        pairs => rises.len(),
+        with_ns => med(&with),
+        without_ns => med(&without),
+        rise_pct,
+        lo,
+        hi,
+        status => rise_pct.map_or("n/a", |x| met(x <= T_NEIGHBOUR_RISE_PCT)),
     }
 }
 
