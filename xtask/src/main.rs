@@ -3,16 +3,12 @@
 //! install, docs, bench, fuzz. Most start with `setup`, which installs,
 //! idempotently, what a fresh Debian bookworm machine lacks.
 //!
-//! A new command is a new `Cmd` variant plus a file holding its `run`.
-
-mod bench;
-mod binary;
-mod fuzz;
-mod setup;
-mod test;
-mod util;
+//! A new command is a new `Cmd` variant plus a file of the library
+//! (src/lib.rs) holding its `run`. The bench is a program of its own
+//! (bench/, `affinity-bench`): `bench` builds it and hands over to it.
 
 use clap::{Parser, Subcommand};
+use xtask::{binary, fuzz, setup, test, util};
 
 #[derive(Parser)]
 #[command(
@@ -47,21 +43,16 @@ enum Cmd {
     Install,
     /// Build in release mode, then write man pages and shell completions to target/docs.
     Docs,
-    /// Measure overhead, start-up and scale as root; writes BENCHMARKS.md.
-    Bench(bench::Args),
+    /// Measure overhead, start-up and scale as root; writes BENCHMARKS.md
+    /// (`cargo xtask bench --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for the bench (bench/), e.g. `--only pipe,bpf-stats`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run every cargo-fuzz target in fuzz/ for a bounded time (default 30 s each).
     Fuzz(fuzz::Args),
-    /// The benchmark's workload: N threads sleeping PERIOD_MS in a loop for SECS.
-    #[command(hide = true)]
-    BenchThreads {
-        /// Number of threads.
-        threads: usize,
-        /// How long to run, in seconds.
-        secs: f64,
-        /// Sleep of each thread per loop, in milliseconds.
-        #[arg(default_value_t = 10)]
-        period_ms: u64,
-    },
 }
 
 fn main() {
@@ -73,16 +64,25 @@ fn main() {
         Cmd::Test(args) => test::run(args),
         Cmd::Install => binary::install(),
         Cmd::Docs => binary::docs(),
-        Cmd::Bench(args) => bench::run(args),
+        Cmd::Bench { args } => bench(args),
         Cmd::Fuzz(args) => fuzz::run(args),
-        Cmd::BenchThreads {
-            threads,
-            secs,
-            period_ms,
-        } => bench::threads_helper(threads, secs, period_ms),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
         std::process::exit(1);
     }
+}
+
+/// Builds the bench (bench/, release) and runs it in this process's place,
+/// so that a Ctrl-C reaches it alone and it cleans up as it documents.
+fn bench(args: Vec<String>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    util::run_checked(
+        util::cargo().args(["build", "--release", "-p", "affinity-bench"]),
+        "cargo build -p affinity-bench",
+        "see the compiler output above",
+    )?;
+    let bin = util::release_dir().join("affinity-bench");
+    let err = std::process::Command::new(&bin).args(args).exec();
+    anyhow::bail!("could not start {}: {err}", bin.display())
 }

@@ -14,6 +14,11 @@ pub fn workspace_root() -> &'static Path {
 
 /// The release binary's path (honours CARGO_TARGET_DIR, as cargo does).
 pub fn release_bin() -> PathBuf {
+    release_dir().join("affin-trace")
+}
+
+/// target/release (or under CARGO_TARGET_DIR, as cargo does).
+pub fn release_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|t| {
@@ -24,7 +29,7 @@ pub fn release_bin() -> PathBuf {
             }
         })
         .unwrap_or_else(|| workspace_root().join("target"));
-    target.join("release/affin-trace")
+    target.join("release")
 }
 
 /// Whether the effective uid is 0.

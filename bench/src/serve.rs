@@ -14,7 +14,6 @@ use super::Ctx;
 use super::parse::Prog;
 use super::process::{Proc, Sysctl, check_interrupted, cpu_s};
 use super::programs::programs_of;
-use crate::util::words;
 use anyhow::{Context as _, Result, bail};
 use procfs::process::Process;
 use serde::{Deserialize, Serialize};
@@ -23,6 +22,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use xtask::util::words;
 
 pub const SERVE_CGROUPS: usize = 100;
 pub const SERVE_THREADS_PER: usize = 20;
@@ -94,7 +94,7 @@ struct Container {
 struct Fleet {
     top: PathBuf,
     v1: bool,
-    xtask: PathBuf,
+    helper: PathBuf,
     live: VecDeque<Container>,
     next: usize,
 }
@@ -124,7 +124,7 @@ impl Fleet {
         let args = words(&format!(
             "bench-threads {SERVE_THREADS_PER} 36000 {SERVE_PERIOD_MS}"
         ));
-        let mut helper = Proc::spawn("bench-threads", &self.xtask, &args, &[])?;
+        let mut helper = Proc::spawn("bench-threads", &self.helper, &args, &[])?;
         std::fs::write(leaf.join("cgroup.procs"), helper.pid().to_string())
             .with_context(|| format!("moving the helper into {}", leaf.display()))?;
         helper.wait_line(false, "threads running", Duration::from_secs(60))?;
@@ -207,7 +207,7 @@ pub fn phase(ctx: &Ctx, secs: u64) -> Result<ServeRun> {
     let mut fleet = Fleet {
         top: mount.join(format!("affin-bench-{}", std::process::id())),
         v1,
-        xtask: ctx.xtask.clone(),
+        helper: ctx.helper.clone(),
         live: VecDeque::new(),
         next: 1,
     };

@@ -7,13 +7,13 @@ use super::process::{Proc, Sysctl, interrupted, maxrss_kib};
 use super::programs::{foreign_programs, poll_stats, programs_of, wait_no_foreign};
 use super::results::{Results, check};
 use super::{ATTACH_TIMEOUT, Ctx, RUN_TIMEOUT};
-use crate::util::words;
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
+use xtask::util::words;
 
-/// `affinity::kernel::probe::FLOOR_CLOCK_ENV` (xtask does not link the library).
+/// `affinity::kernel::probe::FLOOR_CLOCK_ENV` (the bench does not link the library).
 const FLOOR_CLOCK_ENV: &str = "AFFIN_TRACE_FLOOR_CLOCK";
 /// `affinity::kernel::probe::FLOOR_LADDER_ENV`.
 const FLOOR_LADDER_ENV: &str = "AFFIN_TRACE_FLOOR_LADDER";
@@ -23,7 +23,7 @@ const NO_NEIGHBOURS_ENV: &str = "AFFIN_TRACE_NO_NEIGHBOURS";
 const NEIGHBOUR_PAIRS: usize = 5;
 
 /// (e): the equivalent of (d) in bpftrace (what it counts is said in the file).
-const BPFTRACE_SCRIPT: &str = include_str!("../../templates/bench.bt");
+const BPFTRACE_SCRIPT: &str = include_str!("../templates/bench.bt");
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Cfg {

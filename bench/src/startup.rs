@@ -4,9 +4,9 @@
 use super::parse::{median, min_max, verbose_ms};
 use super::process::maxrss_kib;
 use super::{ATTACH_TIMEOUT, Ctx, RUN_TIMEOUT};
-use crate::util::words;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
+use xtask::util::words;
 
 const OFFSETS_CACHE: &str = "/run/affin-trace/btf-offsets";
 pub const START_RUNS: usize = 10;

@@ -1,12 +1,11 @@
 //! Phases 5 and 6: affin-trace tracing a helper process of many sleeping
-//! threads (`cargo xtask bench-threads`): its own CPU time and peak RSS
+//! threads (`affinity-bench bench-threads`, hidden): its own CPU time and peak RSS
 //! (`wait4` rusage, /proc/<pid>/stat and status samples), what it saw, and
 //! its per-interval map read time.
 
 use super::Ctx;
 use super::parse::{TraceReport, read_report, read_times, verbose_ms};
 use super::process::{Proc, Sysctl, check_interrupted, cpu_s, maxrss_kib};
-use crate::util::words;
 use anyhow::{Context as _, Result, bail};
 use procfs::Current as _;
 use procfs::{LoadAverage, process::Process};
@@ -14,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
+use xtask::util::words;
 
 const THREADS_MAX: &str = "/proc/sys/kernel/threads-max";
-/// `affinity::collect::collector::READ_TIMES_ENV` (xtask does not link the library).
+/// `affinity::collect::collector::READ_TIMES_ENV` (the bench does not link the library).
 const READ_TIMES_ENV: &str = "AFFIN_TRACE_READ_TIMES";
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 pub const SMALL_THREADS: usize = 1_000;
@@ -94,7 +94,7 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
         raised.join("; ")
     };
     let helper_args = words(&format!("bench-threads {n} {} {period_ms}", secs + 60.0));
-    let mut helper = Proc::spawn("bench-threads", &ctx.xtask, &helper_args, &[])?;
+    let mut helper = Proc::spawn("bench-threads", &ctx.helper, &helper_args, &[])?;
     helper.wait_line(false, "threads running", Duration::from_secs(120))?;
     let helper_tasks =
         std::fs::read_dir(format!("/proc/{}/task", helper.pid())).map_or(0, |d| d.count());
@@ -181,7 +181,7 @@ fn threads_phase(ctx: &Ctx, n: usize, secs: f64, period_ms: u64) -> Result<Threa
     Ok(run)
 }
 
-/// `cargo xtask bench-threads N SECS [PERIOD_MS]`: N threads sleeping
+/// `affinity-bench bench-threads N SECS [PERIOD_MS]`: N threads sleeping
 /// PERIOD_MS (default 10) in a loop for SECS seconds (the workload of phases
 /// 5 and 6). The threads start their loops together once all exist, with
 /// staggered first sleeps, so that spawning is not slowed by the load.

@@ -1,4 +1,5 @@
-//! `cargo xtask bench` (issue #6): affin-trace's overhead, start-up time and
+//! `affinity-bench`, run as `cargo xtask bench` (issue #6; xtask builds it
+//! and hands over): affin-trace's overhead, start-up time and
 //! scale, measured on this machine and written to BENCHMARKS.md, whose
 //! text (templates/BENCHMARKS.md.j2) says what each phase does. The phases
 //! ([`Phase`], all as root, about 3 minutes; `--only` picks some):
@@ -34,19 +35,64 @@ mod serve;
 mod startup;
 mod threads;
 
-use crate::binary;
-use crate::util::{is_root, release_bin, words, workspace_root};
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum as _;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use xtask::binary;
+use xtask::util::{is_root, release_bin, words, workspace_root};
 
+use clap::Parser as _;
 use process::{Proc, Sysctl, TempDir, check_interrupted};
 use programs::{Bpftool, leftover_check, wait_no_foreign};
 use results::{Results, Run, environment, find_bpftrace, tool};
 
-pub use threads::threads_helper;
+/// `cargo xtask bench [OPTIONS]`, or the hidden helper workload.
+#[derive(clap::Parser)]
+#[command(
+    name = "affinity-bench",
+    bin_name = "cargo xtask bench",
+    about = "Measure affin-trace's overhead, start-up and scale as root; writes BENCHMARKS.md",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+    #[command(subcommand)]
+    helper: Option<Helper>,
+}
+
+#[derive(clap::Subcommand)]
+enum Helper {
+    /// The benchmark's workload: N threads sleeping PERIOD_MS in a loop for SECS.
+    #[command(hide = true)]
+    BenchThreads {
+        /// Number of threads.
+        threads: usize,
+        /// How long to run, in seconds.
+        secs: f64,
+        /// Sleep of each thread per loop, in milliseconds.
+        #[arg(default_value_t = 10)]
+        period_ms: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.helper {
+        Some(Helper::BenchThreads {
+            threads,
+            secs,
+            period_ms,
+        }) => threads::threads_helper(threads, secs, period_ms),
+        None => run(cli.args),
+    };
+    if let Err(err) = result {
+        eprintln!("bench: error: {err:#}");
+        std::process::exit(1);
+    }
+}
 
 /// A part of the bench that `--only` can select.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, Serialize, Deserialize)]
@@ -114,7 +160,7 @@ const T_SERVE_GROWTH_PCT: f64 = 5.0;
 /// What every phase needs: the tools, the binaries, the scratch directory.
 struct Ctx {
     bin: PathBuf,
-    xtask: PathBuf,
+    helper: PathBuf,
     taskset: PathBuf,
     perf: PathBuf,
     bpftrace: Option<PathBuf>,
@@ -152,7 +198,7 @@ impl Ctx {
     }
 }
 
-pub fn run(args: Args) -> Result<()> {
+fn run(args: Args) -> Result<()> {
     if let Some(saved) = &args.render {
         let text = std::fs::read_to_string(saved)
             .with_context(|| format!("reading {}; a bench run writes it", saved.display()))?;
@@ -164,10 +210,10 @@ pub fn run(args: Args) -> Result<()> {
         bail!("the benchmark loads eBPF programs and changes sysctls: run it as root");
     }
     process::on_stop_signals()?;
-    crate::setup::run()?;
+    xtask::setup::run()?;
     // Kernel state and CPU time are machine-wide: wait for a root test run
     // (any checkout) to end, and keep it out until this one is done.
-    let _lock = crate::test::machine_lock()?;
+    let _lock = xtask::test::machine_lock()?;
     binary::cargo_build(true, binary::Hooks::On)?;
     mount_tracefs();
     let bpftool = tool("bpftool", "bpftool")?;
@@ -239,7 +285,7 @@ fn bench(args: &Args, bpftool_path: &Path) -> Result<()> {
     let mut sleeper = Proc::spawn("sleep 1000", Path::new("sleep"), &["1000"], &[])?;
     let mut ctx = Ctx {
         bin: release_bin(),
-        xtask: std::env::current_exe().context("finding xtask's own executable")?,
+        helper: std::env::current_exe().context("finding the bench's own executable")?,
         taskset,
         perf,
         bpftrace: bpftrace.as_ref().ok().cloned(),

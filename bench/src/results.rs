@@ -9,12 +9,12 @@ use super::serve::ServeRun;
 use super::startup::Startup;
 use super::threads::ThreadsRun;
 use super::{Ctx, Phase, T_ADDED_RATIO};
-use crate::util::{which, workspace_root};
 use anyhow::{Context as _, Result};
 use procfs::Current as _;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use xtask::util::{which, workspace_root};
 
 /// Where and with what the bench ran.
 #[derive(Serialize, Deserialize)]
@@ -255,7 +255,9 @@ pub fn environment(ctx: &Ctx) -> Env {
             .as_ref()
             .map_or_else(|| "absent".into(), |b| first_line_of(b, &["--version"])),
         bpftool: first_line_of(ctx.bpftool.argv.last().expect("bpftool"), &["version"]),
-        command: format!("cargo xtask {}", args.join(" ")),
+        command: format!("cargo xtask bench {}", args.join(" "))
+            .trim_end()
+            .to_string(),
     }
 }
 
@@ -265,7 +267,7 @@ pub fn find_bpftrace() -> Result<PathBuf, String> {
         return Ok(b);
     }
     println!("bench: bpftrace is missing: apt-get install bpftrace ...");
-    crate::setup::apt_install(&["bpftrace"]).map_err(|e| format!("{e:#}"))?;
+    xtask::setup::apt_install(&["bpftrace"]).map_err(|e| format!("{e:#}"))?;
     which("bpftrace").ok_or_else(|| "apt-get installed bpftrace but it is not on PATH".into())
 }
 

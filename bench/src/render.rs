@@ -1,5 +1,5 @@
 //! BENCHMARKS.md from [`Results`], through the minijinja template
-//! xtask/templates/BENCHMARKS.md.j2, which holds the prose and the tables:
+//! bench/templates/BENCHMARKS.md.j2, which holds the prose and the tables:
 //! the template reads the run as saved, and this file adds the figures
 //! derived from it (medians, ratios, targets met).
 
@@ -17,7 +17,7 @@ use super::{
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 use std::time::Duration;
 
-const TEMPLATE: &str = include_str!("../../templates/BENCHMARKS.md.j2");
+const TEMPLATE: &str = include_str!("../templates/BENCHMARKS.md.j2");
 
 /// The programs of the bpf_stats table, in its order.
 const PROGRAMS: [&str; 8] = [
@@ -486,11 +486,11 @@ fn serve(r: &Results, s: &ServeRun) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::results::Run;
+    use crate::results::Run;
 
     #[test]
     fn a_saved_run_renders_every_section_and_a_missing_phase_its_heading() {
-        let text = include_str!("../../fixtures/bench-run.json");
+        let text = include_str!("../fixtures/bench-run.json");
         let mut run: Run = serde_json::from_str(text).unwrap();
         let md = render(&run.env, &run.results, Duration::from_secs(143));
         let headings = md.lines().filter(|l| l.starts_with("## ")).count();

@@ -5,11 +5,11 @@
 //! `target/criterion/<group>/<bench>/new/estimates.json` so that
 //! BENCHMARKS.md carries their figures from the same run.
 
-use crate::util::{cargo, entries, workspace_root};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::SystemTime;
+use xtask::util::{cargo, entries, workspace_root};
 
 /// The command, as BENCHMARKS.md prints it.
 pub const COMMAND: &str = "cargo bench -p affinity-userspace --benches";
