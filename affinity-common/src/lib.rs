@@ -411,8 +411,10 @@ pub struct BwConfig {
     pub tg_period: u32,
     /// `hrtimer.node` + `timerqueue_node.expires`.
     pub hrtimer_expires: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// `sched_entity.on_rq`: a CPU's `cfs_rq.curr` that is no longer on
+    /// the run queue (its throttle work took it off, it has not switched
+    /// out yet) is counted queued by hand, as `h_nr_queued` lost it.
+    pub se_on_rq: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<BwConfig>() == 96);

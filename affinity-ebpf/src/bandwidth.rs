@@ -231,14 +231,14 @@ fn on_period_timer(timer: u64) {
 struct CountWalk {
     /// `tg->cfs_rq`: the group's per-CPU cfs_rq pointers.
     arr: u64,
-    /// `cfs_rq.curr`, `cfs_rq.h_nr_queued`.
+    /// `cfs_rq.curr`, `cfs_rq.h_nr_queued`, `sched_entity.on_rq`.
     off_curr: u32,
     off_queued: u32,
+    off_on_rq: u32,
     /// A CPU whose running task is counted already (u32::MAX: none).
     skip: u32,
     running: u32,
     queued: u32,
-    _pad: u32,
 }
 
 /// One CPU of the walk (a `bpf_loop` callback).
@@ -249,8 +249,19 @@ extern "C" fn count_cpu(i: u64, ctx: *mut c_void) -> i64 {
     let i = i as u32;
     let rq = rd_u64(w.arr, i.wrapping_mul(8));
     if rq != 0 {
-        if i != w.skip && rd_u64(rq, w.off_curr) != 0 {
+        let curr = if i == w.skip {
+            0
+        } else {
+            rd_u64(rq, w.off_curr)
+        };
+        if curr != 0 {
             w.running += 1;
+            // Off the run queue but still on the CPU: its throttle work
+            // dequeued it microseconds ago (h_nr_queued no longer has it)
+            // and it has not switched out yet. It was running: queued too.
+            if rd_u8(curr, w.off_on_rq) == 0 {
+                w.queued += 1;
+            }
         }
         w.queued += rd_u32(rq, w.off_queued);
     }
@@ -271,10 +282,10 @@ fn count_group(c: &BwConfig, tg: u64, skip: u32, base: (u32, u32)) -> (u32, u32)
         arr,
         off_curr: c.cfs_rq_curr,
         off_queued: c.cfs_rq_h_nr_queued,
+        off_on_rq: c.se_on_rq,
         skip,
         running: base.0,
         queued: base.1,
-        _pad: 0,
     };
     // SAFETY: a callback of the helper's signature and a context on this
     // stack; bpf_loop caps the count at 1 << 23.

@@ -99,15 +99,26 @@ fn held_shares(t: &serde_json::Value) -> Vec<f64> {
 /// construction's q: whatever delays the exhaustion in wall time within
 /// its tolerance (other work on the CPUs, or hypervisor steal: the quota
 /// counts task time, which excludes steal) moves the held share with it;
-/// a run read 0.447 for 0.5 with the exhaustion in bounds (its cause was
-/// not measured).
+/// runs read 0.447 and 0.454 for 0.5 with the exhaustion in bounds.
+/// The exhaustion is the first CPU's; another CPU with local runtime left
+/// runs on for up to one bandwidth slice (`sched_cfs_bandwidth_slice_us`,
+/// 5 ms), and its threads' holds start that much later: 3 spinners in 1
+/// CPU read 98.0-99.6 ms of throttled CPU time per period where both CPUs
+/// throttled at the exhaustion would make 2 x 49.0-51.8. So the share may
+/// fall short of 1 - at/P by up to one slice, beyond the tolerance.
 fn held_as_exhausted(t: &serde_json::Value, shares: &[f64]) {
     let at = f(&t["periods"]["quota_exhausted_at_ms_p50"]);
     let expect = 1.0 - at * 1e3 / PERIOD_US as f64;
+    let slice_us: f64 = std::fs::read_to_string("/proc/sys/kernel/sched_cfs_bandwidth_slice_us")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(5000.0);
+    let lag = slice_us / PERIOD_US as f64;
     for s in shares {
         assert!(
-            (s - expect).abs() <= 0.05,
-            "held {s:.3} of the window, {expect:.3} from the exhaustion at {at:.1} ms: {shares:?}"
+            (expect - 0.05 - lag..=expect + 0.05).contains(s),
+            "held {s:.3} of the window, {expect:.3} from the exhaustion at {at:.1} ms \
+             (allowed: one slice, {lag:.3}, less): {shares:?}"
         );
     }
 }
@@ -132,21 +143,22 @@ fn three_spinners_in_one_cpu_run_out_at_half_period_and_are_held_half() {
     let p = &t["periods"];
     assert!(u(&p["throttled_periods"]) >= 30, "{p:#}");
     exhausted_within(&t, q * PERIOD_US as f64 / 1e3 / 2.0);
-    // Two CPUs, both running the group's threads when the quota ran out
-    // (truth 2), and all three queued in the group (truth 3). Both counts
-    // can read one less, the limit README states: they are taken at the
-    // first held switch-out of a period, and bpftrace on this kernel
-    // showed that the other CPU often runs out within microseconds, its
-    // spinner already off its run queue (its own throttle work) but not
-    // yet switched out, so neither `h_nr_queued` nor `cfs_rq.curr` holds
-    // it. A run of this code read running 1 and queued 2 at p50. Counting
-    // each CPU's `rq->curr` as well was tried and did not help (running
-    // still read 1 in 2 of 5 runs), so it is not kept (issue 14 stays
-    // open for it).
+    // All three queued in the group when the quota ran out (truth 3, by
+    // construction: spinners never sleep). The count is taken at the first
+    // held switch-out of a period; a spinner on the other CPU that its own
+    // throttle work already took off the run queue, not yet switched out,
+    // is no longer in `h_nr_queued` and is counted from `cfs_rq.curr` with
+    // `se.on_rq` 0 (bpftrace showed that case in 3 of ~40 periods; before
+    // it was counted, a run read queued 2 at p50).
+    let queued = u(&p["queued_threads_at_exhaustion_p50"]);
+    assert_eq!(queued, u64::from(k), "{p:#}");
+    // Running: 2 when both CPUs run the group's threads then. Unpinned, the
+    // scheduler may keep the group on one CPU for a period, and another
+    // task (a kworker, rcu_preempt: seen with bpftrace) may hold the other
+    // CPU for microseconds at that instant with the spinner queued there:
+    // 1 is then the true count, so both are allowed.
     let running = u(&p["running_threads_at_exhaustion_p50"]);
     assert!((1..=2).contains(&running), "{p:#}");
-    let queued = u(&p["queued_threads_at_exhaustion_p50"]);
-    assert!((u64::from(k) - 1..=u64::from(k)).contains(&queued), "{p:#}");
     let shares = held_shares(&t);
     assert_eq!(shares.len(), k as usize, "{t:#}");
     held_as_exhausted(&t, &shares);

@@ -184,7 +184,8 @@ fn wait_for(port: u16, q: &str, ok: impl Fn(f64) -> bool) -> Value {
 /// the scheduler may keep a throttled group's threads on one CPU for whole
 /// periods, and CI once read 1 in 35 of 68 periods), run it out with both
 /// CPUs on the group's threads (tests/tests/bandwidth.rs: the one-shot's
-/// p50 is 2; here 1-10% of periods read 1, the race README states), so the
+/// p50 is 2; here 1-10% of periods read 1: another task held the other CPU
+/// for microseconds just then, its spinner queued there, README), so the
 /// median bucket is le=2 and nothing is above the CPUs; one observation
 /// per period cpu.stat counts as throttled.
 fn running_threads_when_the_quota_ran_out(prom_port: u16) {

@@ -330,7 +330,7 @@ pub fn config_from(data: &[u8]) -> Result<BwConfig, BtfError> {
         ("cfs_bandwidth", &["period_timer", "period"]),
         ("hrtimer", &["node"]),
         ("timerqueue_node", &["expires"]),
-        ("sched_entity", &["cfs_rq"]),
+        ("sched_entity", &["cfs_rq", "on_rq"]),
         ("cgroup_subsys_state", &["cgroup"]),
         ("cgroup", &["kn"]),
         ("kernfs_node", &["id"]),
@@ -387,7 +387,7 @@ pub fn config_from(data: &[u8]) -> Result<BwConfig, BtfError> {
         tg_parent: need("task_group", "parent")?,
         tg_period: need("task_group", "cfs_bandwidth")? + need("cfs_bandwidth", "period")?,
         hrtimer_expires: need("hrtimer", "node")? + need("timerqueue_node", "expires")?,
-        _pad: 0,
+        se_on_rq: need("sched_entity", "on_rq")?,
     })
 }
 
