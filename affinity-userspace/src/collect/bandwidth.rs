@@ -77,14 +77,17 @@ impl BandwidthCollector {
     }
 
     /// The last periods and the per-thread held time, up to `now_ns`
-    /// (CLOCK_MONOTONIC), for threads of `tgids`.
-    pub fn finish(mut self, probe: &Probe, now_ns: u64, tgids: &[u32]) -> BandwidthTrace {
+    /// (CLOCK_MONOTONIC), of every thread the programs held: they record
+    /// target threads only, those of processes followed or joined during
+    /// the window included (an earlier filter on the first targets' tgids
+    /// dropped the holds of stress-ng's forked workers, and their held time
+    /// stayed in `runnable_ns`). The report joins them to its threads by tid.
+    pub fn finish(mut self, probe: &Probe, now_ns: u64) -> BandwidthTrace {
         self.sample(probe);
         if self.out.per_thread {
             self.out.threads = probe
                 .bandwidth_threads(now_ns)
                 .into_iter()
-                .filter(|(_, t)| tgids.contains(&t.tgid))
                 .map(|(tid, t)| ThreadHeld {
                     tid,
                     tgid: t.tgid,

@@ -88,9 +88,8 @@ impl QuotaWatch {
         mut self,
         probe: &Probe,
         now_ns: u64,
-        tgids: &[u32],
     ) -> (Self, Option<BandwidthTrace>, Option<RuntimeFacts>) {
-        let b = self.events.take().map(|b| b.finish(probe, now_ns, tgids));
+        let b = self.events.take().map(|b| b.finish(probe, now_ns));
         let r = self.runtime.take();
         (self, b, r)
     }

@@ -385,7 +385,7 @@ impl Closed {
         let exited_pids = exited_pids(root, run);
         let (quota, bandwidth, runtime) = match self.quota {
             Some(q) => {
-                let (q, b, r) = q.finish_events(&run.probe, self.window_end, &run.tgids);
+                let (q, b, r) = q.finish_events(&run.probe, self.window_end);
                 (Some(q), b, r)
             }
             None => (None, None, None),
