@@ -292,5 +292,11 @@ fn a_tighter_parent_is_the_limit_named_with_its_burst() {
     assert_eq!(t["cause"], "quota", "{t:#}");
     let shares = held_shares(t);
     assert_eq!(shares.len(), 1, "{t:#}");
-    assert!((shares[0] - 0.5).abs() <= 0.05, "held {:.3}", shares[0]);
+    // A full run read 0.379 once (other runs here 0.45-0.55); its cause was
+    // not found: the message carries the periods and the burst used.
+    assert!(
+        (shares[0] - 0.5).abs() <= 0.05,
+        "held {:.3}: {t:#}",
+        shares[0]
+    );
 }
