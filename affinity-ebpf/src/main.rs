@@ -21,8 +21,9 @@
 //! sleeping (`sleep_ns`: a voluntary switch-out, one clock read, to the
 //! wakeup, which reads the clock already). `WAITQ[cpu]` counts the target
 //! threads waiting runnable on each CPU (wakeup or preemption to switch-in,
-//! moved by migrations); every switch loads it (the one cost this adds to
-//! the untargeted path), and while it is not 0 the slice that ends is
+//! moved by migrations, as `added - ended`); every switch reads it (the
+//! one cost this adds to the untargeted path), and while it is not 0 the
+//! slice that ends is
 //! charged, times the number waiting, to the process that ran it, in
 //! `NEIGHBOURS` (a clock read and a hash lookup, only then, and only for
 //! a slice of an untargeted process: target threads waiting behind each

@@ -100,11 +100,14 @@ enum Mode {
 fn run_cfg(ctx: &Ctx, cfg: Cfg, mode: Mode) -> Result<Sample> {
     wait_no_foreign(&ctx.bpftool)?;
     let stats = mode != Mode::Plain;
-    // The tracer's hooks: the floor programs in the Stats runs, the
-    // neighbour accounting dropped in its off runs.
-    let hooks: &[_] = match mode {
-        Mode::Stats => &[(FLOOR_LADDER_ENV, "1")],
-        Mode::Neighbours(false) => &[(NO_NEIGHBOURS_ENV, "1")],
+    // The tracer's hooks, all here: in the Stats runs, bench-floor also
+    // attaches the empty program + one clock read (what a
+    // bpf_ktime_get_ns() costs) and a trace the floor programs beside its
+    // own; in the neighbour cost's off runs, that accounting is dropped.
+    let hooks: &[_] = match (mode, cfg) {
+        (Mode::Stats, Cfg::B) => &[(FLOOR_CLOCK_ENV, "1")],
+        (Mode::Stats, _) => &[(FLOOR_LADDER_ENV, "1")],
+        (Mode::Neighbours(false), _) => &[(NO_NEIGHBOURS_ENV, "1")],
         _ => &[],
     };
     let mut s = Sample::default();
@@ -116,15 +119,8 @@ fn run_cfg(ctx: &Ctx, cfg: Cfg, mode: Mode) -> Result<Sample> {
         Cfg::B | Cfg::C => {
             let out = ctx.file("c.json");
             let mut t = if cfg == Cfg::B {
-                // With the stats on, also the empty program + one clock read
-                // (probe::FLOOR_CLOCK_ENV): what a bpf_ktime_get_ns() costs.
-                let env: &[_] = if stats {
-                    &[(FLOOR_CLOCK_ENV, "1")]
-                } else {
-                    &[]
-                };
                 let args = ["bench-floor", "--seconds", "600"];
-                let mut t = Proc::spawn("affin-trace bench-floor", &ctx.bin, &args, env)?;
+                let mut t = Proc::spawn("affin-trace bench-floor", &ctx.bin, &args, hooks)?;
                 t.wait_line(true, "floor attached", ATTACH_TIMEOUT)?;
                 t
             } else {
